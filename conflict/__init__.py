@@ -1,0 +1,1 @@
+"""Domain conflict rules run after each merge (pure code; no database, no network)."""

@@ -1,0 +1,1 @@
+"""Entity schemas, Automerge documents and projections: pure code shared by server and client."""

@@ -1,0 +1,207 @@
+"""Deciding what happens to one entity's incoming changes: pure, no database, no network.
+
+The store calls :func:`decode_entity_changes` before it takes any lock (cheap checks on the
+bytes alone), then :func:`merge_entity` under the project's lock with what the log already
+holds. Either every new change of the entity goes in, or none does and a :class:`Rejection`
+says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from automerge.core import Document
+
+from model.changes import ChangeFormatError, ChangeHeader, parse_change
+from model.documents import AutomergeError, apply_changes, contained
+from model.entities import SCHEMAS
+from model.limits import Limits
+from model.rejections import RejectCode, Rejection
+from model.schema import is_valid_entity_id
+from model.validation import inspect_document
+
+
+@dataclass(frozen=True, slots=True)
+class EntityChanges:
+    """Changes a client sends for one entity: raw Automerge change chunks."""
+
+    entity_type: str
+    entity_id: str
+    changes: Sequence[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedChanges:
+    """An entity's change set whose bytes are well-formed; duplicates within it removed."""
+
+    entity_type: str
+    entity_id: str
+    unique: tuple[ChangeHeader, ...]
+    hash_per_input: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntity:
+    """What the store holds for an entity right now (read under the project's lock)."""
+
+    project_id: UUID
+    entity_type: str
+    version: int
+    heads: tuple[bytes, ...]
+    size_bytes: int
+    document: Document | None
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """An accepted change set: the changes to log (in dependency order) and the result."""
+
+    decoded: DecodedChanges
+    new_changes: tuple[ChangeHeader, ...]
+    logged_seqs: Mapping[bytes, int]
+    document: Document | None = None
+    heads: tuple[bytes, ...] = ()
+    values: Mapping[str, object] = field(default_factory=dict)
+
+
+def decode_entity_changes(item: EntityChanges, limits: Limits) -> DecodedChanges | Rejection:
+    """Check what can be checked from the bytes alone: type, id, sizes, chunk format."""
+    if item.entity_type not in SCHEMAS:
+        known = ", ".join(sorted(SCHEMAS))
+        return Rejection(
+            RejectCode.UNKNOWN_ENTITY_TYPE,
+            f"unknown entity type {item.entity_type[:64]!r}; known types: {known}",
+        )
+    if not is_valid_entity_id(item.entity_id):
+        return Rejection(
+            RejectCode.INVALID_ENTITY_ID,
+            f"entity id {item.entity_id[:80]!r} is not 1-64 characters of A-Z a-z 0-9 _ -",
+        )
+    if not item.changes:
+        return Rejection(RejectCode.EMPTY_CHANGE_SET, "the change set holds no changes")
+    if len(item.changes) > limits.max_changes_per_entity:
+        return Rejection(
+            RejectCode.TOO_MANY_CHANGES,
+            f"{len(item.changes)} changes for one entity; at most "
+            f"{limits.max_changes_per_entity} per push",
+            {"limit": limits.max_changes_per_entity},
+        )
+    unique: dict[bytes, ChangeHeader] = {}
+    hashes: list[bytes] = []
+    for index, data in enumerate(item.changes):
+        if len(data) > limits.max_change_bytes:
+            return Rejection(
+                RejectCode.CHANGE_TOO_LARGE,
+                f"change {index} is {len(data)} bytes; at most {limits.max_change_bytes}",
+                {"index": index, "limit": limits.max_change_bytes},
+            )
+        try:
+            header = parse_change(data, max_inflated_bytes=limits.max_change_bytes)
+        except ChangeFormatError as exc:
+            return Rejection(
+                RejectCode.UNDECODABLE_CHANGE,
+                f"change {index} is not a valid Automerge change: {exc}",
+                {"index": index},
+            )
+        unique.setdefault(header.hash, header)
+        hashes.append(header.hash)
+    return DecodedChanges(item.entity_type, item.entity_id, tuple(unique.values()), tuple(hashes))
+
+
+def dependency_order(
+    changes: Sequence[ChangeHeader], present: set[bytes]
+) -> tuple[list[ChangeHeader], list[bytes]]:
+    """Order ``changes`` so each follows its dependencies; also return deps found nowhere.
+
+    ``present`` holds the hashes already in the document. Among changes that are ready at
+    the same time the input order is kept, so the same input always gives the same order.
+    """
+    known = present | {c.hash for c in changes}
+    missing = sorted({d for c in changes for d in c.deps if d not in known})
+    if missing:
+        return [], missing
+    ordered: list[ChangeHeader] = []
+    done = set(present)
+    waiting = list(changes)
+    while waiting:
+        still: list[ChangeHeader] = []
+        for change in waiting:
+            if all(dep in done for dep in change.deps):
+                ordered.append(change)
+                done.add(change.hash)
+            else:
+                still.append(change)
+        if len(still) == len(waiting):
+            # Only reachable with a dependency cycle, which SHA-256 hashes rule out.
+            return [], sorted({d for c in still for d in c.deps if d not in done})
+        waiting = still
+    return ordered, []
+
+
+def merge_entity(
+    project_id: UUID,
+    decoded: DecodedChanges,
+    stored: StoredEntity | None,
+    logged: Mapping[bytes, int],
+    limits: Limits,
+) -> Merged | Rejection:
+    """Merge ``decoded`` into the stored entity; ``logged`` maps its logged hashes to seqs.
+
+    ``logged`` must contain every hash of ``decoded`` and every dependency they name that
+    the log holds for this entity (the store asks for exactly those).
+    """
+    if stored is not None and stored.project_id != project_id:
+        return Rejection(
+            RejectCode.WRONG_PROJECT,
+            f"entity {decoded.entity_id} belongs to another project",
+        )
+    if stored is not None and stored.entity_type != decoded.entity_type:
+        return Rejection(
+            RejectCode.WRONG_ENTITY_TYPE,
+            f"entity {decoded.entity_id} is a {stored.entity_type}, not a {decoded.entity_type}",
+        )
+    fresh = [c for c in decoded.unique if c.hash not in logged]
+    if not fresh:
+        return Merged(decoded, (), logged)
+    ordered, missing = dependency_order(fresh, set(logged))
+    if missing:
+        return Rejection(
+            RejectCode.MISSING_DEPENDENCIES,
+            f"{len(missing)} dependencies are neither logged for entity "
+            f"{decoded.entity_id} nor in this push",
+            {"missing": [h.hex() for h in missing]},
+        )
+    size = (stored.size_bytes if stored else 0) + sum(len(c.data) for c in ordered)
+    if size > limits.max_document_bytes:
+        return Rejection(
+            RejectCode.DOCUMENT_TOO_LARGE,
+            f"entity {decoded.entity_id} would grow to about {size} bytes; "
+            f"at most {limits.max_document_bytes}",
+            {"limit": limits.max_document_bytes},
+        )
+    try:
+        document = apply_changes(stored.document if stored else None, ordered)
+    except AutomergeError as exc:
+        return Rejection(RejectCode.CORRUPT_CHANGE, f"changes could not be applied: {exc}")
+    schema = SCHEMAS[decoded.entity_type]
+    try:
+        inspection = contained(lambda: inspect_document(schema, document))
+        heads = tuple(sorted(contained(document.get_heads)))
+    except AutomergeError as exc:
+        return Rejection(RejectCode.UNSUPPORTED_VALUE, f"the document cannot be read: {exc}")
+    if inspection.violations:
+        first = inspection.violations[0]
+        more = len(inspection.violations) - 1
+        return Rejection(
+            RejectCode.SCHEMA_VIOLATION,
+            f"{first}" + (f" (and {more} more)" if more else ""),
+            {
+                "violations": [
+                    {"field": v.field, "expected": v.expected, "got": v.got}
+                    for v in inspection.violations
+                ]
+            },
+        )
+    return Merged(decoded, tuple(ordered), logged, document, heads, inspection.values)

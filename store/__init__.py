@@ -1,0 +1,1 @@
+"""PostgreSQL I/O shell: connections, migrations, the change log and read models."""

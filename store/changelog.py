@@ -1,0 +1,387 @@
+"""The change log: appending entity changes, reading them back by cursor.
+
+One push is one transaction. It first locks the project's ``log_heads`` row: every appender
+of a project queues there, so seqs are handed out in commit order and a reader that has seen
+seq N can never later find a smaller seq it missed (a global sequence would let a slow
+transaction commit seq 5 after a fast one committed seq 6). Under that lock the store reads
+the entities' current state, merges in pure code (``model.merge``), then writes the log, the
+document cache and the read models, and commits. Results go back only after the commit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from model.documents import AutomergeError, load_document, save_document
+from model.limits import DEFAULT_LIMITS, Limits
+from model.merge import (
+    DecodedChanges,
+    EntityChanges,
+    Merged,
+    StoredEntity,
+    decode_entity_changes,
+    merge_entity,
+)
+from model.rejections import RejectCode, Rejection
+from store.compaction import should_compact
+from store.document_cache import CachedDocument, DocumentCache
+from store.errors import BatchTooLarge, StoreError, UnknownProject
+from store.readmodels import read_model_row, upsert_read_models
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Every change of the entity is in the log; ``seqs`` follows the input order."""
+
+    entity_id: str
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """None of the entity's changes were logged."""
+
+    entity_id: str
+    rejection: Rejection
+
+
+AppendResult = Accepted | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedChange:
+    seq: int
+    entity_type: str
+    entity_id: str
+    hash: bytes
+    change: bytes
+
+
+_LOCK_HEAD = "SELECT head_seq FROM log_heads WHERE project_id = $1 FOR UPDATE"
+
+# Looked up by entity id alone so that an id taken by another project is noticed. The
+# document bytes come back only when this process's cached version is not current.
+_STORED_ENTITIES = """
+SELECT d.entity_id, d.project_id, d.entity_type, d.version, d.heads,
+       length(d.saved) AS saved_bytes, length(d.tail) AS tail_bytes,
+       d.tail_changes, d.change_count,
+       CASE WHEN d.version = k.version THEN NULL ELSE d.saved || d.tail END AS document
+FROM documents d
+JOIN unnest($1::text[], $2::bigint[]) AS k(entity_id, version) USING (entity_id)
+"""
+
+_LOGGED_HASHES = """
+SELECT hash, entity_id, seq FROM changes WHERE project_id = $1 AND hash = ANY($2::bytea[])
+"""
+
+_INSERT_CHANGE = """
+INSERT INTO changes (project_id, seq, entity_type, entity_id, hash, actor, actor_seq, change,
+                     sender)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+
+_INSERT_DOCUMENT = """
+INSERT INTO documents (project_id, entity_id, entity_type, heads, saved, tail, tail_changes,
+                       change_count, version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+
+_UPDATE_DOCUMENT = """
+UPDATE documents SET heads = $3,
+       saved = CASE WHEN $4 THEN $5 ELSE saved END,
+       tail = CASE WHEN $4 THEN $6 ELSE tail || $6 END,
+       tail_changes = CASE WHEN $4 THEN 0 ELSE tail_changes + $7 END,
+       change_count = change_count + $7,
+       version = $8
+WHERE project_id = $1 AND entity_id = $2
+"""
+
+_SET_HEAD = "UPDATE log_heads SET head_seq = $2 WHERE project_id = $1"
+
+_CHANGES_SINCE = """
+SELECT seq, entity_type, entity_id, hash, change FROM changes
+WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+"""
+
+
+@dataclass(slots=True)
+class _StoredRow:
+    """A documents row as read under the lock (document bytes only on a cache miss)."""
+
+    entity: StoredEntity
+    saved_bytes: int
+    tail_bytes: int
+    tail_changes: int
+    change_count: int
+
+
+class ChangeLog:
+    """Append and read entity changes; the narrow storage interface the protocol uses."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, limits: Limits = DEFAULT_LIMITS, cache_size: int = 10_000
+    ) -> None:
+        self._pool = pool
+        self._limits = limits
+        self._cache = DocumentCache(cache_size)
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    async def append(
+        self, project_id: UUID, batch: Sequence[EntityChanges], sender: str
+    ) -> list[AppendResult]:
+        """Append each entity's changes all-or-nothing; one result per item, in order.
+
+        Results are returned only after the transaction committed. Raises UnknownProject,
+        BatchTooLarge, or StoreError when the database fails (then nothing was logged).
+        """
+        if len(batch) > self._limits.max_entities_per_batch:
+            raise BatchTooLarge(len(batch), self._limits.max_entities_per_batch)
+        decoded = [decode_entity_changes(item, self._limits) for item in batch]
+        _reject_repeated_entities(batch, decoded)
+        for attempt in range(2):
+            try:
+                return await self._append_locked(project_id, batch, decoded, sender)
+            except asyncpg.UniqueViolationError:
+                # Another project created one of these entity ids concurrently; the retry
+                # sees its row and rejects the entity as belonging to another project.
+                if attempt == 1:
+                    raise
+            except asyncpg.PostgresError as exc:
+                raise StoreError(f"append failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _append_locked(
+        self,
+        project_id: UUID,
+        batch: Sequence[EntityChanges],
+        decoded: Sequence[DecodedChanges | Rejection],
+        sender: str,
+    ) -> list[AppendResult]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            head = await conn.fetchval(_LOCK_HEAD, project_id)
+            if head is None:
+                raise UnknownProject(project_id)
+            valid = [d for d in decoded if isinstance(d, DecodedChanges)]
+            stored = await self._stored_entities(conn, project_id, valid)
+            logged = await _logged_hashes(conn, project_id, valid)
+            outcomes: list[Merged | Rejection] = []
+            for item in decoded:
+                if isinstance(item, Rejection):
+                    outcomes.append(item)
+                    continue
+                row = stored.get(item.entity_id)
+                outcomes.append(
+                    merge_entity(
+                        project_id,
+                        item,
+                        row.entity if row else None,
+                        logged.get(item.entity_id, {}),
+                        self._limits,
+                    )
+                )
+            writes = _plan_writes(project_id, head, outcomes, stored, sender)
+            await _write(conn, project_id, writes)
+        for entity_id, cached in writes.cache_updates:
+            self._cache.put(project_id, entity_id, cached)
+        return [
+            _result(item.entity_id, outcome, writes.seqs)
+            for item, outcome in zip(batch, outcomes, strict=True)
+        ]
+
+    async def _stored_entities(
+        self, conn: Any, project_id: UUID, valid: Sequence[DecodedChanges]
+    ) -> dict[str, _StoredRow]:
+        ids = [d.entity_id for d in valid]
+        if not ids:
+            return {}
+        versions = []
+        for entity_id in ids:
+            cached = self._cache.get(project_id, entity_id)
+            versions.append(cached.version if cached else -1)
+        rows = await conn.fetch(_STORED_ENTITIES, ids, versions)
+        found: dict[str, _StoredRow] = {}
+        for r in rows:
+            document_bytes: bytes | None = r["document"]
+            if r["project_id"] != project_id:
+                document = None
+            elif document_bytes is None:
+                cached = self._cache.get(project_id, r["entity_id"])
+                assert cached is not None, "the database said our cached version is current"
+                document = cached.document
+            else:
+                try:
+                    document = load_document(document_bytes)
+                except AutomergeError as exc:
+                    raise StoreError(
+                        f"stored document of entity {r['entity_id']} does not load: {exc}"
+                    ) from exc
+            entity = StoredEntity(
+                project_id=r["project_id"],
+                entity_type=r["entity_type"],
+                version=r["version"],
+                heads=tuple(r["heads"]),
+                size_bytes=r["saved_bytes"] + r["tail_bytes"],
+                document=document,
+            )
+            found[r["entity_id"]] = _StoredRow(
+                entity, r["saved_bytes"], r["tail_bytes"], r["tail_changes"], r["change_count"]
+            )
+        return found
+
+    async def changes_since(
+        self, project_id: UUID, cursor: int, limit: int = 1_000
+    ) -> list[LoggedChange]:
+        """Logged changes with seq > cursor, in seq order, at most ``limit`` of them."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_CHANGES_SINCE, project_id, cursor, limit)
+        return [
+            LoggedChange(r["seq"], r["entity_type"], r["entity_id"], r["hash"], r["change"])
+            for r in rows
+        ]
+
+    async def head(self, project_id: UUID) -> int:
+        """The project's latest seq (0 before its first change)."""
+        async with self._pool.acquire() as conn:
+            head = await conn.fetchval(
+                "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
+            )
+        if head is None:
+            raise UnknownProject(project_id)
+        return int(head)
+
+
+def _reject_repeated_entities(
+    batch: Sequence[EntityChanges], decoded: list[DecodedChanges | Rejection]
+) -> None:
+    """An entity named twice in one batch keeps its first change set only."""
+    seen: set[str] = set()
+    for index, item in enumerate(batch):
+        if item.entity_id in seen:
+            decoded[index] = Rejection(
+                RejectCode.DUPLICATE_ENTITY,
+                f"entity {item.entity_id} appears more than once in this push; "
+                "send all of its changes in one change set",
+            )
+        seen.add(item.entity_id)
+
+
+async def _logged_hashes(
+    conn: Any, project_id: UUID, valid: Sequence[DecodedChanges]
+) -> dict[str, dict[bytes, int]]:
+    """For each entity: which of its pushed hashes and their deps the log already holds."""
+    asked = {c.hash for d in valid for c in d.unique} | {
+        dep for d in valid for c in d.unique for dep in c.deps
+    }
+    if not asked:
+        return {}
+    rows = await conn.fetch(_LOGGED_HASHES, project_id, list(asked))
+    logged: dict[str, dict[bytes, int]] = defaultdict(dict)
+    for r in rows:
+        logged[r["entity_id"]][r["hash"]] = r["seq"]
+    return logged
+
+
+@dataclass(slots=True)
+class _Writes:
+    """Everything one append transaction writes, planned before any write is issued."""
+
+    head: int
+    seqs: dict[tuple[str, bytes], int]
+    change_rows: list[tuple[object, ...]]
+    new_documents: list[tuple[object, ...]]
+    updated_documents: list[tuple[object, ...]]
+    read_models: dict[str, list[tuple[object, ...]]]
+    cache_updates: list[tuple[str, CachedDocument]]
+
+
+def _plan_writes(
+    project_id: UUID,
+    head: int,
+    outcomes: Sequence[Merged | Rejection],
+    stored: dict[str, _StoredRow],
+    sender: str,
+) -> _Writes:
+    writes = _Writes(head, {}, [], [], [], defaultdict(list), [])
+    for outcome in outcomes:
+        if isinstance(outcome, Rejection):
+            continue
+        entity_id = outcome.decoded.entity_id
+        entity_type = outcome.decoded.entity_type
+        for h, seq in outcome.logged_seqs.items():
+            writes.seqs[(entity_id, h)] = seq
+        if not outcome.new_changes:
+            continue
+        assert outcome.document is not None
+        for change in outcome.new_changes:
+            writes.head += 1
+            writes.seqs[(entity_id, change.hash)] = writes.head
+            writes.change_rows.append(
+                (
+                    project_id,
+                    writes.head,
+                    entity_type,
+                    entity_id,
+                    change.hash,
+                    change.actor,
+                    change.seq,
+                    change.data,
+                    sender,
+                )
+            )
+        version = writes.head
+        new_bytes = b"".join(c.data for c in outcome.new_changes)
+        count = len(outcome.new_changes)
+        heads = list(outcome.heads)
+        row = stored.get(entity_id)
+        if row is None:
+            writes.new_documents.append(
+                (project_id, entity_id, entity_type, heads, b"", new_bytes, count, count, version)
+            )
+        else:
+            compact = should_compact(
+                row.saved_bytes,
+                row.tail_bytes + len(new_bytes),
+                row.tail_changes + count,
+                row.change_count + count,
+            )
+            saved = save_document(outcome.document) if compact else b""
+            tail = b"" if compact else new_bytes
+            writes.updated_documents.append(
+                (project_id, entity_id, heads, compact, saved, tail, count, version)
+            )
+        writes.read_models[entity_type].append(
+            read_model_row(project_id, entity_type, entity_id, outcome.values, version)
+        )
+        writes.cache_updates.append((entity_id, CachedDocument(version, outcome.document)))
+    return writes
+
+
+async def _write(conn: Any, project_id: UUID, writes: _Writes) -> None:
+    if not writes.change_rows:
+        return
+    await conn.executemany(_INSERT_CHANGE, writes.change_rows)
+    if writes.new_documents:
+        await conn.executemany(_INSERT_DOCUMENT, writes.new_documents)
+    if writes.updated_documents:
+        await conn.executemany(_UPDATE_DOCUMENT, writes.updated_documents)
+    await upsert_read_models(conn, writes.read_models)
+    await conn.execute(_SET_HEAD, project_id, writes.head)
+
+
+def _result(
+    entity_id: str, outcome: Merged | Rejection, seqs: dict[tuple[str, bytes], int]
+) -> AppendResult:
+    if isinstance(outcome, Rejection):
+        return Rejected(entity_id, outcome)
+    return Accepted(
+        entity_id, tuple(seqs[(entity_id, h)] for h in outcome.decoded.hash_per_input)
+    )

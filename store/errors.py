@@ -1,0 +1,64 @@
+"""The storage exception tree: database failures become these types at the storage edge.
+
+Callers above the store catch these, never asyncpg's own errors::
+
+    StoreError                  any storage failure
+    ├── DatabaseUnavailable     cannot connect, or the embedded server cannot start
+    ├── SchemaTooNew            the database was migrated by newer code than this
+    ├── SchemaOutdated          the database lacks migrations this code needs
+    ├── UnknownProject          no such project (or it has no change log)
+    └── BatchTooLarge           a push names more entities than the limit allows
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+
+class StoreError(Exception):
+    """Base of every storage error."""
+
+
+class DatabaseUnavailable(StoreError):  # noqa: N818 (names read as states)
+    """The database cannot be reached or started; the message says which and why."""
+
+
+class SchemaTooNew(StoreError):  # noqa: N818 (names read as states)
+    """Refuse to run old code on a newer schema: it could misread or corrupt the data."""
+
+    def __init__(self, code_version: int, database_version: int) -> None:
+        self.code_version = code_version
+        self.database_version = database_version
+        super().__init__(
+            f"database schema is at version {database_version}, but this fieldsync only knows "
+            f"migrations up to {code_version}: upgrade fieldsync"
+        )
+
+
+class SchemaOutdated(StoreError):  # noqa: N818 (names read as states)
+    """The database needs migrations this code expects; run ``fieldsync migrate``."""
+
+    def __init__(self, pending: Sequence[int]) -> None:
+        self.pending = tuple(pending)
+        listed = ", ".join(str(version) for version in self.pending)
+        super().__init__(
+            f"database schema lacks migrations {listed}: run `fieldsync migrate` first"
+        )
+
+
+class UnknownProject(StoreError):  # noqa: N818 (names read as states)
+    """The project does not exist on this server."""
+
+    def __init__(self, project_id: UUID) -> None:
+        self.project_id = project_id
+        super().__init__(f"unknown project {project_id}")
+
+
+class BatchTooLarge(StoreError):  # noqa: N818 (names read as states)
+    """A push names more entities than one transaction may take."""
+
+    def __init__(self, entities: int, limit: int) -> None:
+        self.entities = entities
+        self.limit = limit
+        super().__init__(f"a push of {entities} entities exceeds the limit of {limit}")

@@ -1,0 +1,35 @@
+"""Creating the server-managed rows a project needs: its account, itself and its log head.
+
+A project without a ``log_heads`` row could never take a change (appenders lock that row to
+hand out seqs), so the two are inserted in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+
+async def create_account(conn: asyncpg.Connection, name: str) -> uuid.UUID:
+    account_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO accounts (account_id, name) VALUES ($1, $2)", account_id, name
+    )
+    return account_id
+
+
+async def create_project(conn: asyncpg.Connection, account_id: uuid.UUID, name: str) -> uuid.UUID:
+    """A new project with an empty change log (head seq 0)."""
+    project_id = uuid.uuid4()
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO projects (project_id, account_id, name) VALUES ($1, $2, $3)",
+            project_id,
+            account_id,
+            name,
+        )
+        await conn.execute(
+            "INSERT INTO log_heads (project_id, head_seq) VALUES ($1, 0)", project_id
+        )
+    return project_id

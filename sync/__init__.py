@@ -1,0 +1,1 @@
+"""The sync protocol core: wire messages, codec and connection state machine (no I/O)."""

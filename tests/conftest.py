@@ -1,0 +1,114 @@
+"""Shared fixtures: one PostgreSQL server per test session, one database per need.
+
+The server is an embedded PostgreSQL in a short temporary directory (Unix socket paths are
+limited to about 107 bytes), or the server named by ``DATABASE_URL`` when it is set: that is
+how the same suite runs against an external PostgreSQL. Either way, the tests only ever
+touch databases they created themselves, and drop them afterwards.
+
+Fixtures:
+- ``postgres_server_url`` (session): the server's own URL, for admin work.
+- ``database_url`` (session): a database created and migrated once for the session.
+- ``pool`` (session): an asyncpg pool on ``database_url``.
+- ``fresh_database_url`` (function): a brand-new, empty (unmigrated) database.
+- ``project`` (function): the id (``uuid.UUID``) of a new project with an empty change log
+  (``log_heads.head_seq`` = 0) in ``database_url``; each test gets its own.
+- ``other_project`` (function): a second such project, in another account.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from store.database import close_pool, connect, create_pool, with_database
+from store.embedded import embedded_postgres
+from store.migrations import migrate
+from store.projects import create_account, create_project
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="fs", dir="/tmp"))
+    try:
+        with embedded_postgres(data_dir) as url:
+            yield url
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def _create_database(server_url: str, prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def _drop_database(server_url: str, name: str) -> None:
+    admin = await connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    name = await _create_database(postgres_server_url, "fs_test")
+    url = with_database(postgres_server_url, name)
+    try:
+        conn = await connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await _drop_database(postgres_server_url, name)
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await create_pool(database_url, min_size=1, max_size=10)
+    try:
+        yield created
+    finally:
+        await close_pool(created)
+
+
+@pytest.fixture
+async def fresh_database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    name = await _create_database(postgres_server_url, "fs_fresh")
+    try:
+        yield with_database(postgres_server_url, name)
+    finally:
+        await _drop_database(postgres_server_url, name)
+
+
+async def _new_project(pool: asyncpg.Pool, name: str) -> uuid.UUID:
+    async with pool.acquire() as conn:
+        account_id = await create_account(conn, f"{name} account")
+        return await create_project(conn, account_id, name)
+
+
+@pytest.fixture
+async def project(pool: asyncpg.Pool) -> uuid.UUID:
+    return await _new_project(pool, "Test project")
+
+
+@pytest.fixture
+async def other_project(pool: asyncpg.Pool) -> uuid.UUID:
+    return await _new_project(pool, "Other project")

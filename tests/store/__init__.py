@@ -1,0 +1,1 @@
+"""Tests of the PostgreSQL storage layer, run against a real server."""
