@@ -1,0 +1,46 @@
+"""Protocol error codes and WebSocket close codes; their values go on the wire.
+
+Entity-level refusals inside a PushResult use ``model.rejections.RejectCode`` instead.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class ErrorCode(StrEnum):
+    # The frame itself
+    MALFORMED_FRAME = "malformed_frame"  # not msgpack, not a map, or a text frame
+    FRAME_TOO_LARGE = "frame_too_large"
+    UNKNOWN_MESSAGE_TYPE = "unknown_message_type"
+    INVALID_MESSAGE = "invalid_message"  # a field missing, of the wrong type or out of range
+    # The handshake
+    HANDSHAKE_REQUIRED = "handshake_required"
+    ALREADY_HANDSHAKEN = "already_handshaken"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    INVALID_TOKEN = "invalid_token"
+    TOKEN_EXPIRED = "token_expired"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    # Projects
+    PROJECT_UNAVAILABLE = "project_unavailable"  # unknown or not a member: same answer
+    NOT_SUBSCRIBED = "not_subscribed"
+    CURSOR_AHEAD = "cursor_ahead"
+    FORBIDDEN = "forbidden"
+    TOO_MANY_ENTITIES = "too_many_entities"
+    # The connection
+    TOO_SLOW = "too_slow"
+    SERVER_UNAVAILABLE = "server_unavailable"
+    INTERNAL_ERROR = "internal_error"
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down: reconnect later
+    PROTOCOL_ERROR = 1002
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    UNAUTHORIZED = 4001  # invalid or expired token: get a new one before reconnecting
+    UNSUPPORTED_VERSION = 4002
+    TOO_SLOW = 4008  # the client fell behind: reconnect and resume from its own cursor
+    TOO_MANY_CONNECTIONS = 4029
