@@ -1,4 +1,4 @@
-"""The ``fieldsync`` command: serve, migrate, rebuild-read-models.
+"""The ``fieldsync`` command: serve, migrate, rebuild-read-models, token.
 
 ``serve`` migrates, then runs uvicorn. On Ctrl-C or SIGTERM, shutdown runs in layers, each
 waiting for the one above: uvicorn stops accepting and lets in-flight requests finish, the
@@ -71,7 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     rebuild.set_defaults(run=_rebuild)
 
-    for command in (serve, migrate_cmd, rebuild):
+    token = commands.add_parser("token", help="print a bearer token for a user")
+    token.add_argument("--user", type=uuid.UUID, required=True, help="the user's id")
+    token.add_argument(
+        "--ttl", type=int, default=12 * 3600, help="seconds until it expires (default 12 h)"
+    )
+    token.set_defaults(run=_token)
+
+    for command in (serve, migrate_cmd, rebuild, token):
         command.add_argument(
             "--data-dir",
             type=Path,
@@ -116,17 +123,14 @@ async def _migrate(args: argparse.Namespace, url: str) -> int:
 async def _serve(args: argparse.Namespace, url: str) -> int:
     await _migrate_now(url)
 
-    from server import create_app
+    from auth.secret import load_secret
+    from server import create_app, uvicorn_config
 
-    config = uvicorn.Config(
-        create_app(url),
-        host=args.host,
-        port=args.port,
-        lifespan="on",
-        log_config=None,  # keep our plain format
-        access_log=False,  # request lines would carry query strings, which may hold tokens
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
+    app = create_app(url, secret=load_secret(args.data_dir))
+    config = uvicorn_config(app, args.host, args.port)
+    config.lifespan = "on"
+    config.log_config = None  # keep our plain format
+    config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN_SECONDS
     server = uvicorn.Server(config)
     signals: list[int] = []
 
@@ -148,6 +152,23 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
         logger.error("server did not start")
         return 1
     logger.info("stopped")
+    return 0
+
+
+async def _token(args: argparse.Namespace, url: str) -> int:
+    from auth.secret import load_secret
+    from auth.tokens import issue_token
+
+    conn = await connect(url)
+    try:
+        await check_schema(conn)
+        known = await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1", args.user)
+    finally:
+        await conn.close()
+    if not known:
+        logger.error("no user %s", args.user)
+        return 1
+    print(issue_token(load_secret(args.data_dir), args.user, ttl_seconds=args.ttl))
     return 0
 
 

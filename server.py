@@ -1,50 +1,129 @@
 """The HTTP/WebSocket shell: a Starlette app whose resources live in its lifespan.
 
-The pool is created when the app starts and closed when it stops (after uvicorn has let
-in-flight requests finish), and is reached through ``app.state``: no module globals, so
-tests can run several apps side by side.
+The lifespan creates the pool, the change log, the hub of live feeds, the notification
+listener and the periodic head check, and hands them to routes through ``app.state``: no
+module globals, so tests can run several apps (several "processes") side by side. At
+shutdown uvicorn first lets in-flight requests finish, then the lifespan closes the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
+from uuid import UUID
 
 import asyncpg
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from live.feed import Hub
+from live.session import SyncServices, SyncSession, Transport
+from live.snapshot_http import snapshot_endpoint
+from model.limits import DEFAULT_LIMITS, Limits
+from store.changelog import ChangeLog, LoggedChange
 from store.database import CONNECTION_ERRORS, close_pool, create_pool
 from store.migrations import check_schema
+from store.notifications import listen, notify, poll_heads
 
 HEALTH_TIMEOUT = 2.0
+HEAD_POLL_SECONDS = 2.0
+PING_INTERVAL_SECONDS = 20.0
 
 
 def create_app(
     database_url: str,
     *,
+    secret: bytes,
+    limits: Limits = DEFAULT_LIMITS,
     pool_min_size: int = 1,
     pool_max_size: int = 10,
     health_timeout: float = HEALTH_TIMEOUT,
+    head_poll_seconds: float = HEAD_POLL_SECONDS,
+    listen_for_notifications: bool = True,
+    outbox_hard_limit: int = 512,
 ) -> Starlette:
     """The application; it refuses to start on a database whose schema does not match."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pool = await create_pool(database_url, pool_min_size, pool_max_size)
+        background: set[asyncio.Task[None]] = set()
         try:
             async with pool.acquire() as conn:
                 await check_schema(conn)
+            hub = Hub(lambda project, cursor, n: changelog.changes_since(project, cursor, n))
+
+            def committed(project_id: UUID, changes: Sequence[LoggedChange]) -> None:
+                hub.committed(project_id, changes)
+                task = asyncio.create_task(_notify_quietly(pool, project_id, changes[-1].seq))
+                background.add(task)
+                task.add_done_callback(background.discard)
+
+            changelog = ChangeLog(pool, limits=limits, on_commit=committed)
             app.state.pool = pool
             app.state.health_timeout = health_timeout
-            yield
+            app.state.secret = secret
+            app.state.sync = SyncServices(
+                pool, changelog, hub, secret, limits, outbox_hard_limit=outbox_hard_limit
+            )
+            workers = [
+                asyncio.create_task(
+                    poll_heads(pool, hub.watched_projects, hub.poke, interval=head_poll_seconds)
+                )
+            ]
+            if listen_for_notifications:
+                workers.append(asyncio.create_task(listen(database_url, hub.poke)))
+            try:
+                yield
+            finally:
+                for worker in workers:
+                    worker.cancel()
+                for worker in workers:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await worker
         finally:
             await close_pool(pool)
 
-    return Starlette(routes=[Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
+        WebSocketRoute("/sync", sync_endpoint),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def _notify_quietly(pool: asyncpg.Pool, project_id: UUID, seq: int) -> None:
+    # Other processes also find the change by their periodic head check.
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        await notify(pool, project_id, seq)
+
+
+async def sync_endpoint(websocket: WebSocket) -> None:
+    await websocket.accept()
+    services: SyncServices = websocket.app.state.sync
+
+    async def receive() -> bytes | str | None:
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        data: bytes | str | None = message.get("bytes")
+        return data if data is not None else message.get("text", "")
+
+    async def close(code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await websocket.close(code, reason)
+
+    await SyncSession(services, Transport(receive, websocket.send_bytes, close)).run()
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -63,3 +142,24 @@ async def healthz(request: Request) -> JSONResponse:
 
 def _unavailable(reason: str) -> JSONResponse:
     return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+
+
+def uvicorn_config(
+    app: Any, host: str, port: int, limits: Limits = DEFAULT_LIMITS
+) -> uvicorn.Config:
+    """How fieldsync is served: WebSocket compression off (a small compressed frame can
+    inflate to a huge one), frames bounded above the protocol's own limit so oversize frames
+    get a protocol error rather than a dropped connection, pings to find dead peers."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws="websockets-sansio",
+        ws_max_size=2 * limits.max_frame_bytes,
+        ws_per_message_deflate=False,
+        ws_ping_interval=PING_INTERVAL_SECONDS,
+        ws_ping_timeout=PING_INTERVAL_SECONDS,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )

@@ -10,8 +10,9 @@ document cache and the read models, and commits. Results go back only after the 
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -30,6 +31,7 @@ from model.merge import (
 )
 from model.rejections import RejectCode, Rejection
 from store.compaction import should_compact
+from store.database import CONNECTION_ERRORS
 from store.document_cache import CachedDocument, DocumentCache
 from store.errors import BatchTooLarge, StoreError, UnknownProject
 from store.readmodels import read_model_row, upsert_read_models
@@ -62,6 +64,8 @@ class LoggedChange:
     hash: bytes
     change: bytes
 
+
+log = logging.getLogger(__name__)
 
 _LOCK_HEAD = "SELECT head_seq FROM log_heads WHERE project_id = $1 FOR UPDATE"
 
@@ -125,11 +129,18 @@ class ChangeLog:
     """Append and read entity changes; the narrow storage interface the protocol uses."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, limits: Limits = DEFAULT_LIMITS, cache_size: int = 10_000
+        self,
+        pool: asyncpg.Pool,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        cache_size: int = 10_000,
+        on_commit: Callable[[UUID, Sequence[LoggedChange]], None] | None = None,
     ) -> None:
+        """``on_commit`` hears, right after each commit, the changes it newly logged."""
         self._pool = pool
         self._limits = limits
         self._cache = DocumentCache(cache_size)
+        self._on_commit = on_commit
 
     @property
     def limits(self) -> Limits:
@@ -141,7 +152,9 @@ class ChangeLog:
         """Append each entity's changes all-or-nothing; one result per item, in order.
 
         Results are returned only after the transaction committed. Raises UnknownProject,
-        BatchTooLarge, or StoreError when the database fails (then nothing was logged).
+        BatchTooLarge, or StoreError when the database fails. After a StoreError the outcome
+        is unknown (the connection may have dropped after the commit); sending the same
+        changes again is always safe and returns their seqs.
         """
         if len(batch) > self._limits.max_entities_per_batch:
             raise BatchTooLarge(len(batch), self._limits.max_entities_per_batch)
@@ -150,13 +163,13 @@ class ChangeLog:
         for attempt in range(2):
             try:
                 return await self._append_locked(project_id, batch, decoded, sender)
-            except asyncpg.UniqueViolationError:
+            except asyncpg.UniqueViolationError as exc:
                 # Another project created one of these entity ids concurrently; the retry
                 # sees its row and rejects the entity as belonging to another project.
                 if attempt == 1:
-                    raise
-            except asyncpg.PostgresError as exc:
-                raise StoreError(f"append failed: {exc}") from exc
+                    raise StoreError(f"append failed: {exc}") from exc
+            except CONNECTION_ERRORS as exc:
+                raise StoreError(f"append failed: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
     async def _append_locked(
@@ -192,6 +205,13 @@ class ChangeLog:
             await _write(conn, project_id, writes)
         for entity_id, cached in writes.cache_updates:
             self._cache.put(project_id, entity_id, cached)
+        if self._on_commit is not None and writes.change_rows:
+            try:
+                self._on_commit(project_id, [_logged(row) for row in writes.change_rows])
+            except Exception:
+                # The changes are committed; a failing listener must not turn that into an
+                # error for the pusher. Live readers also find them by cursor.
+                log.exception("on_commit hook failed for project %s", project_id)
         return [
             _result(item.entity_id, outcome, writes.seqs)
             for item, outcome in zip(batch, outcomes, strict=True)
@@ -241,8 +261,11 @@ class ChangeLog:
         self, project_id: UUID, cursor: int, limit: int = 1_000
     ) -> list[LoggedChange]:
         """Logged changes with seq > cursor, in seq order, at most ``limit`` of them."""
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_CHANGES_SINCE, project_id, cursor, limit)
+        try:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(_CHANGES_SINCE, project_id, cursor, limit)
+        except CONNECTION_ERRORS as exc:
+            raise StoreError(f"reading the log failed: {type(exc).__name__}: {exc}") from exc
         return [
             LoggedChange(r["seq"], r["entity_type"], r["entity_id"], r["hash"], r["change"])
             for r in rows
@@ -250,10 +273,13 @@ class ChangeLog:
 
     async def head(self, project_id: UUID) -> int:
         """The project's latest seq (0 before its first change)."""
-        async with self._pool.acquire() as conn:
-            head = await conn.fetchval(
-                "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
-            )
+        try:
+            async with self._pool.acquire() as conn:
+                head = await conn.fetchval(
+                    "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
+                )
+        except CONNECTION_ERRORS as exc:
+            raise StoreError(f"reading the log head failed: {type(exc).__name__}: {exc}") from exc
         if head is None:
             raise UnknownProject(project_id)
         return int(head)
@@ -375,6 +401,11 @@ async def _write(conn: Any, project_id: UUID, writes: _Writes) -> None:
         await conn.executemany(_UPDATE_DOCUMENT, writes.updated_documents)
     await upsert_read_models(conn, writes.read_models)
     await conn.execute(_SET_HEAD, project_id, writes.head)
+
+
+def _logged(row: tuple[Any, ...]) -> LoggedChange:
+    _, seq, entity_type, entity_id, hash_, _, _, data, _ = row
+    return LoggedChange(seq, entity_type, entity_id, hash_, data)
 
 
 def _result(

@@ -42,6 +42,13 @@ class Snapshot:
         self.project_id = project_id
         self.cursor = cursor
 
+    async def count(self) -> int:
+        """How many entities the snapshot holds."""
+        count: int = await self._conn.fetchval(
+            "SELECT count(*) FROM documents WHERE project_id = $1", self.project_id
+        )
+        return count
+
     async def entities(self, prefetch: int = 128) -> AsyncIterator[SnapshotEntity]:
         """Every entity, in entity-id order, fetched ``prefetch`` rows at a time."""
         async for r in self._conn.cursor(_ENTITIES, self.project_id, prefetch=prefetch):

@@ -1,0 +1,185 @@
+"""Per-project feeds: committed changes handed to every live subscriber, in seq order.
+
+A feed knows the last seq it has dispatched (``head``). Changes committed in this process
+arrive directly (``committed``); other processes' commits arrive as pointers (``poke``, from
+PostgreSQL NOTIFY or the periodic head check), and the feed reads them from the log by
+cursor, so a lost notification costs latency, never data. A subscriber goes live only once
+its own catch-up from the log has reached the feed's head (``try_go_live``), and every
+delivery is filtered by the subscriber's cursor, so nothing is missed or sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from uuid import UUID
+
+from store.changelog import LoggedChange
+from sync.codec import encode
+from sync.messages import ChangeRecord, Changes
+
+ReadSince = Callable[[UUID, int, int], Awaitable[list[LoggedChange]]]
+READ_BATCH = 500
+# A Changes frame stays well under the protocol's frame limit whatever the change sizes.
+FRAME_BUDGET_BYTES = 1024 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class LiveSubscription:
+    """One connection's interest in one project; ``deliver`` is called by the feed."""
+
+    def __init__(
+        self,
+        project_id: UUID,
+        cursor: int,
+        send_live: Callable[[bytes], bool],
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self.project_id = project_id
+        self.cursor = cursor
+        self._send_live = send_live
+        self._on_overflow = on_overflow
+        self.overflowed = False
+
+    def deliver(self, records: Sequence[ChangeRecord], frame: bytes) -> None:
+        if self.overflowed or not records or records[-1].seq <= self.cursor:
+            return
+        if records[0].seq <= self.cursor:
+            fresh = tuple(r for r in records if r.seq > self.cursor)
+            frame = encode(Changes(str(self.project_id), fresh))
+            records = fresh
+        if self._send_live(frame):
+            self.cursor = records[-1].seq
+        else:
+            self.overflowed = True
+            self._on_overflow()
+
+
+def change_records(changes: Iterable[LoggedChange]) -> tuple[ChangeRecord, ...]:
+    return tuple(ChangeRecord(c.seq, c.entity_type, c.entity_id, c.change) for c in changes)
+
+
+def change_frames(
+    project_id: UUID, changes: Sequence[LoggedChange]
+) -> list[tuple[tuple[ChangeRecord, ...], bytes]]:
+    """Changes as consecutive Changes frames of at most about FRAME_BUDGET_BYTES each."""
+    frames = []
+    batch: list[LoggedChange] = []
+    size = 0
+    for change in changes:
+        if batch and size + len(change.change) > FRAME_BUDGET_BYTES:
+            frames.append(_frame(project_id, batch))
+            batch, size = [], 0
+        batch.append(change)
+        size += len(change.change) + 64
+    if batch:
+        frames.append(_frame(project_id, batch))
+    return frames
+
+
+def _frame(
+    project_id: UUID, changes: Sequence[LoggedChange]
+) -> tuple[tuple[ChangeRecord, ...], bytes]:
+    records = change_records(changes)
+    return records, encode(Changes(str(project_id), records))
+
+
+class ProjectFeed:
+    def __init__(self, project_id: UUID, read_since: ReadSince) -> None:
+        self.project_id = project_id
+        self.head: int | None = None  # unknown until the first subscriber goes live
+        self.subscribers: set[LiveSubscription] = set()
+        self._read_since = read_since
+        self._wanted = 0
+        self._reader: asyncio.Task[None] | None = None
+
+    def try_go_live(self, subscription: LiveSubscription) -> bool:
+        """Go live if the subscription's catch-up has reached what the feed dispatched."""
+        if self.head is not None and subscription.cursor < self.head:
+            return False
+        if self.head is None:
+            self.head = subscription.cursor
+        self.subscribers.add(subscription)
+        self._maybe_read()
+        return True
+
+    def leave(self, subscription: LiveSubscription) -> None:
+        self.subscribers.discard(subscription)
+
+    def committed(self, changes: Sequence[LoggedChange]) -> None:
+        """Changes this process just committed, in seq order."""
+        if not changes:
+            return
+        if self.head is not None and changes[0].seq == self.head + 1 and self._reader is None:
+            self._dispatch(changes)
+        else:
+            self.poke(changes[-1].seq)
+
+    def poke(self, seq: int) -> None:
+        """The log holds changes up to ``seq``: read whatever this feed has not dispatched."""
+        self._wanted = max(self._wanted, seq)
+        self._maybe_read()
+
+    def _maybe_read(self) -> None:
+        if self.head is None or self._wanted <= self.head or self._reader is not None:
+            return
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while self.head is not None and self._wanted > self.head:
+                batch = await self._read_since(self.project_id, self.head, READ_BATCH)
+                if not batch:
+                    break
+                self._dispatch(batch)
+        except Exception:
+            # The periodic head check pokes again; the log is the truth, nothing is lost.
+            log.exception("reading project %s from the log failed", self.project_id)
+        finally:
+            self._reader = None
+
+    def _dispatch(self, changes: Sequence[LoggedChange]) -> None:
+        assert self.head is not None
+        fresh = [c for c in changes if c.seq > self.head]
+        if not fresh:
+            return
+        self.head = fresh[-1].seq
+        for records, frame in change_frames(self.project_id, fresh):
+            for subscription in list(self.subscribers):
+                subscription.deliver(records, frame)
+
+
+class Hub:
+    """The feeds of this process, keyed by project."""
+
+    def __init__(self, read_since: ReadSince) -> None:
+        self._read_since = read_since
+        self._feeds: dict[UUID, ProjectFeed] = {}
+
+    def feed(self, project_id: UUID) -> ProjectFeed:
+        feed = self._feeds.get(project_id)
+        if feed is None:
+            feed = self._feeds[project_id] = ProjectFeed(project_id, self._read_since)
+        return feed
+
+    def leave(self, subscription: LiveSubscription) -> None:
+        feed = self._feeds.get(subscription.project_id)
+        if feed is not None:
+            feed.leave(subscription)
+            if not feed.subscribers:
+                del self._feeds[subscription.project_id]
+
+    def committed(self, project_id: UUID, changes: Sequence[LoggedChange]) -> None:
+        feed = self._feeds.get(project_id)
+        if feed is not None:
+            feed.committed(changes)
+
+    def poke(self, project_id: UUID, seq: int) -> None:
+        feed = self._feeds.get(project_id)
+        if feed is not None:
+            feed.poke(seq)
+
+    def watched_projects(self) -> list[UUID]:
+        return list(self._feeds)

@@ -1,0 +1,111 @@
+"""``GET /projects/{id}/snapshot``: a project's documents at one cursor, streamed and gzipped.
+
+The body is a sequence of msgpack maps (begin, one per entity, end) read from one
+repeatable-read transaction through a server-side cursor and compressed as it goes, so
+memory stays bounded however large the project is. The ETag names the project and cursor:
+a client that already holds this cursor gets 304 and no body.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import asyncpg
+import msgpack
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from auth.tokens import TokenError, verify_token
+from store.projects import member_level
+from store.snapshots import open_snapshot
+
+MEDIA_TYPE = "application/x-fieldsync-snapshot+msgpack"
+FLUSH_BYTES = 256 * 1024
+
+
+def snapshot_etag(project_id: UUID, cursor: int) -> str:
+    return f'"{project_id}:{cursor}"'
+
+
+def _not_found() -> JSONResponse:
+    # Unknown and forbidden projects get the same answer: ids reveal nothing.
+    return JSONResponse(
+        {"code": "project_unavailable", "message": "no such project, or not a member"},
+        status_code=404,
+    )
+
+
+async def snapshot_endpoint(request: Request) -> Response:
+    secret: bytes = request.app.state.secret
+    pool: asyncpg.Pool = request.app.state.pool
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return JSONResponse(
+            {"code": "invalid_token", "message": "send Authorization: Bearer <token>"},
+            status_code=401,
+        )
+    try:
+        claims = verify_token(secret, token.strip())
+    except TokenError as exc:
+        code = "token_expired" if exc.expired else "invalid_token"
+        return JSONResponse({"code": code, "message": str(exc)}, status_code=401)
+    try:
+        project_id = UUID(request.path_params["project_id"])
+    except ValueError:
+        return _not_found()
+    async with pool.acquire() as conn:
+        if await member_level(conn, project_id, claims.user_id) is None:
+            return _not_found()
+
+    context = open_snapshot(pool, project_id)
+    snapshot = await context.__aenter__()
+    etag = snapshot_etag(project_id, snapshot.cursor)
+    gzip = "gzip" in request.headers.get("accept-encoding", "")
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
+    if request.headers.get("if-none-match") == etag:
+        await context.__aexit__(None, None, None)
+        return Response(status_code=304, headers=headers)
+    if gzip:
+        headers["Content-Encoding"] = "gzip"
+    released = False
+
+    async def release() -> None:
+        """End the snapshot transaction once, whether or not the body was ever streamed."""
+        nonlocal released
+        if not released:
+            released = True
+            await context.__aexit__(None, None, None)
+
+    async def body() -> AsyncIterator[bytes]:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        buffer: list[bytes] = []
+        size = 0
+
+        def emit(data: bytes) -> bytes:
+            return compressor.compress(data) if compressor else data
+
+        try:
+            count = await snapshot.count()
+            buffer.append(msgpack.packb({"t": "snapshot_begin", "project_id": str(project_id),
+                                         "cursor": snapshot.cursor, "entity_count": count}))
+            async for entity in snapshot.entities():
+                record = msgpack.packb({"entity_type": entity.entity_type,
+                                        "entity_id": entity.entity_id,
+                                        "document": entity.document})
+                buffer.append(record)
+                size += len(record)
+                if size >= FLUSH_BYTES:
+                    yield emit(b"".join(buffer))
+                    buffer, size = [], 0
+            buffer.append(msgpack.packb({"t": "snapshot_end", "cursor": snapshot.cursor}))
+            tail = emit(b"".join(buffer))
+            yield tail + compressor.flush() if compressor else tail
+        finally:
+            await release()
+
+    return StreamingResponse(
+        body(), media_type=MEDIA_TYPE, headers=headers, background=BackgroundTask(release)
+    )
