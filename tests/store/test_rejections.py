@@ -4,10 +4,12 @@ they were."""
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import string
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -253,3 +255,37 @@ async def test_unknown_project_is_refused_before_anything_is_written(log: Change
     _, change = create_entity("location", location_values())
     with pytest.raises(UnknownProject):
         await log.append(uuid.uuid4(), [EntityChanges("location", new_id(), [change])], "u")
+
+
+async def test_values_the_binding_cannot_read_are_refused_and_nothing_breaks(
+    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
+) -> None:
+    """Counters written by JavaScript Automerge make the Python binding panic on read."""
+    fixtures = json.loads((Path(__file__).parent.parent / "fixtures" /
+                           "js_counter_changes.json").read_text())
+    role = new_id()
+    [base] = [bytes.fromhex(h) for h in fixtures["base"]]
+    assert await log.append(project, [EntityChanges("role", role, [base])], "u") == [
+        Accepted(role, (1,))
+    ]
+    before = await project_state(pool, project)
+
+    code, message, _ = await rejected(
+        log, project, EntityChanges("role", role, [bytes.fromhex(fixtures["counter"])])
+    )
+    assert code is RejectCode.SCHEMA_VIOLATION
+    assert "name" in message
+    code, _, _ = await rejected(
+        log,
+        project,
+        EntityChanges("location", new_id(),
+                      [bytes.fromhex(h) for h in fixtures["location_with_counter"]]),
+    )
+    assert code is RejectCode.SCHEMA_VIOLATION
+
+    assert await project_state(pool, project) == before
+    doc = Document.load(base)
+    rename = update_entity(doc, "role", {"name": "Senior geologist"})
+    assert await log.append(project, [EntityChanges("role", role, [rename])], "u") == [
+        Accepted(role, (2,))
+    ]
