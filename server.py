@@ -145,7 +145,11 @@ def _unavailable(reason: str) -> JSONResponse:
 
 
 def uvicorn_config(
-    app: Any, host: str, port: int, limits: Limits = DEFAULT_LIMITS
+    app: Any,
+    host: str,
+    port: int,
+    limits: Limits = DEFAULT_LIMITS,
+    ping_interval: float = PING_INTERVAL_SECONDS,
 ) -> uvicorn.Config:
     """How fieldsync is served: WebSocket compression off (a small compressed frame can
     inflate to a huge one), frames bounded above the protocol's own limit so oversize frames
@@ -157,8 +161,8 @@ def uvicorn_config(
         ws="websockets-sansio",
         ws_max_size=2 * limits.max_frame_bytes,
         ws_per_message_deflate=False,
-        ws_ping_interval=PING_INTERVAL_SECONDS,
-        ws_ping_timeout=PING_INTERVAL_SECONDS,
+        ws_ping_interval=ping_interval,
+        ws_ping_timeout=ping_interval,
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=10,

@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 
 from model.limits import DEFAULT_LIMITS, Limits
-from server import create_app, uvicorn_config
+from server import PING_INTERVAL_SECONDS, create_app, uvicorn_config
 
 TEST_SECRET = b"test-secret-that-is-long-enough-for-hs256"
 
@@ -26,12 +26,16 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def running_server(
-    database_url: str, *, limits: Limits = DEFAULT_LIMITS, **app_options: Any
+    database_url: str,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    ping_interval: float = PING_INTERVAL_SECONDS,
+    **app_options: Any,
 ) -> AsyncIterator[str]:
     """Serve the app on a free port; yields its base URL ``127.0.0.1:PORT``."""
     port = free_port()
     app = create_app(database_url, secret=TEST_SECRET, limits=limits, **app_options)
-    config = uvicorn_config(app, "127.0.0.1", port, limits)
+    config = uvicorn_config(app, "127.0.0.1", port, limits, ping_interval)
     config.lifespan = "on"
     config.log_config = None
     config.timeout_graceful_shutdown = 2

@@ -254,3 +254,22 @@ async def test_connections_per_user_are_limited(
         replacement = await connected(base, token)
         for client in [*open_clients[1:], replacement]:
             await client.close()
+
+
+async def test_a_dead_peer_is_found_by_heartbeats(
+    database_url: str, project: uuid.UUID, member: MemberFactory
+) -> None:
+    """A client that stops answering pings is closed by the server."""
+    _, token = await member(project)
+    async with running_server(database_url, ping_interval=0.3) as base:
+        ghost, alive = await SyncClient.connect(base), await SyncClient.connect(base)
+        await ghost.hello(token)
+        await alive.hello(token)
+        ghost.ws.transport.pause_reading()  # like a tablet whose network vanished
+        await asyncio.sleep(1.5)  # several ping intervals without an answer
+        ghost.ws.transport.resume_reading()
+        messages, code = await ghost.read_until_closed(within=5)
+        assert messages == []
+        assert code == CloseCode.INTERNAL_ERROR  # 1011: the keepalive ping timed out
+        await still_works(alive, project, 1)  # answering pings, so still connected
+        await alive.close()
