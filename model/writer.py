@@ -19,7 +19,8 @@ from automerge.core import ROOT, Document, ObjType, ScalarType
 from model.entities import SCHEMAS
 from model.schema import EntitySchema, Field, FieldKind
 
-_SCALAR_TYPES = {
+# The Automerge scalar type each scalar field kind is written as.
+SCALAR_TYPES = {
     FieldKind.STRING: ScalarType.Str,
     FieldKind.ENUM: ScalarType.Str,
     FieldKind.REF: ScalarType.Str,
@@ -86,9 +87,9 @@ def _put(
             _put(tx, target, name, _field(field.fields, name, field.name), inner, insert=False)
     elif insert:
         assert isinstance(key, int)
-        tx.insert(obj, key, _SCALAR_TYPES[field.kind], _scalar(field, value))  # type: ignore[arg-type]
+        tx.insert(obj, key, SCALAR_TYPES[field.kind], _scalar(field, value))  # type: ignore[arg-type]
     else:
-        tx.put(obj, key, _SCALAR_TYPES[field.kind], _scalar(field, value))  # type: ignore[arg-type]
+        tx.put(obj, key, SCALAR_TYPES[field.kind], _scalar(field, value))  # type: ignore[arg-type]
 
 
 def _new_object(tx: Transaction, obj: bytes, key: str | int, kind: ObjType, insert: bool) -> bytes:

@@ -15,6 +15,7 @@ from automerge._automerge import Transaction
 from automerge.core import ROOT, Document, ObjType, ScalarType, ScalarValue
 
 from model.schema import EntitySchema, Field, FieldKind
+from model.writer import SCALAR_TYPES
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 END = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
@@ -92,19 +93,10 @@ def _write(
                 _write(tx, target, sub.name, sub, value[sub.name], as_text)
     else:
         assert isinstance(value, str | bool | int | float | datetime)
-        _put_scalar(tx, obj, prop, _SCALAR_TYPES[kind], value)
+        _put_scalar(tx, obj, prop, SCALAR_TYPES[kind], value)
 
 
 _STRINGS = (FieldKind.STRING, FieldKind.ENUM, FieldKind.REF)
-_SCALAR_TYPES = {
-    FieldKind.STRING: ScalarType.Str,
-    FieldKind.ENUM: ScalarType.Str,
-    FieldKind.REF: ScalarType.Str,
-    FieldKind.INT: ScalarType.Int,
-    FieldKind.FLOAT: ScalarType.F64,
-    FieldKind.BOOL: ScalarType.Boolean,
-    FieldKind.TIMESTAMP: ScalarType.Timestamp,
-}
 
 
 def _new_object(tx: Transaction, obj: bytes, prop: str | int, kind: ObjType) -> bytes:
