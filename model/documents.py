@@ -74,8 +74,11 @@ class ChangesNotAppliedError(AutomergeError):
 def apply_changes(doc: Document | None, changes: Sequence[ChangeHeader]) -> Document:
     """Return a new document: ``doc`` (or an empty one) with ``changes`` applied.
 
-    ``changes`` must be in dependency order with every dependency present in ``doc`` or
-    earlier in ``changes``; the caller checks that. ``doc`` itself is never modified.
+    ``changes`` must be in dependency order, none of them already in ``doc``, with every
+    dependency present in ``doc`` or earlier in ``changes``; the caller checks that (the
+    binding cannot tell whether a document holds a change, so callers track hashes).
+    ``doc`` itself is never modified. The result is a fork with a fresh actor id: a caller
+    that goes on editing it sets its own actor back with ``set_actor``.
     """
     before = document_heads(doc) if doc is not None else []
     target = contained(doc.fork) if doc is not None else Document()

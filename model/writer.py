@@ -10,7 +10,8 @@ and returns its bytes, ready to push; an edit that would leave the document as i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from automerge._automerge import Transaction
@@ -99,6 +100,16 @@ def _new_object(tx: Transaction, obj: bytes, key: str | int, kind: ObjType, inse
     return tx.put_object(obj, key, kind)
 
 
+@contextmanager
+def _writing() -> Iterator[None]:
+    """The binding refuses a value of the wrong Python type with TypeError (and rolls the
+    transaction back); callers get WriteError like for every other bad value."""
+    try:
+        yield
+    except (TypeError, OverflowError) as exc:
+        raise WriteError(f"a value does not fit its field: {exc}") from exc
+
+
 def _new_change(doc: Document, heads_before: list[bytes]) -> bytes:
     """The change the last transaction made."""
     if doc.get_heads() == heads_before:
@@ -114,9 +125,11 @@ def create_entity(
     """A new entity document holding ``values``, made in one change."""
     schema = _schema(entity_type)
     doc = Document(actor) if actor is not None else Document()
-    with doc.transaction() as tx:
+    with _writing(), doc.transaction() as tx:
         for name, value in values.items():
-            _put(tx, ROOT, name, _field(schema.fields, name, entity_type), value, insert=False)
+            if value is not None:  # absent and None mean the same for a new entity
+                field = _field(schema.fields, name, entity_type)
+                _put(tx, ROOT, name, field, value, insert=False)
     return doc, _new_change(doc, [])
 
 
@@ -126,7 +139,7 @@ def update_entity(
     """Set (or, for ``None``, remove) top-level fields in one change."""
     schema = _schema(entity_type)
     heads = doc.get_heads()
-    with doc.transaction() as tx:
+    with _writing(), doc.transaction() as tx:
         for name, value in values.items():
             field = _field(schema.fields, name, entity_type)
             if value is None:

@@ -1,0 +1,55 @@
+"""fieldsync client SDK: an offline-first local copy of fieldsync projects that syncs itself.
+
+    async with FieldsyncClient("https://sync.example.org", token, "fieldsync.db") as client:
+        project = await client.open_project(project_id)
+        activity_id = await project.create("activity", {...})
+        await project.splice_text("activity", activity_id, "description", 0, 0, "Note: ")
+
+See ``README.md`` for offline behaviour and errors, and :mod:`fieldsync_client.blocking` for
+code that is not async.
+"""
+
+from fieldsync_client.blocking import BlockingClient, BlockingProject
+from fieldsync_client.client import FieldsyncClient
+from fieldsync_client.errors import (
+    AuthError,
+    ClientClosed,
+    EntityNotFound,
+    FieldsyncError,
+    IncompatibleServer,
+    Offline,
+    ProjectUnavailable,
+    ServerError,
+    StoreError,
+    StoreLocked,
+    ValidationError,
+)
+from fieldsync_client.local_store import RejectedChange
+from fieldsync_client.project import Project
+from fieldsync_client.status import ConnectionState, RemoteChanges, SyncStatus
+from model.validation import SchemaViolation
+
+__all__ = [
+    "AuthError",
+    "BlockingClient",
+    "BlockingProject",
+    "ClientClosed",
+    "ConnectionState",
+    "EntityNotFound",
+    "FieldsyncClient",
+    "FieldsyncError",
+    "IncompatibleServer",
+    "Offline",
+    "Project",
+    "ProjectUnavailable",
+    "RejectedChange",
+    "RemoteChanges",
+    "SchemaViolation",
+    "ServerError",
+    "StoreError",
+    "StoreLocked",
+    "SyncStatus",
+    "ValidationError",
+]
+
+__version__ = "0.1.0"

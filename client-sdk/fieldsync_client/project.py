@@ -1,0 +1,208 @@
+"""One opened project: read and edit its entities, watch what the server changes.
+
+Every edit is validated against the entity's schema (the same one the server checks) and
+raises :class:`ValidationError` without storing anything if it does not fit. An edit that
+returns has been written to disk, with its change in the outbox; sync pushes it when it can.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from fieldsync_client.errors import ClientClosed, ProjectUnavailable, ValidationError
+from fieldsync_client.listeners import Listeners
+from fieldsync_client.local_store import RejectedChange
+from fieldsync_client.replica import ProjectReplica
+from fieldsync_client.status import RemoteChanges
+from model.schema import is_valid_entity_id
+from model.writer import insert_list_item, remove_list_item, splice_text, update_entity
+
+if TYPE_CHECKING:
+    from fieldsync_client.client import FieldsyncClient
+
+RejectionCallback = Callable[[list[RejectedChange]], object]
+
+__all__ = ["Project"]
+
+Values = dict[str, object]
+
+
+class Project:
+    """Obtained from :meth:`FieldsyncClient.open_project`; valid until the client closes."""
+
+    def __init__(
+        self, client: FieldsyncClient, replica: ProjectReplica, synced_at: datetime | None
+    ) -> None:
+        self._client = client
+        self._replica = replica
+        self.project_id = replica.project_id
+        self.stored_synced_at = synced_at
+        self.remote_changes: Listeners[RemoteChanges] = Listeners("remote change")
+        self.rejections: Listeners[builtins.list[RejectedChange]] = Listeners("rejection")
+
+    def __repr__(self) -> str:
+        return f"<Project {self.project_id} cursor={self.cursor}>"
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def cursor(self) -> int | None:
+        """The highest server seq the local copy includes; None until the first snapshot."""
+        return self._replica.cursor
+
+    @property
+    def bootstrapped(self) -> bool:
+        return self._replica.cursor is not None
+
+    @property
+    def error(self) -> ProjectUnavailable | None:
+        """Set while the server refuses to sync this project (not a member, or no such one)."""
+        return self._client._project_error(self.project_id)
+
+    def pending_count(self) -> int:
+        """Local changes waiting for the server's acknowledgement."""
+        self._check()
+        return self._client.store.pending_count(self.project_id)
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def list(self, entity_type: str, *, include_deleted: bool = False) -> dict[str, Values]:
+        """Every entity of a type: id -> values, ordered by id; deleted ones only if asked."""
+        self._check()
+        return {
+            entity_id: self._replica.values(entity_type, entity_id)
+            for entity_id in self._replica.ids(entity_type, include_deleted=include_deleted)
+        }
+
+    async def ids(self, entity_type: str, *, include_deleted: bool = False) -> builtins.list[str]:
+        self._check()
+        return self._replica.ids(entity_type, include_deleted=include_deleted)
+
+    async def get(self, entity_type: str, entity_id: str) -> Values:
+        """The entity's values (text as str, timestamps as aware UTC datetimes, lists, maps).
+
+        Raises :class:`EntityNotFound`. A deleted entity is returned with ``deleted: True``.
+        """
+        self._check()
+        return self._replica.values(entity_type, entity_id)
+
+    async def heads(self, entity_id: str) -> builtins.list[bytes]:
+        """The entity document's heads, sorted: equal heads mean equal documents."""
+        self._check()
+        return self._replica.heads(entity_id)
+
+    # --- editing --------------------------------------------------------------------------
+
+    async def create(
+        self, entity_type: str, values: Mapping[str, object], *, entity_id: str | None = None
+    ) -> str:
+        """Create an entity in one change; returns its id (a new UUID unless given).
+
+        ``None`` values are left out. Text fields take a ``str``, timestamps an aware
+        ``datetime``, lists a list, maps a dict.
+        """
+        self._check()
+        if entity_id is None:
+            entity_id = str(uuid.uuid4())
+        elif not is_valid_entity_id(entity_id):
+            raise ValidationError(
+                f"invalid entity id {entity_id[:70]!r}: use 1-64 of A-Z a-z 0-9 _ -"
+            )
+        self._replica.create(entity_type, entity_id, values)
+        self._edited()
+        return entity_id
+
+    async def update(self, entity_type: str, entity_id: str, values: Mapping[str, object]) -> bool:
+        """Set top-level fields in one change (``None`` removes an optional field).
+
+        Setting a text field replaces the whole text; use :meth:`splice_text` for edits that
+        merge with other people's. Returns False when nothing changed (nothing is stored).
+        """
+        return self._edit(
+            entity_type, entity_id, lambda doc: update_entity(doc, entity_type, values)
+        )
+
+    async def splice_text(
+        self,
+        entity_type: str,
+        entity_id: str,
+        field: str,
+        index: int,
+        delete: int = 0,
+        insert: str = "",
+    ) -> bool:
+        """Delete ``delete`` characters at ``index`` of a text field, then insert ``insert``.
+
+        Concurrent splices of the same text by others merge character by character.
+        """
+        return self._edit(
+            entity_type, entity_id, lambda doc: splice_text(doc, field, index, delete, insert)
+        )
+
+    async def insert_item(
+        self, entity_type: str, entity_id: str, field: str, index: int, value: object
+    ) -> bool:
+        """Insert one item into a list field (such as an activity's tasks) at ``index``."""
+        return self._edit(
+            entity_type,
+            entity_id,
+            lambda doc: insert_list_item(doc, entity_type, field, index, value),
+        )
+
+    async def remove_item(self, entity_type: str, entity_id: str, field: str, index: int) -> bool:
+        return self._edit(entity_type, entity_id, lambda doc: remove_list_item(doc, field, index))
+
+    async def delete(self, entity_type: str, entity_id: str) -> bool:
+        """Soft delete: sets ``deleted: True`` (deletes merge like any other edit)."""
+        return self._edit(
+            entity_type, entity_id, lambda doc: update_entity(doc, entity_type, {"deleted": True})
+        )
+
+    def _edit(self, entity_type: str, entity_id: str, write: Callable[..., bytes]) -> bool:
+        self._check()
+        changed = self._replica.edit(entity_type, entity_id, write)
+        if changed:
+            self._edited()
+        return changed
+
+    def _edited(self) -> None:
+        self._client._local_change(self.project_id)
+
+    # --- what the server refused ----------------------------------------------------------
+
+    async def rejected_changes(self) -> builtins.list[RejectedChange]:
+        """Local changes the server refused, with its reason; they are never sent again."""
+        self._check()
+        return self._client.store.rejected_changes(self.project_id)
+
+    async def dismiss_rejected(self, ids: Iterable[int] | None = None) -> int:
+        """Forget rejected changes (all, or those ids) once the user has seen them."""
+        self._check()
+        store = self._client.store
+        with store.transaction():
+            removed = store.dismiss_rejected(self.project_id, ids)
+        self._client.state_changed()
+        return removed
+
+    # --- notifications --------------------------------------------------------------------
+
+    def on_change(self, callback: Callable[[RemoteChanges], object]) -> Callable[[], None]:
+        """Call ``callback`` on the event loop when server data changes entities; returns a
+        function that removes it."""
+        return self.remote_changes.add(callback)
+
+    def changes(self) -> AsyncIterator[RemoteChanges]:
+        """``async for event in project.changes()``: remote changes until the client closes."""
+        return self.remote_changes.stream()
+
+    def on_rejected(self, callback: RejectionCallback) -> Callable[[], None]:
+        """Call ``callback`` with the changes the server refused, when it refuses them."""
+        return self.rejections.add(callback)
+
+    def _check(self) -> None:
+        if self._client.closed:
+            raise ClientClosed("the client is closed")

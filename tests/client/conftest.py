@@ -1,0 +1,124 @@
+"""SDK clients against a real fieldsync server (uvicorn, WebSockets, PostgreSQL).
+
+The server runs in the test's event loop like ``tests.live_server.running_server``, but on
+a port chosen once per test, so it can be stopped and started again on the same address:
+clients see the network go away and come back, and must reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import uvicorn
+from fieldsync_client import FieldsyncClient
+
+from auth.tokens import issue_token
+from model.limits import DEFAULT_LIMITS, Limits
+from server import create_app, uvicorn_config
+from store.projects import add_member, create_user
+from tests.live_server import TEST_SECRET, free_port
+
+MemberFactory = Callable[..., Awaitable[tuple[uuid.UUID, str]]]
+ClientFactory = Callable[..., FieldsyncClient]
+
+FAST_BACKOFF: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.25, "connect_timeout": 2}
+
+
+class RestartableServer:
+    """A fieldsync server on a fixed port that can be stopped and started again."""
+
+    def __init__(
+        self, database_url: str, port: int | None = None, *, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
+        self.database_url = database_url
+        self.port = port if port is not None else free_port()
+        self.limits = limits
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.base}"
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    async def start(self) -> None:
+        assert self._task is None, "already running"
+        app = create_app(self.database_url, secret=TEST_SECRET, limits=self.limits)
+        config = uvicorn_config(app, "127.0.0.1", self.port, self.limits)
+        config.lifespan = "on"
+        config.log_config = None
+        config.timeout_graceful_shutdown = 2
+        server = uvicorn.Server(config)
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        task = asyncio.create_task(server.serve())
+        for _ in range(1000):
+            if server.started:
+                break
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped before it started")
+            await asyncio.sleep(0.01)
+        else:
+            raise RuntimeError("server did not start")
+        self._server, self._task = server, task
+
+    async def stop(self) -> None:
+        server, task = self._server, self._task
+        self._server = self._task = None
+        if server is not None and task is not None:
+            server.should_exit = True
+            await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def server(database_url: str) -> AsyncIterator[RestartableServer]:
+    control = RestartableServer(database_url)
+    await control.start()
+    try:
+        yield control
+    finally:
+        await control.stop()
+
+
+@pytest.fixture
+def member(pool: asyncpg.Pool) -> MemberFactory:
+    """Make a user a member of a project; returns the user's id and a valid token."""
+
+    async def make(project_id: uuid.UUID, level: str = "lead") -> tuple[uuid.UUID, str]:
+        async with pool.acquire() as conn:
+            user_id = await create_user(conn, f"{level} {uuid.uuid4().hex[:6]}")
+            await add_member(conn, project_id, user_id, level)
+        return user_id, issue_token(TEST_SECRET, user_id)
+
+    return make
+
+
+@pytest.fixture
+async def make_client(tmp_path: Path) -> AsyncIterator[ClientFactory]:
+    """``make_client(url, token, name)``: a client with its own store file, closed at the end."""
+    made: list[FieldsyncClient] = []
+
+    def make(url: str | None, token: str, name: str = "device", **options: Any) -> FieldsyncClient:
+        client = FieldsyncClient(url, token, tmp_path / f"{name}.db", **{**FAST_BACKOFF, **options})
+        made.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in made:
+            await client.close()

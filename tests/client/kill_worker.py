@@ -1,0 +1,44 @@
+"""A client app in its own process, for the kill tests: ``python -m tests.client.kill_worker``.
+
+``edit PATH PROJECT COUNT``: offline, create COUNT locations (ids ``kill-0``...), then exit.
+``sync PATH PROJECT URL TOKEN``: print the outbox size, sync until nothing is waiting, print
+``synced``, and exit; killed with SIGKILL at any moment, it is simply started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from fieldsync_client import FieldsyncClient
+
+
+async def edit(path: str, project_id: str, count: int) -> None:
+    async with FieldsyncClient(None, "offline", path) as client:
+        project = await client.open_project(project_id)
+        for i in range(count):
+            await project.create("location", {"name": f"Site {i}"}, entity_id=f"kill-{i}")
+    print("edited", flush=True)
+
+
+async def sync(path: str, project_id: str, url: str, token: str) -> None:
+    async with FieldsyncClient(
+        url, token, path, backoff_base=0.05, backoff_cap=0.25, connect_timeout=2
+    ) as client:
+        project = await client.open_project(project_id)
+        print(f"pending {project.pending_count()}", flush=True)
+        await client.wait_synced(30)
+        print(f"synced {project.cursor}", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "edit":
+        asyncio.run(edit(argv[1], argv[2], int(argv[3])))
+    elif argv[0] == "sync":
+        asyncio.run(sync(argv[1], argv[2], argv[3], argv[4]))
+    else:
+        raise SystemExit(f"unknown mode {argv[0]!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,159 @@
+"""Two SDK clients edit the same activity while the server is down, then converge.
+
+The server is stopped (the clients lose their connection) and started again on the same
+port; clients reconnect by themselves, push their outboxes and pull each other's changes.
+Both must end with the server's document: the same heads, the same values, every edit kept
+except the loser of the one same-field conflict, which is the same on every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+from fieldsync_client import ConnectionState, Project, RemoteChanges
+
+from tests.client.conftest import ClientFactory, MemberFactory, RestartableServer
+from tests.client.helpers import head_seq, logged_hashes, server_documents, until, values_of
+from tests.entities import activity_values, plan_values
+
+
+async def _edit_offline(a: Project, b: Project, activity: str) -> None:
+    text = "Take three cores at each marked point."
+    # different fields
+    await a.update("activity", activity, {"status": "confirmed"})
+    await b.update("activity", activity, {"title": "Core sampling (north ridge)"})
+    # the same field: one value wins, on every replica
+    await a.update("activity", activity, {"location_id": "loc-from-a"})
+    await b.update("activity", activity, {"location_id": "loc-from-b"})
+    # concurrent text edits merge character by character
+    await a.splice_text("activity", activity, "description", 0, 0, "Ana: ")
+    await b.splice_text("activity", activity, "description", len(text), 0, " Ben was here.")
+    # tasks added on both sides
+    await a.insert_item(
+        "activity", activity, "tasks", 0, {"title": "Fuel the drill", "done": False}
+    )
+    await b.insert_item("activity", activity, "tasks", 2, {"title": "Pack the cores", "done": True})
+
+
+@pytest.mark.parametrize("order", ["together", "a_first", "b_first"])
+async def test_two_clients_edit_the_same_activity_offline_and_converge(
+    order: str,
+    server: RestartableServer,
+    project: uuid.UUID,
+    member: MemberFactory,
+    make_client: ClientFactory,
+    pool: asyncpg.Pool,
+) -> None:
+    _, token_a = await member(project)
+    _, token_b = await member(project, "specialist")
+    client_a = make_client(server.url, token_a, "a")
+    client_b = make_client(server.url, token_b, "b")
+    a = await client_a.open_project(str(project))
+    b = await client_b.open_project(str(project))
+    assert a.bootstrapped
+    assert b.bootstrapped
+
+    seen_by_b: list[RemoteChanges] = []
+    b.on_change(seen_by_b.append)
+    plan = await a.create("plan", plan_values())
+    activity = await a.create("activity", activity_values(plan))
+    await client_a.wait_synced(10)
+    await until(lambda: b.cursor == a.cursor, what="b to receive a's activity")
+    assert {activity, plan} <= set().union(*(e.entity_ids for e in seen_by_b))
+    assert await b.get("activity", activity) == await a.get("activity", activity)
+
+    await server.stop()
+    await until(lambda: not client_a.status.online and not client_b.status.online, what="offline")
+    await _edit_offline(a, b, activity)
+    assert a.pending_count() == 4
+    assert b.pending_count() == 4
+
+    if order == "together":
+        await server.start()
+    else:
+        # The second client is away (its app closed) while the first one syncs alone.
+        first, second_name = (client_a, "b") if order == "a_first" else (client_b, "a")
+        second = client_b if order == "a_first" else client_a
+        await second.close()
+        await server.start()
+        await first.wait_synced(15)
+        token = token_b if order == "a_first" else token_a
+        reopened = make_client(server.url, token, second_name)
+        if order == "a_first":
+            client_b, b = reopened, await reopened.open_project(str(project))
+        else:
+            client_a, a = reopened, await reopened.open_project(str(project))
+        assert (b if order == "a_first" else a).pending_count() == 4
+
+    await client_a.wait_synced(15)
+    await client_b.wait_synced(15)
+    head = await head_seq(pool, project)
+    await until(lambda: a.cursor == b.cursor == head, what="both clients at the log head")
+
+    documents = await server_documents(server.base, token_a, project)
+    on_server = documents[activity]
+    assert await a.heads(activity) == await b.heads(activity) == sorted(on_server.get_heads())
+    values = await a.get("activity", activity)
+    assert values == await b.get("activity", activity) == values_of("activity", on_server)
+
+    assert values["status"] == "confirmed"
+    assert values["title"] == "Core sampling (north ridge)"
+    assert values["location_id"] in ("loc-from-a", "loc-from-b")
+    assert values["description"] == "Ana: Take three cores at each marked point. Ben was here."
+    tasks = values["tasks"]
+    assert isinstance(tasks, list)
+    assert sorted(t["title"] for t in tasks) == [
+        "Calibrate drill",
+        "Fuel the drill",
+        "Label jars",
+        "Pack the cores",
+    ]
+    assert tasks[0] == {"title": "Fuel the drill", "done": False}
+
+    # Each change was logged once: 2 creates and 4 + 4 offline edits.
+    hashes = await logged_hashes(pool, project)
+    assert len(hashes) == len(set(hashes)) == 10
+    for client in (client_a, client_b):
+        status = client.status
+        assert status.connection is ConnectionState.ONLINE
+        assert status.pending == 0
+        assert status.rejected == 0
+        assert status.last_synced_at is not None
+
+
+async def test_clients_stay_live_and_report_remote_changes(
+    server: RestartableServer,
+    project: uuid.UUID,
+    member: MemberFactory,
+    make_client: ClientFactory,
+) -> None:
+    _, token_a = await member(project)
+    _, token_b = await member(project)
+    client_a = make_client(server.url, token_a, "a")
+    client_b = make_client(server.url, token_b, "b")
+    a = await client_a.open_project(str(project))
+    b = await client_b.open_project(str(project))
+    await client_b.wait_synced(10)
+
+    async def first_event() -> RemoteChanges:
+        async for event in b.changes():
+            return event
+        raise AssertionError("the stream ended")
+
+    waiting = asyncio.create_task(first_event())
+    await asyncio.sleep(0)
+    plan = await a.create("plan", plan_values("Autumn survey"))
+    event = await asyncio.wait_for(waiting, 10)
+    assert event.entity_ids == frozenset({plan})
+    assert not event.snapshot
+    assert (await b.get("plan", plan))["name"] == "Autumn survey"
+    assert list(await b.list("plan")) == [plan]
+
+    await b.delete("plan", plan)
+    await client_b.wait_synced(10)
+    await until(lambda: a.cursor == b.cursor, what="a to receive the delete")
+    assert await a.list("plan") == {}
+    assert (await a.get("plan", plan))["deleted"] is True

@@ -1,0 +1,207 @@
+"""The SDK's parts without a server: store, replica, push planning, backoff, URLs."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from automerge.core import Document
+from fieldsync_client.backoff import Backoff
+from fieldsync_client.errors import StoreError
+from fieldsync_client.local_store import LocalStore, OutboxEntry
+from fieldsync_client.push_plan import plan_push
+from fieldsync_client.replica import DEPENDS_ON_REJECTED, ProjectReplica, RemoteDataError
+from fieldsync_client.sync_loop import sync_url
+
+from model.changes import parse_change
+from model.writer import create_entity, update_entity
+from sync.messages import ChangeRecord, SnapshotEntity
+from tests.entities import activity_values, location_values, new_id
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalStore:
+    opened = LocalStore(tmp_path / "unit.db")
+    with opened.transaction():
+        opened.add_project("p")
+    return opened
+
+
+def _write_then_fail(store: LocalStore) -> None:
+    with store.transaction():
+        store.save_entity("p", "e1", "location", b"doc", False)
+        store.add_change("p", "location", "e1", b"change", b"h" * 32, NOW)
+        raise RuntimeError("disk full")
+
+
+def test_a_failed_transaction_leaves_nothing(store: LocalStore) -> None:
+    with pytest.raises(RuntimeError, match="disk"):
+        _write_then_fail(store)
+    assert store.entity("p", "e1") is None
+    assert store.pending_count() == 0
+    with pytest.raises(RuntimeError, match="inside"):
+        store.save_entity("p", "e1", "location", b"doc", False)
+
+
+def test_the_store_is_durable_and_versioned(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "v.db")
+    client_id = store.client_id
+    with store.transaction():
+        store.add_project("p")
+        store.set_cursor("p", 7)
+    store.close()
+    reopened = LocalStore(tmp_path / "v.db")
+    assert reopened.client_id == client_id
+    record = reopened.project("p")
+    assert record is not None
+    assert record.cursor == 7
+    reopened.close()
+    raw = sqlite3.connect(tmp_path / "v.db")
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        LocalStore(tmp_path / "v.db")
+
+
+def _replica(store: LocalStore) -> ProjectReplica:
+    return ProjectReplica(store, "p")
+
+
+def test_remote_changes_skip_our_own_and_advance_the_cursor(store: LocalStore) -> None:
+    replica = _replica(store)
+    replica.apply_snapshot([], 0)
+    entity = new_id()
+    replica.create("location", entity, location_values())
+    replica.edit("location", entity, lambda d: update_entity(d, "location", {"name": "Mine"}))
+    mine = [e.change for e in store.pending_changes("p")]
+    heads = replica.heads(entity)
+
+    # Our two changes come back as seqs 1-2, with someone else's edit as seq 3.
+    other = replica._entry(entity)
+    assert other is not None
+    theirs_doc = other.doc.fork()
+    theirs = update_entity(theirs_doc, "location", {"address": "Elsewhere"})
+    records = [
+        ChangeRecord(1, "location", entity, mine[0]),
+        ChangeRecord(2, "location", entity, mine[1]),
+        ChangeRecord(3, "location", entity, theirs),
+    ]
+    outcome = replica.apply_remote(records[:2])
+    assert outcome.changed == set()
+    assert replica.cursor == 2
+    assert replica.heads(entity) == heads
+    outcome = replica.apply_remote(records[2:])
+    assert outcome.changed == {entity}
+    assert replica.cursor == 3
+    assert replica.values("location", entity)["address"] == "Elsewhere"
+    record = store.project("p")
+    assert record is not None
+    assert record.cursor == 3
+
+    with pytest.raises(RemoteDataError, match="expected seq 4"):
+        replica.apply_remote([ChangeRecord(5, "location", entity, theirs)])
+    with pytest.raises(RemoteDataError, match="not a valid change"):
+        replica.apply_remote([ChangeRecord(4, "location", entity, b"garbage")])
+    assert replica.cursor == 3
+
+
+def _retitle(title: str) -> Callable[[Document], bytes]:
+    return lambda doc: update_entity(doc, "activity", {"title": title})
+
+
+def test_a_refusal_takes_later_local_edits_with_it(store: LocalStore) -> None:
+    replica = _replica(store)
+    replica.apply_snapshot([], 0)
+    entity = new_id()
+    replica.create("activity", entity, activity_values("plan-1"))
+    for title in ("Second", "Third"):
+        replica.edit("activity", entity, _retitle(title))
+    first, *later = store.pending_changes("p")
+    # The server logged the create earlier; then refused the second change.
+    with store.transaction():
+        store.acknowledge([first.id])
+    pending = store.pending_changes("p")
+    rejected = replica.reject(entity, [pending[0].id], "schema_violation", "no", {"x": 1})
+    assert rejected == [p.id for p in pending]
+    codes = [(r.code, r.details) for r in store.rejected_changes("p")]
+    assert codes == [("schema_violation", {"x": 1}), (DEPENDS_ON_REJECTED, {})]
+    assert store.pending_count() == 0
+    # The document is back to the logged create only.
+    assert replica.values("activity", entity)["title"] == "Core sampling"
+    assert replica.heads(entity) == [parse_change(first.change).hash]
+    assert later  # (two edits were made)
+
+
+def test_a_snapshot_keeps_offline_edits(store: LocalStore) -> None:
+    replica = _replica(store)
+    assert replica.cursor is None
+    mine = new_id()
+    replica.create("location", mine, location_values(1))  # made before the first snapshot
+    server_doc, _ = create_entity("location", location_values(2))
+    shared = new_id()
+    clash = new_id()
+    replica.create("activity", clash, activity_values("plan-1"))
+    clash_doc, _ = create_entity("location", location_values(3))
+    outcome = replica.apply_snapshot(
+        [
+            SnapshotEntity("location", shared, server_doc.save()),
+            SnapshotEntity("location", clash, clash_doc.save()),
+        ],
+        5,
+    )
+    assert outcome.changed == {shared, clash}
+    assert replica.cursor == 5
+    assert replica.values("location", mine)["name"] == "Site 1"
+    assert replica.values("location", shared)["name"] == "Site 2"
+    # The server holds ``clash`` as a location: its version wins, ours is refused.
+    assert replica.entity_type(clash) == "location"
+    assert [r.code for r in store.rejected_changes("p")] == ["wrong_entity_type"]
+    assert [p.entity_id for p in store.pending_changes("p")] == [mine]
+
+
+def _entry(i: int, entity: str, size: int = 10) -> OutboxEntry:
+    return OutboxEntry(i, "p", "location", entity, b"x" * size, b"h", NOW)
+
+
+def test_push_planning_respects_the_limits() -> None:
+    entries = [_entry(1, "a"), _entry(2, "b"), _entry(3, "a"), _entry(4, "c"), _entry(5, "a")]
+    plan = plan_push(entries, max_entities=2, max_changes_per_entity=2, max_bytes=10_000)
+    assert [(b.entity_id, [e.id for e in b.entries]) for b in plan] == [
+        ("a", [1, 3]),
+        ("b", [2]),
+    ]
+    big = [_entry(1, "a", 600), _entry(2, "b", 600), _entry(3, "b", 600)]
+    plan = plan_push(big, max_entities=10, max_changes_per_entity=10, max_bytes=1500)
+    assert [(b.entity_id, len(b.entries)) for b in plan] == [("a", 1)]
+    # A change over the budget still goes alone: the server then says why it refuses it.
+    plan = plan_push([_entry(1, "a", 5000)], max_entities=1, max_changes_per_entity=1, max_bytes=10)
+    assert [len(b.entries) for b in plan] == [1]
+    assert plan_push([], max_entities=1, max_changes_per_entity=1, max_bytes=1) == []
+
+
+def test_backoff_grows_with_full_jitter_and_resets() -> None:
+    top = Backoff(0.5, 30.0, rng=lambda: 1.0)
+    assert [round(top.next_delay(), 3) for _ in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    top.reset()
+    assert top.next_delay() == 0.5
+    bottom = Backoff(0.5, 30.0, rng=lambda: 0.0)
+    assert bottom.next_delay() == 0.0
+    real = Backoff(0.1, 1.0)
+    delays = [real.next_delay() for _ in range(50)]
+    assert all(0 <= d <= 1.0 for d in delays)
+    assert len(set(delays)) > 1
+    with pytest.raises(ValueError, match="base"):
+        Backoff(0, 1)
+
+
+def test_sync_urls() -> None:
+    assert sync_url("http://localhost:8000") == "ws://localhost:8000/sync"
+    assert sync_url("https://sync.example.org/") == "wss://sync.example.org/sync"
+    assert sync_url("ws://h:1/custom/sync") == "ws://h:1/custom/sync"
+    with pytest.raises(ValueError, match="ws://"):
+        sync_url("ftp://h")
