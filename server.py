@@ -61,7 +61,9 @@ def create_app(
             hub = Hub(lambda project, cursor, n: changelog.changes_since(project, cursor, n))
 
             def committed(project_id: UUID, changes: Sequence[LoggedChange]) -> None:
-                hub.committed(project_id, changes)
+                # Fan out on the next loop turn, so the pusher's ack is queued (and its
+                # writer woken) before the writers of every subscriber.
+                asyncio.get_running_loop().call_soon(hub.committed, project_id, changes)
                 task = asyncio.create_task(_notify_quietly(pool, project_id, changes[-1].seq))
                 background.add(task)
                 task.add_done_callback(background.discard)
