@@ -1,4 +1,9 @@
-"""The ``fieldsync`` command: serve, migrate, rebuild-read-models, token.
+"""The ``fieldsync`` command: serve, migrate, rebuild-read-models, and the admin commands.
+
+The admin commands (``account``, ``user``, ``project``, ``member``, ``token``, ``demo``) are
+for scripts as much as for people: they print the created id on stdout (one per line), or
+one JSON document with ``--json``; on success stderr stays empty, and a refusal is one line
+on stderr with exit status 1. The work itself is in ``store.projects`` and ``store.demo``.
 
 ``serve`` migrates, then runs uvicorn. On Ctrl-C or SIGTERM, shutdown runs in layers, each
 waiting for the one above: uvicorn stops accepting and lets in-flight requests finish, the
@@ -10,17 +15,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
-from store.database import close_pool, connect, create_pool, redact_url, resolve_database_url
+from store import projects
+from store.database import (
+    CONNECTION_ERRORS,
+    close_pool,
+    connect,
+    create_pool,
+    redact_url,
+    resolve_database_url,
+)
 from store.errors import StoreError
 from store.migrations import check_schema, migrate
 
@@ -28,11 +46,16 @@ logger = logging.getLogger("fieldsync")
 
 # Long-lived connections (WebSockets) must not hold a shutdown forever.
 GRACEFUL_SHUTDOWN_SECONDS = 30
+DEFAULT_TOKEN_TTL = 12 * 3600
+
+
+class CommandError(Exception):
+    """The command cannot do what was asked; the message says why (exit status 1)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging()
+    _configure_logging(quiet=args.quiet)
     # SIGTERM behaves like Ctrl-C everywhere, so context managers (the embedded database)
     # always unwind; during `serve` uvicorn takes both over for its graceful shutdown.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -41,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("database: %s", redact_url(url))
             code: int = asyncio.run(args.run(args, url))
             return code
-    except StoreError as exc:
+    except (StoreError, CommandError) as exc:
         logger.error("%s", exc)
         return 1
     except KeyboardInterrupt:
@@ -53,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fieldsync", description="Offline-first sync server for field project plans."
     )
+    parser.set_defaults(quiet=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="migrate the database, then serve HTTP")
@@ -71,14 +95,64 @@ def _parser() -> argparse.ArgumentParser:
     )
     rebuild.set_defaults(run=_rebuild)
 
+    admin: list[argparse.ArgumentParser] = []
+
+    account = _group(commands, "account", "manage accounts")
+    account_create = _action(account, "create", "create an account; prints its id", admin)
+    account_create.add_argument("--name", required=True, help="the account's name")
+    account_create.set_defaults(run=_account_create)
+
+    user = _group(commands, "user", "manage users")
+    user_create = _action(user, "create", "create a user; prints its id", admin)
+    user_create.add_argument("--name", required=True, help="the name shown to others")
+    user_create.add_argument("--email", default=None, help="unique among users (optional)")
+    user_create.add_argument(
+        "--account", type=uuid.UUID, default=None, help="the account the user belongs to"
+    )
+    user_create.set_defaults(run=_user_create)
+
+    project = _group(commands, "project", "manage projects")
+    project_create = _action(project, "create", "create a project; prints its id", admin)
+    project_create.add_argument(
+        "--account", type=uuid.UUID, required=True, help="the account that owns it"
+    )
+    project_create.add_argument("--name", required=True, help="the project's name")
+    project_create.set_defaults(run=_project_create)
+
+    member = _group(commands, "member", "manage who may enter a project")
+    member_add = _action(
+        member, "add", "make a user a member of a project, or change their level", admin
+    )
+    member_remove = _action(member, "remove", "take a user out of a project", admin)
+    for command in (member_add, member_remove):
+        command.add_argument("--project", type=uuid.UUID, required=True, help="the project's id")
+        command.add_argument("--user", type=uuid.UUID, required=True, help="the user's id")
+    member_add.add_argument(
+        "--level", required=True, metavar="LEVEL", help=" | ".join(projects.LEVELS)
+    )
+    member_add.set_defaults(run=_member_add)
+    member_remove.set_defaults(run=_member_remove)
+
     token = commands.add_parser("token", help="print a bearer token for a user")
     token.add_argument("--user", type=uuid.UUID, required=True, help="the user's id")
-    token.add_argument(
-        "--ttl", type=int, default=12 * 3600, help="seconds until it expires (default 12 h)"
-    )
+    _ttl_option(token)
     token.set_defaults(run=_token)
+    admin.append(token)
 
-    for command in (serve, migrate_cmd, rebuild, token):
+    demo = commands.add_parser(
+        "demo", help="create a demo account and project with three users; prints their tokens"
+    )
+    _ttl_option(demo)
+    demo.set_defaults(run=_demo)
+    admin.append(demo)
+
+    for command in admin:
+        command.add_argument(
+            "--json", action="store_true", help="print one JSON document instead of plain lines"
+        )
+        command.set_defaults(quiet=True)
+
+    for command in (serve, migrate_cmd, rebuild, *admin):
         command.add_argument(
             "--data-dir",
             type=Path,
@@ -93,12 +167,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def _group(commands: Any, name: str, help_text: str) -> Any:
+    """A command with its own actions (``fieldsync NAME ACTION``)."""
+    group = commands.add_parser(name, help=help_text)
+    return group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def _action(
+    actions: Any, name: str, help_text: str, admin: list[argparse.ArgumentParser]
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+    admin.append(parser)
+    return parser
+
+
+def _ttl_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--ttl",
+        type=int,
+        default=DEFAULT_TOKEN_TTL,
+        help="seconds until a token expires (default 12 h)",
     )
+
+
+class _ShortFormatter(logging.Formatter):
+    """``fieldsync: error: message``: one plain line, for the admin commands."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"fieldsync: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _configure_logging(quiet: bool = False) -> None:
+    """Servers narrate at INFO; admin commands (``quiet``) only say what went wrong."""
+    if quiet:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_ShortFormatter())
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    else:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
     # pgserver narrates every step of starting PostgreSQL at INFO.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
 
@@ -155,21 +265,182 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-async def _token(args: argparse.Namespace, url: str) -> int:
-    from auth.secret import load_secret
-    from auth.tokens import issue_token
+# --- admin commands -------------------------------------------------------------------
 
+
+@asynccontextmanager
+async def _admin_connection(url: str) -> AsyncIterator[Any]:
+    """A connection to a database whose schema matches this code."""
     conn = await connect(url)
     try:
         await check_schema(conn)
-        known = await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1", args.user)
+        yield conn
+    except CONNECTION_ERRORS as exc:
+        raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
     finally:
         await conn.close()
-    if not known:
-        logger.error("no user %s", args.user)
-        return 1
-    print(issue_token(load_secret(args.data_dir), args.user, ttl_seconds=args.ttl))
+
+
+def _emit(args: argparse.Namespace, lines: Sequence[str], document: Mapping[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _load_secret(data_dir: Path) -> bytes:
+    from auth.secret import load_secret
+
+    try:
+        return load_secret(data_dir)
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"cannot load the token secret: {exc}") from exc
+
+
+def _check_ttl(ttl: int) -> None:
+    if ttl <= 0:
+        raise CommandError(f"--ttl must be a positive number of seconds, got {ttl}")
+
+
+def _issue(secret: bytes, user_id: uuid.UUID, ttl: int) -> tuple[str, str]:
+    """A token for the user and its expiry as an ISO 8601 UTC timestamp."""
+    from auth.tokens import issue_token
+
+    now = time.time()
+    token = issue_token(secret, user_id, ttl_seconds=ttl, now=now)
+    expires = datetime.fromtimestamp(int(now) + ttl, UTC).isoformat()
+    return token, expires
+
+
+async def _account_create(args: argparse.Namespace, url: str) -> int:
+    async with _admin_connection(url) as conn:
+        account_id = await projects.create_account(conn, args.name)
+    _emit(args, [str(account_id)], {"account_id": str(account_id)})
     return 0
+
+
+async def _user_create(args: argparse.Namespace, url: str) -> int:
+    async with _admin_connection(url) as conn:
+        user_id = await projects.create_user(conn, args.name, args.account, args.email)
+    _emit(args, [str(user_id)], {"user_id": str(user_id)})
+    return 0
+
+
+async def _project_create(args: argparse.Namespace, url: str) -> int:
+    async with _admin_connection(url) as conn:
+        project_id = await projects.create_project(conn, args.account, args.name)
+    _emit(args, [str(project_id)], {"project_id": str(project_id)})
+    return 0
+
+
+async def _member_add(args: argparse.Namespace, url: str) -> int:
+    projects.check_level(args.level)  # before touching the database
+    async with _admin_connection(url) as conn:
+        previous = await projects.add_member(conn, args.project, args.user, args.level)
+    document = {
+        "project_id": str(args.project),
+        "user_id": str(args.user),
+        "level": args.level,
+        "previous_level": previous,
+    }
+    _emit(args, [], document)
+    return 0
+
+
+async def _member_remove(args: argparse.Namespace, url: str) -> int:
+    async with _admin_connection(url) as conn:
+        level = await projects.remove_member(conn, args.project, args.user)
+    document = {"project_id": str(args.project), "user_id": str(args.user), "removed_level": level}
+    _emit(args, [], document)
+    return 0
+
+
+async def _token(args: argparse.Namespace, url: str) -> int:
+    _check_ttl(args.ttl)
+    secret = _load_secret(args.data_dir)
+    async with _admin_connection(url) as conn:
+        await projects.require_user(conn, args.user)
+    token, expires = _issue(secret, args.user, args.ttl)
+    _emit(args, [token], {"user_id": str(args.user), "token": token, "expires_at": expires})
+    return 0
+
+
+async def _demo(args: argparse.Namespace, url: str) -> int:
+    from store.demo import create_demo
+
+    _check_ttl(args.ttl)
+    secret = _load_secret(args.data_dir)  # a bad secret fails before anything is written
+    pool = await create_pool(url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await check_schema(conn)
+        demo = await create_demo(pool)
+    finally:
+        await close_pool(pool)
+    users = []
+    for user in demo.users:
+        token, expires = _issue(secret, user.user_id, args.ttl)
+        users.append(
+            {
+                "name": user.name,
+                "email": user.email,
+                "level": user.level,
+                "user_id": str(user.user_id),
+                "token": token,
+                "expires_at": expires,
+            }
+        )
+    document = {
+        "project_id": str(demo.project_id),
+        "project_name": demo.project_name,
+        "account_id": str(demo.account_id),
+        "entities": dict(demo.counts),
+        "head_seq": demo.head_seq,
+        "users": users,
+    }
+    _emit(args, _demo_lines(document, args.ttl), document)
+    return 0
+
+
+def _count(n: int, entity_type: str) -> str:
+    if entity_type == "project_settings":
+        return f"{n} project settings"
+    if n == 1:
+        return f"1 {entity_type}"
+    return f"{n} {entity_type[:-1]}ies" if entity_type.endswith("y") else f"{n} {entity_type}s"
+
+
+def _demo_lines(demo: Mapping[str, Any], ttl: int) -> list[str]:
+    counts = ", ".join(_count(n, entity_type) for entity_type, n in demo["entities"].items())
+    users: list[Mapping[str, str]] = demo["users"]
+    width = max(len(u["name"]) for u in users)
+    hours = f"{ttl / 3600:g} h"
+    lines = [
+        f"Demo project \"{demo['project_name']}\"",
+        f"  project id  {demo['project_id']}",
+        f"  account id  {demo['account_id']}",
+        f"  content     {counts} (log head seq {demo['head_seq']})",
+        "",
+        f"Members and their tokens (valid {hours}; a server accepts them when it uses the same",
+        "--data-dir or FIELDSYNC_SECRET as this command):",
+    ]
+    for u in users:
+        lines += [
+            f"  {u['name']:<{width}}  {u['level']:<10}  user {u['user_id']}",
+            f"    token {u['token']}",
+        ]
+    lead = next(u for u in users if u["level"] == "lead")
+    other = next(u for u in users if u is not lead)
+    lines += [
+        "",
+        "Edit offline with two clients and watch them merge (server on 127.0.0.1:8000):",
+        "  python client-sdk/examples/offline_edit.py --url ws://127.0.0.1:8000/sync \\",
+        f"    --project {demo['project_id']} \\",
+        f"    --token {lead['token']} \\",
+        f"    --token2 {other['token']}",
+    ]
+    return lines
 
 
 async def _rebuild(args: argparse.Namespace, url: str) -> int:

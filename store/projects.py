@@ -1,33 +1,117 @@
-"""Creating the server-managed rows a project needs: its account, itself and its log head.
+"""The server-managed rows: accounts, users, projects (with their log heads) and members.
 
 A project without a ``log_heads`` row could never take a change (appenders lock that row to
 hand out seqs), so the two are inserted in one transaction.
+
+Requests that cannot be done as asked (an unknown account or user, a taken email, a level
+that does not exist, removing someone who is not a member) raise an :class:`AdminError`
+subclass whose message says what is wrong; an unknown project raises
+:class:`store.errors.UnknownProject`. Both are ``StoreError``s.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import asyncpg
+
+from store.errors import StoreError, UnknownProject
+
+LEVELS = ("lead", "specialist", "viewer")
+"""Permission levels of project members, most powerful first."""
+
+MAX_NAME_LENGTH = 200
+
+# Deliberately loose: one @ with something on both sides and no whitespace.
+_EMAIL = re.compile(r"\A[^@\s]+@[^@\s]+\Z")
+
+
+class AdminError(StoreError):
+    """An account, user, project or membership request that cannot be done as asked."""
+
+
+class UnknownAccount(AdminError):  # noqa: N818 (names read as states)
+    def __init__(self, account_id: uuid.UUID) -> None:
+        self.account_id = account_id
+        super().__init__(f"unknown account {account_id}")
+
+
+class UnknownUser(AdminError):  # noqa: N818 (names read as states)
+    def __init__(self, user_id: uuid.UUID) -> None:
+        self.user_id = user_id
+        super().__init__(f"unknown user {user_id}")
+
+
+class DuplicateEmail(AdminError):  # noqa: N818 (names read as states)
+    def __init__(self, email: str) -> None:
+        self.email = email
+        super().__init__(f"a user with email {email} already exists")
+
+
+class NotAMember(AdminError):  # noqa: N818 (names read as states)
+    def __init__(self, project_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        self.project_id = project_id
+        self.user_id = user_id
+        super().__init__(f"user {user_id} is not a member of project {project_id}")
+
+
+class InvalidValue(AdminError):  # noqa: N818 (names read as states)
+    """A name, email or level that is not acceptable; nothing was written."""
+
+
+def _name(value: str, what: str) -> str:
+    name = value.strip()
+    if not name:
+        raise InvalidValue(f"the {what} name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidValue(f"the {what} name is longer than {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def check_level(level: str) -> str:
+    """``level`` if it is one of :data:`LEVELS`, else InvalidValue."""
+    if level not in LEVELS:
+        raise InvalidValue(f"unknown level {level!r}: use one of {', '.join(LEVELS)}")
+    return level
+
+
+async def require_account(conn: asyncpg.Connection, account_id: uuid.UUID) -> None:
+    if not await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id):
+        raise UnknownAccount(account_id)
+
+
+async def require_project(conn: asyncpg.Connection, project_id: uuid.UUID) -> None:
+    if not await conn.fetchval("SELECT 1 FROM projects WHERE project_id = $1", project_id):
+        raise UnknownProject(project_id)
+
+
+async def require_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
+    if not await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id):
+        raise UnknownUser(user_id)
 
 
 async def create_account(conn: asyncpg.Connection, name: str) -> uuid.UUID:
     account_id = uuid.uuid4()
     await conn.execute(
-        "INSERT INTO accounts (account_id, name) VALUES ($1, $2)", account_id, name
+        "INSERT INTO accounts (account_id, name) VALUES ($1, $2)",
+        account_id,
+        _name(name, "account"),
     )
     return account_id
 
 
 async def create_project(conn: asyncpg.Connection, account_id: uuid.UUID, name: str) -> uuid.UUID:
-    """A new project with an empty change log (head seq 0)."""
+    """A new project of ``account_id`` with an empty change log (head seq 0)."""
     project_id = uuid.uuid4()
+    project_name = _name(name, "project")
     async with conn.transaction():
+        await require_account(conn, account_id)
         await conn.execute(
             "INSERT INTO projects (project_id, account_id, name) VALUES ($1, $2, $3)",
             project_id,
             account_id,
-            name,
+            project_name,
         )
         await conn.execute(
             "INSERT INTO log_heads (project_id, head_seq) VALUES ($1, 0)", project_id
@@ -36,29 +120,90 @@ async def create_project(conn: asyncpg.Connection, account_id: uuid.UUID, name: 
 
 
 async def create_user(
-    conn: asyncpg.Connection, display_name: str, account_id: uuid.UUID | None = None
+    conn: asyncpg.Connection,
+    display_name: str,
+    account_id: uuid.UUID | None = None,
+    email: str | None = None,
 ) -> uuid.UUID:
+    """A new user, optionally of an account and with an email unique among users.
+
+    Emails are compared case-insensitively: ``Ana@x.org`` is taken once ``ana@x.org`` is.
+    """
     user_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO users (user_id, account_id, display_name) VALUES ($1, $2, $3)",
-        user_id,
-        account_id,
-        display_name,
-    )
+    name = _name(display_name, "user")
+    address = None if email is None else email.strip()
+    if address is not None and not _EMAIL.match(address):
+        raise InvalidValue(f"{email!r} is not an email address")
+    async with conn.transaction():
+        if account_id is not None:
+            await require_account(conn, account_id)
+        if address is not None and await conn.fetchval(
+            "SELECT 1 FROM users WHERE lower(email) = lower($1)", address
+        ):
+            raise DuplicateEmail(address)
+        try:
+            await conn.execute(
+                "INSERT INTO users (user_id, account_id, display_name, email) "
+                "VALUES ($1, $2, $3, $4)",
+                user_id,
+                account_id,
+                name,
+                address,
+            )
+        except asyncpg.UniqueViolationError:  # the same address, inserted concurrently
+            assert address is not None
+            raise DuplicateEmail(address) from None
     return user_id
 
 
 async def add_member(
     conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID, level: str
-) -> None:
-    """Make ``user_id`` a member of ``project_id`` at ``level`` (lead, specialist, viewer)."""
-    await conn.execute(
-        "INSERT INTO project_members (project_id, user_id, level) VALUES ($1, $2, $3) "
-        "ON CONFLICT (project_id, user_id) DO UPDATE SET level = EXCLUDED.level",
-        project_id,
-        user_id,
-        level,
-    )
+) -> str | None:
+    """Make ``user_id`` a member of ``project_id`` at ``level`` (lead, specialist, viewer).
+
+    A member already there gets the new level. Returns the level they had before, or None
+    if they were not a member.
+    """
+    check_level(level)
+    async with conn.transaction():
+        await require_project(conn, project_id)
+        await require_user(conn, user_id)
+        previous: str | None = await conn.fetchval(
+            "SELECT level FROM project_members WHERE project_id = $1 AND user_id = $2 "
+            "FOR UPDATE",
+            project_id,
+            user_id,
+        )
+        await conn.execute(
+            "INSERT INTO project_members (project_id, user_id, level) VALUES ($1, $2, $3) "
+            "ON CONFLICT (project_id, user_id) DO UPDATE SET level = EXCLUDED.level",
+            project_id,
+            user_id,
+            level,
+        )
+    return previous
+
+
+async def remove_member(
+    conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID
+) -> str:
+    """Take ``user_id`` out of ``project_id``; returns the level they had.
+
+    From then on the server refuses them the project. Raises UnknownProject, UnknownUser,
+    or NotAMember when there is nobody to remove.
+    """
+    async with conn.transaction():
+        await require_project(conn, project_id)
+        await require_user(conn, user_id)
+        level: str | None = await conn.fetchval(
+            "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2 "
+            "RETURNING level",
+            project_id,
+            user_id,
+        )
+        if level is None:
+            raise NotAMember(project_id, user_id)
+    return level
 
 
 async def member_level(
