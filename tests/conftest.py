@@ -13,6 +13,7 @@ Fixtures:
 - ``project`` (function): the id (``uuid.UUID``) of a new project with an empty change log
   (``log_heads.head_seq`` = 0) in ``database_url``; each test gets its own.
 - ``other_project`` (function): a second such project, in another account.
+- ``member`` (function): a factory making a user a member of a project, with a token.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from auth.tokens import issue_token
 from store.database import close_pool, connect, create_pool, with_database
 from store.embedded import embedded_postgres
 from store.migrations import migrate
-from store.projects import create_account, create_project
+from store.projects import add_member, create_account, create_project, create_user
+from tests.live_server import TEST_SECRET, MemberFactory
 
 
 @pytest.fixture(scope="session")
@@ -112,3 +115,16 @@ async def project(pool: asyncpg.Pool) -> uuid.UUID:
 @pytest.fixture
 async def other_project(pool: asyncpg.Pool) -> uuid.UUID:
     return await _new_project(pool, "Other project")
+
+
+@pytest.fixture
+def member(pool: asyncpg.Pool) -> MemberFactory:
+    """Make a user a member of a project; returns the user's id and a valid token."""
+
+    async def make(project_id: uuid.UUID, level: str = "lead") -> tuple[uuid.UUID, str]:
+        async with pool.acquire() as conn:
+            user_id = await create_user(conn, f"{level} {uuid.uuid4().hex[:6]}")
+            await add_member(conn, project_id, user_id, level)
+        return user_id, issue_token(TEST_SECRET, user_id)
+
+    return make

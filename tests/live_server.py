@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +16,9 @@ from model.limits import DEFAULT_LIMITS, Limits
 from server import PING_INTERVAL_SECONDS, create_app, uvicorn_config
 
 TEST_SECRET = b"test-secret-that-is-long-enough-for-hs256"
+
+# Makes a user a member of a project at a level; returns the user id and a token.
+MemberFactory = Callable[..., Awaitable[tuple[uuid.UUID, str]]]
 
 
 def free_port() -> int:

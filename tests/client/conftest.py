@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import uvicorn
 from fieldsync_client import FieldsyncClient
 
-from auth.tokens import issue_token
 from model.limits import DEFAULT_LIMITS, Limits
 from server import create_app, uvicorn_config
-from store.projects import add_member, create_user
 from tests.live_server import TEST_SECRET, free_port
 
-MemberFactory = Callable[..., Awaitable[tuple[uuid.UUID, str]]]
 ClientFactory = Callable[..., FieldsyncClient]
 
 FAST_BACKOFF: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.25, "connect_timeout": 2}
@@ -94,17 +89,6 @@ async def server(database_url: str) -> AsyncIterator[RestartableServer]:
         await control.stop()
 
 
-@pytest.fixture
-def member(pool: asyncpg.Pool) -> MemberFactory:
-    """Make a user a member of a project; returns the user's id and a valid token."""
-
-    async def make(project_id: uuid.UUID, level: str = "lead") -> tuple[uuid.UUID, str]:
-        async with pool.acquire() as conn:
-            user_id = await create_user(conn, f"{level} {uuid.uuid4().hex[:6]}")
-            await add_member(conn, project_id, user_id, level)
-        return user_id, issue_token(TEST_SECRET, user_id)
-
-    return make
 
 
 @pytest.fixture

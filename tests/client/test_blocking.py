@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from fieldsync_client import BlockingClient, RemoteChanges, ValidationError
 
-from tests.client.conftest import FAST_BACKOFF, ClientFactory, MemberFactory, RestartableServer
+from tests.client.conftest import FAST_BACKOFF, ClientFactory, RestartableServer
 from tests.client.helpers import until
 from tests.entities import activity_values, plan_values
+from tests.live_server import MemberFactory
 
 
 def _app(url: str, token: str, path: Path, project_id: str) -> tuple[str, list[RemoteChanges]]:

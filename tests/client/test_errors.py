@@ -15,9 +15,10 @@ from fieldsync_client import (
 )
 
 from store.projects import add_member
-from tests.client.conftest import ClientFactory, MemberFactory, RestartableServer
+from tests.client.conftest import ClientFactory, RestartableServer
 from tests.client.helpers import logged_hashes, until
 from tests.entities import plan_values
+from tests.live_server import MemberFactory
 
 
 async def test_a_refused_token_stops_sync_until_a_new_one(

@@ -12,8 +12,9 @@ from pathlib import Path
 import asyncpg
 
 from model.limits import Limits
-from tests.client.conftest import MemberFactory, RestartableServer
+from tests.client.conftest import RestartableServer
 from tests.client.helpers import logged_hashes, server_documents, values_of
+from tests.live_server import MemberFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT = 600

@@ -15,9 +15,10 @@ import asyncpg
 import pytest
 from fieldsync_client import ConnectionState, Project, RemoteChanges
 
-from tests.client.conftest import ClientFactory, MemberFactory, RestartableServer
+from tests.client.conftest import ClientFactory, RestartableServer
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until, values_of
 from tests.entities import activity_values, plan_values
+from tests.live_server import MemberFactory
 
 
 async def _edit_offline(a: Project, b: Project, activity: str) -> None:

@@ -8,9 +8,10 @@ import asyncpg
 import pytest
 from fieldsync_client import ConnectionState, EntityNotFound, RejectedChange
 
-from tests.client.conftest import ClientFactory, MemberFactory, RestartableServer
+from tests.client.conftest import ClientFactory, RestartableServer
 from tests.client.helpers import logged_hashes, server_documents, until, values_of
 from tests.entities import location_values, new_id
+from tests.live_server import MemberFactory
 
 
 async def test_an_outbox_survives_a_new_client_and_is_pushed_once(

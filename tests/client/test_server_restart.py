@@ -10,9 +10,10 @@ import asyncpg
 from fieldsync_client import ConnectionState
 
 from model.limits import Limits
-from tests.client.conftest import ClientFactory, MemberFactory, RestartableServer
+from tests.client.conftest import ClientFactory, RestartableServer
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until
 from tests.entities import location_values
+from tests.live_server import MemberFactory
 
 COUNT = 300
 

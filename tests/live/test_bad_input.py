@@ -29,9 +29,8 @@ from sync.messages import (
     Subscribe,
 )
 from tests.entities import activity_values, location_values, new_id
-from tests.live.conftest import MemberFactory
 from tests.live.test_sync import push
-from tests.live_server import TEST_SECRET, running_server
+from tests.live_server import TEST_SECRET, MemberFactory, running_server
 from tests.store.state import project_state
 from tests.sync_client import SyncClient
 

@@ -9,9 +9,8 @@ import uuid
 from model.writer import create_entity, update_entity
 from sync.messages import EntityPush, ProjectCursor
 from tests.entities import location_values, new_id
-from tests.live.conftest import MemberFactory
 from tests.live.test_sync import push
-from tests.live_server import running_server
+from tests.live_server import MemberFactory, running_server
 from tests.sync_client import SyncClient
 
 

@@ -18,7 +18,7 @@ from sync.messages import (
     PushResult,
 )
 from tests.entities import activity_values, location_values, new_id
-from tests.live.conftest import MemberFactory
+from tests.live_server import MemberFactory
 from tests.sync_client import SyncClient
 
 
