@@ -1,0 +1,302 @@
+"""The ``rm_conflicts`` read model as pure bookkeeping: which rows to write after a merge.
+
+The store runs the rules, then asks this module what to upsert and delete; a rebuild does
+the same from the log, so both write identical rows. :class:`Ledger` holds the rows in
+memory with exactly the semantics the SQL must have (tests use it as the reference).
+
+Single-entity conflicts (``conflict.entity``) are a function of each entity's change graph:
+
+* an open conflict's ``opened_seq`` is the largest seq among the changes it names (the seq
+  from which the log holds everything that produced it);
+* a resolved conflict's ``resolved_seq`` is the smallest seq among the changes that
+  resolved it (two clients may resolve the same conflict concurrently);
+* a row that was open and is now neither open nor resolved was *superseded* (a third
+  concurrent value widened it into another conflict) and is deleted.
+
+Cross-entity conflicts (``conflict.cross``) are a function of the rows after each logged
+change (see :func:`row_changes`): found and not recorded, opened at that seq; recorded
+resolved and found again, reopened at that seq; recorded open and not found, resolved at
+that seq.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from automerge.core import ROOT, Document, ObjType, ScalarType
+
+from conflict.cross import Row, row_from_values
+from conflict.entity import EntityConflicts
+from conflict.records import (
+    CROSS_ENTITY_KINDS,
+    SINGLE_ENTITY_KINDS,
+    Conflict,
+    ConflictKind,
+    Json,
+)
+from model.changes import ChangeHeader
+from model.documents import AutomergeError, contained, expected_heads
+from model.entities import SCHEMAS
+from model.schema import Field, FieldKind, is_valid_entity_id
+
+__all__ = [
+    "OPEN",
+    "RESOLVED",
+    "ConflictRow",
+    "Ledger",
+    "RowPlan",
+    "plan_cross",
+    "plan_entity",
+    "row_at",
+    "row_changes",
+]
+
+OPEN = "open"
+RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictRow:
+    """One ``rm_conflicts`` row (without ``project_id``)."""
+
+    conflict_id: str
+    kind: str
+    entity_ids: tuple[str, ...]
+    fields: tuple[str, ...]
+    details: Mapping[str, Json]
+    status: str
+    opened_seq: int
+    resolved_seq: int | None
+
+    @classmethod
+    def of(
+        cls, conflict: Conflict, status: str, opened_seq: int, resolved_seq: int | None
+    ) -> ConflictRow:
+        return cls(
+            conflict.conflict_id,
+            str(conflict.kind),
+            conflict.entity_ids,
+            conflict.fields,
+            conflict.details(),
+            status,
+            opened_seq,
+            resolved_seq,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RowPlan:
+    """Rows to insert-or-replace (by conflict id) and conflict ids to delete."""
+
+    upserts: tuple[ConflictRow, ...] = ()
+    deletes: tuple[str, ...] = ()
+
+
+def plan_entity(
+    result: EntityConflicts, existing: Mapping[str, ConflictRow], seq_of: Mapping[str, int]
+) -> RowPlan:
+    """Rows after merging changes into one entity.
+
+    ``existing``: the entity's rows of single-entity kinds (any status), by id.
+    ``seq_of``: hex hash -> seq for every change named by ``result`` (old and new).
+    """
+    upserts: dict[str, ConflictRow] = {}
+    for conflict in result.open:
+        upserts[conflict.conflict_id] = ConflictRow.of(
+            conflict, OPEN, _opened(conflict, seq_of), None
+        )
+    for resolution in result.resolved:
+        conflict = resolution.conflict
+        at = seq_of[resolution.change.hex()]
+        earlier = upserts.get(conflict.conflict_id) or existing.get(conflict.conflict_id)
+        if earlier is not None and earlier.status == RESOLVED and earlier.resolved_seq is not None:
+            at = min(at, earlier.resolved_seq)
+        upserts[conflict.conflict_id] = ConflictRow.of(
+            conflict, RESOLVED, _opened(conflict, seq_of), at
+        )
+    deletes = sorted(
+        key for key, row in existing.items() if row.status == OPEN and key not in upserts
+    )
+    return RowPlan(tuple(upserts[key] for key in sorted(upserts)), tuple(deletes))
+
+
+def plan_cross(
+    found: Sequence[Conflict], existing: Mapping[str, ConflictRow], seq: int
+) -> RowPlan:
+    """Rows after re-checking cross-entity rules for some entities at ``seq``.
+
+    ``found``: ``cross_entity_conflicts(rows, involving=those entities)``.
+    ``existing``: rows of cross-entity kinds naming any of those entities (any status).
+    """
+    upserts: list[ConflictRow] = []
+    found_ids = set()
+    for conflict in found:
+        found_ids.add(conflict.conflict_id)
+        row = existing.get(conflict.conflict_id)
+        if row is None or row.status == RESOLVED:
+            upserts.append(ConflictRow.of(conflict, OPEN, seq, None))
+        elif row.details != conflict.details():
+            upserts.append(replace(row, details=conflict.details()))
+    for key, row in existing.items():
+        if row.status == OPEN and key not in found_ids:
+            upserts.append(replace(row, status=RESOLVED, resolved_seq=seq))
+    return RowPlan(tuple(sorted(upserts, key=lambda r: r.conflict_id)))
+
+
+def _opened(conflict: Conflict, seq_of: Mapping[str, int]) -> int:
+    return max((seq_of[ref.hash] for ref in conflict.changes), default=0)
+
+
+ROW_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "activity": ("location_id", "starts_at", "ends_at", "deleted", "status"),
+    "summoning": (
+        "activity_id",
+        "role_id",
+        "user_id",
+        "starts_at",
+        "ends_at",
+        "deleted",
+        "status",
+    ),
+    "location": ("deleted",),
+    "role": ("deleted",),
+}
+
+
+def row_at(entity_type: str, entity_id: str, doc: Document, heads: Sequence[bytes]) -> Row | None:
+    """The cross-entity row of ``entity_id`` as of ``heads``.
+
+    Only the row's own fields are read, with the schema's rules for them (type, required,
+    enum choices, id pattern, length). None when one of them does not fit (such a state
+    changes no conflict) or when no cross-entity rule looks at the type.
+    """
+    names = ROW_FIELDS.get(entity_type)
+    if names is None:
+        return None
+    schema = SCHEMAS[entity_type]
+    values: dict[str, object] = {}
+    for name in names:
+        field = schema.field(name)
+        assert field is not None, name
+        value = _read_field(doc, heads, field)
+        if value is _INVALID:
+            return None
+        if value is None:
+            if field.required:
+                return None
+            continue
+        values[name] = value
+    return row_from_values(entity_type, entity_id, values)
+
+
+_INVALID = object()
+
+
+def _read_field(doc: Document, heads: Sequence[bytes], field: Field) -> object:
+    """A top-level scalar field as ``model.validation`` reads it: its value, None when absent
+    or null, ``_INVALID`` when it does not fit."""
+    try:
+        found = contained(lambda: doc.get(ROOT, field.name, heads=list(heads)))
+        if found is None:
+            return None
+        value, obj = found
+        if isinstance(value, tuple) and value[0] == ScalarType.Null:
+            return None
+        if field.kind in (FieldKind.STRING, FieldKind.ENUM, FieldKind.REF):
+            if value == ObjType.Text:
+                limit = field.max_length
+                size = contained(lambda: doc.length(obj, heads=list(heads)))
+                if limit is not None and size > limit:
+                    return _INVALID
+                text: object = contained(lambda: doc.text(obj, heads=list(heads)))
+            elif isinstance(value, tuple) and value[0] == ScalarType.Str:
+                text = value[1]
+            else:
+                return _INVALID
+            return text if isinstance(text, str) and _fits(field, text) else _INVALID
+        if field.kind is FieldKind.TIMESTAMP:
+            if isinstance(value, tuple) and value[0] == ScalarType.Timestamp:
+                moment = value[1]
+                if isinstance(moment, datetime):
+                    return moment.astimezone(UTC)
+            return _INVALID
+        if field.kind is FieldKind.BOOL:
+            if isinstance(value, tuple) and value[0] == ScalarType.Boolean:
+                return value[1] if isinstance(value[1], bool) else _INVALID
+            return _INVALID
+    except (AutomergeError, OverflowError, ValueError, OSError):
+        return _INVALID
+    return _INVALID
+
+
+def _fits(field: Field, text: str) -> bool:
+    if field.max_length is not None and len(text) > field.max_length:
+        return False
+    if "\x00" in text:
+        return False
+    if field.kind is FieldKind.ENUM and text not in field.choices:
+        return False
+    return field.kind is not FieldKind.REF or is_valid_entity_id(text)
+
+
+def row_changes(
+    entity_type: str,
+    entity_id: str,
+    doc: Document,
+    heads_before: Iterable[bytes],
+    new_changes: Sequence[ChangeHeader],
+    row_before: Row | None,
+) -> list[tuple[int, Row]]:
+    """Where the entity's row changes while ``new_changes`` are applied one by one.
+
+    ``new_changes`` in log (seq) order, ``doc`` holding them all. Returns (index into
+    ``new_changes``, row after that change) for each change after which the row differs from
+    the row before it; the caller re-checks the cross-entity rules at that change's seq.
+    """
+    out: list[tuple[int, Row]] = []
+    heads = frozenset(heads_before)
+    current = row_before
+    for index, change in enumerate(new_changes):
+        heads = expected_heads(heads, [change])
+        row = row_at(entity_type, entity_id, doc, sorted(heads))
+        if row is not None and row != current:
+            out.append((index, row))
+            current = row
+    return out
+
+
+class Ledger:
+    """An in-memory ``rm_conflicts`` for one project, with the SQL's semantics."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, ConflictRow] = {}
+
+    def entity_rows(self, entity_id: str) -> dict[str, ConflictRow]:
+        """What the store selects before ``plan_entity``: kind in the single-entity kinds and
+        ``entity_ids = ARRAY[entity_id]``."""
+        return {
+            key: row
+            for key, row in self.rows.items()
+            if ConflictKind(row.kind) in SINGLE_ENTITY_KINDS and row.entity_ids == (entity_id,)
+        }
+
+    def cross_rows(self, entity_ids: Iterable[str]) -> dict[str, ConflictRow]:
+        """What the store selects before ``plan_cross``: kind in the cross-entity kinds and
+        ``entity_ids && ARRAY[...]``."""
+        wanted = set(entity_ids)
+        return {
+            key: row
+            for key, row in self.rows.items()
+            if ConflictKind(row.kind) in CROSS_ENTITY_KINDS and wanted.intersection(row.entity_ids)
+        }
+
+    def apply(self, plan: RowPlan) -> None:
+        for key in plan.deletes:
+            self.rows.pop(key, None)
+        for row in plan.upserts:
+            self.rows[row.conflict_id] = row
+
+    def open_ids(self) -> set[str]:
+        return {key for key, row in self.rows.items() if row.status == OPEN}

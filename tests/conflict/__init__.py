@@ -1,0 +1,1 @@
+"""Tests of the conflict rules (``conflict/``): real documents, no database."""

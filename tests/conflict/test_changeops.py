@@ -1,0 +1,74 @@
+"""Reading root ops from change bytes, and live values, checked against the binding."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from automerge.core import ROOT
+from hypothesis import given, settings
+
+from conflict.changeops import ACTION_DELETE, ChangeOps, OpId, decode_change_ops, parse_op_id
+from conflict.entity import root_conflict_flags
+from conflict.history import History
+from tests.conflict.helpers import merged_doc
+from tests.conflict.scenarios import Step, activity_only, all_changes, examples, play, sessions
+
+KEYS = ("title", "status", "starts_at", "ends_at", "location_id", "deleted")
+
+
+def test_root_object_id_has_no_op() -> None:
+    assert parse_op_id(ROOT) is None
+    assert parse_op_id(b"\x10\x02ab\x07\x2a") == OpId(42, b"ab")
+    assert parse_op_id(b"\x10\x02ab") is None  # truncated
+
+
+@settings(max_examples=examples(150), deadline=None)
+@given(sessions(devices=(2, 3), steps=16))
+def test_decoded_ops_and_live_values_agree_with_automerge(case: tuple[int, list[Step]]) -> None:
+    count, steps = case
+    session = play(activity_only(), count, steps)
+    changes = all_changes(session)["act-1"]
+    doc = merged_doc(changes)
+    history = History.of(doc)
+    binding = {c.hash: c for c in doc.get_changes([])}
+    decoded = {}
+    for data in changes:
+        ops = decode_change_ops(data)
+        change = binding[ops.hash]
+        assert (ops.actor, ops.seq, ops.start_op) == (change.actor_id, change.seq, change.start_op)
+        assert ops.max_op == change.max_op
+        assert set(ops.deps) == set(change.deps)
+        decoded[ops.hash] = ops
+        for op in ops.root_ops:  # a put is what Automerge shows right after the change
+            last = [o for o in ops.root_ops if o.key == op.key][-1]
+            found = doc.get(ROOT, op.key, heads=[ops.hash])
+            if last.action != ACTION_DELETE and found is not None:
+                assert parse_op_id(found[1]) == last.op_id
+
+    states = [[h] for h in decoded] + [doc.get_heads()]
+    states += [list(ops.deps) for ops in decoded.values() if ops.deps]
+    for heads in states:
+        flags = root_conflict_flags(doc, heads)
+        assert flags is not None
+        for key in KEYS:
+            truth = _live(history, decoded, heads, key)
+            assert [item.op for item in history.live_ops(doc, heads, key)] == truth
+            assert flags.get(key, False) == (len(truth) > 1)
+            winner = doc.get(ROOT, key, heads=heads)
+            assert (parse_op_id(winner[1]) if winner else None) == (truth[0] if truth else None)
+
+
+def _live(
+    history: History, decoded: Mapping[bytes, ChangeOps], heads: list[bytes], key: str
+) -> list[OpId]:
+    """Ground truth from every op in the past of ``heads``: not named as a predecessor."""
+    ops = [
+        op
+        for h, change in decoded.items()
+        if history.within(h, heads)
+        for op in change.root_ops
+        if op.key == key
+    ]
+    dead = {p for op in ops for p in op.pred}
+    live = {op.op_id for op in ops if op.action != ACTION_DELETE and op.op_id not in dead}
+    return sorted(live, reverse=True)
