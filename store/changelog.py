@@ -378,6 +378,7 @@ def _plan_writes(
             # Saved at once: a saved document loads about twice as fast as its change chunks,
             # and for a new (small) document saving costs a few microseconds.
             saved = save_document(outcome.document)
+            size = len(saved)
             writes.new_documents.append(
                 (project_id, entity_id, entity_type, heads, saved, b"", 0, count, version)
             )
@@ -390,13 +391,16 @@ def _plan_writes(
             )
             saved = save_document(outcome.document) if compact else b""
             tail = b"" if compact else new_bytes
+            size = len(saved) if compact else row.saved_bytes + row.tail_bytes + len(new_bytes)
             writes.updated_documents.append(
                 (project_id, entity_id, heads, compact, saved, tail, count, version)
             )
         writes.read_models[entity_type].append(
             read_model_row(project_id, entity_type, entity_id, outcome.values, version)
         )
-        writes.cache_updates.append((entity_id, CachedDocument(version, outcome.document)))
+        writes.cache_updates.append(
+            (entity_id, CachedDocument(version, outcome.document, size))
+        )
     return writes
 
 

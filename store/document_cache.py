@@ -19,13 +19,17 @@ from automerge.core import Document
 class CachedDocument:
     version: int
     document: Document
+    size_bytes: int  # stored size (saved + tail): a proxy for the memory it holds
 
 
 class DocumentCache:
-    """A bounded least-recently-used map from (project, entity) to a committed document."""
+    """A least-recently-used map from (project, entity) to a committed document, bounded
+    both in entries and in stored bytes (documents may be up to 16 MiB each)."""
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(self, capacity: int = 10_000, max_bytes: int = 256 * 1024 * 1024) -> None:
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._entries: OrderedDict[tuple[UUID, str], CachedDocument] = OrderedDict()
 
     def get(self, project_id: UUID, entity_id: str) -> CachedDocument | None:
@@ -40,10 +44,20 @@ class DocumentCache:
         current = self._entries.get(key)
         if current is not None and current.version >= entry.version:
             return
+        if current is not None:
+            self._bytes -= current.size_bytes
+            del self._entries[key]
+        if entry.size_bytes > self._max_bytes:
+            return  # too big to keep: reloaded when next needed
         self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        self._bytes += entry.size_bytes
+        while len(self._entries) > self._capacity or self._bytes > self._max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.size_bytes
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
