@@ -28,6 +28,40 @@ def free_port() -> int:
         return port
 
 
+async def start_server(
+    database_url: str,
+    port: int,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    ping_interval: float = PING_INTERVAL_SECONDS,
+    **app_options: Any,
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """Start the app on ``port`` in this event loop; returns once it accepts connections."""
+    app = create_app(database_url, secret=TEST_SECRET, limits=limits, **app_options)
+    config = uvicorn_config(app, "127.0.0.1", port, limits, ping_interval)
+    config.lifespan = "on"
+    config.log_config = None
+    config.timeout_graceful_shutdown = 2
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve())
+    for _ in range(1000):
+        if server.started:
+            return server, task
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped before it started")
+        await asyncio.sleep(0.01)
+    await stop_server(server, task)
+    raise RuntimeError("server did not start within 10 s")
+
+
+async def stop_server(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    """Graceful shutdown, as on Ctrl-C."""
+    server.should_exit = True
+    await asyncio.wait_for(task, 15)
+
+
 @asynccontextmanager
 async def running_server(
     database_url: str,
@@ -38,21 +72,10 @@ async def running_server(
 ) -> AsyncIterator[str]:
     """Serve the app on a free port; yields its base URL ``127.0.0.1:PORT``."""
     port = free_port()
-    app = create_app(database_url, secret=TEST_SECRET, limits=limits, **app_options)
-    config = uvicorn_config(app, "127.0.0.1", port, limits, ping_interval)
-    config.lifespan = "on"
-    config.log_config = None
-    config.timeout_graceful_shutdown = 2
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve())
+    server, task = await start_server(
+        database_url, port, limits=limits, ping_interval=ping_interval, **app_options
+    )
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped before it started")
-            await asyncio.sleep(0.01)
         yield f"127.0.0.1:{port}"
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
+        await stop_server(server, task)

@@ -8,7 +8,6 @@ clients see the network go away and come back, and must reconnect by themselves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ import uvicorn
 from fieldsync_client import FieldsyncClient
 
 from model.limits import DEFAULT_LIMITS, Limits
-from server import create_app, uvicorn_config
-from tests.live_server import TEST_SECRET, free_port
+from tests.live_server import free_port, start_server, stop_server
 
 ClientFactory = Callable[..., FieldsyncClient]
 
@@ -52,31 +50,15 @@ class RestartableServer:
 
     async def start(self) -> None:
         assert self._task is None, "already running"
-        app = create_app(self.database_url, secret=TEST_SECRET, limits=self.limits)
-        config = uvicorn_config(app, "127.0.0.1", self.port, self.limits)
-        config.lifespan = "on"
-        config.log_config = None
-        config.timeout_graceful_shutdown = 2
-        server = uvicorn.Server(config)
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-        task = asyncio.create_task(server.serve())
-        for _ in range(1000):
-            if server.started:
-                break
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped before it started")
-            await asyncio.sleep(0.01)
-        else:
-            raise RuntimeError("server did not start")
-        self._server, self._task = server, task
+        self._server, self._task = await start_server(
+            self.database_url, self.port, limits=self.limits
+        )
 
     async def stop(self) -> None:
         server, task = self._server, self._task
         self._server = self._task = None
         if server is not None and task is not None:
-            server.should_exit = True
-            await asyncio.wait_for(task, 15)
+            await stop_server(server, task)
 
 
 @pytest.fixture
