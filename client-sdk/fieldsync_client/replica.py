@@ -291,6 +291,16 @@ class ProjectReplica:
             updates.append(_Update(entity_id, _Entry(entity_type, doc, known)))
             outcome.changed.add(entity_id)
         cursor = records[-1].seq
+        return self._commit_remote(updates, refused, cursor, outcome)
+
+    def _commit_remote(
+        self,
+        updates: list[_Update],
+        refused: list[OutboxEntry],
+        cursor: int,
+        outcome: RemoteOutcome,
+    ) -> RemoteOutcome:
+        """Store remote documents, refusals and the new cursor in one transaction."""
         with self.store.transaction():
             self._write(updates)
             self._refuse(refused, WRONG_ENTITY_TYPE, "the server holds this id as another type")
@@ -319,14 +329,7 @@ class ProjectReplica:
                 raise RemoteDataError(f"snapshot of {entity.entity_id} is unusable: {exc}") from exc
             updates.append(_Update(entity.entity_id, _Entry(entity.entity_type, doc)))
             outcome.changed.add(entity.entity_id)
-        with self.store.transaction():
-            self._write(updates)
-            self._refuse(refused, WRONG_ENTITY_TYPE, "the server holds this id as another type")
-            self.store.set_cursor(self.project_id, cursor)
-        self._swap(updates)
-        self.cursor = cursor
-        outcome.rejected = [entry.id for entry in refused]
-        return outcome
+        return self._commit_remote(updates, refused, cursor, outcome)
 
     def reject(
         self,
