@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
@@ -27,7 +27,7 @@ from live.feed import Hub
 from live.session import SyncServices, SyncSession, Transport
 from live.snapshot_http import snapshot_endpoint
 from model.limits import DEFAULT_LIMITS, Limits
-from store.changelog import ChangeLog, LoggedChange
+from store.changelog import ChangeLog, LogSlice
 from store.database import CONNECTION_ERRORS, close_pool, create_pool
 from store.migrations import check_schema
 from store.notifications import listen, notify, poll_heads
@@ -58,13 +58,13 @@ def create_app(
         try:
             async with pool.acquire() as conn:
                 await check_schema(conn)
-            hub = Hub(lambda project, cursor, n: changelog.changes_since(project, cursor, n))
+            hub = Hub(lambda project, cursor, n: changelog.read_since(project, cursor, n))
 
-            def committed(project_id: UUID, changes: Sequence[LoggedChange]) -> None:
+            def committed(project_id: UUID, piece: LogSlice) -> None:
                 # Fan out on the next loop turn, so the pusher's ack is queued (and its
                 # writer woken) before the writers of every subscriber.
-                asyncio.get_running_loop().call_soon(hub.committed, project_id, changes)
-                task = asyncio.create_task(_notify_quietly(pool, project_id, changes[-1].seq))
+                asyncio.get_running_loop().call_soon(hub.committed, project_id, piece)
+                task = asyncio.create_task(_notify_quietly(pool, project_id, piece.changes[-1].seq))
                 background.add(task)
                 task.add_done_callback(background.discard)
 

@@ -51,6 +51,7 @@ __all__ = [
     "plan_entity",
     "row_at",
     "row_changes",
+    "with_users",
 ]
 
 OPEN = "open"
@@ -122,9 +123,7 @@ def plan_entity(
     return RowPlan(tuple(upserts[key] for key in sorted(upserts)), tuple(deletes))
 
 
-def plan_cross(
-    found: Sequence[Conflict], existing: Mapping[str, ConflictRow], seq: int
-) -> RowPlan:
+def plan_cross(found: Sequence[Conflict], existing: Mapping[str, ConflictRow], seq: int) -> RowPlan:
     """Rows after re-checking cross-entity rules for some entities at ``seq``.
 
     ``found``: ``cross_entity_conflicts(rows, involving=those entities)``.
@@ -143,6 +142,24 @@ def plan_cross(
         if row.status == OPEN and key not in found_ids:
             upserts.append(replace(row, status=RESOLVED, resolved_seq=seq))
     return RowPlan(tuple(sorted(upserts, key=lambda r: r.conflict_id)))
+
+
+def with_users(row: ConflictRow, users: Mapping[str, str]) -> ConflictRow:
+    """``row`` with the user who sent each change it names (``users``: hex hash -> user id).
+
+    The rules know changes by hash and actor only; who pushed a change is the log's
+    knowledge (``changes.sender``), added here so that a lead sees whose edit lost.
+    """
+    changes = row.details.get("changes")
+    if not isinstance(changes, list) or not changes:
+        return row
+    named = []
+    for ref in changes:
+        if isinstance(ref, dict) and isinstance(ref.get("hash"), str):
+            user = users.get(str(ref["hash"]))
+            ref = {**ref, "user": user} if user is not None else ref
+        named.append(ref)
+    return replace(row, details={**row.details, "changes": named})
 
 
 def _opened(conflict: Conflict, seq_of: Mapping[str, int]) -> int:
@@ -292,11 +309,12 @@ class Ledger:
             if ConflictKind(row.kind) in CROSS_ENTITY_KINDS and wanted.intersection(row.entity_ids)
         }
 
-    def apply(self, plan: RowPlan) -> None:
+    def apply(self, plan: RowPlan, users: Mapping[str, str] | None = None) -> None:
+        """Write ``plan``; with ``users``, its rows name who sent each change (``with_users``)."""
         for key in plan.deletes:
             self.rows.pop(key, None)
         for row in plan.upserts:
-            self.rows[row.conflict_id] = row
+            self.rows[row.conflict_id] = row if users is None else with_users(row, users)
 
     def open_ids(self) -> set[str]:
         return {key for key, row in self.rows.items() if row.status == OPEN}

@@ -15,14 +15,18 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from uuid import UUID
 
-from store.changelog import LoggedChange
+from conflict.ledger import ConflictRow
+from store.changelog import LoggedChange, LogSlice
+from store.conflicts import ConflictUpdate
 from sync.codec import encode
-from sync.messages import ChangeRecord, Changes
+from sync.messages import ChangeRecord, Changes, ConflictRecord, Conflicts
 
-ReadSince = Callable[[UUID, int, int], Awaitable[list[LoggedChange]]]
+ReadSince = Callable[[UUID, int, int], Awaitable[LogSlice]]
 READ_BATCH = 500
 # A Changes frame stays well under the protocol's frame limit whatever the change sizes.
 FRAME_BUDGET_BYTES = 1024 * 1024
+# A conflict record is at most a few tens of KiB (strings in it are cut at 4,096 chars).
+CONFLICTS_PER_FRAME = 100
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,19 @@ class LiveSubscription:
         if self._send_live(frame):
             self.cursor = records[-1].seq
         else:
-            self.overflowed = True
-            self._on_overflow()
+            self._overflow()
+
+    def deliver_conflicts(self, frames: Sequence[bytes]) -> None:
+        """Conflict updates of changes this subscription was just sent."""
+        for frame in frames:
+            if self.overflowed:
+                return
+            if not self._send_live(frame):
+                self._overflow()
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self._on_overflow()
 
 
 def change_records(changes: Iterable[LoggedChange]) -> tuple[ChangeRecord, ...]:
@@ -86,6 +101,45 @@ def _frame(
     return records, encode(Changes(str(project_id), records))
 
 
+def conflict_record(conflict_id: str, row: ConflictRow | None) -> ConflictRecord:
+    """The wire form of a conflicts read-model row; None: the row was removed."""
+    if row is None:
+        return ConflictRecord(conflict_id, "removed")
+    return ConflictRecord(
+        row.conflict_id,
+        row.status,
+        row.kind,
+        row.entity_ids,
+        row.fields,
+        row.opened_seq,
+        row.resolved_seq,
+        dict(row.details),
+    )
+
+
+def conflict_frames(project_id: UUID, records: Sequence[ConflictRecord]) -> list[bytes]:
+    """Conflicts frames of at most CONFLICTS_PER_FRAME records each."""
+    return [
+        encode(Conflicts(str(project_id), tuple(records[i : i + CONFLICTS_PER_FRAME])))
+        for i in range(0, len(records), CONFLICTS_PER_FRAME)
+    ]
+
+
+def update_frames(project_id: UUID, updates: Sequence[ConflictUpdate]) -> list[bytes]:
+    """Conflict updates as frames; a record updated twice is sent once, in its latest state."""
+    latest: dict[str, ConflictRecord] = {}
+    for update in updates:
+        latest.pop(update.conflict_id, None)
+        latest[update.conflict_id] = conflict_record(update.conflict_id, update.row)
+    return conflict_frames(project_id, list(latest.values()))
+
+
+def log_frames(project_id: UUID, piece: LogSlice) -> list[bytes]:
+    """A slice of the log as it goes to a client: its changes, then its conflict updates."""
+    frames = [frame for _, frame in change_frames(project_id, piece.changes)]
+    return frames + update_frames(project_id, piece.conflicts)
+
+
 class ProjectFeed:
     def __init__(self, project_id: UUID, read_since: ReadSince) -> None:
         self.project_id = project_id
@@ -108,12 +162,13 @@ class ProjectFeed:
     def leave(self, subscription: LiveSubscription) -> None:
         self.subscribers.discard(subscription)
 
-    def committed(self, changes: Sequence[LoggedChange]) -> None:
-        """Changes this process just committed, in seq order."""
+    def committed(self, piece: LogSlice) -> None:
+        """Changes this process just committed, in seq order, with their conflict updates."""
+        changes = piece.changes
         if not changes:
             return
         if self.head is not None and changes[0].seq == self.head + 1 and self._reader is None:
-            self._dispatch(changes)
+            self._dispatch(piece)
         else:
             self.poke(changes[-1].seq)
 
@@ -130,25 +185,39 @@ class ProjectFeed:
     async def _read(self) -> None:
         try:
             while self.head is not None and self._wanted > self.head:
-                batch = await self._read_since(self.project_id, self.head, READ_BATCH)
-                if not batch:
+                piece = await self._read_since(self.project_id, self.head, READ_BATCH)
+                if not piece.changes:
                     break
-                self._dispatch(batch)
+                self._dispatch(piece)
         except Exception:
             # The periodic head check pokes again; the log is the truth, nothing is lost.
             log.exception("reading project %s from the log failed", self.project_id)
         finally:
             self._reader = None
 
-    def _dispatch(self, changes: Sequence[LoggedChange]) -> None:
+    def _dispatch(self, piece: LogSlice) -> None:
         assert self.head is not None
-        fresh = [c for c in changes if c.seq > self.head]
+        start = self.head
+        fresh = [c for c in piece.changes if c.seq > start]
         if not fresh:
             return
         self.head = fresh[-1].seq
+        subscribers = list(self.subscribers)
+        starts = {subscription: subscription.cursor for subscription in subscribers}
         for records, frame in change_frames(self.project_id, fresh):
-            for subscription in list(self.subscribers):
+            for subscription in subscribers:
                 subscription.deliver(records, frame)
+        updates = [u for u in piece.conflicts if u.seq > start]
+        if not updates:
+            return
+        frames = update_frames(self.project_id, updates)
+        for subscription in subscribers:
+            if starts[subscription] <= start:
+                subscription.deliver_conflicts(frames)
+            else:
+                # It read part of this slice during its catch-up, updates included.
+                own = [u for u in updates if u.seq > starts[subscription]]
+                subscription.deliver_conflicts(update_frames(self.project_id, own))
 
 
 class Hub:
@@ -171,10 +240,10 @@ class Hub:
             if not feed.subscribers:
                 del self._feeds[subscription.project_id]
 
-    def committed(self, project_id: UUID, changes: Sequence[LoggedChange]) -> None:
+    def committed(self, project_id: UUID, piece: LogSlice) -> None:
         feed = self._feeds.get(project_id)
         if feed is not None:
-            feed.committed(changes)
+            feed.committed(piece)
 
     def poke(self, project_id: UUID, seq: int) -> None:
         feed = self._feeds.get(project_id)

@@ -19,7 +19,7 @@ from uuid import UUID
 import asyncpg
 
 from auth.tokens import TokenError, verify_token
-from live.feed import Hub, LiveSubscription, change_frames
+from live.feed import Hub, LiveSubscription, conflict_frames, conflict_record, log_frames
 from live.outbox import Outbox, OutboxClosedError
 from model.limits import Limits
 from model.merge import EntityChanges
@@ -254,13 +254,13 @@ class SyncSession:
             )
             feed = self._services.hub.feed(project)
             while True:
-                batch = await self._services.changelog.changes_since(
+                piece = await self._services.changelog.read_since(
                     project, subscription.cursor, CATCH_UP_BATCH
                 )
-                if batch:
-                    for _, frame in change_frames(project, batch):
+                if piece.last_seq is not None:
+                    for frame in log_frames(project, piece):
                         await self._outbox.put_bulk(frame)
-                    subscription.cursor = batch[-1].seq
+                    subscription.cursor = piece.last_seq
                     continue
                 if feed.try_go_live(subscription):
                     break
@@ -279,9 +279,7 @@ class SyncSession:
     async def _send_snapshot(self, project: UUID) -> int:
         async with open_snapshot(self._services.pool, project) as snapshot:
             count = await snapshot.count()
-            await self._outbox.put_bulk(
-                encode(SnapshotBegin(str(project), snapshot.cursor, count))
-            )
+            await self._outbox.put_bulk(encode(SnapshotBegin(str(project), snapshot.cursor, count)))
             chunk: list[SnapshotEntity] = []
             size = 0
             async for entity in snapshot.entities():
@@ -292,6 +290,9 @@ class SyncSession:
                     chunk, size = [], 0
             if chunk:
                 await self._outbox.put_bulk(encode(SnapshotChunk(str(project), tuple(chunk))))
+            records = [conflict_record(row.conflict_id, row) for row in await snapshot.conflicts()]
+            for frame in conflict_frames(project, records):
+                await self._outbox.put_bulk(frame)
             await self._outbox.put_bulk(encode(SnapshotEnd(str(project), snapshot.cursor)))
             return snapshot.cursor
 
@@ -344,9 +345,7 @@ class SyncSession:
             return
         batch = [EntityChanges(e.entity_type, e.entity_id, e.changes) for e in push.entities]
         try:
-            results = await self._services.changelog.append(
-                project, batch, str(self._user_id)
-            )
+            results = await self._services.changelog.append(project, batch, str(self._user_id))
         except (StoreError, OSError, asyncpg.PostgresError) as exc:
             log.warning("push %s to project %s failed: %s", push.push_id, project, exc)
             self._protocol.send(

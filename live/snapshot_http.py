@@ -1,6 +1,7 @@
 """``GET /projects/{id}/snapshot``: a project's documents at one cursor, streamed and gzipped.
 
-The body is a sequence of msgpack maps (begin, one per entity, end) read from one
+The body is a sequence of msgpack maps (begin, one per entity, the project's conflict records
+as ``conflicts`` protocol messages, end) read from one
 repeatable-read transaction through a server-side cursor and compressed as it goes, so
 memory stays bounded however large the project is. The ETag names the project and cursor:
 a client that already holds this cursor gets 304 and no body.
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from auth.tokens import TokenError, verify_token
+from live.feed import conflict_frames, conflict_record
 from store.projects import member_level
 from store.snapshots import open_snapshot
 
@@ -89,17 +91,33 @@ async def snapshot_endpoint(request: Request) -> Response:
 
         try:
             count = await snapshot.count()
-            buffer.append(msgpack.packb({"t": "snapshot_begin", "project_id": str(project_id),
-                                         "cursor": snapshot.cursor, "entity_count": count}))
+            buffer.append(
+                msgpack.packb(
+                    {
+                        "t": "snapshot_begin",
+                        "project_id": str(project_id),
+                        "cursor": snapshot.cursor,
+                        "entity_count": count,
+                    }
+                )
+            )
             async for entity in snapshot.entities():
-                record = msgpack.packb({"entity_type": entity.entity_type,
-                                        "entity_id": entity.entity_id,
-                                        "document": entity.document})
+                record = msgpack.packb(
+                    {
+                        "entity_type": entity.entity_type,
+                        "entity_id": entity.entity_id,
+                        "document": entity.document,
+                    }
+                )
                 buffer.append(record)
                 size += len(record)
                 if size >= FLUSH_BYTES:
                     yield emit(b"".join(buffer))
                     buffer, size = [], 0
+            conflicts = [
+                conflict_record(row.conflict_id, row) for row in await snapshot.conflicts()
+            ]
+            buffer.extend(conflict_frames(project_id, conflicts))
             buffer.append(msgpack.packb({"t": "snapshot_end", "cursor": snapshot.cursor}))
             tail = emit(b"".join(buffer))
             yield tail + compressor.flush() if compressor else tail

@@ -4,6 +4,12 @@ The rebuild replays each entity's logged changes into a fresh document, projects
 the same code the append path uses, and replaces the project's read-model rows. It also
 checks that the cached documents equal the replayed ones. It holds the project's log lock
 so that no append interleaves with the replay.
+
+Conflicts are rebuilt as ``docs/conflicts.md`` describes: the single-entity rules on each
+replayed document with all of its changes as new, and the cross-entity rules at every
+logged change that moves an entity's row, in seq order, over every row of the project.
+Only the conflict rows that differ are written, and their ids go to ``conflict_feed`` at
+the project's head, so that clients learn of a repair with the next change they receive.
 """
 
 from __future__ import annotations
@@ -15,10 +21,25 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from automerge.core import Document
 
+from conflict.cross import (
+    ActivityRow,
+    LocationRow,
+    ProjectRows,
+    RoleRow,
+    Row,
+    SummoningRow,
+    cross_entity_conflicts,
+    needed_rows,
+)
+from conflict.entity import entity_conflicts
+from conflict.ledger import ROW_FIELDS, Ledger, plan_cross, plan_entity, row_changes
+from model.changes import parse_change
 from model.documents import contained, document_heads, load_document
 from model.entities import SCHEMAS
 from model.validation import inspect_document
+from store.conflicts import ConflictWrites, conflict_rows, write_conflicts
 from store.errors import UnknownProject
 from store.readmodels import read_model_row, read_model_tables, upsert_read_models
 
@@ -30,6 +51,8 @@ class RebuildReport:
     projects: int = 0
     entities: int = 0
     changes: int = 0
+    conflicts: int = 0
+    conflicts_rewritten: list[str] = field(default_factory=list)
     cache_mismatches: list[str] = field(default_factory=list)
     invalid_documents: list[str] = field(default_factory=list)
 
@@ -44,6 +67,9 @@ class RebuildReport:
         )
         if self.cache_mismatches:
             text += f"; cached documents differing from the log: {self.cache_mismatches}"
+        text += f"; {self.conflicts} conflict records"
+        if self.conflicts_rewritten:
+            text += f", of which rewritten (they differed from the log): {self.conflicts_rewritten}"
         if self.invalid_documents:
             text += f"; logged documents failing their schema: {self.invalid_documents}"
         return text
@@ -53,9 +79,13 @@ class RebuildReport:
 class _ReplayedEntity:
     entity_type: str
     entity_id: str
-    last_seq: int
-    changes: int
-    document_bytes: bytes
+    seqs: list[int]
+    senders: list[str]
+    changes: list[bytes]
+
+    @property
+    def last_seq(self) -> int:
+        return self.seqs[-1]
 
 
 async def rebuild_read_models(pool: asyncpg.Pool, project_id: UUID | None) -> RebuildReport:
@@ -63,8 +93,10 @@ async def rebuild_read_models(pool: asyncpg.Pool, project_id: UUID | None) -> Re
     report = RebuildReport()
     async with pool.acquire() as conn:
         if project_id is None:
-            projects = [r["project_id"] for r in await conn.fetch(
-                "SELECT project_id FROM log_heads ORDER BY project_id")]
+            projects = [
+                r["project_id"]
+                for r in await conn.fetch("SELECT project_id FROM log_heads ORDER BY project_id")
+            ]
         else:
             projects = [project_id]
         for project in projects:
@@ -89,10 +121,12 @@ async def _rebuild_project(conn: Any, project_id: UUID, report: RebuildReport) -
     }
     rows: dict[str, list[tuple[object, ...]]] = defaultdict(list)
     pending = 0
+    conflicts = _ConflictReplay()
     async for entity in _replay(conn, project_id):
         report.entities += 1
-        report.changes += entity.changes
-        document = load_document(entity.document_bytes)
+        report.changes += len(entity.changes)
+        document = load_document(b"".join(entity.changes))
+        conflicts.entity(entity, document)
         if set(document_heads(document)) != cached_heads.pop(entity.entity_id, None):
             report.cache_mismatches.append(entity.entity_id)
         schema = SCHEMAS[entity.entity_type]
@@ -102,7 +136,10 @@ async def _rebuild_project(conn: Any, project_id: UUID, report: RebuildReport) -
             continue
         rows[entity.entity_type].append(
             read_model_row(
-                project_id, entity.entity_type, entity.entity_id, inspection.values,
+                project_id,
+                entity.entity_type,
+                entity.entity_id,
+                inspection.values,
                 entity.last_seq,
             )
         )
@@ -113,26 +150,73 @@ async def _rebuild_project(conn: Any, project_id: UUID, report: RebuildReport) -
             pending = 0
     await upsert_read_models(conn, rows)
     report.cache_mismatches.extend(sorted(cached_heads))
+    ledger = conflicts.finish()
+    before = {row.conflict_id: row for row in await conflict_rows(conn, project_id)}
+    writes = ConflictWrites(
+        [row for key, row in sorted(ledger.rows.items()) if before.get(key) != row],
+        sorted(set(before) - set(ledger.rows)),
+    )
+    await write_conflicts(conn, project_id, writes, locked)
+    report.conflicts += len(ledger.rows)
+    report.conflicts_rewritten.extend(writes.touched)
     report.projects += 1
 
 
+class _ConflictReplay:
+    """The conflict rules over a replayed log, exactly as the append path applies them."""
+
+    def __init__(self) -> None:
+        self.ledger = Ledger()
+        self.steps: list[tuple[int, str, Row]] = []
+
+    def entity(self, entity: _ReplayedEntity, document: Document) -> None:
+        headers = [parse_change(change) for change in entity.changes]
+        seq_of = {h.hash.hex(): seq for h, seq in zip(headers, entity.seqs, strict=True)}
+        users = {h.hash.hex(): s for h, s in zip(headers, entity.senders, strict=True)}
+        result = entity_conflicts(entity.entity_type, entity.entity_id, None, document, headers)
+        plan = plan_entity(result, self.ledger.entity_rows(entity.entity_id), seq_of)
+        self.ledger.apply(plan, users)
+        if entity.entity_type in ROW_FIELDS:
+            for index, state in row_changes(
+                entity.entity_type, entity.entity_id, document, [], headers, None
+            ):
+                self.steps.append((entity.seqs[index], entity.entity_id, state))
+
+    def finish(self) -> Ledger:
+        """Re-check the cross-entity rules at each row change, in log order."""
+        activities: dict[str, ActivityRow] = {}
+        summonings: dict[str, SummoningRow] = {}
+        locations: dict[str, LocationRow] = {}
+        roles: dict[str, RoleRow] = {}
+        # One ProjectRows over dicts that are updated in place as the log is replayed.
+        project = ProjectRows(activities, summonings, locations, roles)
+        by_type: dict[type, dict[str, Any]] = {
+            ActivityRow: activities,
+            SummoningRow: summonings,
+            LocationRow: locations,
+            RoleRow: roles,
+        }
+        for seq, entity_id, row in sorted(self.steps, key=lambda step: step[0]):
+            by_type[type(row)][entity_id] = row
+            found = cross_entity_conflicts(needed_rows(project, [entity_id]), [entity_id])
+            self.ledger.apply(plan_cross(found, self.ledger.cross_rows([entity_id]), seq))
+        return self.ledger
+
+
 async def _replay(conn: Any, project_id: UUID) -> AsyncIterator[_ReplayedEntity]:
-    """Each entity's logged changes, concatenated in seq order, one entity at a time."""
-    current: str | None = None
-    entity_type = ""
-    chunks: list[bytes] = []
-    last_seq = 0
+    """Each entity's logged changes in seq order, one entity at a time."""
+    current: _ReplayedEntity | None = None
     query = (
-        "SELECT entity_id, entity_type, seq, change FROM changes "
+        "SELECT entity_id, entity_type, seq, sender, change FROM changes "
         "WHERE project_id = $1 ORDER BY entity_id, seq"
     )
     async for r in conn.cursor(query, project_id, prefetch=1000):
-        if r["entity_id"] != current:
+        if current is None or r["entity_id"] != current.entity_id:
             if current is not None:
-                yield _ReplayedEntity(entity_type, current, last_seq, len(chunks),
-                                      b"".join(chunks))
-            current, entity_type, chunks = r["entity_id"], r["entity_type"], []
-        chunks.append(r["change"])
-        last_seq = r["seq"]
+                yield current
+            current = _ReplayedEntity(r["entity_type"], r["entity_id"], [], [], [])
+        current.seqs.append(r["seq"])
+        current.senders.append(r["sender"])
+        current.changes.append(r["change"])
     if current is not None:
-        yield _ReplayedEntity(entity_type, current, last_seq, len(chunks), b"".join(chunks))
+        yield current

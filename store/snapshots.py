@@ -1,4 +1,5 @@
-"""A consistent snapshot of a project: every entity document as of exactly one seq.
+"""A consistent snapshot of a project: every entity document, and every conflict record, as
+of exactly one seq.
 
 The snapshot runs in one REPEATABLE READ, read-only transaction: the head seq and every
 ``documents`` row come from the same database snapshot, and appenders update both in the
@@ -16,6 +17,8 @@ from uuid import UUID
 
 import asyncpg
 
+from conflict.ledger import ConflictRow
+from store.conflicts import conflict_rows
 from store.errors import UnknownProject
 
 
@@ -56,13 +59,15 @@ class Snapshot:
                 r["entity_type"], r["entity_id"], r["version"], tuple(r["heads"]), r["document"]
             )
 
+    async def conflicts(self) -> list[ConflictRow]:
+        """Every conflict record (open and resolved) as of the snapshot's cursor."""
+        return await conflict_rows(self._conn, self.project_id)
+
 
 @asynccontextmanager
 async def open_snapshot(pool: asyncpg.Pool, project_id: UUID) -> AsyncIterator[Snapshot]:
     """Hold a repeatable-read view of ``project_id`` while the caller streams it."""
-    async with pool.acquire() as conn, conn.transaction(
-        isolation="repeatable_read", readonly=True
-    ):
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         head = await conn.fetchval(
             "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
         )

@@ -28,9 +28,12 @@ import msgpack
 from model.limits import DEFAULT_LIMITS, Limits
 from sync.errors import ErrorCode
 from sync.messages import (
+    CONFLICT_STATUSES,
     ChangeRecord,
     Changes,
     ClientMessage,
+    ConflictRecord,
+    Conflicts,
     EntityAccepted,
     EntityPush,
     EntityRejected,
@@ -79,6 +82,8 @@ MAX_USER_ID_CHARS: Final = 128  # welcome.user_id, welcome.session_id
 MAX_CODE_CHARS: Final = 64  # error, project_error and entity result codes
 MAX_LIMITS_KEYS: Final = 64  # welcome.limits
 MAX_DETAILS_DEPTH: Final = 16  # nesting of an entity rejection's details
+MAX_CONFLICT_ID_CHARS: Final = 64  # hex SHA-256
+MAX_FIELD_NAME_CHARS: Final = 64
 MAX_MESSAGE_KEYS: Final = 32  # top-level keys of any message, counting "t"
 INT64_MAX: Final = 2**63 - 1
 
@@ -203,6 +208,26 @@ def _changes(m: Changes) -> dict[str, object]:
     }
 
 
+def _conflicts(m: Conflicts) -> dict[str, object]:
+    return {
+        "t": Conflicts.TYPE,
+        "project_id": m.project_id,
+        "conflicts": [
+            {
+                "conflict_id": c.conflict_id,
+                "status": c.status,
+                "kind": c.kind,
+                "entity_ids": list(c.entity_ids),
+                "fields": list(c.fields),
+                "opened_seq": c.opened_seq,
+                "resolved_seq": c.resolved_seq,
+                "details": c.details,
+            }
+            for c in m.conflicts
+        ],
+    }
+
+
 def _synced(m: Synced) -> dict[str, object]:
     return {"t": Synced.TYPE, "project_id": m.project_id, "cursor": m.cursor}
 
@@ -240,6 +265,7 @@ def _error(m: Error) -> dict[str, object]:
 
 _ENCODERS: Final[dict[type[Any], Callable[[Any], dict[str, object]]]] = {
     Changes: _changes,
+    Conflicts: _conflicts,
     Hello: _hello,
     Subscribe: _subscribe,
     Unsubscribe: _unsubscribe,
@@ -681,6 +707,13 @@ def _details(r: _Reader) -> dict[str, object]:
     return details
 
 
+def _conflict_status(r: _Reader) -> str:
+    status = r.string(MAX_CODE_CHARS)
+    if status not in CONFLICT_STATUSES:
+        raise _FieldError(f"unknown conflict status {status!r}")
+    return status
+
+
 _ACCEPTED_FIELDS: Final = frozenset({"entity_id", "seqs"})
 _REJECTED_FIELDS: Final = frozenset({"entity_id", "code", "message", "details"})
 
@@ -752,6 +785,25 @@ _SERVER_SHAPES: Final[Mapping[str, _Shape]] = {
                     entity_type=_entity_type,
                     entity_id=_entity_id,
                     change=_blob,
+                )
+            )
+        ),
+    ),
+    Conflicts.TYPE: _shape(
+        Conflicts,
+        project_id=_project_id,
+        conflicts=_array(
+            _record(
+                _shape(
+                    ConflictRecord,
+                    conflict_id=_string(MAX_CONFLICT_ID_CHARS),
+                    status=_conflict_status,
+                    kind=_code,
+                    entity_ids=_array(_entity_id),
+                    fields=_array(_string(MAX_FIELD_NAME_CHARS)),
+                    opened_seq=_uint,
+                    resolved_seq=_optional_uint,
+                    details=_details,
                 )
             )
         ),

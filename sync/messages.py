@@ -74,6 +74,29 @@ class EntityRejected:
 
 EntityResult = EntityAccepted | EntityRejected
 
+CONFLICT_STATUSES: tuple[str, ...] = ("open", "resolved", "removed")
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictRecord:
+    """A conflict as the project's conflicts read model holds it (``docs/conflicts.md``).
+
+    ``status`` is ``open``, ``resolved``, or ``removed``: the record no longer exists (a
+    concurrent edit widened it into another record, which arrives in the same message);
+    a removed record carries only its id and empty other fields. ``details`` is the record
+    itself: kind, entities, fields, competing values, the changes (hash, actor, user) that
+    produced them, and the rule's resolution (nil when a lead decides).
+    """
+
+    conflict_id: str
+    status: str
+    kind: str = ""
+    entity_ids: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    opened_seq: int = 0
+    resolved_seq: int | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
 
 # --- client to server --------------------------------------------------------------------
 
@@ -170,6 +193,19 @@ class Changes:
 
 
 @dataclass(frozen=True, slots=True)
+class Conflicts:
+    """Conflict records that changed with the changes sent before this message.
+
+    Inside a snapshot (between ``snapshot_begin`` and ``snapshot_end``) it carries every
+    record of the project as of the snapshot's cursor, possibly over several messages.
+    """
+
+    TYPE: ClassVar[str] = "conflicts"
+    project_id: str
+    conflicts: tuple[ConflictRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Synced:
     """The client holds everything up to ``cursor``; from here on changes arrive live."""
 
@@ -207,6 +243,7 @@ ServerMessage = (
     | SnapshotChunk
     | SnapshotEnd
     | Changes
+    | Conflicts
     | Synced
     | PushResult
     | Error

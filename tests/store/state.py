@@ -17,6 +17,7 @@ class ProjectState:
     log: tuple[tuple[Any, ...], ...]
     documents: tuple[tuple[Any, ...], ...]
     read_models: tuple[tuple[str, tuple[tuple[Any, ...], ...]], ...]
+    conflicts: tuple[tuple[Any, ...], ...]
 
 
 async def project_state(pool: asyncpg.Pool, project_id: UUID) -> ProjectState:
@@ -40,9 +41,13 @@ async def project_state(pool: asyncpg.Pool, project_id: UUID) -> ProjectState:
                 f"SELECT * FROM {table} WHERE project_id = $1 ORDER BY entity_id", project_id
             )
             read_models.append((table, tuple(tuple(r.values()) for r in rows)))
+        conflicts = await conn.fetch(
+            "SELECT * FROM rm_conflicts WHERE project_id = $1 ORDER BY conflict_id", project_id
+        )
     return ProjectState(
         head,
         tuple(tuple(r.values()) for r in log),
         tuple(tuple(r.values()) for r in documents),
         tuple(read_models),
+        tuple(tuple(r.values()) for r in conflicts),
     )

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -82,7 +83,7 @@ async def populate(log: ChangeLog, project: uuid.UUID, seed: int) -> int:
 
 def _random_edit(rng: random.Random, kind: str, doc: Document) -> bytes:
     if kind == "activity":
-        choice = rng.randrange(5)
+        choice = rng.randrange(6)
         if choice == 0:
             return splice_text(doc, "description", 0, 0, rng.choice(["Check ", "Rain? "]))
         if choice == 1:
@@ -93,10 +94,19 @@ def _random_edit(rng: random.Random, kind: str, doc: Document) -> bytes:
             return remove_list_item(doc, "tasks", 0)
         if choice == 3:
             return update_entity(doc, "activity", {"deleted": rng.random() < 0.2})
+        if choice == 4:
+            return update_entity(doc, "activity", _moved(rng, doc))
         return update_entity(doc, "activity", {"status": rng.choice(["planned", "done"])})
     if kind == "location":
+        if rng.random() < 0.1:
+            return update_entity(doc, "location", {"deleted": rng.random() < 0.5})
         return update_entity(doc, "location", {"name": f"Site {rng.randint(0, 99)}"})
     if kind == "summoning":
+        choice = rng.randrange(3)
+        if choice == 0:
+            return update_entity(doc, "summoning", {"user_id": rng.choice(["user-1", "user-2"])})
+        if choice == 1:
+            return update_entity(doc, "summoning", _moved(rng, doc))
         return update_entity(doc, "summoning", {"status": rng.choice(["proposed", "confirmed"])})
     if kind == "role":
         return update_entity(doc, "role", {"skills": rng.sample(["a", "b", "c", "d"], 2)})
@@ -105,6 +115,14 @@ def _random_edit(rng: random.Random, kind: str, doc: Document) -> bytes:
     if kind == "plan":
         return splice_text(doc, "description", 0, 0, "Updated. ")
     return update_entity(doc, kind, {"timezone": rng.choice(["Europe/Rome", "UTC"])})
+
+
+def _moved(rng: random.Random, doc: Document) -> dict[str, object]:
+    """One end of the window moved by whole hours (either may end up before the other)."""
+    name = rng.choice(["starts_at", "ends_at"])
+    when = doc.get(b"\x00", name)[0][1]  # type: ignore[index]
+    assert isinstance(when, datetime)
+    return {name: when.replace(tzinfo=UTC) + timedelta(hours=rng.randint(-30, 30))}
 
 
 async def test_rebuild_equals_incremental_read_models(
@@ -121,7 +139,11 @@ async def test_rebuild_equals_incremental_read_models(
     assert report.changes == incremental.head == total
     rebuilt = await project_state(pool, project)
     assert rebuilt == incremental
+    assert not report.conflicts_rewritten
     assert sum(len(rows) for _, rows in rebuilt.read_models) == 24
+    kinds = {row[2] for row in rebuilt.conflicts}
+    assert report.conflicts == len(rebuilt.conflicts)
+    assert {"concurrent_edit", "double_booking", "summoning_outside_activity"} <= kinds, kinds
 
 
 async def test_rebuild_restores_damaged_read_models(
@@ -135,10 +157,23 @@ async def test_rebuild_restores_damaged_read_models(
         await conn.execute(
             "UPDATE rm_activities SET title = 'wrong' WHERE project_id = $1", project
         )
+        damaged = await conn.fetchval(
+            "DELETE FROM rm_conflicts WHERE conflict_id = (SELECT min(conflict_id) "
+            "FROM rm_conflicts WHERE project_id = $1) RETURNING conflict_id",
+            project,
+        )
+        await conn.execute(
+            "INSERT INTO rm_conflicts (project_id, conflict_id, kind, entity_ids, fields, "
+            "details, status, opened_seq) VALUES ($1, 'bogus', 'concurrent_edit', '{x}', "
+            "'{title}', '{}', 'open', 1)",
+            project,
+        )
 
-    await rebuild_read_models(pool, project)
+    report = await rebuild_read_models(pool, project)
 
     assert await project_state(pool, project) == expected
+    assert damaged is not None
+    assert report.conflicts_rewritten == sorted([damaged, "bogus"])
 
 
 def test_rebuild_command(database_url: str, project: uuid.UUID) -> None:

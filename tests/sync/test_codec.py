@@ -29,9 +29,12 @@ from sync.codec import (
 )
 from sync.errors import ErrorCode
 from sync.messages import (
+    CONFLICT_STATUSES,
     ChangeRecord,
     Changes,
     ClientMessage,
+    ConflictRecord,
+    Conflicts,
     EntityAccepted,
     EntityPush,
     EntityRejected,
@@ -144,6 +147,24 @@ server_messages: st.SearchStrategy[ServerMessage] = st.one_of(
         st.lists(st.builds(ChangeRecord, uints, entity_types, entity_ids, blobs), max_size=4).map(
             tuple
         ),
+    ),
+    st.builds(
+        Conflicts,
+        project_ids,
+        st.lists(
+            st.builds(
+                ConflictRecord,
+                strings(64),
+                st.sampled_from(CONFLICT_STATUSES),
+                codes,
+                st.lists(entity_ids, max_size=4).map(tuple),
+                st.lists(strings(64), max_size=4).map(tuple),
+                uints,
+                optional_uints,
+                details,
+            ),
+            max_size=4,
+        ).map(tuple),
     ),
     st.builds(Synced, project_ids, uints),
     st.builds(PushResult, uints, project_ids, st.lists(entity_results, max_size=4).map(tuple)),

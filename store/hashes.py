@@ -1,0 +1,25 @@
+"""Looking changes up in the log by hash: which are logged, at which seq, sent by whom."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+# One index probe per hash, forced by the LATERAL ... OFFSET 0: with "hash = ANY($2)" the
+# planner, whenever a project's rows are newer than the table statistics, scans the whole
+# project's log instead (measured: 3 ms per push at 11,000 changes, growing with the log).
+_LOGGED_HASHES = """
+SELECT h.hash, c.entity_id, c.seq, c.sender FROM unnest($2::bytea[]) AS h(hash)
+CROSS JOIN LATERAL (
+    SELECT entity_id, seq, sender FROM changes c
+    WHERE c.project_id = $1 AND c.hash = h.hash OFFSET 0
+) c
+"""
+
+
+async def find_logged(conn: Any, project_id: UUID, hashes: Sequence[bytes]) -> list[Any]:
+    """Records (hash, entity_id, seq, sender) for those of ``hashes`` the log holds."""
+    if not hashes:
+        return []
+    return list(await conn.fetch(_LOGGED_HASHES, project_id, list(hashes)))
