@@ -17,6 +17,8 @@ from sync.codec import decode_server, encode
 from sync.messages import (
     Changes,
     ClientMessage,
+    ConflictRecord,
+    Conflicts,
     Error,
     Hello,
     ProjectCursor,
@@ -39,6 +41,7 @@ class ProjectReplica:
     cursor: int = 0
     documents: dict[str, Document] = field(default_factory=dict)
     seen_seqs: list[int] = field(default_factory=list)
+    conflicts: dict[str, ConflictRecord] = field(default_factory=dict)
 
     def apply(self, message: Changes) -> None:
         for record in message.changes:
@@ -48,6 +51,13 @@ class ProjectReplica:
             self.documents[record.entity_id] = apply_changes(
                 self.documents.get(record.entity_id), [parse_change(record.change)]
             )
+
+    def apply_conflicts(self, message: Conflicts) -> None:
+        for record in message.conflicts:
+            if record.status == "removed":
+                self.conflicts.pop(record.conflict_id, None)
+            else:
+                self.conflicts[record.conflict_id] = record
 
     def heads(self) -> dict[str, list[bytes]]:
         return {e: sorted(d.get_heads()) for e, d in self.documents.items()}
@@ -104,6 +114,8 @@ class SyncClient:
             self.replicas[message.project_id].cursor = message.cursor
         elif isinstance(message, Changes):
             self.replicas.setdefault(message.project_id, ProjectReplica()).apply(message)
+        elif isinstance(message, Conflicts):
+            self.replicas.setdefault(message.project_id, ProjectReplica()).apply_conflicts(message)
         elif isinstance(message, Synced):
             pass
         else:
