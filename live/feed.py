@@ -60,7 +60,7 @@ class LiveSubscription:
             self._overflow()
 
     def deliver_conflicts(self, frames: Sequence[bytes]) -> None:
-        """Conflict updates of changes this subscription was just sent."""
+        """Conflict updates of the changes this subscription is sent next."""
         for frame in frames:
             if self.overflowed:
                 return
@@ -135,9 +135,14 @@ def update_frames(project_id: UUID, updates: Sequence[ConflictUpdate]) -> list[b
 
 
 def log_frames(project_id: UUID, piece: LogSlice) -> list[bytes]:
-    """A slice of the log as it goes to a client: its changes, then its conflict updates."""
-    frames = [frame for _, frame in change_frames(project_id, piece.changes)]
-    return frames + update_frames(project_id, piece.conflicts)
+    """A slice of the log as it goes to a client: its conflict updates, then its changes.
+
+    Conflicts go first so that a client which stores each message in its own transaction
+    never holds a cursor past a conflict update it has not stored: if it stops between the
+    two, it resumes from the old cursor and receives both again.
+    """
+    changes = [frame for _, frame in change_frames(project_id, piece.changes)]
+    return update_frames(project_id, piece.conflicts) + changes
 
 
 class ProjectFeed:
@@ -203,21 +208,18 @@ class ProjectFeed:
             return
         self.head = fresh[-1].seq
         subscribers = list(self.subscribers)
-        starts = {subscription: subscription.cursor for subscription in subscribers}
-        for records, frame in change_frames(self.project_id, fresh):
-            for subscription in subscribers:
-                subscription.deliver(records, frame)
         updates = [u for u in piece.conflicts if u.seq > start]
-        if not updates:
-            return
-        frames = update_frames(self.project_id, updates)
-        for subscription in subscribers:
-            if starts[subscription] <= start:
+        frames = update_frames(self.project_id, updates) if updates else []
+        for subscription in subscribers if frames else ():
+            if subscription.cursor <= start:
                 subscription.deliver_conflicts(frames)
             else:
                 # It read part of this slice during its catch-up, updates included.
-                own = [u for u in updates if u.seq > starts[subscription]]
+                own = [u for u in updates if u.seq > subscription.cursor]
                 subscription.deliver_conflicts(update_frames(self.project_id, own))
+        for records, frame in change_frames(self.project_id, fresh):
+            for subscription in subscribers:
+                subscription.deliver(records, frame)
 
 
 class Hub:

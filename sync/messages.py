@@ -194,7 +194,8 @@ class Changes:
 
 @dataclass(frozen=True, slots=True)
 class Conflicts:
-    """Conflict records that changed with the changes sent before this message.
+    """Conflict records changed by the changes that follow this message (up to the end of
+    the push that caused them; a client may store them before it has those changes).
 
     Inside a snapshot (between ``snapshot_begin`` and ``snapshot_end``) it carries every
     record of the project as of the snapshot's cursor, possibly over several messages.

@@ -11,9 +11,11 @@ code that is not async.
 
 from fieldsync_client.blocking import BlockingClient, BlockingProject
 from fieldsync_client.client import FieldsyncClient
+from fieldsync_client.conflicts import Conflict, ConflictUpdate
 from fieldsync_client.errors import (
     AuthError,
     ClientClosed,
+    ConflictNotResolvable,
     EntityNotFound,
     FieldsyncError,
     IncompatibleServer,
@@ -34,6 +36,9 @@ __all__ = [
     "BlockingClient",
     "BlockingProject",
     "ClientClosed",
+    "Conflict",
+    "ConflictNotResolvable",
+    "ConflictUpdate",
     "ConnectionState",
     "EntityNotFound",
     "FieldsyncClient",

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from fieldsync_client.client import FieldsyncClient
+from fieldsync_client.conflicts import Conflict, ConflictUpdate
 from fieldsync_client.local_store import RejectedChange
 from fieldsync_client.project import Project, RejectionCallback, Values
 from fieldsync_client.status import RemoteChanges, SyncStatus
@@ -221,9 +222,23 @@ class BlockingProject:
     def dismiss_rejected(self, ids: Iterable[int] | None = None) -> int:
         return self._client._call(lambda: self._project.dismiss_rejected(ids))
 
+    def conflicts(self, *, include_resolved: bool = False) -> builtins.list[Conflict]:
+        return self._client._call(
+            lambda: self._project.conflicts(include_resolved=include_resolved)
+        )
+
+    def resolve_conflict(self, conflict_id: str, value: object) -> bool:
+        return self._client._call(lambda: self._project.resolve_conflict(conflict_id, value))
+
     def on_change(self, callback: Callable[[RemoteChanges], object]) -> Callable[[], None]:
         async def add() -> Callable[[], None]:
             return self._project.on_change(callback)
+
+        return self._client._remover(self._client._call(add))
+
+    def on_conflicts(self, callback: Callable[[ConflictUpdate], object]) -> Callable[[], None]:
+        async def add() -> Callable[[], None]:
+            return self._project.on_conflicts(callback)
 
         return self._client._remover(self._client._call(add))
 

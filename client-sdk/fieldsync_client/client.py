@@ -14,6 +14,7 @@ from datetime import datetime
 from types import TracebackType
 
 from fieldsync_client.backoff import Backoff
+from fieldsync_client.conflicts import ConflictUpdate
 from fieldsync_client.errors import ClientClosed, ProjectUnavailable, ValidationError
 from fieldsync_client.listeners import Listeners
 from fieldsync_client.local_store import LocalStore
@@ -106,6 +107,7 @@ class FieldsyncClient:
         for project in self._projects.values():
             project.remote_changes.close()
             project.rejections.close()
+            project.conflict_updates.close()
         self._statuses.close()
         self._tick.set()
         self._store.close()
@@ -176,6 +178,7 @@ class FieldsyncClient:
         if project is not None:
             project.remote_changes.close()
             project.rejections.close()
+            project.conflict_updates.close()
         if self._sync is not None:
             self._sync.project_removed(project_id)
 
@@ -253,6 +256,11 @@ class FieldsyncClient:
         project = self._projects.get(event.project_id)
         if project is not None:
             project.remote_changes.emit(event)
+
+    def conflicts_changed(self, update: ConflictUpdate) -> None:
+        project = self._projects.get(update.project_id)
+        if project is not None and (update.changed or update.removed or update.snapshot):
+            project.conflict_updates.emit(update)
 
     def changes_rejected(self, project_id: str, ids: Sequence[int]) -> None:
         project = self._projects.get(project_id)

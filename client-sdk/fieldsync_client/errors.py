@@ -15,6 +15,7 @@ from model.validation import SchemaViolation
 __all__ = [
     "AuthError",
     "ClientClosed",
+    "ConflictNotResolvable",
     "EntityNotFound",
     "FieldsyncError",
     "IncompatibleServer",
@@ -47,6 +48,10 @@ class ValidationError(FieldsyncError, ValueError):
 
 class EntityNotFound(FieldsyncError, LookupError):  # noqa: N818 (a condition, named as such)
     """No entity with this type and id in the local copy of the project."""
+
+
+class ConflictNotResolvable(FieldsyncError):  # noqa: N818 (a condition, named as such)
+    """``resolve_conflict`` cannot settle this conflict by choosing a value."""
 
 
 class StoreError(FieldsyncError):

@@ -2,8 +2,11 @@
 
 Per project it holds every entity document (Automerge saved bytes, its type and whether it
 is deleted), the cursor (the highest server seq the documents include; NULL until the first
-snapshot) and the outbox: local changes the server has not acknowledged yet, and those it
-refused (kept with the reason until the app dismisses them).
+snapshot), the outbox: local changes the server has not acknowledged yet, and those it
+refused (kept with the reason until the app dismisses them), and the last known record of
+each of the project's conflicts. The server sends conflict records before the changes they
+belong to, and a snapshot's records are stored with the snapshot, so the stored cursor never
+runs ahead of the stored conflicts.
 
 Durability: WAL with ``synchronous=FULL``, so a transaction is on disk when COMMIT returns,
 and every write happens inside :meth:`LocalStore.transaction`. A local edit writes the new
@@ -23,12 +26,14 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from fieldsync_client.conflicts import record_from_json, record_to_json, split
 from fieldsync_client.errors import StoreError, StoreLocked
+from sync.messages import ConflictRecord
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -39,7 +44,7 @@ __all__ = [
     "StoredEntity",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -76,6 +81,18 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_by_state ON outbox (project_id, state, id);
 CREATE INDEX outbox_by_entity ON outbox (project_id, entity_id, id);
+"""
+
+# Schema version 2: the last known record of every conflict of the project (open and
+# resolved), as the server sent it (sync.messages.ConflictRecord, as JSON).
+_CONFLICTS = """
+CREATE TABLE conflicts (
+    project_id  TEXT NOT NULL REFERENCES projects (project_id),
+    conflict_id TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    record      TEXT NOT NULL,
+    PRIMARY KEY (project_id, conflict_id)
+) WITHOUT ROWID;
 """
 
 
@@ -166,20 +183,27 @@ class LocalStore:
         with self.transaction():  # BEGIN IMMEDIATE: takes the exclusive lock for good
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                # executescript would COMMIT the open transaction: run statement by statement
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                self._run(_SCHEMA)
                 self._db.execute(
                     "INSERT INTO meta (key, value) VALUES ('client_id', ?)",
                     (f"py-{uuid.uuid4().hex}",),
                 )
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+                version = 1
+            if version == 1:
+                self._run(_CONFLICTS)
+                version = 2
+            self._db.execute(f"PRAGMA user_version = {version}")
+            if version != SCHEMA_VERSION:
                 raise StoreError(
                     f"the local store {self.path} has schema version {version}; "
                     f"this SDK reads version {SCHEMA_VERSION}"
                 )
+
+    def _run(self, script: str) -> None:
+        # executescript would COMMIT the open transaction: run statement by statement
+        for statement in script.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
 
     def _meta(self, key: str) -> str:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -421,6 +445,44 @@ class LocalStore:
                 "DELETE FROM outbox WHERE project_id = ? AND state = 'rejected' AND id = ?",
                 (project_id, i),
             ).rowcount
+        return removed
+
+    # --- conflicts ------------------------------------------------------------------------
+
+    def conflicts(self, project_id: str, *, include_resolved: bool = False) -> list[ConflictRecord]:
+        sql = "SELECT record FROM conflicts WHERE project_id = ?"
+        if not include_resolved:
+            sql += " AND status = 'open'"
+        rows = self._db.execute(sql + " ORDER BY conflict_id", (project_id,))
+        return [record_from_json(r[0]) for r in rows]
+
+    def save_conflicts(
+        self, project_id: str, records: Sequence[ConflictRecord], *, replace_all: bool = False
+    ) -> list[str]:
+        """Store the records (a ``removed`` one deletes its id); ``replace_all``: they are
+        the project's whole set. Returns the ids that were removed."""
+        self._writing()
+        kept, removed = split(records)
+        if replace_all:
+            known = {
+                r[0]
+                for r in self._db.execute(
+                    "SELECT conflict_id FROM conflicts WHERE project_id = ?", (project_id,)
+                )
+            }
+            removed = sorted(known - {r.conflict_id for r in kept})
+            self._db.execute("DELETE FROM conflicts WHERE project_id = ?", (project_id,))
+        for conflict_id in removed:
+            self._db.execute(
+                "DELETE FROM conflicts WHERE project_id = ? AND conflict_id = ?",
+                (project_id, conflict_id),
+            )
+        self._db.executemany(
+            "INSERT INTO conflicts (project_id, conflict_id, status, record) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (project_id, conflict_id) DO UPDATE SET"
+            " status = excluded.status, record = excluded.record",
+            [(project_id, r.conflict_id, r.status, record_to_json(r)) for r in kept],
+        )
         return removed
 
 

@@ -13,7 +13,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from fieldsync_client.errors import ClientClosed, ProjectUnavailable, ValidationError
+from fieldsync_client.conflicts import Conflict, ConflictUpdate
+from fieldsync_client.errors import (
+    ClientClosed,
+    ConflictNotResolvable,
+    ProjectUnavailable,
+    ValidationError,
+)
 from fieldsync_client.listeners import Listeners
 from fieldsync_client.local_store import RejectedChange
 from fieldsync_client.replica import ProjectReplica
@@ -43,6 +49,7 @@ class Project:
         self.stored_synced_at = synced_at
         self.remote_changes: Listeners[RemoteChanges] = Listeners("remote change")
         self.rejections: Listeners[builtins.list[RejectedChange]] = Listeners("rejection")
+        self.conflict_updates: Listeners[ConflictUpdate] = Listeners("conflict")
 
     def __repr__(self) -> str:
         return f"<Project {self.project_id} cursor={self.cursor}>"
@@ -187,6 +194,59 @@ class Project:
             removed = store.dismiss_rejected(self.project_id, ids)
         self._client.state_changed()
         return removed
+
+    # --- conflicts ------------------------------------------------------------------------
+
+    async def conflicts(self, *, include_resolved: bool = False) -> builtins.list[Conflict]:
+        """The project's conflicts as last heard from the server: open ones (and resolved
+        ones if asked), by id. Available offline."""
+        self._check()
+        records = self._client.store.conflicts(self.project_id, include_resolved=include_resolved)
+        return [Conflict.of(r) for r in records]
+
+    async def conflict(self, conflict_id: str) -> Conflict | None:
+        for conflict in await self.conflicts(include_resolved=True):
+            if conflict.conflict_id == conflict_id:
+                return conflict
+        return None
+
+    async def resolve_conflict(self, conflict_id: str, value: object) -> bool:
+        """Settle a concurrent same-field edit by writing ``value`` (one of
+        ``conflict.candidates(entity_type)``, or any other valid value) to the field.
+
+        The write is an ordinary edit, made after seeing every competing value, so the
+        server closes the conflict when it arrives. Raises :class:`ConflictNotResolvable`
+        for another kind of conflict, a resolved one, or one whose changes this client
+        does not hold yet (sync first). Returns False when nothing changed.
+        """
+        self._check()
+        conflict = await self.conflict(conflict_id)
+        if conflict is None:
+            raise ConflictNotResolvable(f"no conflict {conflict_id[:70]!r} in this project")
+        if conflict.kind != "concurrent_edit" or len(conflict.entity_ids) != 1:
+            raise ConflictNotResolvable(
+                f"a {conflict.kind} conflict is resolved by ordinary edits of its entities"
+            )
+        if not conflict.open:
+            raise ConflictNotResolvable("the conflict is already resolved")
+        [entity_id] = conflict.entity_ids
+        if not self._replica.has_changes(entity_id, conflict.change_hashes):
+            raise ConflictNotResolvable(
+                "this client does not hold every competing change yet: sync, then resolve"
+            )
+        entity_type = self._replica.entity_type(entity_id)
+        assert entity_type is not None  # it holds the entity's changes
+        [field] = conflict.fields
+        return await self.update(entity_type, entity_id, {field: value})
+
+    def on_conflicts(self, callback: Callable[[ConflictUpdate], object]) -> Callable[[], None]:
+        """Call ``callback`` on the event loop when the server reports conflicts found,
+        changed, resolved or removed; returns a function that removes it."""
+        return self.conflict_updates.add(callback)
+
+    def conflict_events(self) -> AsyncIterator[ConflictUpdate]:
+        """``async for update in project.conflict_events()``: until the client closes."""
+        return self.conflict_updates.stream()
 
     # --- notifications --------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from model.entities import SCHEMAS
 from model.limits import DEFAULT_LIMITS, Limits
 from model.validation import SchemaViolation, inspect_document
 from model.writer import NoChange, WriteError, create_entity
-from sync.messages import ChangeRecord, SnapshotEntity
+from sync.messages import ChangeRecord, ConflictRecord, SnapshotEntity
 
 __all__ = [
     "DEPENDS_ON_REJECTED",
@@ -84,6 +84,7 @@ class RemoteOutcome:
 
     changed: set[str] = field(default_factory=set)
     rejected: list[int] = field(default_factory=list)
+    conflicts_removed: list[str] = field(default_factory=list)
 
 
 def _now() -> datetime:
@@ -299,19 +300,31 @@ class ProjectReplica:
         refused: list[OutboxEntry],
         cursor: int,
         outcome: RemoteOutcome,
+        conflicts: Sequence[ConflictRecord] | None = None,
     ) -> RemoteOutcome:
-        """Store remote documents, refusals and the new cursor in one transaction."""
+        """Store remote documents, refusals and the new cursor in one transaction, with
+        ``conflicts`` (a snapshot's: the project's whole set) when given."""
         with self.store.transaction():
             self._write(updates)
             self._refuse(refused, WRONG_ENTITY_TYPE, "the server holds this id as another type")
             self.store.set_cursor(self.project_id, cursor)
+            if conflicts is not None:
+                outcome.conflicts_removed = self.store.save_conflicts(
+                    self.project_id, conflicts, replace_all=True
+                )
         self._swap(updates)
         self.cursor = cursor
         outcome.rejected = [entry.id for entry in refused]
         return outcome
 
-    def apply_snapshot(self, entities: Sequence[SnapshotEntity], cursor: int) -> RemoteOutcome:
-        """The project as of ``cursor``, merged with what only this client has."""
+    def apply_snapshot(
+        self,
+        entities: Sequence[SnapshotEntity],
+        cursor: int,
+        conflicts: Sequence[ConflictRecord] = (),
+    ) -> RemoteOutcome:
+        """The project as of ``cursor``, merged with what only this client has; its
+        conflict records replace the ones stored."""
         outcome = RemoteOutcome()
         updates: list[_Update] = []
         refused: list[OutboxEntry] = []
@@ -329,7 +342,18 @@ class ProjectReplica:
                 raise RemoteDataError(f"snapshot of {entity.entity_id} is unusable: {exc}") from exc
             updates.append(_Update(entity.entity_id, _Entry(entity.entity_type, doc)))
             outcome.changed.add(entity.entity_id)
-        return self._commit_remote(updates, refused, cursor, outcome)
+        return self._commit_remote(updates, refused, cursor, outcome, conflicts)
+
+    def apply_conflicts(self, records: Sequence[ConflictRecord]) -> list[str]:
+        """Store conflict updates (they come before the changes they belong to); returns
+        the ids of records that were removed."""
+        with self.store.transaction():
+            return self.store.save_conflicts(self.project_id, records)
+
+    def has_changes(self, entity_id: str, hashes: Iterable[bytes]) -> bool:
+        """Whether the local document of ``entity_id`` holds every one of ``hashes``."""
+        entry = self._entry(entity_id)
+        return entry is not None and set(hashes) <= entry.known_hashes()
 
     def reject(
         self,

@@ -29,6 +29,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from fieldsync_client.backoff import Backoff
+from fieldsync_client.conflicts import Conflict, ConflictUpdate
 from fieldsync_client.errors import (
     AuthError,
     FieldsyncError,
@@ -49,6 +50,8 @@ from sync.errors import CloseCode, ErrorCode
 from sync.messages import (
     PROTOCOL_VERSIONS,
     Changes,
+    ConflictRecord,
+    Conflicts,
     EntityAccepted,
     EntityPush,
     Error,
@@ -101,6 +104,8 @@ class SyncHost(Protocol):
     def remote_changed(self, event: RemoteChanges) -> None: ...
 
     def changes_rejected(self, project_id: str, ids: Sequence[int]) -> None: ...
+
+    def conflicts_changed(self, update: ConflictUpdate) -> None: ...
 
     def project_failed(self, project_id: str, error: ProjectUnavailable) -> None: ...
 
@@ -302,6 +307,7 @@ class _Session:
         self.conn = ClientConnection(loop.limits)
         self.subscribed: set[str] = set()
         self.snapshots: dict[str, list[SnapshotEntity]] = {}
+        self.snapshot_conflicts: dict[str, list[ConflictRecord]] = {}
         self.in_flight: dict[int, _InFlight] = {}
         self.pushing: set[str] = set()
         self.server_limits = DEFAULT_LIMITS
@@ -406,6 +412,7 @@ class _Session:
         elif isinstance(message, SnapshotBegin):
             if message.project_id in self.subscribed:
                 self.snapshots[message.project_id] = []
+                self.snapshot_conflicts[message.project_id] = []
         elif isinstance(message, SnapshotChunk):
             chunks = self.snapshots.get(message.project_id)
             if chunks is not None:
@@ -414,6 +421,8 @@ class _Session:
             self._snapshot_end(message)
         elif isinstance(message, Changes):
             self._changes(message)
+        elif isinstance(message, Conflicts):
+            self._conflicts(message)
         elif isinstance(message, Synced):
             self._synced(message)
         elif isinstance(message, PushResult):
@@ -445,11 +454,38 @@ class _Session:
 
     def _snapshot_end(self, end: SnapshotEnd) -> None:
         entities = self.snapshots.pop(end.project_id, None)
+        conflicts = self.snapshot_conflicts.pop(end.project_id, [])
         replica = self._replica(end.project_id)
         if entities is None or replica is None:
             return
-        outcome = replica.apply_snapshot(entities, end.cursor)
+        outcome = replica.apply_snapshot(entities, end.cursor, conflicts)
         self._report(end.project_id, outcome, end.cursor, snapshot=True)
+        self.host.conflicts_changed(
+            ConflictUpdate(
+                end.project_id,
+                tuple(Conflict.of(r) for r in conflicts if r.status != "removed"),
+                tuple(outcome.conflicts_removed),
+                snapshot=True,
+            )
+        )
+
+    def _conflicts(self, message: Conflicts) -> None:
+        staged = self.snapshot_conflicts.get(message.project_id)
+        if staged is not None:
+            staged.extend(message.conflicts)  # stored with the snapshot it belongs to
+            return
+        replica = self._replica(message.project_id)
+        if replica is None:
+            return
+        removed = replica.apply_conflicts(message.conflicts)
+        kept = [r for r in message.conflicts if r.status != "removed"]
+        self.host.conflicts_changed(
+            ConflictUpdate(
+                message.project_id,
+                tuple(Conflict.of(r) for r in kept),
+                tuple(removed),
+            )
+        )
 
     def _changes(self, message: Changes) -> None:
         replica = self._replica(message.project_id)
@@ -488,6 +524,7 @@ class _Session:
         if replica is None:
             return
         self.snapshots.pop(project_id, None)
+        self.snapshot_conflicts.pop(project_id, None)
         if error.code == ErrorCode.CURSOR_AHEAD.value:
             # The server's log is behind our cursor (restored from a backup?): bootstrap
             # again; the snapshot is merged with what we hold.
@@ -533,6 +570,7 @@ class _Session:
             self._outgoing.set()
         self.subscribed.discard(project_id)
         self.snapshots.pop(project_id, None)
+        self.snapshot_conflicts.pop(project_id, None)
 
     def _later(self, action: Callable[[], object]) -> None:
         self._timers.append(asyncio.get_running_loop().call_later(self.retry.next_delay(), action))

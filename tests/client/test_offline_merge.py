@@ -13,7 +13,7 @@ import uuid
 
 import asyncpg
 import pytest
-from fieldsync_client import ConnectionState, Project, RemoteChanges
+from fieldsync_client import ConflictUpdate, ConnectionState, Project, RemoteChanges
 
 from tests.client.conftest import ClientFactory, RestartableServer
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until, values_of
@@ -123,6 +123,32 @@ async def test_two_clients_edit_the_same_activity_offline_and_converge(
         assert status.pending == 0
         assert status.rejected == 0
         assert status.last_synced_at is not None
+
+    # The one same-field edit that lost is reported, identically, on both clients.
+    reported = await a.conflicts()
+    assert reported == await b.conflicts()
+    [conflict] = reported
+    assert (conflict.kind, conflict.fields, conflict.entity_ids) == (
+        "concurrent_edit",
+        ("location_id",),
+        (activity,),
+    )
+    assert conflict.values["kept"] == values["location_id"]
+    lost = ({"loc-from-a", "loc-from-b"} - {values["location_id"]}).pop()
+    assert conflict.candidates("activity") == [values["location_id"], lost]
+    senders = {str(c["user"]) for c in conflict.changes}
+    assert len(senders) == 2  # each side's user is named
+
+    # A lead restores the lost value by choosing it; the conflict closes everywhere.
+    updates: list[ConflictUpdate] = []
+    b.on_conflicts(updates.append)
+    assert await a.resolve_conflict(conflict.conflict_id, lost)
+    await client_a.wait_synced(15)
+    await until(lambda: bool(updates), what="b to hear of the resolution")
+    assert await a.conflicts() == await b.conflicts() == []
+    [resolved] = await b.conflicts(include_resolved=True)
+    assert (resolved.conflict_id, resolved.status) == (conflict.conflict_id, "resolved")
+    assert (await b.get("activity", activity))["location_id"] == lost
 
 
 async def test_clients_stay_live_and_report_remote_changes(

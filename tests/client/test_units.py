@@ -18,7 +18,7 @@ from fieldsync_client.sync_loop import sync_url
 
 from model.changes import parse_change
 from model.writer import create_entity, update_entity
-from sync.messages import ChangeRecord, SnapshotEntity
+from sync.messages import ChangeRecord, ConflictRecord, SnapshotEntity
 from tests.entities import activity_values, location_values, new_id
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -205,3 +205,57 @@ def test_sync_urls() -> None:
     assert sync_url("ws://h:1/custom/sync") == "ws://h:1/custom/sync"
     with pytest.raises(ValueError, match="ws://"):
         sync_url("ftp://h")
+
+
+def _record(conflict_id: str, status: str = "open") -> ConflictRecord:
+    if status == "removed":
+        return ConflictRecord(conflict_id, status)
+    return ConflictRecord(
+        conflict_id,
+        status,
+        "concurrent_edit",
+        ("e1",),
+        ("title",),
+        3,
+        4 if status == "resolved" else None,
+        {"values": {"kept": "B", "candidates": ["B", "A"]}, "changes": [], "resolution": "x"},
+    )
+
+
+def test_conflict_records_are_stored_updated_removed_and_replaced(store: LocalStore) -> None:
+    with store.transaction():
+        assert store.save_conflicts("p", [_record("c1"), _record("c2")]) == []
+    assert [r.conflict_id for r in store.conflicts("p")] == ["c1", "c2"]
+    with store.transaction():
+        removed = store.save_conflicts(
+            "p", [_record("c1", "resolved"), _record("c2", "removed"), _record("c3")]
+        )
+    assert removed == ["c2"]
+    assert [r.conflict_id for r in store.conflicts("p")] == ["c3"]
+    assert store.conflicts("p", include_resolved=True) == [_record("c1", "resolved"), _record("c3")]
+    with store.transaction():  # a snapshot's records are the project's whole set
+        assert store.save_conflicts("p", [_record("c4")], replace_all=True) == ["c1", "c3"]
+    assert store.conflicts("p", include_resolved=True) == [_record("c4")]
+
+
+def test_a_version_1_store_gains_the_conflicts_table(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = LocalStore(path)
+    with store.transaction():
+        store.add_project("p")
+        store.set_cursor("p", 5)
+    store.close()
+    raw = sqlite3.connect(path)  # what the SDK's first release left on devices
+    raw.execute("DROP TABLE conflicts")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    upgraded = LocalStore(path)
+    record = upgraded.project("p")
+    assert record is not None
+    assert record.cursor == 5
+    with upgraded.transaction():
+        upgraded.save_conflicts("p", [_record("c1")])
+    assert [r.conflict_id for r in upgraded.conflicts("p")] == ["c1"]
+    upgraded.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
