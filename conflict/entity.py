@@ -49,9 +49,11 @@ __all__ = [
     "EntityConflicts",
     "Resolution",
     "entity_conflicts",
+    "extends_linearly",
     "open_conflicts",
     "resolved_by",
     "still_open",
+    "touched_root_keys",
 ]
 
 SCALAR_KINDS = frozenset(
@@ -156,6 +158,51 @@ def resolved_by(
     """The conflicts ``change`` (held by ``doc``) removed from the state it was written on."""
     ops = change if isinstance(change, ChangeOps) else decode_change_ops(change.data)
     return tuple(_Rules(entity_type, entity_id, doc).resolved_by(ops))
+
+
+def extends_linearly(heads_before: Sequence[bytes], new_changes: Sequence[ChangeHeader]) -> bool:
+    """Whether each new change was made on exactly the state before it (one author who saw
+    everything, the common case of a client pushing what it edited since its last sync).
+
+    Such changes can neither create a single-entity conflict (every rule needs concurrent
+    changes) nor resolve one that was not already present before them, so a store that
+    knows the entity had no open conflict may skip the rules for them.
+    """
+    heads = frozenset(heads_before)
+    for change in new_changes:
+        if frozenset(change.deps) != heads:
+            return False
+        heads = frozenset((change.hash,))
+    return True
+
+
+_ROOT_DELETE = 'Patch { obj: Root, path: [], action: DeleteMap { key: "'
+_UNDER_ROOT = 'path: [(Root, Map("'
+
+
+def touched_root_keys(
+    doc: Document, before: Sequence[bytes], after: Sequence[bytes]
+) -> frozenset[str] | None:
+    """The root keys whose value, or anything inside it, differs between two states.
+
+    Read from ``diff`` patch reprs (root puts and deletes, and the first path step of nested
+    patches). None when a patch has another shape: the caller then reads the fields itself.
+    A key containing a quote is cut at it, which never makes it equal to a schema field.
+    """
+    patches = contained(lambda: doc.diff(list(before), list(after)))
+    keys: set[str] = set()
+    for patch in patches:
+        text = repr(patch)
+        for prefix in (_ROOT_PUT, _ROOT_DELETE):
+            if text.startswith(prefix):
+                keys.add(text[len(prefix) :].partition('"')[0])
+                break
+        else:
+            start = text.find(_UNDER_ROOT)
+            if start < 0:
+                return None
+            keys.add(text[start + len(_UNDER_ROOT) :].partition('"')[0])
+    return frozenset(keys)
 
 
 def root_conflict_flags(doc: Document, heads: Sequence[bytes]) -> dict[str, bool] | None:

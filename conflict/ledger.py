@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
 from conflict.cross import Row, row_from_values
-from conflict.entity import EntityConflicts
+from conflict.entity import EntityConflicts, extends_linearly, touched_root_keys
 from conflict.records import (
     CROSS_ENTITY_KINDS,
     SINGLE_ENTITY_KINDS,
@@ -51,6 +51,7 @@ __all__ = [
     "plan_entity",
     "row_at",
     "row_changes",
+    "rules_needed",
     "with_users",
 ]
 
@@ -121,6 +122,24 @@ def plan_entity(
         key for key, row in existing.items() if row.status == OPEN and key not in upserts
     )
     return RowPlan(tuple(upserts[key] for key in sorted(upserts)), tuple(deletes))
+
+
+def rules_needed(
+    heads_before: Sequence[bytes],
+    new_changes: Sequence[ChangeHeader],
+    existing: Mapping[str, ConflictRow],
+) -> bool:
+    """Whether merging ``new_changes`` can change the entity's single-entity rows.
+
+    Not when the entity had no open conflict (``existing``: its rows, as ``plan_entity``
+    takes them) and the changes extend its state linearly (``extends_linearly``): then the
+    rules would find nothing open and nothing resolved, and ``plan_entity`` would write
+    nothing. This is the common push, and the rules' most expensive step (decoding each
+    change's operations) is skipped for it.
+    """
+    if any(row.status == OPEN for row in existing.values()):
+        return True
+    return not extends_linearly(heads_before, new_changes)
 
 
 def plan_cross(found: Sequence[Conflict], existing: Mapping[str, ConflictRow], seq: int) -> RowPlan:
@@ -275,8 +294,18 @@ def row_changes(
     out: list[tuple[int, Row]] = []
     heads = frozenset(heads_before)
     current = row_before
+    watched = frozenset(ROW_FIELDS.get(entity_type, ()))
     for index, change in enumerate(new_changes):
-        heads = expected_heads(heads, [change])
+        before, heads = heads, expected_heads(heads, [change])
+        if current is not None:
+            # Reading the row's fields costs several reads per change; one diff tells
+            # whether any of them can have changed.
+            try:
+                touched = touched_root_keys(doc, sorted(before), sorted(heads))
+            except AutomergeError:
+                touched = None
+            if touched is not None and not touched & watched:
+                continue
         row = row_at(entity_type, entity_id, doc, sorted(heads))
         if row is not None and row != current:
             out.append((index, row))

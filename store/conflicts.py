@@ -39,6 +39,7 @@ from conflict.ledger import (
     plan_entity,
     row_at,
     row_changes,
+    rules_needed,
 )
 from conflict.neighbourhood import Lookups, lookups_for
 from model.changes import ChangeHeader
@@ -202,9 +203,14 @@ async def _single_entity(
     sender: str,
     ledger: Ledger,
 ) -> None:
+    checked = [
+        m
+        for m in merges
+        if rules_needed(m.heads_before, m.new_changes, ledger.entity_rows(m.entity_id))
+    ]
     results = [
         entity_conflicts(m.entity_type, m.entity_id, None, m.document, m.new_changes)
-        for m in merges
+        for m in checked
     ]
     seq_of: dict[str, int] = {}
     users: dict[str, str] = {}
@@ -223,7 +229,7 @@ async def _single_entity(
         for r in await find_logged(conn, project_id, [bytes.fromhex(h) for h in older]):
             seq_of[r["hash"].hex()] = r["seq"]
             users[r["hash"].hex()] = r["sender"]
-    for merge, result in zip(merges, results, strict=True):
+    for merge, result in zip(checked, results, strict=True):
         ledger.apply(plan_entity(result, ledger.entity_rows(merge.entity_id), seq_of), users)
 
 

@@ -19,7 +19,7 @@ from automerge.core import Document
 
 from conflict.cross import ProjectRows, Row, cross_entity_conflicts, needed_rows
 from conflict.entity import entity_conflicts
-from conflict.ledger import Ledger, plan_cross, plan_entity, row_at, row_changes
+from conflict.ledger import Ledger, plan_cross, plan_entity, row_at, row_changes, rules_needed
 from model.changes import ChangeHeader, parse_change
 from model.documents import expected_heads, load_document
 from model.limits import DEFAULT_LIMITS
@@ -155,10 +155,14 @@ class ProjectSim:
         self, entity_type: str, entity_id: str, before: Document | None, merged: Merged
     ) -> None:
         assert merged.document is not None
+        existing = self.ledger.entity_rows(entity_id)
+        heads = before.get_heads() if before is not None else []
+        if not rules_needed(heads, merged.new_changes, existing):
+            return  # as the store does; the rebuild below always runs the rules
         result = entity_conflicts(
             entity_type, entity_id, before, merged.document, merged.new_changes
         )
-        self.ledger.apply(plan_entity(result, self.ledger.entity_rows(entity_id), self.seq_of))
+        self.ledger.apply(plan_entity(result, existing, self.seq_of))
 
     def _cross_conflicts(
         self,

@@ -21,8 +21,9 @@ from conflict.cross import (
 )
 from conflict.ledger import OPEN, RESOLVED, row_at, row_changes
 from conflict.records import Conflict, ConflictKind
+from model.documents import expected_heads
 from tests.conflict.helpers import Device, ProjectSim, at, create, headers
-from tests.conflict.scenarios import examples, project_entities
+from tests.conflict.scenarios import Step, examples, play, project_entities, sessions
 
 L1, L2 = LocationRow("loc-1"), LocationRow("loc-2")
 A1 = ActivityRow("act-1", "loc-1", at(8), at(14))
@@ -324,3 +325,30 @@ def test_row_changes_reports_only_changes_that_move_the_row() -> None:
     assert found[-1][1] == ActivityRow("act-1", "loc-2", at(0), at(6), False, "done")
     assert row_at("activity", "act-1", doc, []) is None  # no state: required fields missing
     assert row_at("plan", "plan-1", doc, doc.get_heads()) is None
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(sessions())
+def test_row_changes_reads_rows_only_where_a_diff_says_they_may_differ(
+    session: tuple[int, list[Step]],
+) -> None:
+    """The diff shortcut in ``row_changes`` finds exactly the row changes that reading the
+    row after every change finds."""
+    count, steps = session
+    played = play(project_entities(), count, steps)
+    for device in played.devices:
+        for entity in played.entities:
+            doc = device.docs[entity.entity_id]
+            new = headers(device.changes_since(entity))
+            start = entity.doc.get_heads()
+            before = row_at(entity.entity_type, entity.entity_id, doc, start)
+            naive: list[tuple[int, object]] = []
+            heads, current = frozenset(start), before
+            for index, change in enumerate(new):
+                heads = expected_heads(heads, [change])
+                row = row_at(entity.entity_type, entity.entity_id, doc, sorted(heads))
+                if row is not None and row != current:
+                    naive.append((index, row))
+                    current = row
+            found = row_changes(entity.entity_type, entity.entity_id, doc, start, new, before)
+            assert found == naive
