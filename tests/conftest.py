@@ -24,6 +24,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -48,6 +49,22 @@ def postgres_server_url() -> Iterator[str]:
             yield url
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def create_migrated_database(server_url: str, prefix: str) -> str:
+    """A new database on ``server_url``, migrated; returns its URL."""
+    url = with_database(server_url, await _create_database(server_url, prefix))
+    conn = await connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    """Drop the database ``url`` names (one made by these fixtures)."""
+    await _drop_database(server_url, urlsplit(url).path.lstrip("/"))
 
 
 async def _create_database(server_url: str, prefix: str) -> str:
