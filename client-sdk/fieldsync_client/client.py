@@ -38,7 +38,9 @@ class FieldsyncClient:
 
     Reconnects wait ``backoff_base`` seconds doubling up to ``backoff_cap``, each delay
     drawn uniformly from zero to that bound. ``open_project`` waits at most
-    ``bootstrap_timeout`` seconds for a first snapshot.
+    ``bootstrap_timeout`` seconds for a first snapshot, which comes over HTTP
+    (``GET /projects/{id}/snapshot``, gzipped) unless ``http_snapshots`` is False or that
+    fails; then it comes over the WebSocket.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class FieldsyncClient:
         bootstrap_timeout: float = 30.0,
         limits: Limits = DEFAULT_LIMITS,
         protocol_versions: Sequence[int] = PROTOCOL_VERSIONS,
+        http_snapshots: bool = True,
     ) -> None:
         endpoint = None if url is None else sync_url(url)  # a bad URL fails before the store opens
         self._store = LocalStore(path)
@@ -73,6 +76,7 @@ class FieldsyncClient:
                 connect_timeout=connect_timeout,
                 versions=protocol_versions,
                 limits=limits,
+                http_snapshots=http_snapshots,
             )
         self._status = self._compute_status()
 

@@ -76,6 +76,7 @@ class _Entry:
 class _Update:
     entity_id: str
     entry: _Entry | None  # None: the entity is gone from the local copy
+    saved: bytes | None = None  # the document's saved bytes, when already at hand
 
 
 @dataclass
@@ -311,25 +312,62 @@ class ProjectReplica:
         return outcome
 
     def apply_snapshot(self, entities: Sequence[SnapshotEntity], cursor: int) -> RemoteOutcome:
-        """The project as of ``cursor``, merged with what only this client has."""
+        """A whole snapshot at once: :meth:`store_snapshot_part`, then :meth:`finish_snapshot`."""
+        outcome = self.store_snapshot_part(entities)
+        self.finish_snapshot(cursor)
+        return outcome
+
+    def store_snapshot_part(self, entities: Sequence[SnapshotEntity]) -> RemoteOutcome:
+        """Store some entities of a snapshot, each merged with the local copy, in one
+        transaction; the cursor does not move.
+
+        Snapshots are stored part by part so that memory stays bounded by one part, however
+        large the project. Until :meth:`finish_snapshot` the project is not (re)bootstrapped:
+        if the connection drops or the process dies halfway, the next connection asks for a
+        snapshot again, and the entities stored so far merge with it like any local copy
+        (one the server has not changed since is byte-for-byte the same and is skipped).
+        """
         outcome = RemoteOutcome()
         updates: list[_Update] = []
         refused: list[OutboxEntry] = []
+        stored = self.store.entities(self.project_id, [e.entity_id for e in entities])
         for entity in entities:
+            outcome.changed.add(entity.entity_id)
+            local_row = stored.get(entity.entity_id)
+            same_type = local_row is not None and local_row.entity_type == entity.entity_type
+            if same_type and local_row is not None and local_row.document == entity.document:
+                continue  # stored by an interrupted bootstrap, unchanged since
             try:
                 doc = load_document(entity.document)
+                if local_row is None or not same_type:
+                    if local_row is not None:
+                        pending = self.store.pending_changes(self.project_id, entity.entity_id)
+                        refused.extend(pending)
+                    # Kept as the server sent it: saving it again would only cost time.
+                    entry = _Entry(entity.entity_type, doc)
+                    updates.append(_Update(entity.entity_id, entry, entity.document))
+                    continue
                 local = self._entry(entity.entity_id)
-                if local is not None and local.entity_type == entity.entity_type:
-                    contained(lambda: doc.merge(local.doc))  # noqa: B023 (called right here)
-                    actor = local.doc.get_actor()
-                    contained(lambda: doc.set_actor(actor))  # noqa: B023
-                elif local is not None:
-                    refused.extend(self.store.pending_changes(self.project_id, entity.entity_id))
+                assert local is not None
+                contained(lambda: doc.merge(local.doc))  # noqa: B023 (called right here)
+                actor = local.doc.get_actor()
+                contained(lambda: doc.set_actor(actor))  # noqa: B023
             except AutomergeError as exc:
                 raise RemoteDataError(f"snapshot of {entity.entity_id} is unusable: {exc}") from exc
             updates.append(_Update(entity.entity_id, _Entry(entity.entity_type, doc)))
-            outcome.changed.add(entity.entity_id)
-        return self._commit_remote(updates, refused, cursor, outcome)
+        with self.store.transaction():
+            self._write(updates)
+            self._refuse(refused, WRONG_ENTITY_TYPE, "the server holds this id as another type")
+        # Only documents already in memory are replaced; the others load when first read.
+        self._swap([u for u in updates if u.entity_id in self._cache])
+        outcome.rejected = [entry.id for entry in refused]
+        return outcome
+
+    def finish_snapshot(self, cursor: int) -> None:
+        """Every entity of the snapshot is stored: the project now holds it at ``cursor``."""
+        with self.store.transaction():
+            self.store.set_cursor(self.project_id, cursor)
+        self.cursor = cursor
 
     def reject(
         self,
@@ -402,7 +440,7 @@ class ProjectReplica:
                     self.project_id,
                     update.entity_id,
                     update.entry.entity_type,
-                    save_document(update.entry.doc),
+                    update.saved if update.saved is not None else save_document(update.entry.doc),
                     _is_deleted(update.entry.doc),
                 )
 

@@ -1,12 +1,14 @@
 """The sync loop: one WebSocket to the server, reconnected by itself, for every open project.
 
 The protocol rules live in ``sync.connection.ClientConnection`` (sans I/O); this module is
-its I/O shell. A connection says hello with every open project's cursor (``None`` for a
-project never bootstrapped, which asks for a snapshot), applies snapshots and logged changes
-to the local store (documents and cursor in one transaction), and pushes the outbox: one
-push in flight per project, sized by the limits the server announces in ``welcome``. A push
-whose result never came is simply sent again on the next connection: the server recognises
-changes by hash and answers with their original seqs.
+its I/O shell. A connection says hello with every open project's cursor. A project never
+bootstrapped first fetches its snapshot over HTTP (:mod:`fieldsync_client.bootstrap`) and
+then subscribes from the snapshot's cursor; if that fails, it subscribes with no cursor and
+gets the snapshot over the WebSocket. Snapshots are stored chunk by chunk and their cursor
+set at the end; logged changes are stored with the new cursor in one transaction. The loop
+pushes the outbox: one push in flight per project, sized by the limits the server announces
+in ``welcome``. A push whose result never came is simply sent again on the next connection:
+the server recognises changes by hash and answers with their original seqs.
 
 When the connection drops, the loop waits a backoff delay (full jitter) and tries again. It
 stops trying only when the server refuses the token (until ``set_token``) or speaks no
@@ -29,6 +31,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from fieldsync_client.backoff import Backoff
+from fieldsync_client.bootstrap import SnapshotUnavailable, http_bootstrap
 from fieldsync_client.errors import (
     AuthError,
     FieldsyncError,
@@ -60,7 +63,6 @@ from sync.messages import (
     SnapshotBegin,
     SnapshotChunk,
     SnapshotEnd,
-    SnapshotEntity,
     Subscribe,
     Synced,
     Unsubscribe,
@@ -134,6 +136,7 @@ class SyncLoop:
         connect_timeout: float = 10.0,
         versions: Sequence[int] = PROTOCOL_VERSIONS,
         limits: Limits = DEFAULT_LIMITS,
+        http_snapshots: bool = True,
     ) -> None:
         self.host = host
         self.url = sync_url(url)
@@ -143,6 +146,7 @@ class SyncLoop:
         self.connect_timeout = connect_timeout
         self.versions = tuple(versions)
         self.limits = limits
+        self.http_snapshots = http_snapshots
         self.state = ConnectionState.STOPPED
         self.last_error: FieldsyncError | None = None
         self.halted: FieldsyncError | None = None  # AuthError or IncompatibleServer
@@ -301,7 +305,9 @@ class _Session:
         self.ws = ws
         self.conn = ClientConnection(loop.limits)
         self.subscribed: set[str] = set()
-        self.snapshots: dict[str, list[SnapshotEntity]] = {}
+        self.snapshots: dict[str, RemoteOutcome] = {}  # WebSocket snapshots under way
+        self.bootstrapping: dict[str, asyncio.Task[None]] = {}  # HTTP snapshots under way
+        self.http_failed: set[str] = set()  # use the WebSocket snapshot on this connection
         self.in_flight: dict[int, _InFlight] = {}
         self.pushing: set[str] = set()
         self.server_limits = DEFAULT_LIMITS
@@ -314,7 +320,12 @@ class _Session:
 
     async def run(self) -> None:
         replicas = self.host.replicas()
-        wanted = [ProjectCursor(pid, r.cursor) for pid, r in replicas.items()]
+        # Projects that bootstrap over HTTP subscribe once their snapshot is stored.
+        wanted = [
+            ProjectCursor(pid, r.cursor)
+            for pid, r in replicas.items()
+            if not self._wants_http(pid, r)
+        ]
         hello = wanted[:MAX_HELLO_PROJECTS]
         oldest = self.host.store.oldest_pending_at(replicas)
         age = None if oldest is None else max(0, int((_now() - oldest).total_seconds() * 1000))
@@ -349,6 +360,10 @@ class _Session:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, OSError):
                 await writer
+            for task in list(self.bootstrapping.values()):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             for timer in self._timers:
                 timer.cancel()
             requested = self.conn.close_requested or (CloseCode.NORMAL, "")
@@ -405,11 +420,9 @@ class _Session:
             self._welcome(message)
         elif isinstance(message, SnapshotBegin):
             if message.project_id in self.subscribed:
-                self.snapshots[message.project_id] = []
+                self.snapshots[message.project_id] = RemoteOutcome()
         elif isinstance(message, SnapshotChunk):
-            chunks = self.snapshots.get(message.project_id)
-            if chunks is not None:
-                chunks.extend(message.entities)
+            self._snapshot_chunk(message)
         elif isinstance(message, SnapshotEnd):
             self._snapshot_end(message)
         elif isinstance(message, Changes):
@@ -443,12 +456,22 @@ class _Session:
             self.subscribe(project_id)
             self.push(project_id)
 
-    def _snapshot_end(self, end: SnapshotEnd) -> None:
-        entities = self.snapshots.pop(end.project_id, None)
-        replica = self._replica(end.project_id)
-        if entities is None or replica is None:
+    def _snapshot_chunk(self, chunk: SnapshotChunk) -> None:
+        """Store the chunk now: a snapshot is never held in memory as a whole."""
+        outcome = self.snapshots.get(chunk.project_id)
+        replica = self._replica(chunk.project_id)
+        if outcome is None or replica is None:
             return
-        outcome = replica.apply_snapshot(entities, end.cursor)
+        part = replica.store_snapshot_part(chunk.entities)
+        outcome.changed |= part.changed
+        outcome.rejected.extend(part.rejected)
+
+    def _snapshot_end(self, end: SnapshotEnd) -> None:
+        outcome = self.snapshots.pop(end.project_id, None)
+        replica = self._replica(end.project_id)
+        if outcome is None or replica is None:
+            return
+        replica.finish_snapshot(end.cursor)
         self._report(end.project_id, outcome, end.cursor, snapshot=True)
 
     def _changes(self, message: Changes) -> None:
@@ -521,7 +544,11 @@ class _Session:
         replica = self.host.replicas().get(project_id)
         if self.conn.state is not ProtocolState.OPEN or replica is None:
             return
-        if project_id in self.subscribed:
+        if project_id in self.subscribed or project_id in self.bootstrapping:
+            return
+        if self._wants_http(project_id, replica):
+            task = asyncio.get_running_loop().create_task(self._bootstrap(project_id, replica))
+            self.bootstrapping[project_id] = task
             return
         self.subscribed.add(project_id)
         self.conn.send(Subscribe(ProjectCursor(project_id, replica.cursor)))
@@ -533,6 +560,38 @@ class _Session:
             self._outgoing.set()
         self.subscribed.discard(project_id)
         self.snapshots.pop(project_id, None)
+        task = self.bootstrapping.pop(project_id, None)
+        if task is not None:
+            task.cancel()
+
+    def _wants_http(self, project_id: str, replica: ProjectReplica) -> bool:
+        """A first snapshot comes over HTTP, unless that already failed on this connection."""
+        return (
+            self.loop.http_snapshots
+            and replica.cursor is None
+            and project_id not in self.http_failed
+        )
+
+    async def _bootstrap(self, project_id: str, replica: ProjectReplica) -> None:
+        """Store the project's HTTP snapshot, then subscribe from its cursor (or, if the
+        snapshot could not be had, subscribe with no cursor: a WebSocket snapshot)."""
+        try:
+            outcome = await http_bootstrap(
+                self.loop.url,
+                self.loop.token,
+                replica,
+                read_timeout=self.loop.connect_timeout,
+                limits=self.loop.limits,
+            )
+        except (SnapshotUnavailable, RemoteDataError) as exc:
+            log.info("project %s: no HTTP snapshot (%s); using the WebSocket", project_id, exc)
+            self.http_failed.add(project_id)
+        else:
+            self._report(project_id, outcome, replica.cursor or 0, snapshot=True)
+        finally:
+            self.bootstrapping.pop(project_id, None)
+        self.subscribe(project_id)
+        self.host.state_changed()
 
     def _later(self, action: Callable[[], object]) -> None:
         self._timers.append(asyncio.get_running_loop().call_later(self.retry.next_delay(), action))
