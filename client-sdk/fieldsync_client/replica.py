@@ -23,6 +23,7 @@ from automerge.core import ROOT, Document, ScalarType
 
 from fieldsync_client.errors import EntityNotFound, ValidationError
 from fieldsync_client.local_store import LocalStore, OutboxEntry
+from fieldsync_client.repair import HistoryChange
 from model.changes import ChangeFormatError, parse_change
 from model.documents import (
     AutomergeError,
@@ -404,6 +405,17 @@ class ProjectReplica:
             self._write([update])
         self._swap([update])
         return sorted([p.id for p in in_push] + [p.id for p in later])
+
+    def history(self, entity_id: str) -> list[HistoryChange]:
+        """Every change of the entity's local document, in causal order."""
+        entry = self._entry(entity_id)
+        if entry is None:
+            return []
+        try:
+            changes = contained(lambda: entry.doc.get_changes([]))
+            return [HistoryChange(c.hash, tuple(c.deps), c.bytes) for c in changes]
+        except AutomergeError as exc:
+            raise RemoteDataError(f"cannot read the history of {entity_id}: {exc}") from exc
 
     def _without(self, entry: _Entry, hashes: set[bytes]) -> _Entry | None:
         """``entry``'s document without the changes in ``hashes`` and anything built on them."""

@@ -40,8 +40,9 @@ from fieldsync_client.errors import (
     ProjectUnavailable,
     ServerError,
 )
-from fieldsync_client.local_store import LocalStore
+from fieldsync_client.local_store import LocalStore, OutboxEntry
 from fieldsync_client.push_plan import EntityBatch, plan_push
+from fieldsync_client.repair import missing_hashes, with_ancestors
 from fieldsync_client.replica import ProjectReplica, RemoteDataError, RemoteOutcome
 from fieldsync_client.status import ConnectionState, RemoteChanges
 from model.limits import DEFAULT_LIMITS, Limits
@@ -77,6 +78,8 @@ PLAN_ROWS = 20_000  # outbox rows read to plan one push
 _AUTH_CODES = frozenset({ErrorCode.INVALID_TOKEN.value, ErrorCode.TOKEN_EXPIRED.value})
 _RETRYABLE_PUSH = frozenset({ErrorCode.SERVER_UNAVAILABLE.value, ErrorCode.INTERNAL_ERROR.value})
 _TOO_BIG_PUSH = frozenset({ErrorCode.TOO_MANY_ENTITIES.value, ErrorCode.FRAME_TOO_LARGE.value})
+_MISSING_DEPENDENCIES = "missing_dependencies"
+REPAIR_ROW = 0  # the outbox id of a change sent again to fill a gap (no outbox row)
 
 
 def sync_url(url: str) -> str:
@@ -308,6 +311,8 @@ class _Session:
         self.snapshots: dict[str, RemoteOutcome] = {}  # WebSocket snapshots under way
         self.bootstrapping: dict[str, asyncio.Task[None]] = {}  # HTTP snapshots under way
         self.http_failed: set[str] = set()  # use the WebSocket snapshot on this connection
+        # Changes the server said it lacks, per project and entity, sent before the outbox.
+        self.repairs: dict[str, dict[str, list[OutboxEntry]]] = {}
         self.in_flight: dict[int, _InFlight] = {}
         self.pushing: set[str] = set()
         self.server_limits = DEFAULT_LIMITS
@@ -560,6 +565,7 @@ class _Session:
             self._outgoing.set()
         self.subscribed.discard(project_id)
         self.snapshots.pop(project_id, None)
+        self.repairs.pop(project_id, None)
         task = self.bootstrapping.pop(project_id, None)
         if task is not None:
             task.cancel()
@@ -603,6 +609,9 @@ class _Session:
         if project_id in self.loop.failed or project_id not in self.host.replicas():
             return
         pending = self.host.store.pending_changes(project_id, limit=PLAN_ROWS)
+        repairs = self.repairs.get(project_id)
+        if repairs:  # first, so that each entity's missing changes go before its own
+            pending = [entry for entries in repairs.values() for entry in entries] + pending
         if not pending:
             return
         limits = self.server_limits
@@ -639,10 +648,16 @@ class _Session:
             batch = batches.pop(entity.entity_id, None)
             if batch is None:
                 continue
-            ids = [entry.id for entry in batch.entries]
+            ids = [entry.id for entry in batch.entries if entry.id != REPAIR_ROW]
             if isinstance(entity, EntityAccepted):
                 acknowledged.extend(ids)
+                self._repaired(project_id, batch)
+            elif entity.code == _MISSING_DEPENDENCIES and self._repair(
+                project_id, replica, batch, entity.details
+            ):
+                continue  # its changes stay pending; the next push brings what was missing
             else:
+                self.repairs.get(project_id, {}).pop(entity.entity_id, None)
                 rejected.extend(
                     replica.reject(
                         entity.entity_id, ids, entity.code, entity.message, entity.details
@@ -655,6 +670,55 @@ class _Session:
             self.host.changes_rejected(project_id, rejected)
         self.shrink = 1
         self.push(project_id)
+
+    def _repair(
+        self,
+        project_id: str,
+        replica: ProjectReplica,
+        batch: EntityBatch,
+        details: Mapping[str, object],
+    ) -> bool:
+        """Plan to send the changes the server lacks, with everything they build on.
+
+        False when that cannot help: the local document does not hold them, or they were
+        in this very push (then the server's answer would not change)."""
+        missing = missing_hashes(details)
+        sent = {entry.hash for entry in batch.entries}
+        if missing is None or missing & sent:
+            return False
+        history = with_ancestors(replica.history(batch.entity_id), missing)
+        if history is None:
+            return False
+        pending = {e.hash for e in self.host.store.pending_changes(project_id, batch.entity_id)}
+        now = _now()
+        entries = [
+            OutboxEntry(
+                REPAIR_ROW, project_id, batch.entity_type, batch.entity_id, c.change, c.hash, now
+            )
+            for c in history
+            if c.hash not in pending
+        ]
+        log.info(
+            "project %s: the server lacks %d changes of %s; sending %d again",
+            project_id,
+            len(missing),
+            batch.entity_id,
+            len(entries),
+        )
+        self.repairs.setdefault(project_id, {})[batch.entity_id] = entries
+        return True
+
+    def _repaired(self, project_id: str, batch: EntityBatch) -> None:
+        """The server logged what this batch carried: those changes need no resending."""
+        repairs = self.repairs.get(project_id)
+        if not repairs or batch.entity_id not in repairs:
+            return
+        sent = {entry.hash for entry in batch.entries if entry.id == REPAIR_ROW}
+        left = [entry for entry in repairs[batch.entity_id] if entry.hash not in sent]
+        if left:
+            repairs[batch.entity_id] = left
+        else:
+            del repairs[batch.entity_id]
 
     def _push_refused(self, flight: _InFlight, error: Error) -> None:
         """The whole push was refused before any entity was looked at."""
