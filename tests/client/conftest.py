@@ -71,8 +71,6 @@ async def server(database_url: str) -> AsyncIterator[RestartableServer]:
         await control.stop()
 
 
-
-
 @pytest.fixture
 async def make_client(tmp_path: Path) -> AsyncIterator[ClientFactory]:
     """``make_client(url, token, name)``: a client with its own store file, closed at the end."""
