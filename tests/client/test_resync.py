@@ -13,10 +13,9 @@ from datetime import timedelta
 import asyncpg
 from fieldsync_client import Project
 
-from tests.client.conftest import ClientFactory, RestartableServer
+from tests.client.conftest import ClientFactory, OnlineFactory, RestartableServer
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until, values_of
 from tests.entities import START, activity_values, location_values
-from tests.live_server import MemberFactory
 
 ENTITIES = 200
 EDITS = 1_000
@@ -43,23 +42,18 @@ async def _edits(project: Project, entities: list[tuple[str, str]], who: str) ->
 async def test_a_month_offline_resyncs_and_converges(
     server: RestartableServer,
     project: uuid.UUID,
-    member: MemberFactory,
+    online: OnlineFactory,
     make_client: ClientFactory,
     pool: asyncpg.Pool,
 ) -> None:
-    _, lead_token = await member(project)
-    _, other_token = await member(project)
-    lead_client = make_client(server.url, lead_token, "lead")
-    lead = await lead_client.open_project(str(project))
+    lead_client, lead, lead_token, _ = await online(server.url, project, "lead")
     entities = []
     for i in range(ENTITIES):
         kind = "location" if i % 4 == 0 else "activity"
         values = location_values(i) if kind == "location" else activity_values("plan-1", day=i)
         entities.append((kind, await lead.create(kind, values)))
     await lead_client.wait_synced(30)
-    other_client = make_client(server.url, other_token, "other")
-    other = await other_client.open_project(str(project))
-    await other_client.wait_synced(30)
+    other_client, other, other_token, _ = await online(server.url, project, "other")
 
     await lead_client.close()  # the lead's tablet leaves the network for a month
     offline_client = make_client(None, lead_token, "lead")
