@@ -186,10 +186,11 @@ async def resync_runs(
             from pyinstrument import Profiler
 
             profiler = Profiler(interval=0.0005, async_mode="enabled")
-            profiler.start()
-        cpu = CpuUse(pid, url)
         output = args.profile.with_name(f"{args.profile.name}-{run}") if args.profile else None
         with ServerProfile(pid, output) as server_profile:
+            cpu = CpuUse(pid, url)
+            if profiler is not None:
+                profiler.start()
             seconds, detail, client = await _resync(
                 base, team.members[0].token, project_id, path, head
             )
