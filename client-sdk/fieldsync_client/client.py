@@ -207,7 +207,8 @@ class FieldsyncClient:
         return self._statuses.stream()
 
     async def wait_synced(self, timeout: float | None = None) -> SyncStatus:  # noqa: ASYNC109
-        """Wait until online, every open project caught up and nothing waiting to be pushed.
+        """Wait until online, every open project caught up (including the changes of ours
+        the server acknowledged) and nothing waiting to be pushed.
 
         Raises the error that stops sync (:class:`AuthError`, :class:`IncompatibleServer`,
         :class:`ProjectUnavailable`), or ``TimeoutError``.
@@ -225,7 +226,7 @@ class FieldsyncClient:
                     raise project.error
             return (
                 sync.state is ConnectionState.ONLINE
-                and all(pid in sync.live for pid in self._projects)
+                and all(sync.caught_up(pid, p._replica) for pid, p in self._projects.items())
                 and sync.pushes_in_flight() == 0
                 and all(self._store.pending_count(pid) == 0 for pid in self._projects)
             )

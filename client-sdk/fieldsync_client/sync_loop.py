@@ -156,6 +156,9 @@ class SyncLoop:
         self.live: set[str] = set()  # projects caught up on the current connection
         self.failed: dict[str, ProjectUnavailable] = {}
         self.synced_at: dict[str, datetime] = {}
+        # The highest seq the server gave a change of ours, per project: caught up means
+        # holding at least that (our own changes come back after their push_result).
+        self.acknowledged_seq: dict[str, int] = {}
         self.connections = 0  # connection attempts so far
         self._idle: set[str] = set()
         self._session: _Session | None = None
@@ -200,6 +203,7 @@ class SyncLoop:
 
     def project_removed(self, project_id: str) -> None:
         self.live.discard(project_id)
+        self.acknowledged_seq.pop(project_id, None)
         self.failed.pop(project_id, None)
         if self._session is not None:
             self._session.unsubscribe(project_id)
@@ -279,13 +283,18 @@ class SyncLoop:
         self._set_state(ConnectionState.ONLINE)
         self.host.state_changed()
 
+    def caught_up(self, project_id: str, replica: ProjectReplica) -> bool:
+        """Live, and holding every change of ours the server has acknowledged."""
+        acknowledged = self.acknowledged_seq.get(project_id, 0)
+        return project_id in self.live and (replica.cursor or 0) >= acknowledged
+
     def check_idle(self) -> None:
         """Note the projects that are caught up with nothing waiting: they are synced now."""
         now = _now()
         store = self.host.store
-        for project_id in self.host.replicas():
+        for project_id, replica in self.host.replicas().items():
             idle = (
-                project_id in self.live
+                self.caught_up(project_id, replica)
                 and not self.pushing(project_id)
                 and store.pending_count(project_id) == 0
             )
@@ -520,6 +529,7 @@ class _Session:
             # The server's log is behind our cursor (restored from a backup?): bootstrap
             # again; the snapshot is merged with what we hold.
             log.warning("project %s: %s; bootstrapping again", project_id, error.message)
+            self.loop.acknowledged_seq.pop(project_id, None)  # seqs of the other history
             self.conn.send(Subscribe(ProjectCursor(project_id, None)))
             return
         self.subscribed.discard(project_id)
@@ -652,6 +662,9 @@ class _Session:
             if isinstance(entity, EntityAccepted):
                 acknowledged.extend(ids)
                 self._repaired(project_id, batch)
+                if entity.seqs:
+                    seq = max(self.loop.acknowledged_seq.get(project_id, 0), *entity.seqs)
+                    self.loop.acknowledged_seq[project_id] = seq
             elif entity.code == _MISSING_DEPENDENCIES and self._repair(
                 project_id, replica, batch, entity.details
             ):
