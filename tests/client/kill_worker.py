@@ -30,8 +30,10 @@ async def sync(path: str, project_id: str, url: str, token: str) -> None:
     async with FieldsyncClient(
         url, token, path, backoff_base=0.05, backoff_cap=0.25, connect_timeout=2
     ) as client:
+        # Counted before the project opens: opening it starts syncing, which acknowledges
+        # changes while the first snapshot is fetched.
+        print(f"pending {client.store.pending_count()}", flush=True)
         project = await client.open_project(project_id)
-        print(f"pending {project.pending_count()}", flush=True)
         await client.wait_synced(30)
         print(f"synced {project.cursor}", flush=True)
 
