@@ -39,7 +39,9 @@ class FieldsyncClient:
 
     Reconnects wait ``backoff_base`` seconds doubling up to ``backoff_cap``, each delay
     drawn uniformly from zero to that bound. ``open_project`` waits at most
-    ``bootstrap_timeout`` seconds for a first snapshot.
+    ``bootstrap_timeout`` seconds for a first snapshot, which comes over HTTP
+    (``GET /projects/{id}/snapshot``, gzipped) unless ``http_snapshots`` is False or that
+    fails; then it comes over the WebSocket.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class FieldsyncClient:
         bootstrap_timeout: float = 30.0,
         limits: Limits = DEFAULT_LIMITS,
         protocol_versions: Sequence[int] = PROTOCOL_VERSIONS,
+        http_snapshots: bool = True,
     ) -> None:
         endpoint = None if url is None else sync_url(url)  # a bad URL fails before the store opens
         self._store = LocalStore(path)
@@ -74,6 +77,7 @@ class FieldsyncClient:
                 connect_timeout=connect_timeout,
                 versions=protocol_versions,
                 limits=limits,
+                http_snapshots=http_snapshots,
             )
         self._status = self._compute_status()
 
@@ -206,7 +210,8 @@ class FieldsyncClient:
         return self._statuses.stream()
 
     async def wait_synced(self, timeout: float | None = None) -> SyncStatus:  # noqa: ASYNC109
-        """Wait until online, every open project caught up and nothing waiting to be pushed.
+        """Wait until online, every open project caught up (including the changes of ours
+        the server acknowledged) and nothing waiting to be pushed.
 
         Raises the error that stops sync (:class:`AuthError`, :class:`IncompatibleServer`,
         :class:`ProjectUnavailable`), or ``TimeoutError``.
@@ -224,7 +229,7 @@ class FieldsyncClient:
                     raise project.error
             return (
                 sync.state is ConnectionState.ONLINE
-                and all(pid in sync.live for pid in self._projects)
+                and all(sync.caught_up(pid, p._replica) for pid, p in self._projects.items())
                 and sync.pushes_in_flight() == 0
                 and all(self._store.pending_count(pid) == 0 for pid in self._projects)
             )

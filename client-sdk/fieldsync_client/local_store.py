@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 2
+_IDS_PER_QUERY = 500  # ids bound in one IN (...) list; SQLite allows at least 999
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -274,6 +275,21 @@ class LocalStore:
         if row is None:
             return None
         return StoredEntity(row[0], bytes(row[1]), bool(row[2]))
+
+    def entities(self, project_id: str, entity_ids: Iterable[str]) -> dict[str, StoredEntity]:
+        """The stored entities among ``entity_ids`` (absent ones are left out)."""
+        ids = list(entity_ids)
+        found: dict[str, StoredEntity] = {}
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            part = ids[start : start + _IDS_PER_QUERY]
+            rows = self._db.execute(
+                "SELECT entity_id, entity_type, document, deleted FROM entities"
+                f" WHERE project_id = ? AND entity_id IN ({', '.join('?' * len(part))})",
+                (project_id, *part),
+            )
+            for row in rows:
+                found[row[0]] = StoredEntity(row[1], bytes(row[2]), bool(row[3]))
+        return found
 
     def entity_ids(
         self, project_id: str, entity_type: str, *, include_deleted: bool = False

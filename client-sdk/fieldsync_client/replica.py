@@ -23,6 +23,7 @@ from automerge.core import ROOT, Document, ScalarType
 
 from fieldsync_client.errors import EntityNotFound, ValidationError
 from fieldsync_client.local_store import LocalStore, OutboxEntry
+from fieldsync_client.repair import HistoryChange
 from model.changes import ChangeFormatError, parse_change
 from model.documents import (
     AutomergeError,
@@ -76,6 +77,7 @@ class _Entry:
 class _Update:
     entity_id: str
     entry: _Entry | None  # None: the entity is gone from the local copy
+    saved: bytes | None = None  # the document's saved bytes, when already at hand
 
 
 @dataclass
@@ -84,6 +86,7 @@ class RemoteOutcome:
 
     changed: set[str] = field(default_factory=set)
     rejected: list[int] = field(default_factory=list)
+    conflicts: list[ConflictRecord] = field(default_factory=list)  # a snapshot's records
     conflicts_removed: list[str] = field(default_factory=list)
 
 
@@ -300,18 +303,12 @@ class ProjectReplica:
         refused: list[OutboxEntry],
         cursor: int,
         outcome: RemoteOutcome,
-        conflicts: Sequence[ConflictRecord] | None = None,
     ) -> RemoteOutcome:
-        """Store remote documents, refusals and the new cursor in one transaction, with
-        ``conflicts`` (a snapshot's: the project's whole set) when given."""
+        """Store remote documents, refusals and the new cursor in one transaction."""
         with self.store.transaction():
             self._write(updates)
             self._refuse(refused, WRONG_ENTITY_TYPE, "the server holds this id as another type")
             self.store.set_cursor(self.project_id, cursor)
-            if conflicts is not None:
-                outcome.conflicts_removed = self.store.save_conflicts(
-                    self.project_id, conflicts, replace_all=True
-                )
         self._swap(updates)
         self.cursor = cursor
         outcome.rejected = [entry.id for entry in refused]
@@ -323,26 +320,66 @@ class ProjectReplica:
         cursor: int,
         conflicts: Sequence[ConflictRecord] = (),
     ) -> RemoteOutcome:
-        """The project as of ``cursor``, merged with what only this client has; its
-        conflict records replace the ones stored."""
+        """A whole snapshot at once: :meth:`store_snapshot_part`, then :meth:`finish_snapshot`."""
+        outcome = self.store_snapshot_part(entities)
+        outcome.conflicts_removed = self.finish_snapshot(cursor, conflicts)
+        return outcome
+
+    def store_snapshot_part(self, entities: Sequence[SnapshotEntity]) -> RemoteOutcome:
+        """Store some entities of a snapshot, each merged with the local copy, in one
+        transaction; the cursor does not move.
+
+        Snapshots are stored part by part so that memory stays bounded by one part, however
+        large the project. Until :meth:`finish_snapshot` the project is not (re)bootstrapped:
+        if the connection drops or the process dies halfway, the next connection asks for a
+        snapshot again, and the entities stored so far merge with it like any local copy
+        (one the server has not changed since is byte-for-byte the same and is skipped).
+        """
         outcome = RemoteOutcome()
         updates: list[_Update] = []
         refused: list[OutboxEntry] = []
+        stored = self.store.entities(self.project_id, [e.entity_id for e in entities])
         for entity in entities:
+            outcome.changed.add(entity.entity_id)
+            local_row = stored.get(entity.entity_id)
+            same_type = local_row is not None and local_row.entity_type == entity.entity_type
+            if same_type and local_row is not None and local_row.document == entity.document:
+                continue  # stored by an interrupted bootstrap, unchanged since
             try:
                 doc = load_document(entity.document)
+                if local_row is None or not same_type:
+                    if local_row is not None:
+                        pending = self.store.pending_changes(self.project_id, entity.entity_id)
+                        refused.extend(pending)
+                    # Kept as the server sent it: saving it again would only cost time.
+                    entry = _Entry(entity.entity_type, doc)
+                    updates.append(_Update(entity.entity_id, entry, entity.document))
+                    continue
                 local = self._entry(entity.entity_id)
-                if local is not None and local.entity_type == entity.entity_type:
-                    contained(lambda: doc.merge(local.doc))  # noqa: B023 (called right here)
-                    actor = local.doc.get_actor()
-                    contained(lambda: doc.set_actor(actor))  # noqa: B023
-                elif local is not None:
-                    refused.extend(self.store.pending_changes(self.project_id, entity.entity_id))
+                assert local is not None
+                contained(lambda: doc.merge(local.doc))  # noqa: B023 (called right here)
+                actor = local.doc.get_actor()
+                contained(lambda: doc.set_actor(actor))  # noqa: B023
             except AutomergeError as exc:
                 raise RemoteDataError(f"snapshot of {entity.entity_id} is unusable: {exc}") from exc
             updates.append(_Update(entity.entity_id, _Entry(entity.entity_type, doc)))
-            outcome.changed.add(entity.entity_id)
-        return self._commit_remote(updates, refused, cursor, outcome, conflicts)
+        with self.store.transaction():
+            self._write(updates)
+            self._refuse(refused, WRONG_ENTITY_TYPE, "the server holds this id as another type")
+        # Only documents already in memory are replaced; the others load when first read.
+        self._swap([u for u in updates if u.entity_id in self._cache])
+        outcome.rejected = [entry.id for entry in refused]
+        return outcome
+
+    def finish_snapshot(self, cursor: int, conflicts: Sequence[ConflictRecord] = ()) -> list[str]:
+        """Every entity of the snapshot is stored: the project now holds it at ``cursor``,
+        with the snapshot's conflict records in place of the stored ones (the same
+        transaction). Returns the ids of conflict records that were removed."""
+        with self.store.transaction():
+            self.store.set_cursor(self.project_id, cursor)
+            removed = self.store.save_conflicts(self.project_id, conflicts, replace_all=True)
+        self.cursor = cursor
+        return removed
 
     def apply_conflicts(self, records: Sequence[ConflictRecord]) -> list[str]:
         """Store conflict updates (they come before the changes they belong to); returns
@@ -391,6 +428,17 @@ class ProjectReplica:
         self._swap([update])
         return sorted([p.id for p in in_push] + [p.id for p in later])
 
+    def history(self, entity_id: str) -> list[HistoryChange]:
+        """Every change of the entity's local document, in causal order."""
+        entry = self._entry(entity_id)
+        if entry is None:
+            return []
+        try:
+            changes = contained(lambda: entry.doc.get_changes([]))
+            return [HistoryChange(c.hash, tuple(c.deps), c.bytes) for c in changes]
+        except AutomergeError as exc:
+            raise RemoteDataError(f"cannot read the history of {entity_id}: {exc}") from exc
+
     def _without(self, entry: _Entry, hashes: set[bytes]) -> _Entry | None:
         """``entry``'s document without the changes in ``hashes`` and anything built on them."""
         try:
@@ -426,7 +474,7 @@ class ProjectReplica:
                     self.project_id,
                     update.entity_id,
                     update.entry.entity_type,
-                    save_document(update.entry.doc),
+                    update.saved if update.saved is not None else save_document(update.entry.doc),
                     _is_deleted(update.entry.doc),
                 )
 

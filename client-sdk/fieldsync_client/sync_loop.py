@@ -1,12 +1,14 @@
 """The sync loop: one WebSocket to the server, reconnected by itself, for every open project.
 
 The protocol rules live in ``sync.connection.ClientConnection`` (sans I/O); this module is
-its I/O shell. A connection says hello with every open project's cursor (``None`` for a
-project never bootstrapped, which asks for a snapshot), applies snapshots and logged changes
-to the local store (documents and cursor in one transaction), and pushes the outbox: one
-push in flight per project, sized by the limits the server announces in ``welcome``. A push
-whose result never came is simply sent again on the next connection: the server recognises
-changes by hash and answers with their original seqs.
+its I/O shell. A connection says hello with every open project's cursor. A project never
+bootstrapped first fetches its snapshot over HTTP (:mod:`fieldsync_client.bootstrap`) and
+then subscribes from the snapshot's cursor; if that fails, it subscribes with no cursor and
+gets the snapshot over the WebSocket. Snapshots are stored chunk by chunk and their cursor
+set at the end; logged changes are stored with the new cursor in one transaction. The loop
+pushes the outbox: one push in flight per project, sized by the limits the server announces
+in ``welcome``. A push whose result never came is simply sent again on the next connection:
+the server recognises changes by hash and answers with their original seqs.
 
 When the connection drops, the loop waits a backoff delay (full jitter) and tries again. It
 stops trying only when the server refuses the token (until ``set_token``) or speaks no
@@ -29,6 +31,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from fieldsync_client.backoff import Backoff
+from fieldsync_client.bootstrap import SnapshotUnavailable, http_bootstrap
 from fieldsync_client.conflicts import Conflict, ConflictUpdate
 from fieldsync_client.errors import (
     AuthError,
@@ -38,8 +41,9 @@ from fieldsync_client.errors import (
     ProjectUnavailable,
     ServerError,
 )
-from fieldsync_client.local_store import LocalStore
+from fieldsync_client.local_store import LocalStore, OutboxEntry
 from fieldsync_client.push_plan import EntityBatch, plan_push
+from fieldsync_client.repair import missing_hashes, with_ancestors
 from fieldsync_client.replica import ProjectReplica, RemoteDataError, RemoteOutcome
 from fieldsync_client.status import ConnectionState, RemoteChanges
 from model.limits import DEFAULT_LIMITS, Limits
@@ -63,7 +67,6 @@ from sync.messages import (
     SnapshotBegin,
     SnapshotChunk,
     SnapshotEnd,
-    SnapshotEntity,
     Subscribe,
     Synced,
     Unsubscribe,
@@ -78,6 +81,8 @@ PLAN_ROWS = 20_000  # outbox rows read to plan one push
 _AUTH_CODES = frozenset({ErrorCode.INVALID_TOKEN.value, ErrorCode.TOKEN_EXPIRED.value})
 _RETRYABLE_PUSH = frozenset({ErrorCode.SERVER_UNAVAILABLE.value, ErrorCode.INTERNAL_ERROR.value})
 _TOO_BIG_PUSH = frozenset({ErrorCode.TOO_MANY_ENTITIES.value, ErrorCode.FRAME_TOO_LARGE.value})
+_MISSING_DEPENDENCIES = "missing_dependencies"
+REPAIR_ROW = 0  # the outbox id of a change sent again to fill a gap (no outbox row)
 
 
 def sync_url(url: str) -> str:
@@ -139,6 +144,7 @@ class SyncLoop:
         connect_timeout: float = 10.0,
         versions: Sequence[int] = PROTOCOL_VERSIONS,
         limits: Limits = DEFAULT_LIMITS,
+        http_snapshots: bool = True,
     ) -> None:
         self.host = host
         self.url = sync_url(url)
@@ -148,12 +154,16 @@ class SyncLoop:
         self.connect_timeout = connect_timeout
         self.versions = tuple(versions)
         self.limits = limits
+        self.http_snapshots = http_snapshots
         self.state = ConnectionState.STOPPED
         self.last_error: FieldsyncError | None = None
         self.halted: FieldsyncError | None = None  # AuthError or IncompatibleServer
         self.live: set[str] = set()  # projects caught up on the current connection
         self.failed: dict[str, ProjectUnavailable] = {}
         self.synced_at: dict[str, datetime] = {}
+        # The highest seq the server gave a change of ours, per project: caught up means
+        # holding at least that (our own changes come back after their push_result).
+        self.acknowledged_seq: dict[str, int] = {}
         self.connections = 0  # connection attempts so far
         self._idle: set[str] = set()
         self._session: _Session | None = None
@@ -198,6 +208,7 @@ class SyncLoop:
 
     def project_removed(self, project_id: str) -> None:
         self.live.discard(project_id)
+        self.acknowledged_seq.pop(project_id, None)
         self.failed.pop(project_id, None)
         if self._session is not None:
             self._session.unsubscribe(project_id)
@@ -277,13 +288,18 @@ class SyncLoop:
         self._set_state(ConnectionState.ONLINE)
         self.host.state_changed()
 
+    def caught_up(self, project_id: str, replica: ProjectReplica) -> bool:
+        """Live, and holding every change of ours the server has acknowledged."""
+        acknowledged = self.acknowledged_seq.get(project_id, 0)
+        return project_id in self.live and (replica.cursor or 0) >= acknowledged
+
     def check_idle(self) -> None:
         """Note the projects that are caught up with nothing waiting: they are synced now."""
         now = _now()
         store = self.host.store
-        for project_id in self.host.replicas():
+        for project_id, replica in self.host.replicas().items():
             idle = (
-                project_id in self.live
+                self.caught_up(project_id, replica)
                 and not self.pushing(project_id)
                 and store.pending_count(project_id) == 0
             )
@@ -306,8 +322,12 @@ class _Session:
         self.ws = ws
         self.conn = ClientConnection(loop.limits)
         self.subscribed: set[str] = set()
-        self.snapshots: dict[str, list[SnapshotEntity]] = {}
-        self.snapshot_conflicts: dict[str, list[ConflictRecord]] = {}
+        self.snapshots: dict[str, RemoteOutcome] = {}  # WebSocket snapshots under way
+        self.snapshot_conflicts: dict[str, list[ConflictRecord]] = {}  # stored at their end
+        self.bootstrapping: dict[str, asyncio.Task[None]] = {}  # HTTP snapshots under way
+        self.http_failed: set[str] = set()  # use the WebSocket snapshot on this connection
+        # Changes the server said it lacks, per project and entity, sent before the outbox.
+        self.repairs: dict[str, dict[str, list[OutboxEntry]]] = {}
         self.in_flight: dict[int, _InFlight] = {}
         self.pushing: set[str] = set()
         self.server_limits = DEFAULT_LIMITS
@@ -320,7 +340,12 @@ class _Session:
 
     async def run(self) -> None:
         replicas = self.host.replicas()
-        wanted = [ProjectCursor(pid, r.cursor) for pid, r in replicas.items()]
+        # Projects that bootstrap over HTTP subscribe once their snapshot is stored.
+        wanted = [
+            ProjectCursor(pid, r.cursor)
+            for pid, r in replicas.items()
+            if not self._wants_http(pid, r)
+        ]
         hello = wanted[:MAX_HELLO_PROJECTS]
         oldest = self.host.store.oldest_pending_at(replicas)
         age = None if oldest is None else max(0, int((_now() - oldest).total_seconds() * 1000))
@@ -355,6 +380,10 @@ class _Session:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, OSError):
                 await writer
+            for task in list(self.bootstrapping.values()):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             for timer in self._timers:
                 timer.cancel()
             requested = self.conn.close_requested or (CloseCode.NORMAL, "")
@@ -411,12 +440,10 @@ class _Session:
             self._welcome(message)
         elif isinstance(message, SnapshotBegin):
             if message.project_id in self.subscribed:
-                self.snapshots[message.project_id] = []
+                self.snapshots[message.project_id] = RemoteOutcome()
                 self.snapshot_conflicts[message.project_id] = []
         elif isinstance(message, SnapshotChunk):
-            chunks = self.snapshots.get(message.project_id)
-            if chunks is not None:
-                chunks.extend(message.entities)
+            self._snapshot_chunk(message)
         elif isinstance(message, SnapshotEnd):
             self._snapshot_end(message)
         elif isinstance(message, Changes):
@@ -452,19 +479,34 @@ class _Session:
             self.subscribe(project_id)
             self.push(project_id)
 
+    def _snapshot_chunk(self, chunk: SnapshotChunk) -> None:
+        """Store the chunk now: a snapshot is never held in memory as a whole."""
+        outcome = self.snapshots.get(chunk.project_id)
+        replica = self._replica(chunk.project_id)
+        if outcome is None or replica is None:
+            return
+        part = replica.store_snapshot_part(chunk.entities)
+        outcome.changed |= part.changed
+        outcome.rejected.extend(part.rejected)
+
     def _snapshot_end(self, end: SnapshotEnd) -> None:
-        entities = self.snapshots.pop(end.project_id, None)
+        outcome = self.snapshots.pop(end.project_id, None)
         conflicts = self.snapshot_conflicts.pop(end.project_id, [])
         replica = self._replica(end.project_id)
-        if entities is None or replica is None:
+        if outcome is None or replica is None:
             return
-        outcome = replica.apply_snapshot(entities, end.cursor, conflicts)
+        removed = replica.finish_snapshot(end.cursor, conflicts)
         self._report(end.project_id, outcome, end.cursor, snapshot=True)
+        self._snapshot_conflicts(end.project_id, conflicts, removed)
+
+    def _snapshot_conflicts(
+        self, project_id: str, records: Sequence[ConflictRecord], removed: Sequence[str]
+    ) -> None:
         self.host.conflicts_changed(
             ConflictUpdate(
-                end.project_id,
-                tuple(Conflict.of(r) for r in conflicts if r.status != "removed"),
-                tuple(outcome.conflicts_removed),
+                project_id,
+                tuple(Conflict.of(r) for r in records if r.status != "removed"),
+                tuple(removed),
                 snapshot=True,
             )
         )
@@ -529,6 +571,7 @@ class _Session:
             # The server's log is behind our cursor (restored from a backup?): bootstrap
             # again; the snapshot is merged with what we hold.
             log.warning("project %s: %s; bootstrapping again", project_id, error.message)
+            self.loop.acknowledged_seq.pop(project_id, None)  # seqs of the other history
             self.conn.send(Subscribe(ProjectCursor(project_id, None)))
             return
         self.subscribed.discard(project_id)
@@ -558,7 +601,11 @@ class _Session:
         replica = self.host.replicas().get(project_id)
         if self.conn.state is not ProtocolState.OPEN or replica is None:
             return
-        if project_id in self.subscribed:
+        if project_id in self.subscribed or project_id in self.bootstrapping:
+            return
+        if self._wants_http(project_id, replica):
+            task = asyncio.get_running_loop().create_task(self._bootstrap(project_id, replica))
+            self.bootstrapping[project_id] = task
             return
         self.subscribed.add(project_id)
         self.conn.send(Subscribe(ProjectCursor(project_id, replica.cursor)))
@@ -571,6 +618,40 @@ class _Session:
         self.subscribed.discard(project_id)
         self.snapshots.pop(project_id, None)
         self.snapshot_conflicts.pop(project_id, None)
+        self.repairs.pop(project_id, None)
+        task = self.bootstrapping.pop(project_id, None)
+        if task is not None:
+            task.cancel()
+
+    def _wants_http(self, project_id: str, replica: ProjectReplica) -> bool:
+        """A first snapshot comes over HTTP, unless that already failed on this connection."""
+        return (
+            self.loop.http_snapshots
+            and replica.cursor is None
+            and project_id not in self.http_failed
+        )
+
+    async def _bootstrap(self, project_id: str, replica: ProjectReplica) -> None:
+        """Store the project's HTTP snapshot, then subscribe from its cursor (or, if the
+        snapshot could not be had, subscribe with no cursor: a WebSocket snapshot)."""
+        try:
+            outcome = await http_bootstrap(
+                self.loop.url,
+                self.loop.token,
+                replica,
+                read_timeout=self.loop.connect_timeout,
+                limits=self.loop.limits,
+            )
+        except (SnapshotUnavailable, RemoteDataError) as exc:
+            log.info("project %s: no HTTP snapshot (%s); using the WebSocket", project_id, exc)
+            self.http_failed.add(project_id)
+        else:
+            self._report(project_id, outcome, replica.cursor or 0, snapshot=True)
+            self._snapshot_conflicts(project_id, outcome.conflicts, outcome.conflicts_removed)
+        finally:
+            self.bootstrapping.pop(project_id, None)
+        self.subscribe(project_id)
+        self.host.state_changed()
 
     def _later(self, action: Callable[[], object]) -> None:
         self._timers.append(asyncio.get_running_loop().call_later(self.retry.next_delay(), action))
@@ -582,6 +663,9 @@ class _Session:
         if project_id in self.loop.failed or project_id not in self.host.replicas():
             return
         pending = self.host.store.pending_changes(project_id, limit=PLAN_ROWS)
+        repairs = self.repairs.get(project_id)
+        if repairs:  # first, so that each entity's missing changes go before its own
+            pending = [entry for entries in repairs.values() for entry in entries] + pending
         if not pending:
             return
         limits = self.server_limits
@@ -618,10 +702,19 @@ class _Session:
             batch = batches.pop(entity.entity_id, None)
             if batch is None:
                 continue
-            ids = [entry.id for entry in batch.entries]
+            ids = [entry.id for entry in batch.entries if entry.id != REPAIR_ROW]
             if isinstance(entity, EntityAccepted):
                 acknowledged.extend(ids)
+                self._repaired(project_id, batch)
+                if entity.seqs:
+                    seq = max(self.loop.acknowledged_seq.get(project_id, 0), *entity.seqs)
+                    self.loop.acknowledged_seq[project_id] = seq
+            elif entity.code == _MISSING_DEPENDENCIES and self._repair(
+                project_id, replica, batch, entity.details
+            ):
+                continue  # its changes stay pending; the next push brings what was missing
             else:
+                self.repairs.get(project_id, {}).pop(entity.entity_id, None)
                 rejected.extend(
                     replica.reject(
                         entity.entity_id, ids, entity.code, entity.message, entity.details
@@ -634,6 +727,55 @@ class _Session:
             self.host.changes_rejected(project_id, rejected)
         self.shrink = 1
         self.push(project_id)
+
+    def _repair(
+        self,
+        project_id: str,
+        replica: ProjectReplica,
+        batch: EntityBatch,
+        details: Mapping[str, object],
+    ) -> bool:
+        """Plan to send the changes the server lacks, with everything they build on.
+
+        False when that cannot help: the local document does not hold them, or they were
+        in this very push (then the server's answer would not change)."""
+        missing = missing_hashes(details)
+        sent = {entry.hash for entry in batch.entries}
+        if missing is None or missing & sent:
+            return False
+        history = with_ancestors(replica.history(batch.entity_id), missing)
+        if history is None:
+            return False
+        pending = {e.hash for e in self.host.store.pending_changes(project_id, batch.entity_id)}
+        now = _now()
+        entries = [
+            OutboxEntry(
+                REPAIR_ROW, project_id, batch.entity_type, batch.entity_id, c.change, c.hash, now
+            )
+            for c in history
+            if c.hash not in pending
+        ]
+        log.info(
+            "project %s: the server lacks %d changes of %s; sending %d again",
+            project_id,
+            len(missing),
+            batch.entity_id,
+            len(entries),
+        )
+        self.repairs.setdefault(project_id, {})[batch.entity_id] = entries
+        return True
+
+    def _repaired(self, project_id: str, batch: EntityBatch) -> None:
+        """The server logged what this batch carried: those changes need no resending."""
+        repairs = self.repairs.get(project_id)
+        if not repairs or batch.entity_id not in repairs:
+            return
+        sent = {entry.hash for entry in batch.entries if entry.id == REPAIR_ROW}
+        left = [entry for entry in repairs[batch.entity_id] if entry.hash not in sent]
+        if left:
+            repairs[batch.entity_id] = left
+        else:
+            del repairs[batch.entity_id]
 
     def _push_refused(self, flight: _InFlight, error: Error) -> None:
         """The whole push was refused before any entity was looked at."""

@@ -8,18 +8,32 @@ clients see the network go away and come back, and must reconnect by themselves.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import uvicorn
-from fieldsync_client import FieldsyncClient
+from fieldsync_client import FieldsyncClient, Project
 
 from model.limits import DEFAULT_LIMITS, Limits
-from tests.live_server import free_port, start_server, stop_server
+from tests.live_server import MemberFactory, free_port, start_server, stop_server
 
 ClientFactory = Callable[..., FieldsyncClient]
+
+
+class Online(NamedTuple):
+    """A member's client with the project open and synced."""
+
+    client: FieldsyncClient
+    project: Project
+    token: str
+    user_id: uuid.UUID
+
+
+# online(url, project, name="device", level="lead", **client_options) -> Online
+OnlineFactory = Callable[..., Awaitable[Online]]
 
 FAST_BACKOFF: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.25, "connect_timeout": 2}
 
@@ -71,8 +85,6 @@ async def server(database_url: str) -> AsyncIterator[RestartableServer]:
         await control.stop()
 
 
-
-
 @pytest.fixture
 async def make_client(tmp_path: Path) -> AsyncIterator[ClientFactory]:
     """``make_client(url, token, name)``: a client with its own store file, closed at the end."""
@@ -88,3 +100,20 @@ async def make_client(tmp_path: Path) -> AsyncIterator[ClientFactory]:
     finally:
         for client in made:
             await client.close()
+
+
+@pytest.fixture
+def online(make_client: ClientFactory, member: MemberFactory) -> OnlineFactory:
+    """``await online(url, project, name)``: a new member (``level``, lead by default) whose
+    client (store ``name``) has opened ``project`` and synced it."""
+
+    async def make(
+        url: str, project: uuid.UUID, name: str = "device", level: str = "lead", **options: Any
+    ) -> Online:
+        user_id, token = await member(project, level)
+        client = make_client(url, token, name, **options)
+        opened = await client.open_project(str(project))
+        await client.wait_synced(10)
+        return Online(client, opened, token, user_id)
+
+    return make

@@ -3,17 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 from automerge.core import Document
 
 from model.entities import SCHEMAS
+from model.merge import EntityChanges
 from model.validation import inspect_document
+from model.writer import create_entity
+from store.changelog import Accepted, ChangeLog
 from sync.messages import ProjectCursor
+from tests.entities import activity_values
 from tests.sync_client import SyncClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def spawn_worker(*args: str) -> asyncio.subprocess.Process:
+    """A client app in its own process (``tests/client/kill_worker.py``), to be killed."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.client.kill_worker",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish_worker(process: asyncio.subprocess.Process, within: float = 60) -> list[str]:
+    """Wait for a worker to exit successfully; its output lines."""
+    out, err = await asyncio.wait_for(process.communicate(), within)
+    assert process.returncode == 0, err.decode()
+    return out.decode().splitlines()
 
 
 async def server_documents(base: str, token: str, project: uuid.UUID) -> dict[str, Document]:
@@ -40,6 +69,27 @@ async def logged_hashes(pool: asyncpg.Pool, project: uuid.UUID) -> list[bytes]:
             "SELECT hash FROM changes WHERE project_id = $1 ORDER BY seq", project
         )
     return [bytes(row["hash"]) for row in rows]
+
+
+async def seed_activities(
+    pool: asyncpg.Pool, project: uuid.UUID, count: int, text_chars: int = 0
+) -> list[str]:
+    """Log ``count`` new activities (ids ``act-N-PROJECT``; entity ids are unique across
+    projects) through the store, as other members' work; each description gets
+    ``text_chars`` more characters, to make documents larger."""
+    log = ChangeLog(pool)
+    ids = [f"act-{i}-{project.hex[:12]}" for i in range(count)]
+    for start in range(0, count, 200):
+        batch = []
+        for entity_id in ids[start : start + 200]:
+            values = activity_values("plan-1", title=f"Survey {entity_id}")
+            filler = os.urandom(text_chars // 2 + 1).hex()[:text_chars]  # compresses badly
+            values["description"] = f"{values['description']} {filler}"
+            _, change = create_entity("activity", values)
+            batch.append(EntityChanges("activity", entity_id, [change]))
+        for result in await log.append(project, batch, sender="seed"):
+            assert isinstance(result, Accepted), result
+    return ids
 
 
 async def head_seq(pool: asyncpg.Pool, project: uuid.UUID) -> int:

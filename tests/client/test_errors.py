@@ -15,7 +15,7 @@ from fieldsync_client import (
 )
 
 from store.projects import add_member
-from tests.client.conftest import ClientFactory, RestartableServer
+from tests.client.conftest import ClientFactory, OnlineFactory, RestartableServer
 from tests.client.helpers import logged_hashes, until
 from tests.entities import plan_values
 from tests.live_server import MemberFactory
@@ -86,16 +86,9 @@ async def test_a_project_the_user_cannot_see(
 
 
 async def test_a_removed_membership_shows_and_keeps_the_outbox(
-    server: RestartableServer,
-    project: uuid.UUID,
-    member: MemberFactory,
-    make_client: ClientFactory,
-    pool: asyncpg.Pool,
+    server: RestartableServer, project: uuid.UUID, online: OnlineFactory, pool: asyncpg.Pool
 ) -> None:
-    user_id, token = await member(project)
-    client = make_client(server.url, token, "device")
-    mine = await client.open_project(str(project))
-    await client.wait_synced(10)
+    client, mine, _, user_id = await online(server.url, project)
 
     await server.stop()
     await mine.create("plan", plan_values("Made while still a member"))

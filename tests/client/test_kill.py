@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,30 +12,17 @@ import asyncpg
 
 from model.limits import Limits
 from tests.client.conftest import RestartableServer
-from tests.client.helpers import logged_hashes, server_documents, values_of
+from tests.client.helpers import (
+    finish_worker,
+    logged_hashes,
+    server_documents,
+    spawn_worker,
+    values_of,
+)
 from tests.live_server import MemberFactory
 
-ROOT = Path(__file__).resolve().parents[2]
 COUNT = 600
 KILLS = 2
-
-
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.client.kill_worker",
-        *args,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def _finish(process: asyncio.subprocess.Process, within: float = 60) -> list[str]:
-    out, err = await asyncio.wait_for(process.communicate(), within)
-    assert process.returncode == 0, err.decode()
-    return out.decode().splitlines()
 
 
 async def test_a_client_killed_mid_sync_finishes_and_each_change_is_logged_once(
@@ -48,11 +34,13 @@ async def test_a_client_killed_mid_sync_finishes_and_each_change_is_logged_once(
     try:
         _, token = await member(project)
         store = str(tmp_path / "killed.db")
-        assert await _finish(await _spawn("edit", store, str(project), str(COUNT))) == ["edited"]
+        assert await finish_worker(await spawn_worker("edit", store, str(project), str(COUNT))) == [
+            "edited"
+        ]
 
         logged_before = 0
         for _ in range(KILLS):
-            victim = await _spawn("sync", store, str(project), server.url, token)
+            victim = await spawn_worker("sync", store, str(project), server.url, token)
             deadline = time.monotonic() + 30
             while len(await logged_hashes(pool, project)) <= logged_before:
                 assert time.monotonic() < deadline, "the client logged nothing"
@@ -64,7 +52,9 @@ async def test_a_client_killed_mid_sync_finishes_and_each_change_is_logged_once(
             assert logged_before < logged < COUNT, "the kill did not land mid-sync"
             logged_before = logged
 
-        lines = await _finish(await _spawn("sync", store, str(project), server.url, token))
+        lines = await finish_worker(
+            await spawn_worker("sync", store, str(project), server.url, token)
+        )
         pending = int(lines[0].removeprefix("pending "))
         # The outbox is intact: whatever the server had not acknowledged is still there
         # (changes logged just before the kill may be there too: they are sent again).

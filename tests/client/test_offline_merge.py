@@ -15,10 +15,9 @@ import asyncpg
 import pytest
 from fieldsync_client import ConflictUpdate, ConnectionState, Project, RemoteChanges
 
-from tests.client.conftest import ClientFactory, RestartableServer
+from tests.client.conftest import ClientFactory, OnlineFactory, RestartableServer
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until, values_of
 from tests.entities import activity_values, plan_values
-from tests.live_server import MemberFactory
 
 
 async def _edit_offline(a: Project, b: Project, activity: str) -> None:
@@ -44,16 +43,12 @@ async def test_two_clients_edit_the_same_activity_offline_and_converge(
     order: str,
     server: RestartableServer,
     project: uuid.UUID,
-    member: MemberFactory,
+    online: OnlineFactory,
     make_client: ClientFactory,
     pool: asyncpg.Pool,
 ) -> None:
-    _, token_a = await member(project)
-    _, token_b = await member(project, "specialist")
-    client_a = make_client(server.url, token_a, "a")
-    client_b = make_client(server.url, token_b, "b")
-    a = await client_a.open_project(str(project))
-    b = await client_b.open_project(str(project))
+    client_a, a, token_a, _ = await online(server.url, project, "a")
+    client_b, b, token_b, _ = await online(server.url, project, "b", "specialist")
     assert a.bootstrapped
     assert b.bootstrapped
 
@@ -152,18 +147,10 @@ async def test_two_clients_edit_the_same_activity_offline_and_converge(
 
 
 async def test_clients_stay_live_and_report_remote_changes(
-    server: RestartableServer,
-    project: uuid.UUID,
-    member: MemberFactory,
-    make_client: ClientFactory,
+    server: RestartableServer, project: uuid.UUID, online: OnlineFactory
 ) -> None:
-    _, token_a = await member(project)
-    _, token_b = await member(project)
-    client_a = make_client(server.url, token_a, "a")
-    client_b = make_client(server.url, token_b, "b")
-    a = await client_a.open_project(str(project))
-    b = await client_b.open_project(str(project))
-    await client_b.wait_synced(10)
+    a = (await online(server.url, project, "a")).project
+    client_b, b, _, _ = await online(server.url, project, "b")
 
     async def first_event() -> RemoteChanges:
         async for event in b.changes():

@@ -8,22 +8,19 @@ import asyncpg
 import pytest
 from fieldsync_client import ConnectionState, EntityNotFound, RejectedChange
 
-from tests.client.conftest import ClientFactory, RestartableServer
+from tests.client.conftest import ClientFactory, OnlineFactory, RestartableServer
 from tests.client.helpers import logged_hashes, server_documents, until, values_of
 from tests.entities import location_values, new_id
-from tests.live_server import MemberFactory
 
 
 async def test_an_outbox_survives_a_new_client_and_is_pushed_once(
     server: RestartableServer,
     project: uuid.UUID,
-    member: MemberFactory,
+    online: OnlineFactory,
     make_client: ClientFactory,
     pool: asyncpg.Pool,
 ) -> None:
-    _, token = await member(project)
-    first = make_client(server.url, token, "tablet")
-    project_a = await first.open_project(str(project))
+    first, project_a, token, _ = await online(server.url, project, "tablet")
     assert project_a.bootstrapped
     assert project_a.cursor == 0
 
@@ -65,21 +62,16 @@ async def test_a_refused_change_stays_visible_and_is_never_sent_again(
     server: RestartableServer,
     project: uuid.UUID,
     other_project: uuid.UUID,
-    member: MemberFactory,
+    online: OnlineFactory,
     make_client: ClientFactory,
     pool: asyncpg.Pool,
 ) -> None:
-    _, token = await member(project)
-    _, other_token = await member(other_project)
-    elsewhere = make_client(server.url, other_token, "elsewhere")
-    theirs = await elsewhere.open_project(str(other_project))
+    elsewhere, theirs, _, _ = await online(server.url, other_project, "elsewhere")
     taken = f"site-{new_id()}"
     await theirs.create("location", location_values(), entity_id=taken)
     await elsewhere.wait_synced(10)
 
-    client = make_client(server.url, token, "mine")
-    mine = await client.open_project(str(project))
-    await client.wait_synced(10)
+    client, mine, token, _ = await online(server.url, project, "mine")
     refusals: list[list[RejectedChange]] = []
     mine.on_rejected(refusals.append)
 
