@@ -145,6 +145,12 @@ async def test_two_clients_edit_the_same_activity_offline_and_converge(
     assert (resolved.conflict_id, resolved.status) == (conflict.conflict_id, "resolved")
     assert (await b.get("activity", activity))["location_id"] == lost
 
+    # A newcomer bootstraps (over HTTP) with the record in its snapshot, and over the
+    # WebSocket snapshot too.
+    for http in (True, False):
+        newcomer = await online(server.url, project, f"new-{http}", http_snapshots=http)
+        assert await newcomer.project.conflicts(include_resolved=True) == [resolved]
+
 
 async def test_clients_stay_live_and_report_remote_changes(
     server: RestartableServer, project: uuid.UUID, online: OnlineFactory
