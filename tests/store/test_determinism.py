@@ -65,6 +65,26 @@ def _sender(change: bytes) -> str:
     return f"user-{parse_change(change).actor.hex()[:2]}"
 
 
+def _by_author(
+    push: list[tuple[str, str, list[bytes]]],
+) -> list[tuple[str, list[EntityChanges]]]:
+    """A push cut into pushes of one author each, every entity's changes kept in order."""
+    remaining = [(t, e, list(cs)) for t, e, cs in push]
+    pushes = []
+    while any(cs for _, _, cs in remaining):
+        sender = next(_sender(cs[0]) for _, _, cs in remaining if cs)
+        batch = []
+        for entity_type, entity_id, changes in remaining:
+            run = 0
+            while run < len(changes) and _sender(changes[run]) == sender:
+                run += 1
+            if run:
+                batch.append(EntityChanges(entity_type, entity_id, changes[:run]))
+                del changes[:run]
+        pushes.append((sender, batch))
+    return pushes
+
+
 async def _reset(url: str) -> uuid.UUID:
     """An empty database holding one project: the scenarios reuse their entity ids."""
     conn = await connect(url)
@@ -89,13 +109,7 @@ async def _deliver(url: str, session: Session, rng: random.Random, processes: in
     try:
         logs = [ChangeLog(pool) for _ in range(processes)]
         for push in deliveries(session, rng):
-            by_sender: dict[str, dict[tuple[str, str], list[bytes]]] = {}
-            for entity_type, entity_id, changes in push:
-                for change in changes:
-                    key = (entity_type, entity_id)
-                    by_sender.setdefault(_sender(change), {}).setdefault(key, []).append(change)
-            for sender, entities in by_sender.items():
-                batch = [EntityChanges(t, e, cs) for (t, e), cs in entities.items()]
+            for sender, batch in _by_author(push):
                 for result in await rng.choice(logs).append(project, batch, sender):
                     assert isinstance(result, Accepted), result
         outcome = await _outcome(pool, project)
