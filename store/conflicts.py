@@ -209,7 +209,14 @@ async def _single_entity(
         if rules_needed(m.heads_before, m.new_changes, ledger.entity_rows(m.entity_id))
     ]
     results = [
-        entity_conflicts(m.entity_type, m.entity_id, None, m.document, m.new_changes)
+        entity_conflicts(
+            m.entity_type,
+            m.entity_id,
+            None,
+            m.document,
+            m.new_changes,
+            clean_history=not ledger.entity_rows(m.entity_id),
+        )
         for m in checked
     ]
     seq_of: dict[str, int] = {}

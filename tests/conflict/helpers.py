@@ -160,7 +160,12 @@ class ProjectSim:
         if not rules_needed(heads, merged.new_changes, existing):
             return  # as the store does; the rebuild below always runs the rules
         result = entity_conflicts(
-            entity_type, entity_id, before, merged.document, merged.new_changes
+            entity_type,
+            entity_id,
+            before,
+            merged.document,
+            merged.new_changes,
+            clean_history=not existing,
         )
         self.ledger.apply(plan_entity(result, existing, self.seq_of))
 
