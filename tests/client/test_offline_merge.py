@@ -49,7 +49,8 @@ async def test_two_clients_edit_the_same_activity_offline_and_converge(
     pool: asyncpg.Pool,
 ) -> None:
     _, token_a = await member(project)
-    _, token_b = await member(project, "specialist")
+    # b is a lead too: a specialist may only edit activities they are summoned to.
+    _, token_b = await member(project, "lead")
     client_a = make_client(server.url, token_a, "a")
     client_b = make_client(server.url, token_b, "b")
     a = await client_a.open_project(str(project))
