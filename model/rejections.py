@@ -30,6 +30,7 @@ class RejectCode(StrEnum):
     FORBIDDEN_ENTITY = "forbidden_entity"
     FORBIDDEN_FIELD = "forbidden_field"
     FORBIDDEN_DELETE = "forbidden_delete"
+    MEMBERSHIP_REMOVED = "membership_removed"  # removed while the push was on its way
 
 
 @dataclass(frozen=True, slots=True)

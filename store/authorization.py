@@ -11,6 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from model.permissions import Level, Writer, check_write
+from model.rejections import RejectCode, Rejection
 from store.changelog import Authorize, AuthorizeFactory
 from store.projects import member_level
 
@@ -20,11 +21,17 @@ WHERE project_id = $1 AND user_id = $2 AND NOT deleted
 """
 
 
-async def load_writer(conn: Any, project_id: UUID, user_id: UUID) -> Writer:
-    """The writer as the database says now; someone no longer a member writes as a viewer."""
+REMOVED = Rejection(
+    RejectCode.MEMBERSHIP_REMOVED,
+    "you are no longer a member of this project (removed while this push was on its way)",
+)
+
+
+async def load_writer(conn: Any, project_id: UUID, user_id: UUID) -> Writer | None:
+    """The writer as the database says now; None if no longer a member."""
     level = await member_level(conn, project_id, user_id)
     if level is None:
-        return Writer(str(user_id), Level.VIEWER)
+        return None
     summoned: frozenset[str] = frozenset()
     if level == Level.SPECIALIST:
         rows = await conn.fetch(_SUMMONED_TO, project_id, str(user_id))
@@ -37,6 +44,8 @@ def write_rule(project_id: UUID, user_id: UUID) -> AuthorizeFactory:
 
     async def factory(conn: Any) -> Authorize:
         writer = await load_writer(conn, project_id, user_id)
+        if writer is None:
+            return lambda check: REMOVED
         return lambda check: check_write(writer, check)
 
     return factory
