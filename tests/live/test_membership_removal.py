@@ -16,10 +16,12 @@ from sync.errors import ErrorCode
 from sync.messages import (
     Changes,
     EntityPush,
+    EntityRejected,
     Error,
     ProjectCursor,
     ProjectError,
     Push,
+    PushResult,
     Synced,
 )
 from tests.entities import location_values, new_id
@@ -116,7 +118,7 @@ async def test_a_removal_by_the_admin_command_ends_the_stream_too(
         "--database-url", database_url, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(command.communicate(), 60)
+    _, err = await asyncio.wait_for(command.communicate(), 60)
     assert command.returncode == 0, err
     # The removal committed before the command exited, so this bound is a fair one.
     exited = time.monotonic()
@@ -143,9 +145,10 @@ async def test_a_push_held_up_by_the_lock_when_the_member_is_removed_is_refused(
             await remove_member(conn, project, user)
         await _removal_notice(client, project, within=5)
     result = await client.next_unabsorbed()
-    assert result.__class__.__name__ == "PushResult", result
-    [rejected] = result.results  # type: ignore[union-attr]
-    assert rejected.code == "membership_removed", rejected
+    assert isinstance(result, PushResult), result
+    [rejected] = result.results
+    assert isinstance(rejected, EntityRejected), rejected
+    assert rejected.code == "membership_removed"
     async with pool.acquire() as conn:
         assert await conn.fetchval(
             "SELECT head_seq FROM log_heads WHERE project_id = $1", project

@@ -127,7 +127,7 @@ async def world(sync_server: str, pool: asyncpg.Pool) -> AsyncIterator[World]:
         await clients[level].hello(token(users[level]))
     world = World(project, users, clients)
     specialist = str(users["specialist"])
-    plan_doc, plan_change = create_entity("plan", plan_values("Matrix plan"))
+    _, plan_change = create_entity("plan", plan_values("Matrix plan"))
     world.plan_id = new_id()
     pushes = [EntityPush("plan", world.plan_id, (plan_change,))]
     for level in LEVELS:

@@ -12,8 +12,8 @@ from model.entities import SCHEMAS
 from model.permissions import (
     RULES,
     Level,
-    Writer,
     WriteCheck,
+    Writer,
     changed_fields,
     check_write,
     write_check,
