@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 SNAPSHOT_CHUNK_BYTES = 512 * 1024
 CATCH_UP_BATCH = 500
 CLOSE_GRACE_SECONDS = 10.0
+# A client refused for its rate waits this long for the refusal: a reconnect loop stalls.
+RATE_PENALTY_SECONDS = 1.0
+# How long the fatal rate_limited error may take to go out before the socket is dropped.
+DROP_GRACE_SECONDS = 1.0
 NOT_A_MEMBER = "no such project, or you are not a member of it"
 REMOVED = "you are no longer a member of this project"
 
@@ -125,6 +129,7 @@ class SyncSession:
         self._names: dict[UUID, str] = {}  # project ids as the client spelled them
         self._member_of: set[UUID] = set()  # membership confirmed on this connection
         self._strikes = 0  # frames refused in a row for the rate limit
+        self._drop = False  # end without a closing handshake (an abusive peer)
         self._session_id = uuid.uuid4().hex
         self._counted = False
         self._writer: asyncio.Task[None] | None = None
@@ -155,9 +160,12 @@ class SyncSession:
             self._flush()
             self._outbox.close()
             with contextlib.suppress(Exception):
-                await writer
+                if self._drop:
+                    await asyncio.wait_for(writer, DROP_GRACE_SECONDS)
+                else:
+                    await writer
             requested = self._protocol.close_requested
-            if requested is not None:
+            if requested is not None and not self._drop:
                 with contextlib.suppress(Exception):
                     await self._transport.close(int(requested[0]), requested[1])
 
@@ -174,17 +182,19 @@ class SyncSession:
             if bucket is not None and bucket.full(time.monotonic()):
                 del services.buckets[user_id]
 
+    def _bucket(self, user_id: UUID) -> TokenBucket:
+        bucket = self._services.buckets.get(user_id)
+        if bucket is None:
+            bucket = self._services.buckets[user_id] = TokenBucket(
+                self._services.rate_limit, time.monotonic()
+            )
+        return bucket
+
     def _within_rate(self) -> bool:
-        """Whether this frame fits the user's message rate (frames before welcome are free)."""
+        """Whether this frame fits the user's message rate (the hello is charged there)."""
         if self._protocol.state is not ConnectionState.OPEN or self._user_id is None:
             return True
-        bucket = self._services.buckets.get(self._user_id)
-        if bucket is None:
-            now = time.monotonic()
-            bucket = self._services.buckets[self._user_id] = TokenBucket(
-                self._services.rate_limit, now
-            )
-        if bucket.take(time.monotonic()):
+        if self._bucket(self._user_id).take(time.monotonic()):
             self._strikes = 0
             return True
         return False
@@ -194,12 +204,15 @@ class SyncSession:
         self._strikes += 1
         limit = self._services.rate_limit
         if self._strikes >= limit.max_strikes:
+            # Dropped without a closing handshake: a flooding peer is not trusted to answer
+            # one, and while waiting for it the server would go on reading its flood.
             self._protocol.fail(
                 ErrorCode.RATE_LIMITED,
                 f"{self._strikes} messages in a row over the rate limit "
                 f"({limit.rate:g} per second per user)",
-                CloseCode.RATE_LIMITED,
+                CloseCode.POLICY_VIOLATION,
             )
+            self._drop = True
             return
         self._protocol.send(
             Error(
@@ -246,6 +259,17 @@ class SyncSession:
                 return
             code = ErrorCode.TOKEN_EXPIRED if exc.expired else ErrorCode.INVALID_TOKEN
             self._protocol.refuse(code, str(exc), CloseCode.UNAUTHORIZED)
+            return
+        if not self._bucket(claims.user_id).take(time.monotonic()):
+            # A hello costs a message too, so reconnecting in a loop buys no relief; the
+            # refusal is slow on purpose, so a reconnect loop mostly waits.
+            await asyncio.sleep(RATE_PENALTY_SECONDS)
+            self._protocol.refuse(
+                ErrorCode.RATE_LIMITED,
+                "over the message rate limit; reconnect later",
+                CloseCode.POLICY_VIOLATION,
+            )
+            self._drop = True
             return
         open_now = self._services.connections.get(claims.user_id, 0)
         if open_now >= self._services.max_connections_per_user:

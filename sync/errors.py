@@ -48,4 +48,3 @@ class CloseCode(IntEnum):
     UNSUPPORTED_VERSION = 4002
     TOO_SLOW = 4008  # the client fell behind: reconnect and resume from its own cursor
     TOO_MANY_CONNECTIONS = 4029
-    RATE_LIMITED = 4030  # kept sending far over the message rate limit
