@@ -178,7 +178,7 @@ async def remove_member(request: Request) -> Response:
 async def issue_token(request: Request) -> Response:
     body = await _body(request, {"user_id": (str, True), "ttl": (int, False)})
     user_id = _uuid(body["user_id"], "user_id")
-    ttl: int = body.get("ttl") or DEFAULT_TTL_SECONDS
+    ttl: int = DEFAULT_TTL_SECONDS if body.get("ttl") is None else body["ttl"]
     if not 0 < ttl <= MAX_TTL_SECONDS:
         raise BadRequestError(f"ttl must be 1 to {MAX_TTL_SECONDS} seconds")
     verifier: TokenVerifier = request.app.state.verifier

@@ -155,8 +155,7 @@ def check_write(writer: Writer, check: WriteCheck) -> Rejection | None:
     if not _in_scope(rule, writer, check) or not (rule.edit or rule.delete):
         return Rejection(
             RejectCode.FORBIDDEN_ENTITY,
-            f"a {writer.level} may not change {kind} {check.entity_id}"
-            + _scope_reason(rule),
+            f"a {writer.level} may not change {kind} {check.entity_id}" + _scope_reason(rule),
             {"entity_type": kind, "field": changed[0]},
         )
     for name in changed:

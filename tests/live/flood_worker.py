@@ -45,8 +45,12 @@ def flood(url: str, token: str, project_id: str, seconds: float) -> dict[str, ob
             closes[str(closed.rcvd.code if closed.rcvd else None)] += 1
         except (OSError, TimeoutError) as exc:
             closes[type(exc).__name__] += 1
-    return {"connections": connections, "sent": sent, "closes": dict(closes),
-            "refused_hellos": dict(refused)}
+    return {
+        "connections": connections,
+        "sent": sent,
+        "closes": dict(closes),
+        "refused_hellos": dict(refused),
+    }
 
 
 if __name__ == "__main__":

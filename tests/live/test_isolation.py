@@ -50,8 +50,13 @@ async def test_a_member_of_a_cannot_read_pull_subscribe_or_push_into_b(
     assert before.head == 1
 
     nowhere = str(uuid.uuid4())
-    spellings = [str(other_project), str(other_project).upper(), other_project.hex,
-                 f"{{{other_project}}}", f"urn:uuid:{other_project}"]
+    spellings = [
+        str(other_project),
+        str(other_project).upper(),
+        other_project.hex,
+        f"{{{other_project}}}",
+        f"urn:uuid:{other_project}",
+    ]
     intruder = await SyncClient.connect(sync_server)
     await intruder.hello(token_a, [ProjectCursor(nowhere, None)])
     unknown = await intruder.next_unabsorbed()
@@ -70,9 +75,16 @@ async def test_a_member_of_a_cannot_read_pull_subscribe_or_push_into_b(
     edit = update_entity(b_doc, "location", {"name": "taken over"})
     _, fresh = create_entity("location", location_values(2))
     for push_id, spelling in enumerate([*spellings, nowhere], start=10):
-        await intruder.send(Push(push_id, spelling, (
-            EntityPush("location", b_entity, (edit,)), EntityPush("location", new_id(), (fresh,))
-        )))
+        await intruder.send(
+            Push(
+                push_id,
+                spelling,
+                (
+                    EntityPush("location", b_entity, (edit,)),
+                    EntityPush("location", new_id(), (fresh,)),
+                ),
+            )
+        )
         answer = await intruder.next_unabsorbed()
         assert answer == Error(
             ErrorCode.PROJECT_UNAVAILABLE.value,
@@ -87,13 +99,22 @@ async def test_a_member_of_a_cannot_read_pull_subscribe_or_push_into_b(
     assert rejected.code == "wrong_project"
 
     # Crafted frames: a push whose project is not a string, a subscribe with extra keys.
-    await intruder.ws.send(msgpack.packb({"t": "push", "push_id": 21, "project_id":
-                                          [str(other_project)], "entities": []}))
+    await intruder.ws.send(
+        msgpack.packb(
+            {"t": "push", "push_id": 21, "project_id": [str(other_project)], "entities": []}
+        )
+    )
     crafted = await intruder.next_unabsorbed()
     assert isinstance(crafted, Error)
     assert crafted.code == ErrorCode.INVALID_MESSAGE.value
-    await intruder.ws.send(msgpack.packb({"t": "subscribe", "project": {
-        "project_id": str(other_project), "cursor": 0, "as_user": "owner"}}))
+    await intruder.ws.send(
+        msgpack.packb(
+            {
+                "t": "subscribe",
+                "project": {"project_id": str(other_project), "cursor": 0, "as_user": "owner"},
+            }
+        )
+    )
     crafted = await intruder.next_unabsorbed()
     assert isinstance(crafted, Error)
     assert crafted.code == ErrorCode.INVALID_MESSAGE.value
@@ -107,10 +128,12 @@ async def test_a_member_of_a_cannot_read_pull_subscribe_or_push_into_b(
     # Over HTTP too: B's snapshot answers exactly like an unknown project's.
     headers = {"Authorization": f"Bearer {token_a}"}
     async with httpx.AsyncClient() as http:
-        forbidden = await http.get(f"http://{sync_server}/projects/{other_project}/snapshot",
-                                   headers=headers)
-        missing = await http.get(f"http://{sync_server}/projects/{nowhere}/snapshot",
-                                 headers=headers)
+        forbidden = await http.get(
+            f"http://{sync_server}/projects/{other_project}/snapshot", headers=headers
+        )
+        missing = await http.get(
+            f"http://{sync_server}/projects/{nowhere}/snapshot", headers=headers
+        )
     assert forbidden.status_code == missing.status_code == 404
     assert forbidden.json() == missing.json()
 

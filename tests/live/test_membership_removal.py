@@ -48,7 +48,8 @@ async def _live(base: str, token: str, *projects: uuid.UUID) -> SyncClient:
 async def _removal_notice(client: SyncClient, project: uuid.UUID, within: float) -> ProjectError:
     message = await client.next_unabsorbed(within)
     assert message == ProjectError(
-        str(project), ErrorCode.MEMBERSHIP_REMOVED.value,
+        str(project),
+        ErrorCode.MEMBERSHIP_REMOVED.value,
         "you are no longer a member of this project",
     ), message
     return message
@@ -95,8 +96,9 @@ async def test_a_removed_member_loses_the_live_stream_within_a_second(
     # a stranger would.
     await removed.send(Push(7, str(project), (EntityPush("location", new_id(), (change,)),)))
     refused = await removed.next_unabsorbed()
-    assert refused == Error(ErrorCode.MEMBERSHIP_REMOVED.value,
-                            "you are no longer a member of this project", push_id=7), refused
+    assert refused == Error(
+        ErrorCode.MEMBERSHIP_REMOVED.value, "you are no longer a member of this project", push_id=7
+    ), refused
     fresh = await SyncClient.connect(sync_server)
     await fresh.hello(token, [ProjectCursor(str(project), 0)])
     unavailable = await fresh.next_unabsorbed()
@@ -114,9 +116,18 @@ async def test_a_removal_by_the_admin_command_ends_the_stream_too(
     watcher = await _live(sync_server, token, project)
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     command = await asyncio.create_subprocess_exec(
-        str(FIELDSYNC), "member", "remove", "--project", str(project), "--user", str(user),
-        "--database-url", database_url, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(FIELDSYNC),
+        "member",
+        "remove",
+        "--project",
+        str(project),
+        "--user",
+        str(user),
+        "--database-url",
+        database_url,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(command.communicate(), 60)
     assert command.returncode == 0, err
@@ -136,9 +147,7 @@ async def test_a_push_held_up_by_the_lock_when_the_member_is_removed_is_refused(
     _, change = create_entity("location", location_values())
     async with pool.acquire() as holder, holder.transaction():
         # Hold the project's append lock so the push waits inside the server.
-        await holder.execute(
-            "SELECT 1 FROM log_heads WHERE project_id = $1 FOR UPDATE", project
-        )
+        await holder.execute("SELECT 1 FROM log_heads WHERE project_id = $1 FOR UPDATE", project)
         await client.send(Push(1, str(project), (EntityPush("location", new_id(), (change,)),)))
         await asyncio.sleep(0.3)
         async with pool.acquire() as conn:
@@ -150,7 +159,8 @@ async def test_a_push_held_up_by_the_lock_when_the_member_is_removed_is_refused(
     assert isinstance(rejected, EntityRejected), rejected
     assert rejected.code == "membership_removed"
     async with pool.acquire() as conn:
-        assert await conn.fetchval(
-            "SELECT head_seq FROM log_heads WHERE project_id = $1", project
-        ) == 0
+        assert (
+            await conn.fetchval("SELECT head_seq FROM log_heads WHERE project_id = $1", project)
+            == 0
+        )
     await client.close()

@@ -186,8 +186,9 @@ async def test_read(world: World, sync_server: str, level: str, entity_type: str
     for cursor in (None, 0):
         reader = await SyncClient.connect(sync_server)
         try:
-            await reader.hello(token(world.users[level]), [ProjectCursor(str(world.project),
-                                                                         cursor)])
+            await reader.hello(
+                token(world.users[level]), [ProjectCursor(str(world.project), cursor)]
+            )
             replica = await reader.sync_until_synced(str(world.project))
         finally:
             await reader.close()
@@ -231,9 +232,9 @@ async def test_delete(world: World, level: str, entity_type: str) -> None:
 # --- the specialist's finer rules ----------------------------------------------------------
 
 
-async def _lead_creates(world: World, entity_type: str, values: dict[str, object]) -> tuple[
-    str, Document
-]:
+async def _lead_creates(
+    world: World, entity_type: str, values: dict[str, object]
+) -> tuple[str, Document]:
     entity_id = new_id()
     doc, change = create_entity(entity_type, values)
     answer = await world.push("lead", EntityPush(entity_type, entity_id, (change,)))
@@ -260,12 +261,14 @@ async def test_a_field_the_specialist_may_not_write_is_named(
     [rejected] = answer.results
     assert isinstance(rejected, EntityRejected)
     assert (rejected.code, rejected.details) == (
-        "forbidden_field", {"entity_type": "activity", "field": "plan_id"}
+        "forbidden_field",
+        {"entity_type": "activity", "field": "plan_id"},
     )
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT status, plan_id FROM rm_activities WHERE project_id = $1 AND entity_id = $2",
-            world.project, activity,
+            world.project,
+            activity,
         )
     assert (row["status"], row["plan_id"]) == ("planned", world.plan_id)
 
@@ -287,8 +290,9 @@ async def test_a_deleted_summoning_takes_the_right_to_edit_away(world: World) ->
     activity, doc = await _lead_creates(world, "activity", activity_values(world.plan_id))
     summoning, summoning_doc = await _summon(world, activity)
     first = update_entity(doc, "activity", {"status": "confirmed"})
-    assert code_of(await world.push("specialist", EntityPush("activity", activity, (first,)))) \
-        is None
+    assert (
+        code_of(await world.push("specialist", EntityPush("activity", activity, (first,)))) is None
+    )
     gone = update_entity(summoning_doc, "summoning", {"deleted": True})
     assert code_of(await world.push("lead", EntityPush("summoning", summoning, (gone,)))) is None
     second = update_entity(doc, "activity", {"status": "done"})
@@ -321,14 +325,20 @@ async def test_a_refused_entity_does_not_sink_the_rest_of_the_push(world: World)
     answer = await world.push(
         "specialist",
         EntityPush("activity", activity, (update_entity(doc, "activity", {"status": "done"}),)),
-        EntityPush("location", location,
-                   (update_entity(location_doc, "location", {"name": "Mine now"}),)),
-        EntityPush("summoning", summoning,
-                   (update_entity(summoning_doc, "summoning", {"status": "confirmed"}),)),
+        EntityPush(
+            "location", location, (update_entity(location_doc, "location", {"name": "Mine now"}),)
+        ),
+        EntityPush(
+            "summoning",
+            summoning,
+            (update_entity(summoning_doc, "summoning", {"status": "confirmed"}),),
+        ),
     )
     assert isinstance(answer, PushResult)
     assert [type(r).__name__ for r in answer.results] == [
-        "EntityAccepted", "EntityRejected", "EntityAccepted"
+        "EntityAccepted",
+        "EntityRejected",
+        "EntityAccepted",
     ]
 
 

@@ -66,8 +66,13 @@ def _b64(data: bytes) -> str:
 
 def _claims(user: uuid.UUID, **overrides: object) -> dict[str, object]:
     now = int(time.time())
-    claims: dict[str, object] = {"sub": str(user), "iat": now, "exp": now + 600,
-                                 "aud": "fieldsync", "iss": "fieldsync"}
+    claims: dict[str, object] = {
+        "sub": str(user),
+        "iat": now,
+        "exp": now + 600,
+        "aud": "fieldsync",
+        "iss": "fieldsync",
+    }
     claims.update(overrides)
     return claims
 
@@ -90,7 +95,9 @@ def _bad_tokens(user: uuid.UUID) -> dict[str, str]:
 
 
 async def test_no_project_data_flows_before_the_token_is_accepted(
-    sync_server: str, project: uuid.UUID, member: MemberFactory,
+    sync_server: str,
+    project: uuid.UUID,
+    member: MemberFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     user, good = await member(project)
@@ -122,9 +129,7 @@ async def test_no_project_data_flows_before_the_token_is_accepted(
     assert code == CloseCode.POLICY_VIOLATION
 
     # Tokens, good or bad, never reach the logs.
-    logged = "\n".join(
-        f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records
-    )
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     for token in [good, *tokens.values()]:
         for part in token.split("."):
             if len(part) > 16:
@@ -237,9 +242,17 @@ async def test_a_flood_is_throttled_while_other_clients_keep_their_latency(
             calm += await _phase(base, clients, 30)
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             worker = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.live.flood_worker", f"ws://{base}/sync",
-                flood_token, str(other_project), "6", cwd=ROOT, env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-m",
+                "tests.live.flood_worker",
+                f"ws://{base}/sync",
+                flood_token,
+                str(other_project),
+                "6",
+                cwd=ROOT,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             await asyncio.sleep(1.0)  # the flood is under way
             flooded += await _phase(base, clients, 30)
@@ -248,8 +261,10 @@ async def test_a_flood_is_throttled_while_other_clients_keep_their_latency(
             reports.append(json.loads(out))
     quiet_median = statistics.median(calm)
     flood_median = statistics.median(flooded)
-    print(f"push->ack median: quiet {quiet_median * 1000:.2f} ms, "
-          f"flood {flood_median * 1000:.2f} ms; flooder: {reports}")
+    print(
+        f"push->ack median: quiet {quiet_median * 1000:.2f} ms, "
+        f"flood {flood_median * 1000:.2f} ms; flooder: {reports}"
+    )
     for report in reports:
         # The flooder was cut off again and again, and refused at the door in between.
         assert report["sent"] > 1000, report

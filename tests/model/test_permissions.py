@@ -95,8 +95,7 @@ def test_a_specialist_cannot_touch_activities_they_are_not_summoned_to() -> None
 def test_a_specialist_answers_their_own_summoning_and_nothing_else_of_it() -> None:
     mine = {"activity_id": "a1", "user_id": ME, "status": "proposed"}
     assert code(SPECIALIST, check("summoning", mine, {**mine, "status": "confirmed"})) is None
-    for name, value in (("user_id", "someone-else"), ("activity_id", "a2"),
-                        ("starts_at", "later")):
+    for name, value in (("user_id", "someone-else"), ("activity_id", "a2"), ("starts_at", "later")):
         refused = check_write(SPECIALIST, check("summoning", mine, {**mine, name: value}))
         assert refused is not None
         assert refused.code is RejectCode.FORBIDDEN_FIELD
@@ -114,8 +113,9 @@ def test_a_specialist_answers_their_own_summoning_and_nothing_else_of_it() -> No
     )
 
 
-@pytest.mark.parametrize("entity_type", ["plan", "location", "role", "membership",
-                                         "project_settings"])
+@pytest.mark.parametrize(
+    "entity_type", ["plan", "location", "role", "membership", "project_settings"]
+)
 def test_a_specialist_only_reads_the_rest(entity_type: str) -> None:
     assert code(SPECIALIST, check(entity_type, {"name": "a"}, {"name": "b"})) == (
         "forbidden_entity"
@@ -134,8 +134,12 @@ relaxed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @relaxed
-@given(before=values, level=st.sampled_from(list(Level)),
-       summoned=st.booleans(), entity_type=st.sampled_from(sorted(SCHEMAS)))
+@given(
+    before=values,
+    level=st.sampled_from(list(Level)),
+    summoned=st.booleans(),
+    entity_type=st.sampled_from(sorted(SCHEMAS)),
+)
 def test_changes_that_change_nothing_are_always_allowed(
     before: dict[str, object], level: Level, summoned: bool, entity_type: str
 ) -> None:
