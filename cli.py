@@ -17,13 +17,12 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -82,6 +81,30 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="migrate the database, then serve HTTP")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="a browser Origin that may open the WebSocket (repeatable; '*' for any); "
+        "default $FIELDSYNC_ALLOWED_ORIGINS, comma-separated",
+    )
+    serve.add_argument(
+        "--jwks-url",
+        default=os.environ.get("FIELDSYNC_JWKS_URL"),
+        help="verify tokens (RS256/ES256) against this JWKS instead of the HS256 secret "
+        "(default $FIELDSYNC_JWKS_URL)",
+    )
+    serve.add_argument(
+        "--token-issuer",
+        default=os.environ.get("FIELDSYNC_TOKEN_ISSUER", "fieldsync"),
+        help="the iss claim tokens must carry with --jwks-url (default fieldsync)",
+    )
+    serve.add_argument(
+        "--token-audience",
+        default=os.environ.get("FIELDSYNC_TOKEN_AUDIENCE", "fieldsync"),
+        help="the aud claim tokens must carry with --jwks-url (default fieldsync)",
+    )
     serve.set_defaults(run=_serve)
 
     migrate_cmd = commands.add_parser("migrate", help="apply pending schema migrations")
@@ -234,9 +257,26 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
     await _migrate_now(url)
 
     from auth.secret import load_secret
+    from auth.tokens import JwksVerifier, SecretVerifier, TokenVerifier
+    from live.origins import origins_from_env
     from server import create_app, uvicorn_config
 
-    app = create_app(url, secret=load_secret(args.data_dir))
+    verifier: TokenVerifier
+    if args.jwks_url:
+        verifier = JwksVerifier(
+            args.jwks_url, audience=args.token_audience, issuer=args.token_issuer
+        )
+        logger.info("tokens are checked against the JWKS at %s", args.jwks_url)
+    else:
+        verifier = SecretVerifier(load_secret(args.data_dir))
+    origins = args.allowed_origin if args.allowed_origin is not None else origins_from_env()
+    admin_key = os.environ.get("FIELDSYNC_ADMIN_KEY") or None
+    try:
+        app = create_app(url, verifier=verifier, allowed_origins=origins, admin_key=admin_key)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    if admin_key is not None:
+        logger.info("the HTTP admin API is enabled under /admin")
     config = uvicorn_config(app, args.host, args.port)
     config.lifespan = "on"
     config.log_config = None  # keep our plain format
@@ -305,12 +345,10 @@ def _check_ttl(ttl: int) -> None:
 
 def _issue(secret: bytes, user_id: uuid.UUID, ttl: int) -> tuple[str, str]:
     """A token for the user and its expiry as an ISO 8601 UTC timestamp."""
-    from auth.tokens import issue_token
+    from auth.tokens import issue
 
-    now = time.time()
-    token = issue_token(secret, user_id, ttl_seconds=ttl, now=now)
-    expires = datetime.fromtimestamp(int(now) + ttl, UTC).isoformat()
-    return token, expires
+    issued = issue(secret, user_id, ttl)
+    return issued.token, issued.expires_at
 
 
 async def _account_create(args: argparse.Namespace, url: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
@@ -23,14 +23,25 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from auth.tokens import SecretVerifier, TokenVerifier
+from live.admin_http import admin_routes
 from live.feed import Hub
-from live.session import SyncServices, SyncSession, Transport
+from live.origins import OriginPolicy
+from live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
+from live.session import (
+    SyncServices,
+    SyncSession,
+    Transport,
+    membership_removed,
+    recheck_memberships,
+)
 from live.snapshot_http import snapshot_endpoint
 from model.limits import DEFAULT_LIMITS, Limits
 from store.changelog import ChangeLog, LogSlice
 from store.database import CONNECTION_ERRORS, close_pool, create_pool
 from store.migrations import check_schema
-from store.notifications import listen, notify, poll_heads
+from store.notifications import listen, listen_removals, notify, poll_heads
+from sync.errors import ErrorCode
 
 HEALTH_TIMEOUT = 2.0
 HEAD_POLL_SECONDS = 2.0
@@ -40,7 +51,11 @@ PING_INTERVAL_SECONDS = 20.0
 def create_app(
     database_url: str,
     *,
-    secret: bytes,
+    secret: bytes | None = None,
+    verifier: TokenVerifier | None = None,
+    allowed_origins: Iterable[str] = (),
+    rate_limit: RateLimit = DEFAULT_RATE_LIMIT,
+    admin_key: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
     pool_min_size: int = 1,
     pool_max_size: int = 10,
@@ -49,7 +64,19 @@ def create_app(
     listen_for_notifications: bool = True,
     outbox_hard_limit: int = 512,
 ) -> Starlette:
-    """The application; it refuses to start on a database whose schema does not match."""
+    """The application; it refuses to start on a database whose schema does not match.
+
+    Tokens are checked by ``verifier``, or else with HS256 and ``secret`` (one of the two is
+    required). ``allowed_origins`` lists the browser Origins that may open the WebSocket
+    (``*`` for any; clients that send no Origin are always let in). ``admin_key`` enables
+    the HTTP admin API under ``/admin`` (see docs/admin.md); without it there is none.
+    """
+    if verifier is None:
+        if secret is None:
+            raise ValueError("create_app needs a secret or a verifier")
+        verifier = SecretVerifier(secret)
+    token_verifier: TokenVerifier = verifier
+    origins = OriginPolicy(allowed_origins)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -71,9 +98,16 @@ def create_app(
             changelog = ChangeLog(pool, limits=limits, on_commit=committed)
             app.state.pool = pool
             app.state.health_timeout = health_timeout
-            app.state.secret = secret
-            app.state.sync = SyncServices(
-                pool, changelog, hub, secret, limits, outbox_hard_limit=outbox_hard_limit
+            app.state.verifier = token_verifier
+            app.state.origins = origins
+            sync = app.state.sync = SyncServices(
+                pool,
+                changelog,
+                hub,
+                token_verifier,
+                limits,
+                outbox_hard_limit=outbox_hard_limit,
+                rate_limit=rate_limit,
             )
             workers = [
                 asyncio.create_task(
@@ -82,6 +116,15 @@ def create_app(
             ]
             if listen_for_notifications:
                 workers.append(asyncio.create_task(listen(database_url, hub.poke)))
+                workers.append(
+                    asyncio.create_task(
+                        listen_removals(
+                            database_url,
+                            lambda project, user: membership_removed(sync, project, user),
+                            on_connected=lambda: _keep(background, recheck_memberships(sync)),
+                        )
+                    )
+                )
             try:
                 yield
             finally:
@@ -98,7 +141,14 @@ def create_app(
         Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
         WebSocketRoute("/sync", sync_endpoint),
     ]
+    if admin_key is not None:
+        routes.append(admin_routes(admin_key))
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _keep(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 async def _notify_quietly(pool: asyncpg.Pool, project_id: UUID, seq: int) -> None:
@@ -108,6 +158,19 @@ async def _notify_quietly(pool: asyncpg.Pool, project_id: UUID, seq: int) -> Non
 
 
 async def sync_endpoint(websocket: WebSocket) -> None:
+    origins: OriginPolicy = websocket.app.state.origins
+    if not origins.allows(websocket.headers.get("origin")):
+        # Refused before the upgrade: a page from elsewhere never gets a socket.
+        await websocket.send_denial_response(
+            JSONResponse(
+                {
+                    "code": ErrorCode.FORBIDDEN_ORIGIN.value,
+                    "message": "this Origin may not open a sync connection",
+                },
+                status_code=403,
+            )
+        )
+        return
     await websocket.accept()
     services: SyncServices = websocket.app.state.sync
 

@@ -113,32 +113,17 @@ def entity_conflicts(
     before: Document | None,
     after: Document,
     new_changes: Sequence[ChangeHeader],
-    *,
-    clean_history: bool = False,
 ) -> EntityConflicts:
     """The conflicts of ``entity_id`` after merging ``new_changes`` into ``before``.
 
     ``after`` must hold every change of ``before`` and ``new_changes``. With ``before=None``
     (a new entity, or a rebuild passing every logged change as new) nothing is superseded.
-
-    ``clean_history``: no state of the entity's earlier changes ever held a conflict (the
-    store knows: the entity has no conflict record at all, since a conflict stays in every
-    later state until a change that saw it resolves it, and that is recorded). Then a new
-    change written on such a state, or on one that only a single author extended, cannot
-    have resolved anything, and decoding its operations (the rules' dearest step) is
-    skipped. ``new_changes`` must be in dependency order.
     """
     rules = _Rules(entity_type, entity_id, after)
     heads = _heads(after)
     now = rules.open_at(heads)
     resolved: list[Resolution] = []
-    new = {header.hash for header in new_changes}
-    clean: set[bytes] = set()  # new changes after which the state is known conflict-free
     for header in new_changes:
-        deps = set(header.deps)
-        if clean_history and (not deps & new or (len(deps) == 1 and deps <= clean)):
-            clean.add(header.hash)
-            continue
         try:
             ops = decode_change_ops(header.data)
         except ChangeFormatError:

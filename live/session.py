@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,11 +19,14 @@ from uuid import UUID
 
 import asyncpg
 
-from auth.tokens import TokenError, verify_token
+from auth.tokens import TokenError, TokenVerifier
 from live.feed import Hub, LiveSubscription, conflict_frames, conflict_record, log_frames
 from live.outbox import Outbox, OutboxClosedError
+from live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
 from model.limits import Limits
 from model.merge import EntityChanges
+from model.permissions import WRITE_LEVELS
+from store.authorization import write_rule
 from store.changelog import Accepted, ChangeLog
 from store.errors import StoreError, UnknownProject
 from store.projects import member_level
@@ -54,8 +58,13 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_CHUNK_BYTES = 512 * 1024
 CATCH_UP_BATCH = 500
-WRITE_LEVELS = frozenset({"lead", "specialist"})
 CLOSE_GRACE_SECONDS = 10.0
+# A client refused for its rate waits this long for the refusal: a reconnect loop stalls.
+RATE_PENALTY_SECONDS = 1.0
+# How long the fatal rate_limited error may take to go out before the socket is dropped.
+DROP_GRACE_SECONDS = 1.0
+NOT_A_MEMBER = "no such project, or you are not a member of it"
+REMOVED = "you are no longer a member of this project"
 
 
 @dataclass
@@ -65,12 +74,33 @@ class SyncServices:
     pool: asyncpg.Pool
     changelog: ChangeLog
     hub: Hub
-    secret: bytes
+    verifier: TokenVerifier
     limits: Limits
     max_connections_per_user: int = 16
     outbox_soft_limit: int = 64
     outbox_hard_limit: int = 512
+    rate_limit: RateLimit = DEFAULT_RATE_LIMIT
     connections: dict[UUID, int] = field(default_factory=dict)
+    sessions: dict[UUID, set[SyncSession]] = field(default_factory=dict)
+    buckets: dict[UUID, TokenBucket] = field(default_factory=dict)
+
+
+def membership_removed(services: SyncServices, project_id: UUID, user_id: UUID) -> None:
+    """A removal committed (in any process): end the user's streams of that project now."""
+    for session in list(services.sessions.get(user_id, ())):
+        session.membership_removed(project_id)
+
+
+def recheck_memberships(services: SyncServices) -> asyncio.Task[None]:
+    """Check every open stream's membership again (removal notices may have been missed)."""
+
+    async def check() -> None:
+        for sessions in list(services.sessions.values()):
+            for session in list(sessions):
+                with contextlib.suppress(StoreError, OSError, asyncpg.PostgresError):
+                    await session.recheck_memberships()
+
+    return asyncio.get_running_loop().create_task(check())
 
 
 class Transport:
@@ -96,6 +126,10 @@ class SyncSession:
         self._user_id: UUID | None = None
         self._subscriptions: dict[UUID, asyncio.Task[None]] = {}
         self._live: dict[UUID, LiveSubscription] = {}
+        self._names: dict[UUID, str] = {}  # project ids as the client spelled them
+        self._member_of: set[UUID] = set()  # membership confirmed on this connection
+        self._strikes = 0  # frames refused in a row for the rate limit
+        self._drop = False  # end without a closing handshake (an abusive peer)
         self._session_id = uuid.uuid4().hex
         self._counted = False
         self._writer: asyncio.Task[None] | None = None
@@ -108,9 +142,13 @@ class SyncSession:
                 frame = await self._transport.receive()
                 if frame is None:
                     break
+                limited = not self._within_rate()
                 self._protocol.receive_frame(frame)
                 for event in self._protocol.events_received():
-                    await self._handle(event)
+                    if limited:
+                        self._rate_limited(event)
+                    else:
+                        await self._handle(event)
                 self._flush()
         finally:
             for task in self._subscriptions.values():
@@ -118,15 +156,72 @@ class SyncSession:
             for subscription in self._live.values():
                 self._services.hub.leave(subscription)
             if self._counted and self._user_id is not None:
-                self._services.connections[self._user_id] -= 1
+                self._forget_user(self._user_id)
             self._flush()
             self._outbox.close()
             with contextlib.suppress(Exception):
-                await writer
+                if self._drop:
+                    await asyncio.wait_for(writer, DROP_GRACE_SECONDS)
+                else:
+                    await writer
             requested = self._protocol.close_requested
-            if requested is not None:
+            if requested is not None and not self._drop:
                 with contextlib.suppress(Exception):
                     await self._transport.close(int(requested[0]), requested[1])
+
+    def _forget_user(self, user_id: UUID) -> None:
+        services = self._services
+        services.connections[user_id] -= 1
+        sessions = services.sessions.get(user_id, set())
+        sessions.discard(self)
+        if services.connections[user_id] <= 0:
+            del services.connections[user_id]
+            services.sessions.pop(user_id, None)
+            bucket = services.buckets.get(user_id)
+            # A user who left owing tokens keeps the debt: reconnecting buys no new burst.
+            if bucket is not None and bucket.full(time.monotonic()):
+                del services.buckets[user_id]
+
+    def _bucket(self, user_id: UUID) -> TokenBucket:
+        bucket = self._services.buckets.get(user_id)
+        if bucket is None:
+            bucket = self._services.buckets[user_id] = TokenBucket(
+                self._services.rate_limit, time.monotonic()
+            )
+        return bucket
+
+    def _within_rate(self) -> bool:
+        """Whether this frame fits the user's message rate (the hello is charged there)."""
+        if self._protocol.state is not ConnectionState.OPEN or self._user_id is None:
+            return True
+        if self._bucket(self._user_id).take(time.monotonic()):
+            self._strikes = 0
+            return True
+        return False
+
+    def _rate_limited(self, event: object) -> None:
+        """Refuse a message over the rate; close once the client plainly will not slow down."""
+        self._strikes += 1
+        limit = self._services.rate_limit
+        if self._strikes >= limit.max_strikes:
+            # Dropped without a closing handshake: a flooding peer is not trusted to answer
+            # one, and while waiting for it the server would go on reading its flood.
+            self._protocol.fail(
+                ErrorCode.RATE_LIMITED,
+                f"{self._strikes} messages in a row over the rate limit "
+                f"({limit.rate:g} per second per user)",
+                CloseCode.POLICY_VIOLATION,
+            )
+            self._drop = True
+            return
+        self._protocol.send(
+            Error(
+                ErrorCode.RATE_LIMITED.value,
+                f"over the rate limit of {limit.rate:g} messages per second per user; "
+                "this message was not processed: send it again later",
+                push_id=event.push_id if isinstance(event, Push) else None,
+            )
+        )
 
     def _flush(self) -> None:
         for frame in self._protocol.data_to_send():
@@ -152,10 +247,29 @@ class SyncSession:
 
     async def _hello(self, hello: Hello) -> None:
         try:
-            claims = verify_token(self._services.secret, hello.token)
+            claims = await self._services.verifier.verify(hello.token)
         except TokenError as exc:
+            if exc.unavailable:
+                log.warning("cannot check tokens: %s", exc)
+                self._protocol.refuse(
+                    ErrorCode.SERVER_UNAVAILABLE,
+                    "the server cannot check tokens right now; try again later",
+                    CloseCode.TRY_AGAIN_LATER,
+                )
+                return
             code = ErrorCode.TOKEN_EXPIRED if exc.expired else ErrorCode.INVALID_TOKEN
             self._protocol.refuse(code, str(exc), CloseCode.UNAUTHORIZED)
+            return
+        if not self._bucket(claims.user_id).take(time.monotonic()):
+            # A hello costs a message too, so reconnecting in a loop buys no relief; the
+            # refusal is slow on purpose, so a reconnect loop mostly waits.
+            await asyncio.sleep(RATE_PENALTY_SECONDS)
+            self._protocol.refuse(
+                ErrorCode.RATE_LIMITED,
+                "over the message rate limit; reconnect later",
+                CloseCode.POLICY_VIOLATION,
+            )
+            self._drop = True
             return
         open_now = self._services.connections.get(claims.user_id, 0)
         if open_now >= self._services.max_connections_per_user:
@@ -166,6 +280,7 @@ class SyncSession:
             )
             return
         self._services.connections[claims.user_id] = open_now + 1
+        self._services.sessions.setdefault(claims.user_id, set()).add(self)
         self._counted = True
         self._user_id = claims.user_id
         limits = self._services.limits
@@ -196,24 +311,55 @@ class SyncSession:
         assert self._user_id is not None
         async with self._services.pool.acquire() as conn:
             level = await member_level(conn, project, self._user_id)
-        return (project, level) if level is not None else None
+        if level is None:
+            return None
+        self._member_of.add(project)
+        return project, level
+
+    def _refusal(self, project_id: str) -> tuple[ErrorCode, str]:
+        """Why a project is refused: unknown and forbidden alike, unless this connection
+        already saw the user as a member (then saying so reveals nothing new)."""
+        with contextlib.suppress(ValueError):
+            if UUID(project_id) in self._member_of:
+                return ErrorCode.MEMBERSHIP_REMOVED, REMOVED
+        return ErrorCode.PROJECT_UNAVAILABLE, NOT_A_MEMBER
 
     def _project_error(self, project_id: str, code: ErrorCode, message: str) -> None:
         self._protocol.send(ProjectError(project_id, code.value, message))
         self._flush()
 
+    def membership_removed(self, project: UUID) -> None:
+        """The user was taken out of ``project``: stop its stream, say why, refuse pushes."""
+        if project not in self._member_of:
+            return
+        task = self._subscriptions.pop(project, None)
+        if task is not None:
+            task.cancel()
+        subscription = self._live.pop(project, None)
+        if subscription is not None:
+            self._services.hub.leave(subscription)
+        if task is not None or subscription is not None:
+            self._project_error(
+                self._names.get(project, str(project)), ErrorCode.MEMBERSHIP_REMOVED, REMOVED
+            )
+
+    async def recheck_memberships(self) -> None:
+        if self._user_id is None:
+            return
+        for project in list(self._subscriptions):
+            async with self._services.pool.acquire() as conn:
+                if await member_level(conn, project, self._user_id) is None:
+                    self.membership_removed(project)
+
     async def _subscribe(self, wanted: ProjectCursor) -> None:
         access = await self._level(wanted.project_id)
         if access is None:
-            self._project_error(
-                wanted.project_id,
-                ErrorCode.PROJECT_UNAVAILABLE,
-                "no such project, or you are not a member of it",
-            )
+            self._project_error(wanted.project_id, *self._refusal(wanted.project_id))
             return
         project, _ = access
         if project in self._subscriptions:
             return  # already syncing it
+        self._names[project] = wanted.project_id
         task = asyncio.create_task(self._sync_project(project, wanted))
         self._subscriptions[project] = task
 
@@ -325,13 +471,8 @@ class SyncSession:
     async def _push(self, push: Push) -> None:
         access = await self._level(push.project_id)
         if access is None:
-            self._protocol.send(
-                Error(
-                    ErrorCode.PROJECT_UNAVAILABLE.value,
-                    "no such project, or you are not a member of it",
-                    push_id=push.push_id,
-                )
-            )
+            code, message = self._refusal(push.project_id)
+            self._protocol.send(Error(code.value, message, push_id=push.push_id))
             return
         project, level = access
         if level not in WRITE_LEVELS:
@@ -345,7 +486,10 @@ class SyncSession:
             return
         batch = [EntityChanges(e.entity_type, e.entity_id, e.changes) for e in push.entities]
         try:
-            results = await self._services.changelog.append(project, batch, str(self._user_id))
+            assert self._user_id is not None
+            results = await self._services.changelog.append(
+                project, batch, str(self._user_id), authorize=write_rule(project, self._user_id)
+            )
         except (StoreError, OSError, asyncpg.PostgresError) as exc:
             log.warning("push %s to project %s failed: %s", push.push_id, project, exc)
             self._protocol.send(

@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from auth.tokens import TokenError, verify_token
+from auth.tokens import TokenError, TokenVerifier
 from live.feed import conflict_frames, conflict_record
 from store.projects import member_level
 from store.snapshots import open_snapshot
@@ -41,7 +41,7 @@ def _not_found() -> JSONResponse:
 
 
 async def snapshot_endpoint(request: Request) -> Response:
-    secret: bytes = request.app.state.secret
+    verifier: TokenVerifier = request.app.state.verifier
     pool: asyncpg.Pool = request.app.state.pool
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -50,8 +50,13 @@ async def snapshot_endpoint(request: Request) -> Response:
             status_code=401,
         )
     try:
-        claims = verify_token(secret, token.strip())
+        claims = await verifier.verify(token.strip())
     except TokenError as exc:
+        if exc.unavailable:
+            return JSONResponse(
+                {"code": "server_unavailable", "message": "tokens cannot be checked right now"},
+                status_code=503,
+            )
         code = "token_expired" if exc.expired else "invalid_token"
         return JSONResponse({"code": code, "message": str(exc)}, status_code=401)
     try:

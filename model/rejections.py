@@ -25,6 +25,12 @@ class RejectCode(StrEnum):
     MISSING_DEPENDENCIES = "missing_dependencies"
     SCHEMA_VIOLATION = "schema_violation"
     UNSUPPORTED_VALUE = "unsupported_value"
+    # The writer's level does not allow the change (rules in ``model.permissions``)
+    FORBIDDEN_CREATE = "forbidden_create"
+    FORBIDDEN_ENTITY = "forbidden_entity"
+    FORBIDDEN_FIELD = "forbidden_field"
+    FORBIDDEN_DELETE = "forbidden_delete"
+    MEMBERSHIP_REMOVED = "membership_removed"  # removed while the push was on its way
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -29,6 +29,7 @@ from model.merge import (
     decode_entity_changes,
     merge_entity,
 )
+from model.permissions import WriteCheck, write_check
 from model.rejections import RejectCode, Rejection
 from store.compaction import should_compact
 from store.conflicts import (
@@ -62,6 +63,13 @@ class Rejected:
 
 
 AppendResult = Accepted | Rejected
+
+
+Authorize = Callable[[WriteCheck], Rejection | None]
+"""Decides whether one merged entity may be written; a Rejection replaces the merge."""
+
+AuthorizeFactory = Callable[[Any], Awaitable[Authorize]]
+"""Called once per append, under the project's lock, with the transaction's connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +174,17 @@ class ChangeLog:
         return self._limits
 
     async def append(
-        self, project_id: UUID, batch: Sequence[EntityChanges], sender: str
+        self,
+        project_id: UUID,
+        batch: Sequence[EntityChanges],
+        sender: str,
+        *,
+        authorize: AuthorizeFactory | None = None,
     ) -> list[AppendResult]:
         """Append each entity's changes all-or-nothing; one result per item, in order.
+
+        ``authorize``, if given, is asked under the lock for the sender's write rule, which
+        then sees every entity whose merge logs new changes (values before and after).
 
         Results are returned only after the transaction committed. Raises UnknownProject,
         BatchTooLarge, or StoreError when the database fails. After a StoreError the outcome
@@ -181,7 +197,9 @@ class ChangeLog:
         _reject_repeated_entities(batch, decoded)
         for attempt in range(2):
             try:
-                return await self._append_locked(project_id, batch, decoded, sender)
+                return await self._append_locked(
+                    project_id, batch, decoded, sender, authorize
+                )
             except asyncpg.UniqueViolationError as exc:
                 # Another project created one of these entity ids concurrently; the retry
                 # sees its row and rejects the entity as belonging to another project.
@@ -197,6 +215,7 @@ class ChangeLog:
         batch: Sequence[EntityChanges],
         decoded: Sequence[DecodedChanges | Rejection],
         sender: str,
+        authorize: AuthorizeFactory | None = None,
     ) -> list[AppendResult]:
         async with self._pool.acquire() as conn, conn.transaction():
             head = await conn.fetchval(_LOCK_HEAD, project_id)
@@ -220,6 +239,9 @@ class ChangeLog:
                         self._limits,
                     )
                 )
+            if authorize is not None:
+                rule = await authorize(conn)
+                outcomes = [_authorized(o, stored, rule) for o in outcomes]
             writes = _plan_writes(project_id, head, outcomes, stored, sender)
             conflicts = await plan_conflicts(
                 conn, project_id, _entity_merges(outcomes, stored, writes), sender
@@ -330,6 +352,19 @@ async def _changes_since(
         LoggedChange(r["seq"], r["entity_type"], r["entity_id"], r["hash"], r["change"])
         for r in rows
     ]
+
+
+def _authorized(
+    outcome: Merged | Rejection, stored: dict[str, _StoredRow], rule: Authorize
+) -> Merged | Rejection:
+    if isinstance(outcome, Rejection) or not outcome.new_changes:
+        return outcome
+    entity_id = outcome.decoded.entity_id
+    row = stored.get(entity_id)
+    before = row.entity.document if row is not None else None
+    check = write_check(outcome.decoded.entity_type, entity_id, before, outcome.values)
+    refused = rule(check)
+    return outcome if refused is None else refused
 
 
 def _reject_repeated_entities(

@@ -209,14 +209,7 @@ async def _single_entity(
         if rules_needed(m.heads_before, m.new_changes, ledger.entity_rows(m.entity_id))
     ]
     results = [
-        entity_conflicts(
-            m.entity_type,
-            m.entity_id,
-            None,
-            m.document,
-            m.new_changes,
-            clean_history=not ledger.entity_rows(m.entity_id),
-        )
+        entity_conflicts(m.entity_type, m.entity_id, None, m.document, m.new_changes)
         for m in checked
     ]
     seq_of: dict[str, int] = {}

@@ -17,6 +17,7 @@ import uuid
 import asyncpg
 
 from store.errors import StoreError, UnknownProject
+from store.notifications import notify_removal
 
 LEVELS = ("lead", "specialist", "viewer")
 """Permission levels of project members, most powerful first."""
@@ -189,8 +190,9 @@ async def remove_member(
 ) -> str:
     """Take ``user_id`` out of ``project_id``; returns the level they had.
 
-    From then on the server refuses them the project. Raises UnknownProject, UnknownUser,
-    or NotAMember when there is nobody to remove.
+    From then on the server refuses them the project, and every server process closes
+    their live subscriptions to it (told by a notification sent when this commits). Raises
+    UnknownProject, UnknownUser, or NotAMember when there is nobody to remove.
     """
     async with conn.transaction():
         await require_project(conn, project_id)
@@ -203,6 +205,7 @@ async def remove_member(
         )
         if level is None:
             raise NotAMember(project_id, user_id)
+        await notify_removal(conn, project_id, user_id)
     return level
 
 

@@ -21,14 +21,17 @@ class ErrorCode(StrEnum):
     INVALID_TOKEN = "invalid_token"
     TOKEN_EXPIRED = "token_expired"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    FORBIDDEN_ORIGIN = "forbidden_origin"  # HTTP 403 before the upgrade, never a frame
     # Projects
     PROJECT_UNAVAILABLE = "project_unavailable"  # unknown or not a member: same answer
+    MEMBERSHIP_REMOVED = "membership_removed"  # was a member on this connection, no longer
     NOT_SUBSCRIBED = "not_subscribed"
     CURSOR_AHEAD = "cursor_ahead"
     FORBIDDEN = "forbidden"
     TOO_MANY_ENTITIES = "too_many_entities"
     # The connection
     TOO_SLOW = "too_slow"
+    RATE_LIMITED = "rate_limited"  # over the user's message rate; fatal if it goes on
     SERVER_UNAVAILABLE = "server_unavailable"
     INTERNAL_ERROR = "internal_error"
 
@@ -40,6 +43,7 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # the server cannot check the token right now (JWKS unreachable)
     UNAUTHORIZED = 4001  # invalid or expired token: get a new one before reconnecting
     UNSUPPORTED_VERSION = 4002
     TOO_SLOW = 4008  # the client fell behind: reconnect and resume from its own cursor

@@ -19,6 +19,7 @@ __all__ = [
     "EntityNotFound",
     "FieldsyncError",
     "IncompatibleServer",
+    "MembershipRemoved",
     "Offline",
     "ProjectUnavailable",
     "ServerError",
@@ -95,6 +96,15 @@ class ProjectUnavailable(ServerError):  # noqa: N818 (a condition, named as such
     def __init__(self, project_id: str, code: str, message: str) -> None:
         super().__init__(code, message)
         self.project_id = project_id
+
+
+class MembershipRemoved(ProjectUnavailable):
+    """The user was removed from the project while syncing it (``membership_removed``).
+
+    The project stops syncing, and every change still in its outbox is rejected with this
+    code (see ``Project.rejected_changes()``): the server will never log them. The local
+    copy stays readable.
+    """
 
 
 class Offline(FieldsyncError):  # noqa: N818 (a condition, named as such)

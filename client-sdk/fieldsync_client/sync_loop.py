@@ -37,6 +37,7 @@ from fieldsync_client.errors import (
     AuthError,
     FieldsyncError,
     IncompatibleServer,
+    MembershipRemoved,
     Offline,
     ProjectUnavailable,
     ServerError,
@@ -79,7 +80,13 @@ log = logging.getLogger("fieldsync_client")
 
 PLAN_ROWS = 20_000  # outbox rows read to plan one push
 _AUTH_CODES = frozenset({ErrorCode.INVALID_TOKEN.value, ErrorCode.TOKEN_EXPIRED.value})
-_RETRYABLE_PUSH = frozenset({ErrorCode.SERVER_UNAVAILABLE.value, ErrorCode.INTERNAL_ERROR.value})
+_RETRYABLE_PUSH = frozenset(
+    {
+        ErrorCode.SERVER_UNAVAILABLE.value,
+        ErrorCode.INTERNAL_ERROR.value,
+        ErrorCode.RATE_LIMITED.value,
+    }
+)
 _TOO_BIG_PUSH = frozenset({ErrorCode.TOO_MANY_ENTITIES.value, ErrorCode.FRAME_TOO_LARGE.value})
 _MISSING_DEPENDENCIES = "missing_dependencies"
 REPAIR_ROW = 0  # the outbox id of a change sent again to fill a gap (no outbox row)
@@ -575,7 +582,9 @@ class _Session:
             self.conn.send(Subscribe(ProjectCursor(project_id, None)))
             return
         self.subscribed.discard(project_id)
-        if error.code == ErrorCode.PROJECT_UNAVAILABLE.value:
+        if error.code == ErrorCode.MEMBERSHIP_REMOVED.value:
+            self._membership_removed(project_id, error.message)
+        elif error.code == ErrorCode.PROJECT_UNAVAILABLE.value:
             failure = ProjectUnavailable(project_id, error.code, error.message)
             self.loop.failed[project_id] = failure
             self.loop.error(failure)
@@ -777,6 +786,41 @@ class _Session:
         else:
             del repairs[batch.entity_id]
 
+    def _membership_removed(self, project_id: str, message: str) -> None:
+        """Removed from the project: stop syncing it and reject its outbox, which the server
+        will never log, so the app sees each change refused rather than waiting forever.
+
+        Changes in a push still in flight wait for that push's answer (it may have been
+        logged just before the removal).
+        """
+        code = ErrorCode.MEMBERSHIP_REMOVED.value
+        failure = MembershipRemoved(project_id, code, message)
+        self.subscribed.discard(project_id)
+        self.snapshots.pop(project_id, None)
+        self.snapshot_conflicts.pop(project_id, None)
+        self.loop.live.discard(project_id)
+        self.loop.failed[project_id] = failure
+        replica = self.host.replicas().get(project_id)
+        if replica is not None:
+            flying = {
+                entry.id
+                for flight in self.in_flight.values()
+                if flight.project_id == project_id
+                for batch in flight.batches
+                for entry in batch.entries
+            }
+            by_entity: dict[str, list[int]] = {}
+            for entry in self.host.store.pending_changes(project_id):
+                if entry.id not in flying:
+                    by_entity.setdefault(entry.entity_id, []).append(entry.id)
+            rejected: list[int] = []
+            for entity_id, ids in by_entity.items():
+                rejected.extend(replica.reject(entity_id, ids, code, message, {}))
+            if rejected:
+                self.host.changes_rejected(project_id, rejected)
+        self.loop.error(failure)
+        self.host.project_failed(project_id, failure)
+
     def _push_refused(self, flight: _InFlight, error: Error) -> None:
         """The whole push was refused before any entity was looked at."""
         project_id = flight.project_id
@@ -788,6 +832,8 @@ class _Session:
         if error.code in _RETRYABLE_PUSH:
             self.loop.error(ServerError(error.code, error.message))
             self._later(lambda: self.push(project_id))
+        elif error.code == ErrorCode.MEMBERSHIP_REMOVED.value:
+            self._membership_removed(project_id, error.message)
         elif error.code == ErrorCode.PROJECT_UNAVAILABLE.value:
             failure = ProjectUnavailable(project_id, error.code, error.message)
             self.loop.failed[project_id] = failure

@@ -48,7 +48,8 @@ async def test_two_clients_edit_the_same_activity_offline_and_converge(
     pool: asyncpg.Pool,
 ) -> None:
     client_a, a, token_a, _ = await online(server.url, project, "a")
-    client_b, b, token_b, _ = await online(server.url, project, "b", "specialist")
+    # b is a lead too: a specialist may only edit activities they are summoned to.
+    client_b, b, token_b, _ = await online(server.url, project, "b", "lead")
     assert a.bootstrapped
     assert b.bootstrapped
 

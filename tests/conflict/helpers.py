@@ -160,12 +160,7 @@ class ProjectSim:
         if not rules_needed(heads, merged.new_changes, existing):
             return  # as the store does; the rebuild below always runs the rules
         result = entity_conflicts(
-            entity_type,
-            entity_id,
-            before,
-            merged.document,
-            merged.new_changes,
-            clean_history=not existing,
+            entity_type, entity_id, before, merged.document, merged.new_changes
         )
         self.ledger.apply(plan_entity(result, existing, self.seq_of))
 

@@ -24,13 +24,13 @@ async def test_conflicts_follow_their_changes_everywhere(
     database_url: str, project: uuid.UUID, member: MemberFactory
 ) -> None:
     _, lead = await member(project)
-    _, specialist = await member(project, "specialist")
+    _, other_lead = await member(project)
     key = str(project)
     async with running_server(database_url) as first, running_server(database_url) as second:
         ana, ben = await SyncClient.connect(first), await SyncClient.connect(first)
         watcher = await SyncClient.connect(second)  # live on the other process
         await ana.hello(lead)
-        await ben.hello(specialist)
+        await ben.hello(other_lead)
         await watcher.hello(lead, [ProjectCursor(key, None)])
         await watcher.sync_until_synced(key)
 

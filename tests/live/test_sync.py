@@ -36,7 +36,8 @@ async def test_a_push_reaches_a_live_client_and_late_joiners_agree(
     sync_server: str, project: uuid.UUID, member: MemberFactory
 ) -> None:
     _, token_a = await member(project)
-    _, token_b = await member(project, "specialist")
+    # b is a lead too: a specialist may only edit activities they are summoned to.
+    _, token_b = await member(project, "lead")
     a, b = await SyncClient.connect(sync_server), await SyncClient.connect(sync_server)
     await a.hello(token_a, [ProjectCursor(str(project), None)])
     await b.hello(token_b, [ProjectCursor(str(project), None)])

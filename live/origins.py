@@ -1,0 +1,36 @@
+"""Which browser pages may open a sync WebSocket: an allow-list of Origins.
+
+Browsers send an ``Origin`` header with every WebSocket handshake and let any page connect
+anywhere, so without a check a malicious page could use a logged-in user's stored token
+from their browser. Native clients (the SDK, apps) send no Origin and are always allowed:
+the header protects browsers, it is not authentication.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+ANY_ORIGIN = "*"
+ENV_VARIABLE = "FIELDSYNC_ALLOWED_ORIGINS"
+
+
+def normalize_origin(origin: str) -> str:
+    """Origins compare case-insensitively and without a trailing slash."""
+    return origin.strip().rstrip("/").lower()
+
+
+class OriginPolicy:
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
+        self.allowed = frozenset(normalize_origin(o) for o in allowed if o.strip())
+
+    def allows(self, origin: str | None) -> bool:
+        """True for no Origin (not a browser), ``*`` configured, or a listed Origin."""
+        if origin is None:
+            return True
+        return ANY_ORIGIN in self.allowed or normalize_origin(origin) in self.allowed
+
+
+def origins_from_env(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``FIELDSYNC_ALLOWED_ORIGINS``: comma-separated, e.g. ``https://app.example.org``."""
+    return [o for o in environ.get(ENV_VARIABLE, "").split(",") if o.strip()]

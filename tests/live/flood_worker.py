@@ -1,0 +1,58 @@
+"""An abusive client, run as its own process: it sends pushes as fast as it can for a while,
+reconnecting whenever the server closes it, and prints what happened as one JSON line.
+
+    python -m tests.live.flood_worker WS_URL TOKEN PROJECT_ID SECONDS
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from model.writer import create_entity
+from sync.codec import decode_server, encode
+from sync.messages import EntityPush, Error, Hello, Push, Welcome
+from tests.entities import location_values, new_id
+
+
+def flood(url: str, token: str, project_id: str, seconds: float) -> dict[str, object]:
+    _, change = create_entity("location", location_values())
+    frame = encode(Push(1, project_id, (EntityPush("location", new_id(), (change,)),)))
+    closes: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
+    connections = sent = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with connect(url, compression=None, max_size=None, open_timeout=5) as ws:
+                connections += 1
+                ws.send(encode(Hello((1,), token, "flooder")))
+                first = decode_server(ws.recv(timeout=5))
+                if not isinstance(first, Welcome):
+                    assert isinstance(first, Error), first
+                    refused[first.code] += 1
+                    ws.recv(timeout=5)  # the close
+                    continue
+                while time.monotonic() < deadline:
+                    ws.send(frame)
+                    sent += 1
+        except ConnectionClosed as closed:
+            closes[str(closed.rcvd.code if closed.rcvd else None)] += 1
+        except (OSError, TimeoutError) as exc:
+            closes[type(exc).__name__] += 1
+    return {
+        "connections": connections,
+        "sent": sent,
+        "closes": dict(closes),
+        "refused_hellos": dict(refused),
+    }
+
+
+if __name__ == "__main__":
+    url, token, project_id, seconds = sys.argv[1:5]
+    print(json.dumps(flood(url, token, project_id, float(seconds))))
