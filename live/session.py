@@ -332,13 +332,7 @@ class SyncSession:
         """The user was taken out of ``project``: stop its stream, say why, refuse pushes."""
         if project not in self._member_of:
             return
-        task = self._subscriptions.pop(project, None)
-        if task is not None:
-            task.cancel()
-        subscription = self._live.pop(project, None)
-        if subscription is not None:
-            self._services.hub.leave(subscription)
-        if task is not None or subscription is not None:
+        if self._stop_stream(project):
             self._project_error(
                 self._names.get(project, str(project)), ErrorCode.MEMBERSHIP_REMOVED, REMOVED
             )
@@ -372,13 +366,17 @@ class SyncSession:
 
     def _unsubscribe(self, project_id: str) -> None:
         with contextlib.suppress(ValueError):
-            project = UUID(project_id)
-            task = self._subscriptions.pop(project, None)
-            if task is not None:
-                task.cancel()
-            subscription = self._live.pop(project, None)
-            if subscription is not None:
-                self._services.hub.leave(subscription)
+            self._stop_stream(UUID(project_id))
+
+    def _stop_stream(self, project: UUID) -> bool:
+        """End the project's snapshot, catch-up or live stream; False if there was none."""
+        task = self._subscriptions.pop(project, None)
+        if task is not None:
+            task.cancel()
+        subscription = self._live.pop(project, None)
+        if subscription is not None:
+            self._services.hub.leave(subscription)
+        return task is not None or subscription is not None
 
     async def _sync_project(self, project: UUID, wanted: ProjectCursor) -> None:
         """Snapshot (if asked), catch up from the log, then go live."""

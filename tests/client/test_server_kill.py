@@ -19,10 +19,10 @@ from pathlib import Path
 import asyncpg
 from fieldsync_client import FieldsyncClient, Project
 
-from tests.client.conftest import ClientFactory
+from tests.client.conftest import OnlineFactory
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until
 from tests.entities import location_values
-from tests.live_server import TEST_SECRET, MemberFactory, free_port
+from tests.live_server import TEST_SECRET, free_port
 from tests.test_server_command import FIELDSYNC, Serving
 
 EDITS = 200  # per client
@@ -85,21 +85,14 @@ async def _edit(client: FieldsyncClient, project: Project, name: str, made: set[
 async def test_clients_converge_after_the_server_is_killed_mid_sync(
     database_url: str,
     project: uuid.UUID,
-    member: MemberFactory,
-    make_client: ClientFactory,
+    online: OnlineFactory,
     pool: asyncpg.Pool,
 ) -> None:
     server = ServeProcess(database_url)
     await server.start()
     try:
-        _, token_a = await member(project)
-        _, token_b = await member(project)
-        client_a = make_client(server.url, token_a, "a")
-        client_b = make_client(server.url, token_b, "b")
-        a = await client_a.open_project(str(project))
-        b = await client_b.open_project(str(project))
-        await client_a.wait_synced(15)
-        await client_b.wait_synced(15)
+        client_a, a, token_a, _ = await online(server.url, project, "a")
+        client_b, b, _, _ = await online(server.url, project, "b")
         prefix = project.hex[:8]  # entity ids are unique across projects
         made_a: set[bytes] = set()
         made_b: set[bytes] = set()

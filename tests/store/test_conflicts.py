@@ -96,6 +96,10 @@ class Project:
         [row] = await self.rows()
         return row
 
+    async def assert_only_row_resolved_at(self, seq: int) -> None:
+        row = await self.only()
+        assert (row.status, row.resolved_seq) == ("resolved", seq)
+
     async def fed(self, after: int, upto: int) -> list[tuple[int, str, str]]:
         """The conflict updates a client relayed through (after, upto] is sent."""
         async with self.pool.acquire() as conn:
@@ -204,8 +208,7 @@ async def test_two_valid_moves_merging_into_a_broken_interval(world: Project) ->
     lead.sync_from(ana)
     lead.sync_from(ben)
     fixed = await world.send("user-lead", lead, "act", {"ends_at": at(16)})
-    assert (await world.only()).status == "resolved"
-    assert (await world.only()).resolved_seq == fixed
+    await world.assert_only_row_resolved_at(fixed)
     await world.assert_rebuild_gives_the_same_rows()
 
 
@@ -229,10 +232,7 @@ async def test_an_edit_concurrent_with_a_deletion_is_kept_and_reported(world: Pr
     lead.sync_from(ana)
     lead.sync_from(ben)
     restored = await world.send("user-lead", lead, "act", {"deleted": False})
-    assert ((await world.only()).status, (await world.only()).resolved_seq) == (
-        "resolved",
-        restored,
-    )
+    await world.assert_only_row_resolved_at(restored)
     await world.assert_rebuild_gives_the_same_rows()
 
 
@@ -248,20 +248,22 @@ async def test_an_activity_at_a_deleted_location(world: Project) -> None:
     assert row.fields == ["location_id"]
 
     restored = await world.send("user-ana", ana, "loc", {"deleted": False})
-    assert ((await world.only()).status, (await world.only()).resolved_seq) == (
-        "resolved",
-        restored,
-    )
+    await world.assert_only_row_resolved_at(restored)
     await world.assert_rebuild_gives_the_same_rows()
 
 
-async def test_one_user_summoned_to_two_places_at_once(world: Project) -> None:
+async def two_places(world: Project, second: dict[str, object]) -> None:
+    """Activities at two locations, user-1 summoned to the first 09:00-12:00."""
     await world.create("location", "north", {"name": "North quarry"})
     await world.create("location", "south", {"name": "South quarry"})
     await world.create("activity", "act-1", activity("north", 8, 14))
     await world.create("activity", "act-2", activity("south", 8, 20))
     await world.create("summoning", "sum-1", summoning("act-1", "user-1", 9, 12))
-    await world.create("summoning", "sum-2", summoning("act-2", "user-1", 16, 18))
+    await world.create("summoning", "sum-2", second)
+
+
+async def test_one_user_summoned_to_two_places_at_once(world: Project) -> None:
+    await two_places(world, summoning("act-2", "user-1", 16, 18))
     assert await world.rows() == []
     ana = world.device(1)
 
@@ -275,7 +277,7 @@ async def test_one_user_summoned_to_two_places_at_once(world: Project) -> None:
     assert await world.fed(overlap - 1, overlap) == [(overlap, row.conflict_id, "open")]
 
     moved = await world.send("user-ana", ana, "sum-2", {"starts_at": at(12)})
-    assert ((await world.only()).status, (await world.only()).resolved_seq) == ("resolved", moved)
+    await world.assert_only_row_resolved_at(moved)
     again = await world.send("user-ana", ana, "sum-2", {"starts_at": at(10)})
     reopened = await world.only()
     assert (reopened.conflict_id, reopened.status) == (row.conflict_id, "open")
@@ -295,10 +297,7 @@ async def test_a_summoning_left_outside_its_moved_activity(world: Project) -> No
     assert sorted(row.entity_ids) == sorted([world.id("act"), world.id("sum")])
 
     followed = await world.send("user-ana", ana, "sum", {"starts_at": at(25)})
-    assert ((await world.only()).status, (await world.only()).resolved_seq) == (
-        "resolved",
-        followed,
-    )
+    await world.assert_only_row_resolved_at(followed)
     await world.assert_rebuild_gives_the_same_rows()
 
 
@@ -323,12 +322,7 @@ async def test_a_third_value_replaces_the_two_value_record_and_clients_hear_of_i
 
 async def test_pushes_in_one_batch_see_each_other(world: Project) -> None:
     """Two entities moved in one push: the second is checked against the first's new row."""
-    await world.create("location", "north", {"name": "North quarry"})
-    await world.create("location", "south", {"name": "South quarry"})
-    await world.create("activity", "act-1", activity("north", 8, 14))
-    await world.create("activity", "act-2", activity("south", 8, 20))
-    await world.create("summoning", "sum-1", summoning("act-1", "user-1", 9, 12))
-    await world.create("summoning", "sum-2", summoning("act-2", "user-2", 9, 12))
+    await two_places(world, summoning("act-2", "user-2", 9, 12))
     ana = world.device(1)
     first = ana.edit(world.id("sum-1"), {"user_id": "user-3"})
     second = ana.edit(world.id("sum-2"), {"user_id": "user-3"})
