@@ -109,6 +109,11 @@ class WriteCheck:
     after: Mapping[str, object]
 
 
+def may_write_everything(level: Level) -> bool:
+    """Whether the rules let ``level`` create, edit and delete every entity type."""
+    return all(RULES[level].get(t) == _EVERYTHING for t in SCHEMAS)
+
+
 def write_check(
     entity_type: str, entity_id: str, before: Document | None, after: Mapping[str, object]
 ) -> WriteCheck:

@@ -68,8 +68,9 @@ AppendResult = Accepted | Rejected
 Authorize = Callable[[WriteCheck], Rejection | None]
 """Decides whether one merged entity may be written; a Rejection replaces the merge."""
 
-AuthorizeFactory = Callable[[Any], Awaitable[Authorize]]
-"""Called once per append, under the project's lock, with the transaction's connection."""
+AuthorizeFactory = Callable[[Any], Awaitable[Authorize | None]]
+"""Called once per append, under the project's lock, with the transaction's connection;
+None means the writer may write everything (nothing is checked per entity)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +240,8 @@ class ChangeLog:
                         self._limits,
                     )
                 )
-            if authorize is not None:
-                rule = await authorize(conn)
+            rule = await authorize(conn) if authorize is not None else None
+            if rule is not None:
                 outcomes = [_authorized(o, stored, rule) for o in outcomes]
             writes = _plan_writes(project_id, head, outcomes, stored, sender)
             conflicts = await plan_conflicts(

@@ -16,6 +16,7 @@ from model.permissions import (
     Writer,
     changed_fields,
     check_write,
+    may_write_everything,
     write_check,
 )
 from model.rejections import RejectCode
@@ -172,3 +173,10 @@ def test_write_check_reads_the_stored_document_values() -> None:
     assert write_check("activity", "a", None, values).before is None
     # The writer's own helper produces exactly the change the rule sees.
     update_entity(doc, "activity", {"status": "done"})
+
+
+def test_only_a_lead_may_write_everything_unchecked() -> None:
+    """The store skips the per-entity comparison for such a level, so it must be exact."""
+    assert may_write_everything(Level.LEAD)
+    assert not may_write_everything(Level.SPECIALIST)
+    assert not may_write_everything(Level.VIEWER)
