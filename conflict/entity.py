@@ -53,7 +53,6 @@ __all__ = [
     "open_conflicts",
     "resolved_by",
     "still_open",
-    "touched_root_keys",
 ]
 
 SCALAR_KINDS = frozenset(
@@ -174,35 +173,6 @@ def extends_linearly(heads_before: Sequence[bytes], new_changes: Sequence[Change
             return False
         heads = frozenset((change.hash,))
     return True
-
-
-_ROOT_DELETE = 'Patch { obj: Root, path: [], action: DeleteMap { key: "'
-_UNDER_ROOT = 'path: [(Root, Map("'
-
-
-def touched_root_keys(
-    doc: Document, before: Sequence[bytes], after: Sequence[bytes]
-) -> frozenset[str] | None:
-    """The root keys whose value, or anything inside it, differs between two states.
-
-    Read from ``diff`` patch reprs (root puts and deletes, and the first path step of nested
-    patches). None when a patch has another shape: the caller then reads the fields itself.
-    A key containing a quote is cut at it, which never makes it equal to a schema field.
-    """
-    patches = contained(lambda: doc.diff(list(before), list(after)))
-    keys: set[str] = set()
-    for patch in patches:
-        text = repr(patch)
-        for prefix in (_ROOT_PUT, _ROOT_DELETE):
-            if text.startswith(prefix):
-                keys.add(text[len(prefix) :].partition('"')[0])
-                break
-        else:
-            start = text.find(_UNDER_ROOT)
-            if start < 0:
-                return None
-            keys.add(text[start + len(_UNDER_ROOT) :].partition('"')[0])
-    return frozenset(keys)
 
 
 def root_conflict_flags(doc: Document, heads: Sequence[bytes]) -> dict[str, bool] | None:

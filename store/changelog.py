@@ -512,6 +512,7 @@ def _entity_merges(
                 row.entity.heads if row is not None else (),
                 outcome.new_changes,
                 [writes.seqs[(entity_id, c.hash)] for c in outcome.new_changes],
+                outcome.values,
             )
         )
     return merges

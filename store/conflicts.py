@@ -13,7 +13,7 @@ changes that caused them, by cursor, in every server process.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -29,6 +29,7 @@ from conflict.cross import (
     SummoningRow,
     cross_entity_conflicts,
     needed_rows,
+    row_from_values,
 )
 from conflict.entity import entity_conflicts
 from conflict.ledger import (
@@ -66,6 +67,7 @@ class EntityMerge:
     heads_before: Sequence[bytes]
     new_changes: Sequence[ChangeHeader]
     seqs: Sequence[int]
+    values: Mapping[str, object]  # the merged document's validated values
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +254,7 @@ async def _cross_entity(
             merge.heads_before,
             merge.new_changes,
             before,
+            row_from_values(merge.entity_type, merge.entity_id, merge.values),
         ):
             steps.append((merge.seqs[index], merge.entity_id, row))
     if not steps:
