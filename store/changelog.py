@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -150,6 +150,7 @@ class _StoredRow:
     tail_bytes: int
     tail_changes: int
     change_count: int
+    values: Mapping[str, object] | None  # validated values, when this process cached them
 
 
 class ChangeLog:
@@ -283,12 +284,14 @@ class ChangeLog:
         found: dict[str, _StoredRow] = {}
         for r in rows:
             document_bytes: bytes | None = r["document"]
+            values = None
             if r["project_id"] != project_id:
                 document = None
             elif document_bytes is None:
                 cached = self._cache.get(project_id, r["entity_id"])
                 assert cached is not None, "the database said our cached version is current"
                 document = cached.document
+                values = cached.values
             else:
                 try:
                     document = load_document(document_bytes)
@@ -305,7 +308,12 @@ class ChangeLog:
                 document=document,
             )
             found[r["entity_id"]] = _StoredRow(
-                entity, r["saved_bytes"], r["tail_bytes"], r["tail_changes"], r["change_count"]
+                entity,
+                r["saved_bytes"],
+                r["tail_bytes"],
+                r["tail_changes"],
+                r["change_count"],
+                values,
             )
         return found
 
@@ -362,8 +370,12 @@ def _authorized(
         return outcome
     entity_id = outcome.decoded.entity_id
     row = stored.get(entity_id)
-    before = row.entity.document if row is not None else None
-    check = write_check(outcome.decoded.entity_type, entity_id, before, outcome.values)
+    entity_type = outcome.decoded.entity_type
+    if row is not None and row.values is not None:
+        check = WriteCheck(entity_type, entity_id, row.values, outcome.values)
+    else:
+        before = row.entity.document if row is not None else None
+        check = write_check(entity_type, entity_id, before, outcome.values)
     refused = rule(check)
     return outcome if refused is None else refused
 
@@ -475,7 +487,9 @@ def _plan_writes(
         writes.read_models[entity_type].append(
             read_model_row(project_id, entity_type, entity_id, outcome.values, version)
         )
-        writes.cache_updates.append((entity_id, CachedDocument(version, outcome.document, size)))
+        writes.cache_updates.append(
+            (entity_id, CachedDocument(version, outcome.document, size, outcome.values))
+        )
     return writes
 
 
@@ -510,6 +524,7 @@ def _entity_merges(
                 entity_id,
                 outcome.document,
                 row.entity.heads if row is not None else (),
+                row.values if row is not None else None,
                 outcome.new_changes,
                 [writes.seqs[(entity_id, c.hash)] for c in outcome.new_changes],
                 outcome.values,

@@ -65,6 +65,7 @@ class EntityMerge:
     entity_id: str
     document: Document
     heads_before: Sequence[bytes]
+    values_before: Mapping[str, object] | None  # known when the document was cached
     new_changes: Sequence[ChangeHeader]
     seqs: Sequence[int]
     values: Mapping[str, object]  # the merged document's validated values
@@ -242,11 +243,12 @@ async def _cross_entity(
     for merge in merges:
         if merge.entity_type not in ROW_FIELDS:
             continue
-        before = (
-            row_at(merge.entity_type, merge.entity_id, merge.document, merge.heads_before)
-            if merge.heads_before
-            else None
-        )
+        if not merge.heads_before:
+            before = None
+        elif merge.values_before is not None:
+            before = row_from_values(merge.entity_type, merge.entity_id, merge.values_before)
+        else:
+            before = row_at(merge.entity_type, merge.entity_id, merge.document, merge.heads_before)
         for index, row in row_changes(
             merge.entity_type,
             merge.entity_id,

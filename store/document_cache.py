@@ -9,6 +9,7 @@ are only ever committed documents; a merge works on a fork and is cached after c
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -20,6 +21,9 @@ class CachedDocument:
     version: int
     document: Document
     size_bytes: int  # stored size (saved + tail): a proxy for the memory it holds
+    # The document's validated values, as the merge that produced it read them: the next
+    # merge's "before" (write rules, conflict rows) without validating the document again.
+    values: Mapping[str, object] | None = None
 
 
 class DocumentCache:
