@@ -1,15 +1,18 @@
 """The HTTP/WebSocket shell: a Starlette app whose resources live in its lifespan.
 
 The lifespan creates the pool, the change log, the hub of live feeds, the notification
-listener and the periodic head check, and hands them to routes through ``app.state``: no
-module globals, so tests can run several apps (several "processes") side by side. At
-shutdown uvicorn first lets in-flight requests finish, then the lifespan closes the pool.
+listener, the periodic head check and the database watch, and hands them to routes through
+``app.state``: no module globals, so tests can run several apps (several "processes") side
+by side, each with its own metrics registry. At shutdown uvicorn first lets in-flight
+requests finish, then the lifespan closes the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,23 +21,31 @@ from uuid import UUID
 import asyncpg
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from live.feed import Hub
 from live.session import SyncServices, SyncSession, Transport
 from live.snapshot_http import snapshot_endpoint
+from live.status import StatusBoard, watch_database
 from model.limits import DEFAULT_LIMITS, Limits
+from observability.logs import bind
+from observability.metrics import CONTENT_TYPE, Metrics
+from observability.request_ids import RequestIds
 from store.changelog import ChangeLog, LoggedChange
-from store.database import CONNECTION_ERRORS, close_pool, create_pool
+from store.database import CONNECTION_ERRORS, close_pool, create_pool, database_problem
 from store.migrations import check_schema
 from store.notifications import listen, notify, poll_heads
 
 HEALTH_TIMEOUT = 2.0
 HEAD_POLL_SECONDS = 2.0
 PING_INTERVAL_SECONDS = 20.0
+DATABASE_CHECK_SECONDS = 1.0
+
+log = logging.getLogger("fieldsync.server")
 
 
 def create_app(
@@ -48,8 +59,15 @@ def create_app(
     head_poll_seconds: float = HEAD_POLL_SECONDS,
     listen_for_notifications: bool = True,
     outbox_hard_limit: int = 512,
+    metrics: Metrics | None = None,
+    database_check_seconds: float = DATABASE_CHECK_SECONDS,
 ) -> Starlette:
-    """The application; it refuses to start on a database whose schema does not match."""
+    """The application; it refuses to start on a database whose schema does not match.
+
+    Once started it stays up whatever the database does: see ``live.status``.
+    """
+    metrics = metrics if metrics is not None else Metrics()
+    status = StatusBoard()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -68,17 +86,38 @@ def create_app(
                 background.add(task)
                 task.add_done_callback(background.discard)
 
-            changelog = ChangeLog(pool, limits=limits, on_commit=committed)
+            changelog = ChangeLog(
+                pool, limits=limits, on_commit=committed, on_append=metrics.appended
+            )
+            hub.observer = metrics
+            metrics.watch_pool(pool)
+            metrics.database_up.set(1)
             app.state.pool = pool
             app.state.health_timeout = health_timeout
             app.state.secret = secret
             app.state.sync = SyncServices(
-                pool, changelog, hub, secret, limits, outbox_hard_limit=outbox_hard_limit
+                pool,
+                changelog,
+                hub,
+                secret,
+                limits,
+                outbox_hard_limit=outbox_hard_limit,
+                metrics=metrics,
+                status=status,
             )
             workers = [
                 asyncio.create_task(
                     poll_heads(pool, hub.watched_projects, hub.poke, interval=head_poll_seconds)
-                )
+                ),
+                asyncio.create_task(
+                    watch_database(
+                        pool,
+                        status,
+                        lambda up: metrics.database_up.set(1 if up else 0),
+                        interval=database_check_seconds,
+                        within=health_timeout,
+                    )
+                ),
             ]
             if listen_for_notifications:
                 workers.append(asyncio.create_task(listen(database_url, hub.poke)))
@@ -95,10 +134,13 @@ def create_app(
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
         WebSocketRoute("/sync", sync_endpoint),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIds)])
+    app.state.metrics = metrics
+    return app
 
 
 async def _notify_quietly(pool: asyncpg.Pool, project_id: UUID, seq: int) -> None:
@@ -125,25 +167,36 @@ async def sync_endpoint(websocket: WebSocket) -> None:
         with contextlib.suppress(Exception):
             await websocket.close(code, reason)
 
-    await SyncSession(services, Transport(receive, websocket.send_bytes, close)).run()
+    session = SyncSession(services, Transport(receive, websocket.send_bytes, close))
+    opened = time.monotonic()
+    with bind(connection_id=session.session_id), services.metrics.connection():
+        log.info("connection opened", extra={"event": "connection_opened"})
+        try:
+            await session.run()
+        finally:
+            log.info(
+                "connection closed",
+                extra={
+                    "event": "connection_closed",
+                    "duration_ms": round((time.monotonic() - opened) * 1000),
+                },
+            )
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """200 only if the database answers ``SELECT 1`` in time: load balancers act on this."""
+    """200 only if the database answers ``SELECT 1`` in time: load balancers act on this.
+    Otherwise 503 with the reason; the server itself stays up and recovers by itself."""
     pool: asyncpg.Pool = request.app.state.pool
-    timeout: float = request.app.state.health_timeout
-    try:
-        async with asyncio.timeout(timeout), pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
-    except TimeoutError:
-        return _unavailable(f"database did not answer within {timeout:g} s")
-    except CONNECTION_ERRORS as exc:
-        return _unavailable(f"database error: {type(exc).__name__}")
+    problem = await database_problem(pool, request.app.state.health_timeout)
+    if problem is not None:
+        return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
-def _unavailable(reason: str) -> JSONResponse:
-    return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+async def metrics_endpoint(request: Request) -> Response:
+    """This process's metrics in the Prometheus text format."""
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 def uvicorn_config(

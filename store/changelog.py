@@ -139,6 +139,7 @@ class ChangeLog:
         pool: asyncpg.Pool,
         *,
         limits: Limits = DEFAULT_LIMITS,
+        on_append: Callable[[UUID, int, int], None] | None = None,
         cache_size: int = 10_000,
         on_commit: Callable[[UUID, Sequence[LoggedChange]], None] | None = None,
     ) -> None:
@@ -147,6 +148,8 @@ class ChangeLog:
         self._limits = limits
         self._cache = DocumentCache(cache_size)
         self._on_commit = on_commit
+        # Hears (project, new head, changes appended) after each commit: for the metrics.
+        self._on_append = on_append
 
     @property
     def limits(self) -> Limits:
@@ -211,6 +214,8 @@ class ChangeLog:
             await _write(conn, project_id, writes)
         for entity_id, cached in writes.cache_updates:
             self._cache.put(project_id, entity_id, cached)
+        if self._on_append is not None:
+            self._on_append(project_id, writes.head, len(writes.change_rows))
         if self._on_commit is not None and writes.change_rows:
             try:
                 self._on_commit(project_id, [_logged(row) for row in writes.change_rows])
