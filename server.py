@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,21 +20,19 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from live.feed import Hub
+from live.operations import healthz, metrics_endpoint, observed_connection
 from live.session import SyncServices, SyncSession, Transport
 from live.snapshot_http import snapshot_endpoint
 from live.status import StatusBoard, watch_database
 from model.limits import DEFAULT_LIMITS, Limits
-from observability.logs import bind
-from observability.metrics import CONTENT_TYPE, Metrics
+from observability.metrics import Metrics
 from observability.request_ids import RequestIds
 from store.changelog import ChangeLog, LoggedChange
-from store.database import CONNECTION_ERRORS, close_pool, create_pool, database_problem
+from store.database import CONNECTION_ERRORS, close_pool, create_pool
 from store.migrations import check_schema
 from store.notifications import listen, notify, poll_heads
 
@@ -44,8 +40,6 @@ HEALTH_TIMEOUT = 2.0
 HEAD_POLL_SECONDS = 2.0
 PING_INTERVAL_SECONDS = 20.0
 DATABASE_CHECK_SECONDS = 1.0
-
-log = logging.getLogger("fieldsync.server")
 
 
 def create_app(
@@ -168,35 +162,8 @@ async def sync_endpoint(websocket: WebSocket) -> None:
             await websocket.close(code, reason)
 
     session = SyncSession(services, Transport(receive, websocket.send_bytes, close))
-    opened = time.monotonic()
-    with bind(connection_id=session.session_id), services.metrics.connection():
-        log.info("connection opened", extra={"event": "connection_opened"})
-        try:
-            await session.run()
-        finally:
-            log.info(
-                "connection closed",
-                extra={
-                    "event": "connection_closed",
-                    "duration_ms": round((time.monotonic() - opened) * 1000),
-                },
-            )
-
-
-async def healthz(request: Request) -> JSONResponse:
-    """200 only if the database answers ``SELECT 1`` in time: load balancers act on this.
-    Otherwise 503 with the reason; the server itself stays up and recovers by itself."""
-    pool: asyncpg.Pool = request.app.state.pool
-    problem = await database_problem(pool, request.app.state.health_timeout)
-    if problem is not None:
-        return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
-    return JSONResponse({"status": "ok"})
-
-
-async def metrics_endpoint(request: Request) -> Response:
-    """This process's metrics in the Prometheus text format."""
-    metrics: Metrics = request.app.state.metrics
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+    with observed_connection(services.metrics, session.session_id):
+        await session.run()
 
 
 def uvicorn_config(

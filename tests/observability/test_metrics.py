@@ -18,6 +18,7 @@ from sync.messages import (
     EntityRejected,
     Error,
     Hello,
+    Message,
     ProjectCursor,
     Push,
     Status,
@@ -53,7 +54,7 @@ async def scrape(base: str) -> Samples:
 
 
 def test_frame_type_reads_the_type_of_every_encoded_message() -> None:
-    messages = [
+    messages: list[Message] = [
         Welcome(1, "u", "s", {}),
         Synced("p", 3),
         Changes("p", ()),
