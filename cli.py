@@ -30,6 +30,7 @@ from typing import Any
 
 import uvicorn
 
+from observability.logs import LOG_FORMATS, configure_logging
 from store import projects
 from store.database import (
     CONNECTION_ERRORS,
@@ -55,7 +56,10 @@ class CommandError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(quiet=args.quiet)
+    if args.command == "serve":
+        configure_logging(args.log_format)
+    else:
+        _configure_logging(quiet=args.quiet)
     # SIGTERM behaves like Ctrl-C everywhere, so context managers (the embedded database)
     # always unwind; during `serve` uvicorn takes both over for its graceful shutdown.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -82,6 +86,25 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="migrate the database, then serve HTTP")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="run N server processes on ports PORT..PORT+N-1, sharing one database "
+        "(put a load balancer in front: deploy/nginx.conf)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="json",
+        help="json: one JSON object per line (default); text: for people",
+    )
+    serve.add_argument(
+        "--slow-ms",
+        type=float,
+        default=500.0,
+        help="log pushes and snapshots that take longer than this (default 500)",
+    )
     serve.set_defaults(run=_serve)
 
     migrate_cmd = commands.add_parser("migrate", help="apply pending schema migrations")
@@ -167,6 +190,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _group(commands: Any, name: str, help_text: str) -> Any:
     """A command with its own actions (``fieldsync NAME ACTION``)."""
     group = commands.add_parser(name, help=help_text)
@@ -232,14 +262,25 @@ async def _migrate(args: argparse.Namespace, url: str) -> int:
 
 async def _serve(args: argparse.Namespace, url: str) -> int:
     await _migrate_now(url)
+    if args.workers > 1:
+        from workers import WorkerPlan, run_workers
+
+        _load_secret(args.data_dir)  # created once here, not raced by the workers
+        plan = WorkerPlan(
+            args.host, args.port, args.workers, args.data_dir, args.log_format, args.slow_ms
+        )
+        return await run_workers(plan, url)
 
     from auth.secret import load_secret
+    from observability.metrics import Metrics
     from server import create_app, uvicorn_config
 
-    app = create_app(url, secret=load_secret(args.data_dir))
+    app = create_app(
+        url, secret=load_secret(args.data_dir), metrics=Metrics(slow_ms=args.slow_ms)
+    )
     config = uvicorn_config(app, args.host, args.port)
     config.lifespan = "on"
-    config.log_config = None  # keep our plain format
+    config.log_config = None  # uvicorn's records go through our handler and format
     config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN_SECONDS
     server = uvicorn.Server(config)
     signals: list[int] = []
@@ -455,3 +496,7 @@ async def _rebuild(args: argparse.Namespace, url: str) -> int:
         await close_pool(pool)
     print(report)
     return 0
+
+
+if __name__ == "__main__":  # how `serve --workers` starts each worker
+    sys.exit(main())

@@ -57,6 +57,7 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
         "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
         "level": record.levelname.lower(),
         "logger": record.name,
+        "pid": record.process,
         "message": redact(record.getMessage()),
     }
     fields.update(_context.get() or {})
