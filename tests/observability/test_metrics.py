@@ -182,3 +182,19 @@ async def test_refused_pushes_are_counted_by_reason(
         assert value(found, "fieldsync_pushes_total", result="refused", reason="forbidden") == 1
         assert value(found, "fieldsync_messages_sent_total", type="error") == 1
         await client.close()
+
+
+async def test_http_snapshots_are_measured(
+    database_url: str, project: uuid.UUID, member: MemberFactory
+) -> None:
+    _, token = await member(project)
+    async with running_server(database_url) as base:
+        async with httpx.AsyncClient() as http:
+            response = await http.get(
+                f"http://{base}/projects/{project}/snapshot",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert response.status_code == 200
+        found = await scrape(base)
+    assert value(found, "fieldsync_snapshot_bytes_count", transport="http") == 1
+    assert value(found, "fieldsync_snapshot_duration_seconds_count", transport="http") == 1
