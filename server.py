@@ -105,7 +105,7 @@ def create_app(
                 ),
                 asyncio.create_task(
                     watch_database(
-                        pool,
+                        database_url,
                         status,
                         lambda up: metrics.database_up.set(1 if up else 0),
                         interval=database_check_seconds,

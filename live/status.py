@@ -17,7 +17,7 @@ from collections.abc import Callable
 import asyncpg
 
 from live.outbox import Outbox, OutboxClosedError
-from store.database import database_problem
+from store.database import CONNECTION_ERRORS
 from sync.codec import encode
 from sync.messages import Status
 
@@ -41,7 +41,6 @@ class StatusBoard:
 
     def __init__(self) -> None:
         self.current = OK
-        self.reason: str | None = None  # why the database is unavailable, for /healthz
         self._queues: weakref.WeakSet[Outbox] = weakref.WeakSet()
 
     def watch(self, outbox: Outbox) -> None:
@@ -53,7 +52,6 @@ class StatusBoard:
 
     def database(self, problem: str | None) -> bool:
         """Record the database's state; True if that changed the status (and it was sent)."""
-        self.reason = problem
         status = OK if problem is None else database_down(problem)
         if (status == OK) == (self.current == OK):
             return False
@@ -70,8 +68,36 @@ def _tell(outbox: Outbox, frame: bytes) -> None:
             outbox.put_control(frame)
 
 
+class _Probe:
+    """``SELECT 1`` on a connection of its own: a pool busy with pushes must not look like
+    a database that went away."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: asyncpg.Connection | None = None
+
+    async def problem(self, within: float) -> str | None:
+        try:
+            async with asyncio.timeout(within):
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(self._url)
+                await self._conn.fetchval("SELECT 1")
+        except TimeoutError:
+            self.close()
+            return f"database did not answer within {within:g} s"
+        except CONNECTION_ERRORS as exc:
+            self.close()
+            return f"database error: {type(exc).__name__}"
+        return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+
 async def watch_database(
-    pool: asyncpg.Pool,
+    url: str,
     board: StatusBoard,
     on_change: Callable[[bool], None],
     *,
@@ -81,8 +107,22 @@ async def watch_database(
     """Every ``interval`` seconds, check the database (it must answer within ``within``);
     on each change of state update the board and call ``on_change(up)``. Runs until
     cancelled."""
+    probe = _Probe(url)
+    try:
+        await _watch(probe, board, on_change, interval, within)
+    finally:
+        probe.close()
+
+
+async def _watch(
+    probe: _Probe,
+    board: StatusBoard,
+    on_change: Callable[[bool], None],
+    interval: float,
+    within: float,
+) -> None:
     while True:
-        problem = await database_problem(pool, within)
+        problem = await probe.problem(within)
         if board.database(problem):
             if problem is None:
                 log.warning("database available again", extra={"event": "database_up"})
