@@ -29,6 +29,7 @@ from typing import Any
 
 import uvicorn
 
+from observability.logs import LOG_FORMATS, configure_logging
 from store import projects
 from store.database import (
     CONNECTION_ERRORS,
@@ -54,7 +55,10 @@ class CommandError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(quiet=args.quiet)
+    if args.command == "serve":
+        configure_logging(args.log_format)
+    else:
+        _configure_logging(quiet=args.quiet)
     # SIGTERM behaves like Ctrl-C everywhere, so context managers (the embedded database)
     # always unwind; during `serve` uvicorn takes both over for its graceful shutdown.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -104,6 +108,25 @@ def _parser() -> argparse.ArgumentParser:
         "--token-audience",
         default=os.environ.get("FIELDSYNC_TOKEN_AUDIENCE", "fieldsync"),
         help="the aud claim tokens must carry with --jwks-url (default fieldsync)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="run N server processes on ports PORT..PORT+N-1, sharing one database "
+        "(put a load balancer in front: deploy/nginx.conf)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="json",
+        help="json: one JSON object per line (default); text: for people",
+    )
+    serve.add_argument(
+        "--slow-ms",
+        type=float,
+        default=500.0,
+        help="log pushes and snapshots that take longer than this (default 500)",
     )
     serve.set_defaults(run=_serve)
 
@@ -190,6 +213,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _group(commands: Any, name: str, help_text: str) -> Any:
     """A command with its own actions (``fieldsync NAME ACTION``)."""
     group = commands.add_parser(name, help=help_text)
@@ -253,12 +283,38 @@ async def _migrate(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
+def _token_and_origin_options(args: argparse.Namespace) -> tuple[str, ...]:
+    """The serve options each worker must get too (the rest reach it through the plan)."""
+    options: list[str] = []
+    for origin in args.allowed_origin or ():
+        options += ["--allowed-origin", origin]
+    if args.jwks_url:
+        options += ["--jwks-url", args.jwks_url, "--token-issuer", args.token_issuer]
+        options += ["--token-audience", args.token_audience]
+    return tuple(options)
+
+
 async def _serve(args: argparse.Namespace, url: str) -> int:
     await _migrate_now(url)
+    if args.workers > 1:
+        from workers import WorkerPlan, run_workers
+
+        _load_secret(args.data_dir)  # created once here, not raced by the workers
+        plan = WorkerPlan(
+            args.host,
+            args.port,
+            args.workers,
+            args.data_dir,
+            args.log_format,
+            args.slow_ms,
+            _token_and_origin_options(args),
+        )
+        return await run_workers(plan, url)
 
     from auth.secret import load_secret
     from auth.tokens import JwksVerifier, SecretVerifier, TokenVerifier
     from live.origins import origins_from_env
+    from observability.metrics import Metrics
     from server import create_app, uvicorn_config
 
     verifier: TokenVerifier
@@ -272,14 +328,20 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
     origins = args.allowed_origin if args.allowed_origin is not None else origins_from_env()
     admin_key = os.environ.get("FIELDSYNC_ADMIN_KEY") or None
     try:
-        app = create_app(url, verifier=verifier, allowed_origins=origins, admin_key=admin_key)
+        app = create_app(
+            url,
+            verifier=verifier,
+            allowed_origins=origins,
+            admin_key=admin_key,
+            metrics=Metrics(slow_ms=args.slow_ms),
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     if admin_key is not None:
         logger.info("the HTTP admin API is enabled under /admin")
     config = uvicorn_config(app, args.host, args.port)
     config.lifespan = "on"
-    config.log_config = None  # keep our plain format
+    config.log_config = None  # uvicorn's records go through our handler and format
     config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN_SECONDS
     server = uvicorn.Server(config)
     signals: list[int] = []
@@ -493,3 +555,7 @@ async def _rebuild(args: argparse.Namespace, url: str) -> int:
         await close_pool(pool)
     print(report)
     return 0
+
+
+if __name__ == "__main__":  # how `serve --workers` starts each worker
+    sys.exit(main())

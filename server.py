@@ -1,9 +1,10 @@
 """The HTTP/WebSocket shell: a Starlette app whose resources live in its lifespan.
 
 The lifespan creates the pool, the change log, the hub of live feeds, the notification
-listener and the periodic head check, and hands them to routes through ``app.state``: no
-module globals, so tests can run several apps (several "processes") side by side. At
-shutdown uvicorn first lets in-flight requests finish, then the lifespan closes the pool.
+listener, the periodic head check and the database watch, and hands them to routes through
+``app.state``: no module globals, so tests can run several apps (several "processes") side
+by side, each with its own metrics registry. At shutdown uvicorn first lets in-flight
+requests finish, then the lifespan closes the pool.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from uuid import UUID
 import asyncpg
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -26,6 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from auth.tokens import SecretVerifier, TokenVerifier
 from live.admin_http import admin_routes
 from live.feed import Hub
+from live.operations import healthz, metrics_endpoint, observed_connection
 from live.origins import OriginPolicy
 from live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
 from live.session import (
@@ -36,7 +38,10 @@ from live.session import (
     recheck_memberships,
 )
 from live.snapshot_http import snapshot_endpoint
+from live.status import StatusBoard, watch_database
 from model.limits import DEFAULT_LIMITS, Limits
+from observability.metrics import Metrics
+from observability.request_ids import RequestIds
 from store.changelog import ChangeLog, LogSlice
 from store.database import CONNECTION_ERRORS, close_pool, create_pool
 from store.migrations import check_schema
@@ -46,6 +51,7 @@ from sync.errors import ErrorCode
 HEALTH_TIMEOUT = 2.0
 HEAD_POLL_SECONDS = 2.0
 PING_INTERVAL_SECONDS = 20.0
+DATABASE_CHECK_SECONDS = 1.0
 
 
 def create_app(
@@ -63,6 +69,8 @@ def create_app(
     head_poll_seconds: float = HEAD_POLL_SECONDS,
     listen_for_notifications: bool = True,
     outbox_hard_limit: int = 512,
+    metrics: Metrics | None = None,
+    database_check_seconds: float = DATABASE_CHECK_SECONDS,
 ) -> Starlette:
     """The application; it refuses to start on a database whose schema does not match.
 
@@ -70,6 +78,7 @@ def create_app(
     required). ``allowed_origins`` lists the browser Origins that may open the WebSocket
     (``*`` for any; clients that send no Origin are always let in). ``admin_key`` enables
     the HTTP admin API under ``/admin`` (see docs/admin.md); without it there is none.
+    Once started it stays up whatever the database does: see ``live.status``.
     """
     if verifier is None:
         if secret is None:
@@ -77,6 +86,8 @@ def create_app(
         verifier = SecretVerifier(secret)
     token_verifier: TokenVerifier = verifier
     origins = OriginPolicy(allowed_origins)
+    metrics = metrics if metrics is not None else Metrics()
+    status = StatusBoard()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -95,7 +106,16 @@ def create_app(
                 background.add(task)
                 task.add_done_callback(background.discard)
 
-            changelog = ChangeLog(pool, limits=limits, on_commit=committed)
+            changelog = ChangeLog(
+                pool,
+                limits=limits,
+                on_commit=committed,
+                on_append=metrics.appended,
+                on_conflicts_found=metrics.conflicts_found,
+            )
+            hub.observer = metrics
+            metrics.watch_pool(pool)
+            metrics.database_up.set(1)
             app.state.pool = pool
             app.state.health_timeout = health_timeout
             app.state.verifier = token_verifier
@@ -108,11 +128,22 @@ def create_app(
                 limits,
                 outbox_hard_limit=outbox_hard_limit,
                 rate_limit=rate_limit,
+                metrics=metrics,
+                status=status,
             )
             workers = [
                 asyncio.create_task(
                     poll_heads(pool, hub.watched_projects, hub.poke, interval=head_poll_seconds)
-                )
+                ),
+                asyncio.create_task(
+                    watch_database(
+                        database_url,
+                        status,
+                        lambda up: metrics.database_up.set(1 if up else 0),
+                        interval=database_check_seconds,
+                        within=health_timeout,
+                    )
+                ),
             ]
             if listen_for_notifications:
                 workers.append(asyncio.create_task(listen(database_url, hub.poke)))
@@ -138,12 +169,15 @@ def create_app(
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
         WebSocketRoute("/sync", sync_endpoint),
     ]
     if admin_key is not None:
         routes.append(admin_routes(admin_key))
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIds)])
+    app.state.metrics = metrics
+    return app
 
 
 def _keep(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
@@ -188,25 +222,9 @@ async def sync_endpoint(websocket: WebSocket) -> None:
         with contextlib.suppress(Exception):
             await websocket.close(code, reason)
 
-    await SyncSession(services, Transport(receive, websocket.send_bytes, close)).run()
-
-
-async def healthz(request: Request) -> JSONResponse:
-    """200 only if the database answers ``SELECT 1`` in time: load balancers act on this."""
-    pool: asyncpg.Pool = request.app.state.pool
-    timeout: float = request.app.state.health_timeout
-    try:
-        async with asyncio.timeout(timeout), pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
-    except TimeoutError:
-        return _unavailable(f"database did not answer within {timeout:g} s")
-    except CONNECTION_ERRORS as exc:
-        return _unavailable(f"database error: {type(exc).__name__}")
-    return JSONResponse({"status": "ok"})
-
-
-def _unavailable(reason: str) -> JSONResponse:
-    return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+    session = SyncSession(services, Transport(receive, websocket.send_bytes, close))
+    with observed_connection(services.metrics, session.session_id):
+        await session.run()
 
 
 def uvicorn_config(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol
 from uuid import UUID
 
 from conflict.ledger import ConflictRow
@@ -29,6 +30,26 @@ FRAME_BUDGET_BYTES = 1024 * 1024
 CONFLICTS_PER_FRAME = 100
 
 log = logging.getLogger(__name__)
+
+
+class FeedObserver(Protocol):
+    """Told when a pointer to unread changes arrives and what a feed dispatched (the
+    commit-to-fan-out latency)."""
+
+    def pointer(self, project_id: UUID, seq: int) -> None: ...
+
+    def dispatched(self, project_id: UUID, head: int) -> None: ...
+
+
+class _Unobserved:
+    def pointer(self, project_id: UUID, seq: int) -> None:
+        pass
+
+    def dispatched(self, project_id: UUID, head: int) -> None:
+        pass
+
+
+UNOBSERVED = _Unobserved()
 
 
 class LiveSubscription:
@@ -146,8 +167,11 @@ def log_frames(project_id: UUID, piece: LogSlice) -> list[bytes]:
 
 
 class ProjectFeed:
-    def __init__(self, project_id: UUID, read_since: ReadSince) -> None:
+    def __init__(
+        self, project_id: UUID, read_since: ReadSince, observer: FeedObserver = UNOBSERVED
+    ) -> None:
         self.project_id = project_id
+        self._observer = observer
         self.head: int | None = None  # unknown until the first subscriber goes live
         self.subscribers: set[LiveSubscription] = set()
         self._read_since = read_since
@@ -179,6 +203,8 @@ class ProjectFeed:
 
     def poke(self, seq: int) -> None:
         """The log holds changes up to ``seq``: read whatever this feed has not dispatched."""
+        if self.head is not None and seq > max(self.head, self._wanted):
+            self._observer.pointer(self.project_id, seq)
         self._wanted = max(self._wanted, seq)
         self._maybe_read()
 
@@ -220,19 +246,23 @@ class ProjectFeed:
         for records, frame in change_frames(self.project_id, fresh):
             for subscription in subscribers:
                 subscription.deliver(records, frame)
+        self._observer.dispatched(self.project_id, self.head)
 
 
 class Hub:
     """The feeds of this process, keyed by project."""
 
-    def __init__(self, read_since: ReadSince) -> None:
+    def __init__(self, read_since: ReadSince, observer: FeedObserver = UNOBSERVED) -> None:
         self._read_since = read_since
+        self.observer = observer  # set by the app once its metrics exist
         self._feeds: dict[UUID, ProjectFeed] = {}
 
     def feed(self, project_id: UUID) -> ProjectFeed:
         feed = self._feeds.get(project_id)
         if feed is None:
-            feed = self._feeds[project_id] = ProjectFeed(project_id, self._read_since)
+            feed = self._feeds[project_id] = ProjectFeed(
+                project_id, self._read_since, self.observer
+            )
         return feed
 
     def leave(self, subscription: LiveSubscription) -> None:

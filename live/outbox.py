@@ -10,15 +10,30 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sized
+from typing import Protocol
 
 
 class OutboxClosedError(Exception):
     """The connection is going away; nothing more will be sent."""
 
 
+class QueueMonitor(Protocol):
+    """Watches send queues for the metrics: their depth when live frames are queued."""
+
+    def watch(self, queue: Sized) -> None: ...
+
+    def observe(self, depth: int) -> None: ...
+
+
 class Outbox:
-    def __init__(self, soft_limit: int = 64, hard_limit: int = 512) -> None:
+    def __init__(
+        self, soft_limit: int = 64, hard_limit: int = 512, monitor: QueueMonitor | None = None
+    ) -> None:
         self._frames: deque[bytes] = deque()
+        self._monitor = monitor
+        if monitor is not None:
+            monitor.watch(self)
         self._soft = soft_limit
         self._hard = hard_limit
         self._readable = asyncio.Event()
@@ -41,6 +56,8 @@ class Outbox:
 
     def put_live(self, frame: bytes) -> bool:
         """Queue a live frame; False if the reader is too far behind to take it."""
+        if self._monitor is not None:
+            self._monitor.observe(len(self._frames))
         if len(self._frames) >= self._hard:
             return False
         self._append(frame)

@@ -23,11 +23,14 @@ from auth.tokens import TokenError, TokenVerifier
 from live.feed import Hub, LiveSubscription, conflict_frames, conflict_record, log_frames
 from live.outbox import Outbox, OutboxClosedError
 from live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
+from live.status import StatusBoard
 from model.limits import Limits
 from model.merge import EntityChanges
 from model.permissions import WRITE_LEVELS
+from observability.metrics import Metrics
 from store.authorization import write_rule
 from store.changelog import Accepted, ChangeLog
+from store.database import CONNECTION_ERRORS
 from store.errors import StoreError, UnknownProject
 from store.projects import member_level
 from store.snapshots import open_snapshot
@@ -83,6 +86,8 @@ class SyncServices:
     connections: dict[UUID, int] = field(default_factory=dict)
     sessions: dict[UUID, set[SyncSession]] = field(default_factory=dict)
     buckets: dict[UUID, TokenBucket] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+    status: StatusBoard = field(default_factory=StatusBoard)
 
 
 def membership_removed(services: SyncServices, project_id: UUID, user_id: UUID) -> None:
@@ -122,7 +127,9 @@ class SyncSession:
         self._services = services
         self._transport = transport
         self._protocol = ServerConnection(services.limits)
-        self._outbox = Outbox(services.outbox_soft_limit, services.outbox_hard_limit)
+        self._outbox = Outbox(
+            services.outbox_soft_limit, services.outbox_hard_limit, services.metrics.send_queues
+        )
         self._user_id: UUID | None = None
         self._subscriptions: dict[UUID, asyncio.Task[None]] = {}
         self._live: dict[UUID, LiveSubscription] = {}
@@ -134,6 +141,11 @@ class SyncSession:
         self._counted = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def session_id(self) -> str:
+        """This connection's id, as ``welcome`` tells the client (and logs name it)."""
+        return self._session_id
 
     async def run(self) -> None:
         writer = self._writer = asyncio.create_task(self._write_frames())
@@ -231,19 +243,45 @@ class SyncSession:
     async def _write_frames(self) -> None:
         try:
             while True:
-                await self._transport.send(await self._outbox.get())
+                frame = await self._outbox.get()
+                self._services.metrics.sent(frame)
+                await self._transport.send(frame)
         except OutboxClosedError:
             return
 
     async def _handle(self, event: object) -> None:
-        if isinstance(event, Hello):
-            await self._hello(event)
-        elif isinstance(event, Subscribe):
-            await self._subscribe(event.project)
-        elif isinstance(event, Unsubscribe):
-            self._unsubscribe(event.project_id)
-        elif isinstance(event, Push):
-            await self._push(event)
+        self._services.metrics.received(event)
+        try:
+            if isinstance(event, Hello):
+                await self._hello(event)
+            elif isinstance(event, Subscribe):
+                await self._subscribe(event.project)
+            elif isinstance(event, Unsubscribe):
+                self._unsubscribe(event.project_id)
+            elif isinstance(event, Push):
+                await self._push(event)
+        except StoreError as exc:
+            self._database_failed(event, exc)
+
+    def _database_failed(self, event: object, exc: StoreError) -> None:
+        """The database failed while handling ``event``: the connection stays, the client is
+        told what did not happen (and retries it)."""
+        log.warning("database unavailable while handling %s: %s", type(event).__name__, exc)
+        message = "the server cannot reach its database; try again later"
+        if isinstance(event, Push):
+            self._services.metrics.push_refused(ErrorCode.SERVER_UNAVAILABLE.value)
+            self._protocol.send(
+                Error(ErrorCode.SERVER_UNAVAILABLE.value, message, push_id=event.push_id)
+            )
+            return
+        wanted = event.projects if isinstance(event, Hello) else ()
+        if isinstance(event, Subscribe):
+            wanted = (event.project,)
+        for project in wanted:
+            with contextlib.suppress(ValueError):
+                if UUID(project.project_id) in self._subscriptions:
+                    continue
+            self._project_error(project.project_id, ErrorCode.SERVER_UNAVAILABLE, message)
 
     async def _hello(self, hello: Hello) -> None:
         try:
@@ -299,6 +337,7 @@ class SyncSession:
             )
         )
         self._flush()
+        self._services.status.watch(self._outbox)
         for project in hello.projects:
             await self._subscribe(project)
 
@@ -309,8 +348,11 @@ class SyncSession:
         except ValueError:
             return None
         assert self._user_id is not None
-        async with self._services.pool.acquire() as conn:
-            level = await member_level(conn, project, self._user_id)
+        try:
+            async with self._services.pool.acquire() as conn:
+                level = await member_level(conn, project, self._user_id)
+        except CONNECTION_ERRORS as exc:
+            raise StoreError(f"reading membership failed: {type(exc).__name__}") from exc
         if level is None:
             return None
         self._member_of.add(project)
@@ -414,7 +456,9 @@ class SyncSession:
             feed.poke(await self._services.changelog.head(project))
         except (OutboxClosedError, asyncio.CancelledError):
             return
-        except (StoreError, UnknownProject, OSError, asyncpg.PostgresError) as exc:
+        except (
+            StoreError, UnknownProject, OSError, asyncpg.PostgresError, asyncpg.InterfaceError
+        ) as exc:
             log.warning("syncing project %s failed: %s", project, exc)
             self._project_error(
                 str(project), ErrorCode.SERVER_UNAVAILABLE, "the server could not read the log"
@@ -438,6 +482,9 @@ class SyncSession:
             for frame in conflict_frames(project, records):
                 await self._outbox.put_bulk(frame)
             await self._outbox.put_bulk(encode(SnapshotEnd(str(project), snapshot.cursor)))
+            self._services.metrics.snapshot_served(
+                "websocket", project, snapshot.document_bytes, snapshot.started
+            )
             return snapshot.cursor
 
     def _fell_behind(self) -> None:
@@ -467,13 +514,16 @@ class SyncSession:
         await self._transport.close(int(CloseCode.TOO_SLOW), "too slow: resume from your cursor")
 
     async def _push(self, push: Push) -> None:
+        started = time.monotonic()
         access = await self._level(push.project_id)
         if access is None:
             code, message = self._refusal(push.project_id)
+            self._services.metrics.push_refused(code.value)
             self._protocol.send(Error(code.value, message, push_id=push.push_id))
             return
         project, level = access
         if level not in WRITE_LEVELS:
+            self._services.metrics.push_refused(ErrorCode.FORBIDDEN.value)
             self._protocol.send(
                 Error(
                     ErrorCode.FORBIDDEN.value,
@@ -490,6 +540,7 @@ class SyncSession:
             )
         except (StoreError, OSError, asyncpg.PostgresError) as exc:
             log.warning("push %s to project %s failed: %s", push.push_id, project, exc)
+            self._services.metrics.push_refused(ErrorCode.SERVER_UNAVAILABLE.value)
             self._protocol.send(
                 Error(
                     ErrorCode.SERVER_UNAVAILABLE.value,
@@ -499,6 +550,7 @@ class SyncSession:
                 )
             )
             return
+        self._services.metrics.push_committed(started, push, results)
         entity_results: list[EntityResult] = []
         for result in results:
             if isinstance(result, Accepted):

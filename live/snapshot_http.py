@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from auth.tokens import TokenError, TokenVerifier
 from live.feed import conflict_frames, conflict_record
+from observability.metrics import Metrics
 from store.projects import member_level
 from store.snapshots import open_snapshot
 
@@ -42,6 +43,7 @@ def _not_found() -> JSONResponse:
 
 async def snapshot_endpoint(request: Request) -> Response:
     verifier: TokenVerifier = request.app.state.verifier
+    metrics: Metrics = request.app.state.metrics
     pool: asyncpg.Pool = request.app.state.pool
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -126,6 +128,7 @@ async def snapshot_endpoint(request: Request) -> Response:
             buffer.append(msgpack.packb({"t": "snapshot_end", "cursor": snapshot.cursor}))
             tail = emit(b"".join(buffer))
             yield tail + compressor.flush() if compressor else tail
+            metrics.snapshot_served("http", project_id, snapshot.document_bytes, snapshot.started)
         finally:
             await release()
 

@@ -161,6 +161,8 @@ class ChangeLog:
         pool: asyncpg.Pool,
         *,
         limits: Limits = DEFAULT_LIMITS,
+        on_append: Callable[[UUID, int, int], None] | None = None,
+        on_conflicts_found: Callable[[Sequence[str]], None] | None = None,
         cache_size: int = 10_000,
         on_commit: OnCommit | None = None,
     ) -> None:
@@ -170,6 +172,9 @@ class ChangeLog:
         self._limits = limits
         self._cache = DocumentCache(cache_size)
         self._on_commit = on_commit
+        # Hears (project, new head, changes appended) after each commit: for the metrics.
+        self._on_append = on_append
+        self._on_conflicts_found = on_conflicts_found
 
     @property
     def limits(self) -> Limits:
@@ -252,6 +257,10 @@ class ChangeLog:
             await write_conflicts(conn, project_id, conflicts, writes.head)
         for entity_id, cached in writes.cache_updates:
             self._cache.put(project_id, entity_id, cached)
+        if self._on_append is not None:
+            self._on_append(project_id, writes.head, len(writes.change_rows))
+        if self._on_conflicts_found is not None and conflicts.opened:
+            self._on_conflicts_found(conflicts.opened)
         if self._on_commit is not None and writes.change_rows:
             updates = [
                 *(ConflictUpdate(writes.head, key, None) for key in conflicts.deletes),

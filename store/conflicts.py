@@ -33,6 +33,7 @@ from conflict.cross import (
 )
 from conflict.entity import entity_conflicts
 from conflict.ledger import (
+    OPEN,
     ROW_FIELDS,
     ConflictRow,
     Ledger,
@@ -90,6 +91,7 @@ class ConflictWrites:
 
     upserts: list[ConflictRow] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
+    opened: list[str] = field(default_factory=list)  # kinds of the conflicts found open now
 
     @property
     def touched(self) -> list[str]:
@@ -164,8 +166,11 @@ async def plan_conflicts(
     writes = ConflictWrites()
     for key in sorted(ledger.rows):
         row = ledger.rows[key]
-        if initial.get(key) != row:
+        earlier = initial.get(key)
+        if earlier != row:
             writes.upserts.append(row)
+            if row.status == OPEN and (earlier is None or earlier.status != OPEN):
+                writes.opened.append(row.kind)
     writes.deletes = sorted(set(initial) - set(ledger.rows))
     return writes
 

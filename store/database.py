@@ -104,3 +104,16 @@ async def close_pool(pool: asyncpg.Pool, within: float = POOL_CLOSE_TIMEOUT) -> 
 def _cannot_connect(url: str, exc: BaseException) -> str:
     reason = str(exc) or type(exc).__name__
     return f"cannot connect to PostgreSQL at {redact_url(url)}: {reason}"
+
+
+async def database_problem(pool: asyncpg.Pool, within: float) -> str | None:
+    """Why the database cannot serve now (it did not answer ``SELECT 1`` within ``within``
+    seconds, or failed), or None when it can."""
+    try:
+        async with asyncio.timeout(within), pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+    except TimeoutError:
+        return f"database did not answer within {within:g} s"
+    except CONNECTION_ERRORS as exc:
+        return f"database error: {type(exc).__name__}"
+    return None

@@ -9,6 +9,7 @@ read through a server-side cursor, so memory stays bounded however large the pro
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class Snapshot:
         self._conn = conn
         self.project_id = project_id
         self.cursor = cursor
+        self.started = time.monotonic()  # for the snapshot metrics
+        self.document_bytes = 0  # of the entities read so far
 
     async def count(self) -> int:
         """How many entities the snapshot holds."""
@@ -55,6 +58,7 @@ class Snapshot:
     async def entities(self, prefetch: int = 128) -> AsyncIterator[SnapshotEntity]:
         """Every entity, in entity-id order, fetched ``prefetch`` rows at a time."""
         async for r in self._conn.cursor(_ENTITIES, self.project_id, prefetch=prefetch):
+            self.document_bytes += len(r["document"])
             yield SnapshotEntity(
                 r["entity_type"], r["entity_id"], r["version"], tuple(r["heads"]), r["document"]
             )

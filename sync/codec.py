@@ -50,6 +50,7 @@ from sync.messages import (
     SnapshotChunk,
     SnapshotEnd,
     SnapshotEntity,
+    Status,
     Subscribe,
     Synced,
     Unsubscribe,
@@ -263,6 +264,10 @@ def _error(m: Error) -> dict[str, object]:
     }
 
 
+def _status(m: Status) -> dict[str, object]:
+    return {"t": Status.TYPE, "state": m.state, "code": m.code, "message": m.message}
+
+
 _ENCODERS: Final[dict[type[Any], Callable[[Any], dict[str, object]]]] = {
     Changes: _changes,
     Conflicts: _conflicts,
@@ -278,6 +283,7 @@ _ENCODERS: Final[dict[type[Any], Callable[[Any], dict[str, object]]]] = {
     Synced: _synced,
     PushResult: _push_result,
     Error: _error,
+    Status: _status,
 }
 
 
@@ -813,6 +819,7 @@ _SERVER_SHAPES: Final[Mapping[str, _Shape]] = {
         PushResult, push_id=_uint, project_id=_project_id, results=_array(_record(_RESULT))
     ),
     Error.TYPE: _shape(Error, code=_code, message=_text, fatal=_boolean, push_id=_optional_uint),
+    Status.TYPE: _shape(Status, state=_code, code=_code, message=_text),
 }
 
 

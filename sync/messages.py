@@ -236,6 +236,22 @@ class Error:
     push_id: int | None = None
 
 
+SERVER_STATES: tuple[str, ...] = ("ok", "degraded")
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """How the server is doing, sent when that changes (and right after ``welcome`` when it is
+    not ``ok``). ``degraded``: it cannot do everything now (``code`` says what is wrong, e.g.
+    ``database_unavailable``); keep local changes and retry, nothing is lost. ``ok``: back
+    to normal. Informational: the client's own retries do the resuming."""
+
+    TYPE: ClassVar[str] = "status"
+    state: str
+    code: str = ""
+    message: str = ""
+
+
 ClientMessage = Hello | Subscribe | Unsubscribe | Push
 ServerMessage = (
     Welcome
@@ -248,5 +264,6 @@ ServerMessage = (
     | Synced
     | PushResult
     | Error
+    | Status
 )
 Message = ClientMessage | ServerMessage

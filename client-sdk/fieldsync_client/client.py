@@ -320,6 +320,7 @@ class FieldsyncClient:
             rejected,
             max(synced) if synced else None,
             sync.last_error,
+            sync.server_problem,
         )
 
     def _check(self) -> None:

@@ -27,6 +27,9 @@ class SyncStatus:
     rejected: int  # local changes the server refused (see Project.rejected_changes())
     last_synced_at: datetime | None  # the last time everything was up to date both ways
     last_error: FieldsyncError | None  # the latest problem, until the next good connection
+    # What the server says is wrong on its side (e.g. "database_unavailable": changes stay
+    # pending and are sent when it is back), or None.
+    server_problem: str | None = None
 
     @property
     def online(self) -> bool:

@@ -68,6 +68,7 @@ from sync.messages import (
     SnapshotBegin,
     SnapshotChunk,
     SnapshotEnd,
+    Status,
     Subscribe,
     Synced,
     Unsubscribe,
@@ -167,6 +168,7 @@ class SyncLoop:
         self.halted: FieldsyncError | None = None  # AuthError or IncompatibleServer
         self.live: set[str] = set()  # projects caught up on the current connection
         self.failed: dict[str, ProjectUnavailable] = {}
+        self.server_problem: str | None = None  # from the server's latest status message
         self.synced_at: dict[str, datetime] = {}
         # The highest seq the server gave a change of ours, per project: caught up means
         # holding at least that (our own changes come back after their push_result).
@@ -292,6 +294,7 @@ class SyncLoop:
     def welcomed(self) -> None:
         self.backoff.reset()
         self.last_error = None
+        self.server_problem = None
         self._set_state(ConnectionState.ONLINE)
         self.host.state_changed()
 
@@ -465,6 +468,8 @@ class _Session:
             self._project_error(message)
         elif isinstance(message, Error):
             self._error(message)
+        elif isinstance(message, Status):
+            self.loop.server_problem = None if message.state == "ok" else message.code or "degraded"
 
     def _replica(self, project_id: str) -> ProjectReplica | None:
         if project_id not in self.subscribed:

@@ -17,6 +17,7 @@ from sync.messages import ConflictRecord, Conflicts, EntityPush, ProjectCursor
 from tests.entities import activity_values, new_id
 from tests.live.test_sync import push
 from tests.live_server import MemberFactory, running_server
+from tests.observability.test_metrics import scrape, value
 from tests.sync_client import ProjectReplica, SyncClient
 
 
@@ -52,6 +53,15 @@ async def test_conflicts_follow_their_changes_everywhere(
             assert isinstance(message, Conflicts), message  # nothing else is due
             watcher.absorb(message)
         [record] = live.conflicts.values()
+        # Found by the process the pushes went through, counted once there.
+        counted = value(
+            await scrape(first), "fieldsync_conflicts_found_total", kind="concurrent_edit"
+        )
+        assert counted == 1
+        assert (
+            value(await scrape(second), "fieldsync_conflicts_found_total", kind="concurrent_edit")
+            == 0
+        )
         assert (record.kind, record.status, record.entity_ids) == (
             "concurrent_edit",
             "open",
@@ -111,4 +121,3 @@ def _conflicts_in(body: bytes) -> list[ConflictRecord]:
             assert isinstance(message, Conflicts)
             records.extend(message.conflicts)
     return records
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from model.writer import create_entity, update_entity
 from sync.messages import EntityPush, ProjectCursor
@@ -54,3 +55,42 @@ async def test_without_notifications_the_head_check_still_delivers(
         database_url, listen_for_notifications=False, head_poll_seconds=0.2
     ) as second:
         assert await _relay(first, second, project, token) < 10
+
+
+async def test_every_process_delivers_every_other_processes_commits_promptly(
+    database_url: str, project: uuid.UUID, member: MemberFactory
+) -> None:
+    """Three processes, a live client on each, pushes through each in turn: every change
+    reaches every client within a second, with the head check too slow to be what did it."""
+    _, token = await member(project)
+    quiet: dict[str, Any] = {"head_poll_seconds": 60.0}
+    async with (
+        running_server(database_url, **quiet) as a,
+        running_server(database_url, **quiet) as b,
+        running_server(database_url, **quiet) as c,
+    ):
+        bases = (a, b, c)
+        clients = [await SyncClient.connect(base) for base in bases]
+        for client in clients:
+            await client.hello(token, [ProjectCursor(str(project), 0)])
+            await client.sync_until_synced(str(project))
+        entity = new_id()
+        doc, created = create_entity("location", location_values())
+        await push(clients[0], project, 1, EntityPush("location", entity, (created,)))
+        for client in clients:
+            await client.receive_changes_until(str(project), 1, within=5)
+        slowest = 0.0
+        for n in range(2, 11):
+            pusher = clients[n % 3]
+            change = update_entity(doc, "location", {"name": f"Site v{n}"})
+            started = time.monotonic()
+            await push(pusher, project, n, EntityPush("location", entity, (change,)))
+            for client in clients:
+                await client.receive_changes_until(str(project), n, within=5)
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 1.0, f"slowest cross-process delivery took {slowest:.3f} s"
+        expected = {entity: sorted(doc.get_heads())}
+        for client in clients:
+            assert client.replicas[str(project)].heads() == expected
+            assert client.replicas[str(project)].seen_seqs == list(range(1, 11))
+            await client.close()

@@ -1,0 +1,136 @@
+"""The server's own health as its connections hear it: ``status`` messages.
+
+While the database cannot be reached the server stays up: connections stay open, pushes get
+``server_unavailable`` (clients keep their changes and retry), and every connection is told
+once, by a ``status`` message, that the server is degraded and why; then once more when it
+is back. ``watch_database`` asks the database at a steady interval and drives the board.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable
+
+import asyncpg
+
+from live.outbox import Outbox, OutboxClosedError
+from store.database import CONNECTION_ERRORS
+from sync.codec import encode
+from sync.messages import Status
+
+log = logging.getLogger(__name__)
+
+OK = Status("ok")
+DATABASE_UNAVAILABLE = "database_unavailable"
+
+
+def database_down(reason: str) -> Status:
+    return Status(
+        "degraded",
+        DATABASE_UNAVAILABLE,
+        f"the server cannot reach its database ({reason}); changes stay on your device "
+        "and are sent when it is back",
+    )
+
+
+class StatusBoard:
+    """The current status, and the send queues of the connections that hear about it."""
+
+    def __init__(self) -> None:
+        self.current = OK
+        self._queues: weakref.WeakSet[Outbox] = weakref.WeakSet()
+
+    def watch(self, outbox: Outbox) -> None:
+        """A connection was welcomed: it hears every change from now on (and the current
+        status at once, unless all is well)."""
+        self._queues.add(outbox)
+        if self.current != OK:
+            _tell(outbox, encode(self.current))
+
+    def database(self, problem: str | None) -> bool:
+        """Record the database's state; True if that changed the status (and it was sent)."""
+        status = OK if problem is None else database_down(problem)
+        if (status == OK) == (self.current == OK):
+            return False
+        self.current = status
+        frame = encode(status)
+        for outbox in list(self._queues):
+            _tell(outbox, frame)
+        return True
+
+
+def _tell(outbox: Outbox, frame: bytes) -> None:
+    if not outbox.closed:
+        with contextlib.suppress(OutboxClosedError):
+            outbox.put_control(frame)
+
+
+class _Probe:
+    """``SELECT 1`` on a connection of its own: a pool busy with pushes must not look like
+    a database that went away."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: asyncpg.Connection | None = None
+
+    async def problem(self, within: float) -> str | None:
+        try:
+            async with asyncio.timeout(within):
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(self._url)
+                await self._conn.fetchval("SELECT 1")
+        except TimeoutError:
+            self.close()
+            return f"database did not answer within {within:g} s"
+        except CONNECTION_ERRORS as exc:
+            self.close()
+            return f"database error: {type(exc).__name__}"
+        return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+
+async def watch_database(
+    url: str,
+    board: StatusBoard,
+    on_change: Callable[[bool], None],
+    *,
+    interval: float,
+    within: float,
+) -> None:
+    """Every ``interval`` seconds, check the database (it must answer within ``within``);
+    on each change of state update the board and call ``on_change(up)``. Runs until
+    cancelled."""
+    probe = _Probe(url)
+    try:
+        await _watch(probe, board, on_change, interval, within)
+    finally:
+        probe.close()
+
+
+async def _watch(
+    probe: _Probe,
+    board: StatusBoard,
+    on_change: Callable[[bool], None],
+    interval: float,
+    within: float,
+) -> None:
+    while True:
+        problem = await probe.problem(within)
+        if board.database(problem):
+            if problem is None:
+                log.warning("database available again", extra={"event": "database_up"})
+            else:
+                log.error(
+                    "database unavailable: %s",
+                    problem,
+                    extra={"event": "database_down", "reason": problem},
+                )
+            on_change(problem is None)
+        await asyncio.sleep(interval)

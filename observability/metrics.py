@@ -1,0 +1,304 @@
+"""The metrics of one server process, in a registry of its own, served at ``GET /metrics``.
+
+Every metric is defined here, once. The code that does the work calls one small method per
+event (``received``, ``push_committed``, ``appended``, ...), so instrumenting a module adds a
+line, not a structure. Each ``Metrics`` owns its registry: several apps in one process (the
+tests' "processes") never collide, and nothing is global.
+
+Label values come only from this code's own vocabularies (message types, reject and error
+codes, conflict kinds), never from what a client sent, so no client can grow the number of
+series.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from contextlib import contextmanager
+from typing import Protocol
+from uuid import UUID
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from observability.fanout import LOCAL, REMOTE, FanoutClock
+from store.changelog import AppendResult, Rejected
+from sync.messages import Hello, Push
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+log = logging.getLogger("fieldsync.slow")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BYTES_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9)
+_QUEUE_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_AGE_BUCKETS = (1, 10, 60, 300, 1800, 3600, 6 * 3600, 24 * 3600, 7 * 24 * 3600)
+
+
+class PoolLike(Protocol):
+    """What the pool gauges read (asyncpg.Pool has these)."""
+
+    def get_size(self) -> int: ...
+    def get_idle_size(self) -> int: ...
+    def get_max_size(self) -> int: ...
+
+
+def frame_type(frame: bytes) -> str:
+    """The ``"t"`` of a frame this server encoded, read from its first bytes.
+
+    ``sync.codec.encode`` writes a map whose first key is ``"t"``; reading the type back
+    from the bytes lets the single writer of a connection count every kind of message
+    without the senders knowing about metrics.
+    """
+    first = frame[0] if frame else 0
+    start = 1 if 0x80 <= first <= 0x8F else 3 if first == 0xDE else -1
+    if start < 0 or frame[start : start + 2] != b"\xa1t":
+        return "unknown"
+    head = frame[start + 2] if len(frame) > start + 2 else 0
+    if 0xA0 <= head <= 0xBF:
+        size, at = head & 0x1F, start + 3
+    elif head == 0xD9 and len(frame) > start + 3:
+        size, at = frame[start + 3], start + 4
+    else:
+        return "unknown"
+    try:
+        return frame[at : at + size].decode("ascii")
+    except UnicodeDecodeError:
+        return "unknown"
+
+
+class SendQueues(Collector):
+    """Every open connection's send queue: a histogram of its depth whenever a live frame is
+    queued, and at scrape time the total and the deepest queue."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._queues: weakref.WeakSet[Sized] = weakref.WeakSet()
+        self.depth = Histogram(
+            "fieldsync_send_queue_depth",
+            "Frames already waiting in a connection's send queue when a live frame is queued",
+            buckets=_QUEUE_BUCKETS,
+            registry=registry,
+        )
+        registry.register(self)
+
+    def watch(self, queue: Sized) -> None:
+        self._queues.add(queue)
+
+    def observe(self, depth: int) -> None:
+        self.depth.observe(depth)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depths = [len(queue) for queue in list(self._queues)]
+        yield GaugeMetricFamily(
+            "fieldsync_send_queue_frames", "Frames waiting in all send queues", sum(depths)
+        )
+        yield GaugeMetricFamily(
+            "fieldsync_send_queue_max_frames",
+            "Frames waiting in the deepest send queue",
+            max(depths, default=0),
+        )
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: PoolLike) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        size, idle = self._pool.get_size(), self._pool.get_idle_size()
+        used = GaugeMetricFamily(
+            "fieldsync_db_pool_connections", "Database pool connections", labels=["state"]
+        )
+        used.add_metric(["in_use"], size - idle)
+        used.add_metric(["idle"], idle)
+        yield used
+        yield GaugeMetricFamily(
+            "fieldsync_db_pool_max_connections",
+            "Most connections the pool opens",
+            self._pool.get_max_size(),
+        )
+
+
+class Metrics:
+    """One process's metrics; ``slow_ms`` is the threshold above which pushes and snapshots
+    are also logged (``fieldsync.slow``)."""
+
+    def __init__(self, *, slow_ms: float = 500.0) -> None:
+        self.slow_seconds = slow_ms / 1000
+        self.registry = registry = CollectorRegistry()
+        self.connections = Gauge(
+            "fieldsync_connections_open", "Open sync WebSocket connections", registry=registry
+        )
+        self.messages_in = Counter(
+            "fieldsync_messages_received",
+            "Valid protocol messages received, by type",
+            ["type"],
+            registry=registry,
+        )
+        self.messages_out = Counter(
+            "fieldsync_messages_sent",
+            "Protocol messages sent, by type",
+            ["type"],
+            registry=registry,
+        )
+        self.bytes_out = Counter(
+            "fieldsync_sent_bytes",
+            "Bytes of protocol messages sent, by type",
+            ["type"],
+            registry=registry,
+        )
+        self.pushes = Counter(
+            "fieldsync_pushes",
+            "Pushes answered: accepted (a push_result went out) or refused whole (reason: "
+            "the error code)",
+            ["result", "reason"],
+            registry=registry,
+        )
+        self.push_entities = Counter(
+            "fieldsync_push_entities",
+            "Entity change sets in push results: accepted, or rejected by reject code",
+            ["result", "reason"],
+            registry=registry,
+        )
+        self.changes_appended = Counter(
+            "fieldsync_changes_appended", "Changes newly appended to the log", registry=registry
+        )
+        self.conflicts = Counter(
+            "fieldsync_conflicts_found",
+            "Conflicts found after merges, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.snapshot_bytes = Histogram(
+            "fieldsync_snapshot_bytes",
+            "Document bytes of each snapshot served",
+            ["transport"],
+            buckets=_BYTES_BUCKETS,
+            registry=registry,
+        )
+        self.snapshot_seconds = Histogram(
+            "fieldsync_snapshot_duration_seconds",
+            "Time to serve a snapshot, from its transaction's start to its last entity queued",
+            ["transport"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.push_seconds = Histogram(
+            "fieldsync_push_to_commit_seconds",
+            "From a push message handled to its transaction committed",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.fanout_seconds = Histogram(
+            "fieldsync_commit_to_fanout_seconds",
+            "From a commit known to this process (local: committed here; remote: its pointer "
+            "arrived) to its changes queued for every live subscriber",
+            ["source"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.outbox_age = Histogram(
+            "fieldsync_client_outbox_age_seconds",
+            "Age of the oldest unacknowledged change clients reported at handshake",
+            buckets=_AGE_BUCKETS,
+            registry=registry,
+        )
+        self.database_up = Gauge(
+            "fieldsync_database_up", "1 while the database answers, else 0", registry=registry
+        )
+        self.send_queues = SendQueues(registry)
+        self._fanout = FanoutClock()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def watch_pool(self, pool: PoolLike) -> None:
+        self.registry.register(_PoolCollector(pool))
+
+    @contextmanager
+    def connection(self) -> Iterator[None]:
+        self.connections.inc()
+        try:
+            yield
+        finally:
+            self.connections.dec()
+
+    def received(self, message: object) -> None:
+        self.messages_in.labels(getattr(message, "TYPE", "unknown")).inc()
+        if isinstance(message, Hello) and message.outbox_age_ms is not None:
+            self.outbox_age.observe(message.outbox_age_ms / 1000)
+
+    def sent(self, frame: bytes) -> None:
+        kind = frame_type(frame)
+        self.messages_out.labels(kind).inc()
+        self.bytes_out.labels(kind).inc(len(frame))
+
+    def push_committed(self, started: float, push: Push, results: Sequence[AppendResult]) -> None:
+        """A push's transaction committed; ``started`` is when it was handled (monotonic)."""
+        seconds = time.monotonic() - started
+        self.push_seconds.observe(seconds)
+        self.pushes.labels("accepted", "").inc()
+        for result in results:
+            if isinstance(result, Rejected):
+                self.push_entities.labels("rejected", result.rejection.code.value).inc()
+            else:
+                self.push_entities.labels("accepted", "").inc()
+        if seconds >= self.slow_seconds:
+            log.warning(
+                "slow push: %.0f ms",
+                seconds * 1000,
+                extra={
+                    "event": "slow_push",
+                    "duration_ms": round(seconds * 1000, 1),
+                    "project_id": push.project_id,
+                    "push_id": push.push_id,
+                    "entities": len(push.entities),
+                },
+            )
+
+    def push_refused(self, code: str) -> None:
+        self.pushes.labels("refused", code).inc()
+
+    def appended(self, project_id: UUID, head: int, count: int) -> None:
+        """``count`` changes up to seq ``head`` were just committed in this process."""
+        if count:
+            self.changes_appended.inc(count)
+            self._fanout.mark(project_id, head, time.monotonic(), LOCAL)
+
+    def conflict_found(self, kind: str) -> None:
+        """A merge produced a conflict of ``kind`` (a ``docs/conflicts.md`` kind)."""
+        self.conflicts.labels(kind).inc()
+
+    def conflicts_found(self, kinds: Iterable[str]) -> None:
+        for kind in kinds:
+            self.conflict_found(kind)
+
+    def snapshot_served(
+        self, transport: str, project_id: UUID, document_bytes: int, started: float
+    ) -> None:
+        """A snapshot went out; ``started`` is when its transaction began (monotonic)."""
+        seconds = time.monotonic() - started
+        self.snapshot_bytes.labels(transport).observe(document_bytes)
+        self.snapshot_seconds.labels(transport).observe(seconds)
+        if seconds >= self.slow_seconds:
+            log.warning(
+                "slow snapshot: %.0f ms",
+                seconds * 1000,
+                extra={
+                    "event": "slow_snapshot",
+                    "duration_ms": round(seconds * 1000, 1),
+                    "project_id": str(project_id),
+                    "transport": transport,
+                    "bytes": document_bytes,
+                },
+            )
+
+    # The live feeds report here (live.feed.FeedObserver).
+
+    def pointer(self, project_id: UUID, seq: int) -> None:
+        self._fanout.mark(project_id, seq, time.monotonic(), REMOTE)
+
+    def dispatched(self, project_id: UUID, head: int) -> None:
+        for source, seconds in self._fanout.dispatched(project_id, head, time.monotonic()):
+            self.fanout_seconds.labels(source).observe(seconds)
