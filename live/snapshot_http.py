@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from auth.tokens import TokenError, TokenVerifier
 from live.feed import conflict_frames, conflict_record
 from observability.metrics import Metrics
+from store.database import CONNECTION_ERRORS
 from store.projects import member_level
 from store.snapshots import open_snapshot
 
@@ -31,6 +32,15 @@ FLUSH_BYTES = 256 * 1024
 
 def snapshot_etag(project_id: UUID, cursor: int) -> str:
     return f'"{project_id}:{cursor}"'
+
+
+def _unavailable() -> JSONResponse:
+    # The database is unreachable: a retry later will do (the WebSocket's status says when).
+    return JSONResponse(
+        {"code": "server_unavailable", "message": "the database cannot be reached right now"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
 
 
 def _not_found() -> JSONResponse:
@@ -65,12 +75,14 @@ async def snapshot_endpoint(request: Request) -> Response:
         project_id = UUID(request.path_params["project_id"])
     except ValueError:
         return _not_found()
-    async with pool.acquire() as conn:
-        if await member_level(conn, project_id, claims.user_id) is None:
-            return _not_found()
-
     context = open_snapshot(pool, project_id)
-    snapshot = await context.__aenter__()
+    try:
+        async with pool.acquire() as conn:
+            if await member_level(conn, project_id, claims.user_id) is None:
+                return _not_found()
+        snapshot = await context.__aenter__()
+    except CONNECTION_ERRORS:
+        return _unavailable()
     etag = snapshot_etag(project_id, snapshot.cursor)
     gzip = "gzip" in request.headers.get("accept-encoding", "")
     headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}

@@ -144,9 +144,15 @@ async def test_database_outage_under_load(
         await until(lambda: client_a.status.server_problem == DATABASE_UNAVAILABLE, 10)
         async with httpx.AsyncClient() as http:
             health = await http.get(f"http://{base}/healthz")
+            snapshot = await http.get(
+                f"http://{base}/projects/{project}/snapshot",
+                headers={"Authorization": f"Bearer {token_a}"},
+            )
         assert health.status_code == 503
         assert health.json()["status"] == "unavailable"
         assert health.json()["reason"].startswith("database")
+        assert snapshot.status_code == 503
+        assert snapshot.json()["code"] == "server_unavailable"
         assert client_a.status.pending > 0  # edits go on, and wait on the device
 
         await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped_at)))
