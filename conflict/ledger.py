@@ -21,6 +21,7 @@ that seq.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -314,36 +315,61 @@ def row_changes(
 
 
 class Ledger:
-    """An in-memory ``rm_conflicts`` for one project, with the SQL's semantics."""
+    """An in-memory ``rm_conflicts`` for one project, with the SQL's semantics.
 
-    def __init__(self) -> None:
-        self.rows: dict[str, ConflictRow] = {}
+    Rows are indexed by the entities they name, as the table is (a GIN index on
+    ``entity_ids``): a rebuild asks for the rows of one entity at every row change of the
+    whole log, and must not scan every conflict each time.
+    """
+
+    def __init__(self, rows: Iterable[ConflictRow] = ()) -> None:
+        self._rows: dict[str, ConflictRow] = {}
+        self._naming: dict[str, set[str]] = defaultdict(set)  # entity id -> conflict ids
+        for row in rows:
+            self._put(row)
+
+    @property
+    def rows(self) -> Mapping[str, ConflictRow]:
+        return self._rows
 
     def entity_rows(self, entity_id: str) -> dict[str, ConflictRow]:
         """What the store selects before ``plan_entity``: kind in the single-entity kinds and
         ``entity_ids = ARRAY[entity_id]``."""
         return {
             key: row
-            for key, row in self.rows.items()
-            if ConflictKind(row.kind) in SINGLE_ENTITY_KINDS and row.entity_ids == (entity_id,)
+            for key in sorted(self._naming.get(entity_id, ()))
+            if ConflictKind((row := self._rows[key]).kind) in SINGLE_ENTITY_KINDS
+            and row.entity_ids == (entity_id,)
         }
 
     def cross_rows(self, entity_ids: Iterable[str]) -> dict[str, ConflictRow]:
         """What the store selects before ``plan_cross``: kind in the cross-entity kinds and
         ``entity_ids && ARRAY[...]``."""
-        wanted = set(entity_ids)
+        keys = set().union(*(self._naming.get(entity_id, ()) for entity_id in entity_ids))
         return {
             key: row
-            for key, row in self.rows.items()
-            if ConflictKind(row.kind) in CROSS_ENTITY_KINDS and wanted.intersection(row.entity_ids)
+            for key in sorted(keys)
+            if ConflictKind((row := self._rows[key]).kind) in CROSS_ENTITY_KINDS
         }
 
     def apply(self, plan: RowPlan, users: Mapping[str, str] | None = None) -> None:
         """Write ``plan``; with ``users``, its rows name who sent each change (``with_users``)."""
         for key in plan.deletes:
-            self.rows.pop(key, None)
+            self._remove(key)
         for row in plan.upserts:
-            self.rows[row.conflict_id] = row if users is None else with_users(row, users)
+            self._put(row if users is None else with_users(row, users))
 
     def open_ids(self) -> set[str]:
-        return {key for key, row in self.rows.items() if row.status == OPEN}
+        return {key for key, row in self._rows.items() if row.status == OPEN}
+
+    def _put(self, row: ConflictRow) -> None:
+        self._remove(row.conflict_id)
+        self._rows[row.conflict_id] = row
+        for entity_id in row.entity_ids:
+            self._naming[entity_id].add(row.conflict_id)
+
+    def _remove(self, key: str) -> None:
+        old = self._rows.pop(key, None)
+        if old is not None:
+            for entity_id in old.entity_ids:
+                self._naming[entity_id].discard(key)

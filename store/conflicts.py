@@ -159,8 +159,7 @@ async def plan_conflicts(
         return ConflictWrites()
     ids = [m.entity_id for m in merges]
     initial = {row.conflict_id: row for row in await _rows(conn, _NAMING, project_id, ids)}
-    ledger = Ledger()
-    ledger.rows = dict(initial)
+    ledger = Ledger(initial.values())
     await _single_entity(conn, project_id, merges, sender, ledger)
     await _cross_entity(conn, project_id, merges, ledger)
     writes = ConflictWrites()

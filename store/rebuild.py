@@ -23,16 +23,7 @@ from uuid import UUID
 import asyncpg
 from automerge.core import Document
 
-from conflict.cross import (
-    ActivityRow,
-    LocationRow,
-    ProjectRows,
-    RoleRow,
-    Row,
-    SummoningRow,
-    cross_entity_conflicts,
-    needed_rows,
-)
+from conflict.cross import Row, RowIndex, cross_entity_conflicts
 from conflict.entity import entity_conflicts
 from conflict.ledger import ROW_FIELDS, Ledger, plan_cross, plan_entity, row_changes
 from model.changes import parse_change
@@ -184,21 +175,10 @@ class _ConflictReplay:
 
     def finish(self) -> Ledger:
         """Re-check the cross-entity rules at each row change, in log order."""
-        activities: dict[str, ActivityRow] = {}
-        summonings: dict[str, SummoningRow] = {}
-        locations: dict[str, LocationRow] = {}
-        roles: dict[str, RoleRow] = {}
-        # One ProjectRows over dicts that are updated in place as the log is replayed.
-        project = ProjectRows(activities, summonings, locations, roles)
-        by_type: dict[type, dict[str, Any]] = {
-            ActivityRow: activities,
-            SummoningRow: summonings,
-            LocationRow: locations,
-            RoleRow: roles,
-        }
+        index = RowIndex()
         for seq, entity_id, row in sorted(self.steps, key=lambda step: step[0]):
-            by_type[type(row)][entity_id] = row
-            found = cross_entity_conflicts(needed_rows(project, [entity_id]), [entity_id])
+            index.put(row)
+            found = cross_entity_conflicts(index.needed([entity_id]), [entity_id])
             self.ledger.apply(plan_cross(found, self.ledger.cross_rows([entity_id]), seq))
         return self.ledger
 

@@ -11,6 +11,7 @@ from conflict.cross import (
     ProjectRows,
     RoleRow,
     Row,
+    RowIndex,
     SummoningRow,
     cross_entity_conflicts,
     needed_rows,
@@ -24,11 +25,18 @@ def read(committed: ProjectRows, keys: Lookups) -> list[Row]:
     """What the store's SQL returns for ``keys``: rows matching any of them."""
     found: list[Row] = []
     for row in committed.rows():
-        if row.entity_id in keys.ids or (isinstance(row, SummoningRow) and (
-            row.activity_id in keys.summonings_by_activity
-            or row.role_id in keys.summonings_by_role
-            or row.user_id in keys.summonings_by_user
-        )) or (isinstance(row, ActivityRow) and row.location_id in keys.activities_by_location):
+        if (
+            row.entity_id in keys.ids
+            or (
+                isinstance(row, SummoningRow)
+                and (
+                    row.activity_id in keys.summonings_by_activity
+                    or row.role_id in keys.summonings_by_role
+                    or row.user_id in keys.summonings_by_user
+                )
+            )
+            or (isinstance(row, ActivityRow) and row.location_id in keys.activities_by_location)
+        ):
             found.append(row)
     return found
 
@@ -98,3 +106,32 @@ def _moved(row: Row, rows: ProjectRows) -> st.SearchStrategy[Row]:
         return st.builds(LocationRow, st.just(row.entity_id), st.booleans())
     assert isinstance(row, RoleRow)
     return st.builds(RoleRow, st.just(row.entity_id), st.booleans())
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(project_rows(), st.data())
+def test_the_row_index_needs_the_rows_needed_rows_needs(
+    start: ProjectRows, data: st.DataObject
+) -> None:
+    """The rebuild's indexed lookups equal ``needed_rows`` over every row, as rows move."""
+    index = RowIndex()
+    current: dict[str, Row] = {}
+    for row in start.rows():
+        index.put(row)
+        current[row.entity_id] = row
+    for _ in range(data.draw(st.integers(0, 6))):
+        if not current:
+            break
+        moved = data.draw(
+            _moved(data.draw(st.sampled_from(sorted(current.values(), key=_key))), start)
+        )
+        index.put(moved)
+        current[moved.entity_id] = moved
+        everything = ProjectRows.of(current.values())
+        for entity_id in current:
+            assert index.needed([entity_id]) == needed_rows(everything, [entity_id])
+        assert index.needed(list(current)) == needed_rows(everything, list(current))
+
+
+def _key(row: Row) -> str:
+    return row.entity_id
