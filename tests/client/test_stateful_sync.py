@@ -1,5 +1,6 @@
 """A state machine over the whole system: SDK clients edit related entities, their apps close
-and reopen, the server stops, starts and restarts, in any interleaving Hypothesis chooses.
+and reopen, and two server processes on one database stop, start and restart, in any
+interleaving Hypothesis chooses (clients 0 and 2 talk to one process, client 1 to the other).
 
 Whenever it asks for quiescence (and at the end), every client must hold exactly the
 server's documents and the same open conflicts as the server's conflicts read model, no
@@ -28,7 +29,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -57,7 +57,8 @@ class SyncMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.dir = tempfile.TemporaryDirectory(prefix="fsm")
-        self.server = RestartableServer(self.database_url)
+        # Two server processes on one database; client n talks to server n % 2.
+        self.servers = [RestartableServer(self.database_url) for _ in range(2)]
         self.clients: list[FieldsyncClient | None] = [None] * CLIENTS
         self.projects: list[Project | None] = [None] * CLIENTS
         self.tokens: list[str] = []
@@ -83,7 +84,8 @@ class SyncMachine(RuleBasedStateMachine):
                 user = await create_user(conn, f"Specialist {n}")
                 await add_member(conn, self.project_id, user, "lead")
                 self.tokens.append(issue_token(TEST_SECRET, user))
-        await self.server.start()
+        for server in self.servers:
+            await server.start()
         suffix = uuid.uuid4().hex[:8]
         for name in ("loc-1", "loc-2", "act-1", "act-2", "sum-1", "sum-2"):
             self.ids[name] = f"{name}-{suffix}"
@@ -124,7 +126,10 @@ class SyncMachine(RuleBasedStateMachine):
 
     async def _open(self, n: int) -> Project:
         client = FieldsyncClient(
-            self.server.url, self.tokens[n], Path(self.dir.name) / f"client-{n}.db", **FAST_BACKOFF
+            self.servers[n % 2].url,
+            self.tokens[n],
+            Path(self.dir.name) / f"client-{n}.db",
+            **FAST_BACKOFF,
         )
         self.clients[n] = client
         project = await client.open_project(str(self.project_id), timeout=15)
@@ -188,21 +193,22 @@ class SyncMachine(RuleBasedStateMachine):
         if self.clients[n] is None:
             self.run(self._open(n))
 
-    @precondition(lambda self: self.server.running)
-    @rule()
-    def server_goes_down(self) -> None:
-        self.run(self.server.stop())
+    @rule(which=st.integers(0, 1))
+    def server_goes_down(self, which: int) -> None:
+        if self.servers[which].running:
+            self.run(self.servers[which].stop())
 
-    @precondition(lambda self: not self.server.running)
-    @rule()
-    def server_comes_back(self) -> None:
-        self.run(self.server.start())
+    @rule(which=st.integers(0, 1))
+    def server_comes_back(self, which: int) -> None:
+        if not self.servers[which].running:
+            self.run(self.servers[which].start())
 
-    @precondition(lambda self: self.server.running)
-    @rule()
-    def server_restarts(self) -> None:
-        self.run(self.server.stop())
-        self.run(self.server.start())
+    @rule(which=st.integers(0, 1))
+    def server_restarts(self, which: int) -> None:
+        server = self.servers[which]
+        if server.running:
+            self.run(server.stop())
+        self.run(server.start())
 
     @rule()
     def quiesce(self) -> None:
@@ -211,8 +217,9 @@ class SyncMachine(RuleBasedStateMachine):
     # --- the check --------------------------------------------------------------------------
 
     async def _converge(self) -> None:
-        if not self.server.running:
-            await self.server.start()
+        for server in self.servers:
+            if not server.running:
+                await server.start()
         for n in range(CLIENTS):
             if self.clients[n] is None:
                 await self._open(n)
@@ -234,7 +241,7 @@ class SyncMachine(RuleBasedStateMachine):
                 break
             await asyncio.sleep(0.01)
         server_open = {r["conflict_id"]: json.loads(r["details"]) for r in rows}
-        documents = await server_documents(self.server.base, self.tokens[0], self.project_id)
+        documents = await server_documents(self.servers[1].base, self.tokens[0], self.project_id)
         hashes = await logged_hashes(self.pool, self.project_id)
         assert len(hashes) == len(set(hashes)), "a change was logged twice"
         for project in self.projects:
@@ -260,7 +267,8 @@ class SyncMachine(RuleBasedStateMachine):
             for client in self.clients:
                 if client is not None:
                     self.run(client.close())
-            self.run(self.server.stop())
+            for server in self.servers:
+                self.run(server.stop())
             if self.pool is not None:
                 self.run(close_pool(self.pool))
             self.loop.close()
