@@ -180,55 +180,17 @@ def needed_rows(rows: ProjectRows, entity_ids: Iterable[str]) -> ProjectRows:
     * a location: itself and the activities at it;
     * a role: itself and the summonings for it.
     """
-    activities: dict[str, ActivityRow] = {}
-    summonings: dict[str, SummoningRow] = {}
-    locations: dict[str, LocationRow] = {}
-    roles: dict[str, RoleRow] = {}
-    users: set[str] = set()
-
-    def add_summoning(row: SummoningRow) -> None:
-        summonings[row.entity_id] = row
-        if row.user_id is not None:
-            users.add(row.user_id)
-
-    for entity_id in entity_ids:
-        if (activity := rows.activities.get(entity_id)) is not None:
-            activities[entity_id] = activity
-            if (location := rows.locations.get(activity.location_id or "")) is not None:
-                locations[location.entity_id] = location
-            for row in rows.summonings.values():
-                if row.activity_id == entity_id:
-                    add_summoning(row)
-        if (summoning := rows.summonings.get(entity_id)) is not None:
-            add_summoning(summoning)
-            if (role := rows.roles.get(summoning.role_id or "")) is not None:
-                roles[role.entity_id] = role
-        if (location := rows.locations.get(entity_id)) is not None:
-            locations[entity_id] = location
-            for activity in rows.activities.values():
-                if activity.location_id == entity_id:
-                    activities[activity.entity_id] = activity
-        if (role := rows.roles.get(entity_id)) is not None:
-            roles[entity_id] = role
-            for row in rows.summonings.values():
-                if row.role_id == entity_id:
-                    summonings[row.entity_id] = row
-    for row in rows.summonings.values():
-        if row.user_id in users:
-            summonings[row.entity_id] = row
-    for row in list(summonings.values()):
-        if (activity := rows.activities.get(row.activity_id)) is not None:
-            activities[activity.entity_id] = activity
-    return ProjectRows(activities, summonings, locations, roles)
+    index = RowIndex()
+    for row in rows.rows():
+        index.put(row)
+    return index.needed(entity_ids)
 
 
 class RowIndex:
-    """Every row of a project, indexed the way :func:`needed_rows` looks rows up.
+    """Rows indexed the way :func:`needed_rows` looks them up, updated on every :meth:`put`.
 
-    ``needed_rows`` scans the project's summonings and activities for each entity it is
-    asked about, which is fine for the few rows around one push and quadratic for a rebuild
-    that re-checks a whole project's log. This keeps the same rows with indexes updated on
-    every :meth:`put`, and :meth:`needed` returns exactly what ``needed_rows`` would.
+    A rebuild re-checks the rules at every row change of a whole project's log; keeping one
+    index and updating it makes each re-check cost the neighbourhood, not the project.
     """
 
     def __init__(self) -> None:

@@ -113,7 +113,8 @@ def _moved(row: Row, rows: ProjectRows) -> st.SearchStrategy[Row]:
 def test_the_row_index_needs_the_rows_needed_rows_needs(
     start: ProjectRows, data: st.DataObject
 ) -> None:
-    """The rebuild's indexed lookups equal ``needed_rows`` over every row, as rows move."""
+    """An index kept up to date row by row, as the rebuild keeps it, answers exactly as one
+    built afresh from every current row (``needed_rows``)."""
     index = RowIndex()
     current: dict[str, Row] = {}
     for row in start.rows():
