@@ -146,6 +146,11 @@ def conflict_frames(project_id: UUID, records: Sequence[ConflictRecord]) -> list
     ]
 
 
+def snapshot_conflict_frames(project_id: UUID, rows: Iterable[ConflictRow]) -> list[bytes]:
+    """Every conflict record of a snapshot, as Conflicts frames (WebSocket and HTTP)."""
+    return conflict_frames(project_id, [conflict_record(row.conflict_id, row) for row in rows])
+
+
 def update_frames(project_id: UUID, updates: Sequence[ConflictUpdate]) -> list[bytes]:
     """Conflict updates as frames; a record updated twice is sent once, in its latest state."""
     latest: dict[str, ConflictRecord] = {}

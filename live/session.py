@@ -20,7 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from auth.tokens import TokenError, TokenVerifier
-from live.feed import Hub, LiveSubscription, conflict_frames, conflict_record, log_frames
+from live.feed import Hub, LiveSubscription, log_frames, snapshot_conflict_frames
 from live.outbox import Outbox, OutboxClosedError
 from live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
 from live.status import StatusBoard
@@ -478,8 +478,7 @@ class SyncSession:
                     chunk, size = [], 0
             if chunk:
                 await self._outbox.put_bulk(encode(SnapshotChunk(str(project), tuple(chunk))))
-            records = [conflict_record(row.conflict_id, row) for row in await snapshot.conflicts()]
-            for frame in conflict_frames(project, records):
+            for frame in snapshot_conflict_frames(project, await snapshot.conflicts()):
                 await self._outbox.put_bulk(frame)
             await self._outbox.put_bulk(encode(SnapshotEnd(str(project), snapshot.cursor)))
             self._services.metrics.snapshot_served(

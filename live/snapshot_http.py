@@ -20,11 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from auth.tokens import TokenError, TokenVerifier
-from live.feed import conflict_frames, conflict_record
+from live.feed import snapshot_conflict_frames
 from observability.metrics import Metrics
 from store.database import CONNECTION_ERRORS
 from store.projects import member_level
 from store.snapshots import open_snapshot
+from sync.codec import encode
+from sync.messages import SnapshotBegin, SnapshotEnd
 
 MEDIA_TYPE = "application/x-fieldsync-snapshot+msgpack"
 FLUSH_BYTES = 256 * 1024
@@ -110,16 +112,7 @@ async def snapshot_endpoint(request: Request) -> Response:
 
         try:
             count = await snapshot.count()
-            buffer.append(
-                msgpack.packb(
-                    {
-                        "t": "snapshot_begin",
-                        "project_id": str(project_id),
-                        "cursor": snapshot.cursor,
-                        "entity_count": count,
-                    }
-                )
-            )
+            buffer.append(encode(SnapshotBegin(str(project_id), snapshot.cursor, count)))
             async for entity in snapshot.entities():
                 record = msgpack.packb(
                     {
@@ -133,11 +126,8 @@ async def snapshot_endpoint(request: Request) -> Response:
                 if size >= FLUSH_BYTES:
                     yield emit(b"".join(buffer))
                     buffer, size = [], 0
-            conflicts = [
-                conflict_record(row.conflict_id, row) for row in await snapshot.conflicts()
-            ]
-            buffer.extend(conflict_frames(project_id, conflicts))
-            buffer.append(msgpack.packb({"t": "snapshot_end", "cursor": snapshot.cursor}))
+            buffer.extend(snapshot_conflict_frames(project_id, await snapshot.conflicts()))
+            buffer.append(encode(SnapshotEnd(str(project_id), snapshot.cursor)))
             tail = emit(b"".join(buffer))
             yield tail + compressor.flush() if compressor else tail
             metrics.snapshot_served("http", project_id, snapshot.document_bytes, snapshot.started)

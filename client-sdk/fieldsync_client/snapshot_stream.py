@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
+from typing import TypeVar
 
 import msgpack
 
@@ -32,11 +33,7 @@ class SnapshotFormatError(Exception):
     """The body is not a well-formed snapshot."""
 
 
-def _uint(record: Mapping[str, object], key: str) -> int:
-    value = record.get(key)
-    if type(value) is not int or value < 0:
-        raise SnapshotFormatError(f"{key} must be a non-negative int, got {value!r:.80}")
-    return value
+M = TypeVar("M", SnapshotBegin, SnapshotEnd, Conflicts)
 
 
 def _text(record: Mapping[str, object], key: str) -> str:
@@ -109,29 +106,26 @@ class SnapshotStream:
             raise SnapshotFormatError("data follows snapshot_end")
         kind = item.get("t")
         if self.begin is None:
-            if kind != "snapshot_begin":
+            if kind != SnapshotBegin.TYPE:
                 raise SnapshotFormatError("the body does not start with snapshot_begin")
-            if _text(item, "project_id") != self.project_id:
-                raise SnapshotFormatError("the snapshot is of another project")
-            self.begin = SnapshotBegin(
-                self.project_id, _uint(item, "cursor"), _uint(item, "entity_count")
-            )
+            self.begin = self._message(item, SnapshotBegin)
             return self.begin
-        if kind == "snapshot_end":
-            cursor = _uint(item, "cursor")
-            if cursor != self.begin.cursor:
+        if kind == SnapshotEnd.TYPE:
+            end = self._message(item, SnapshotEnd)
+            if end.cursor != self.begin.cursor:
                 raise SnapshotFormatError(
-                    f"snapshot_end says cursor {cursor}, snapshot_begin said {self.begin.cursor}"
+                    f"snapshot_end says cursor {end.cursor}, snapshot_begin said "
+                    f"{self.begin.cursor}"
                 )
             if self.entities != self.begin.entity_count:
                 raise SnapshotFormatError(
                     f"{self.entities} entities arrived, snapshot_begin announced "
                     f"{self.begin.entity_count}"
                 )
-            self.end = SnapshotEnd(self.project_id, cursor)
-            return self.end
+            self.end = end
+            return end
         if kind == Conflicts.TYPE:
-            return self._conflicts(item)
+            return self._message(item, Conflicts)
         if kind is not None:
             raise SnapshotFormatError(f"unexpected record {kind!r:.40} in the snapshot")
         entity_id = _text(item, "entity_id")
@@ -143,12 +137,13 @@ class SnapshotStream:
         self.entities += 1
         return SnapshotEntity(_text(item, "entity_type"), entity_id, document)
 
-    def _conflicts(self, item: dict[str, object]) -> Conflicts:
-        """Conflict records, read by the protocol's own decoder."""
+    def _message(self, item: dict[str, object], kind: type[M]) -> M:
+        """A protocol message of the body, read by the protocol's own decoder; it must be of
+        ``kind`` and of this project."""
         try:
             message = decode_server(msgpack.packb(item, use_bin_type=True))
         except ProtocolViolation as exc:
-            raise SnapshotFormatError(f"bad conflicts record: {exc}") from None
-        if not isinstance(message, Conflicts) or message.project_id != self.project_id:
-            raise SnapshotFormatError("conflict records of another project")
+            raise SnapshotFormatError(f"bad {kind.TYPE} record: {exc}") from None
+        if not isinstance(message, kind) or message.project_id != self.project_id:
+            raise SnapshotFormatError(f"a {kind.TYPE} record of another project")
         return message

@@ -28,7 +28,7 @@ ENTITIES: list[dict[str, object]] = [
     {"entity_type": "plan", "entity_id": "a", "document": b"doc-a"},
     {"entity_type": "location", "entity_id": "b", "document": b"doc-b" * 1000},
 ]
-END: dict[str, object] = {"t": "snapshot_end", "cursor": 7}
+END: dict[str, object] = {"t": "snapshot_end", "project_id": "p", "cursor": 7}
 
 
 @pytest.mark.parametrize("gzipped", [False, True])
@@ -60,7 +60,8 @@ def test_a_snapshot_body_is_read_in_pieces_of_any_size(gzipped: bool) -> None:
         ([BEGIN, {**ENTITIES[0], "entity_id": "bad id"}], "invalid entity id"),
         ([BEGIN, {**ENTITIES[0], "document": "text"}], "must be bytes"),
         ([BEGIN, {"t": "changes"}], "unexpected record"),
-        ([{**BEGIN, "cursor": -1}], "non-negative"),
+        ([{**BEGIN, "cursor": -1}], "cursor: must be >= 0"),
+        ([BEGIN, *ENTITIES, {**END, "project_id": "q"}], "another project"),
     ],
 )
 def test_a_malformed_snapshot_body_is_refused(

@@ -134,7 +134,7 @@ async def test_http_snapshot_is_gzipped_and_cached_by_cursor(
         assert records[0] == {"t": "snapshot_begin", "project_id": str(project), "cursor": 1,
                               "entity_count": 1}
         assert records[1]["entity_id"] == entity
-        assert records[-1] == {"t": "snapshot_end", "cursor": 1}
+        assert records[-1] == {"t": "snapshot_end", "project_id": str(project), "cursor": 1}
 
         cached = await http.get(url, headers={**headers, "If-None-Match": first.headers["etag"]})
         assert cached.status_code == 304
