@@ -359,9 +359,6 @@ class Ledger:
         for row in plan.upserts:
             self._put(row if users is None else with_users(row, users))
 
-    def open_ids(self) -> set[str]:
-        return {key for key, row in self._rows.items() if row.status == OPEN}
-
     def _put(self, row: ConflictRow) -> None:
         self._remove(row.conflict_id)
         self._rows[row.conflict_id] = row

@@ -326,21 +326,16 @@ class ChangeLog:
             )
         return found
 
-    async def changes_since(
-        self, project_id: UUID, cursor: int, limit: int = 1_000
-    ) -> list[LoggedChange]:
-        """Logged changes with seq > cursor, in seq order, at most ``limit`` of them."""
-        try:
-            async with self._pool.acquire() as conn:
-                return await _changes_since(conn, project_id, cursor, limit)
-        except CONNECTION_ERRORS as exc:
-            raise StoreError(f"reading the log failed: {type(exc).__name__}: {exc}") from exc
-
     async def read_since(self, project_id: UUID, cursor: int, limit: int = 1_000) -> LogSlice:
-        """Like ``changes_since``, with the conflict updates up to the last change read."""
+        """Logged changes with seq > cursor, in seq order, at most ``limit`` of them, with the
+        conflict updates of the transactions they end."""
         try:
             async with self._pool.acquire() as conn:
-                changes = await _changes_since(conn, project_id, cursor, limit)
+                rows = await conn.fetch(_CHANGES_SINCE, project_id, cursor, limit)
+                changes = [
+                    LoggedChange(r["seq"], r["entity_type"], r["entity_id"], r["hash"], r["change"])
+                    for r in rows
+                ]
                 if not changes:
                     return LogSlice([])
                 updates = await conflict_updates(conn, project_id, cursor, changes[-1].seq)
@@ -360,16 +355,6 @@ class ChangeLog:
         if head is None:
             raise UnknownProject(project_id)
         return int(head)
-
-
-async def _changes_since(
-    conn: Any, project_id: UUID, cursor: int, limit: int
-) -> list[LoggedChange]:
-    rows = await conn.fetch(_CHANGES_SINCE, project_id, cursor, limit)
-    return [
-        LoggedChange(r["seq"], r["entity_type"], r["entity_id"], r["hash"], r["change"])
-        for r in rows
-    ]
 
 
 def _authorized(

@@ -36,7 +36,7 @@ async def test_new_entity_is_logged_cached_and_projected(
 
     assert results == [Accepted(plan_id, (1,)), Accepted(activity_id, (2, 3))]
     assert await log.head(project) == 3
-    logged = await log.changes_since(project, 0)
+    logged = (await log.read_since(project, 0)).changes
     assert [(c.seq, c.entity_id, c.change) for c in logged] == [
         (1, plan_id, plan_change),
         (2, activity_id, created),
@@ -114,7 +114,7 @@ async def test_changes_within_a_push_may_arrive_out_of_dependency_order(
 
     # Logged in dependency order; seqs reported in the order they were sent.
     assert results == [Accepted(entity, (3, 1, 2))]
-    assert [c.change for c in await log.changes_since(project, 0)] == [first, second, third]
+    assert [c.change for c in (await log.read_since(project, 0)).changes] == [first, second, third]
 
 
 async def test_concurrent_offline_edits_merge(pool: asyncpg.Pool, project: uuid.UUID) -> None:
@@ -178,7 +178,7 @@ async def test_cached_document_stays_equal_to_the_log_across_compactions(
         ]
         await log.append(project, [EntityChanges("activity", entity, changes)], sender="u")
 
-    logged = await log.changes_since(project, 0, 10_000)
+    logged = (await log.read_since(project, 0, 10_000)).changes
     replayed = Document.load(b"".join(c.change for c in logged))
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
@@ -225,7 +225,7 @@ async def test_writers_and_a_cursor_reader_see_a_gapless_ordered_log(
         cursor = 0
         while True:
             finished = done.is_set()
-            batch = await log.changes_since(project, cursor, limit=50)
+            batch = (await log.read_since(project, cursor, limit=50)).changes
             for change in batch:
                 seen.append(change.seq)
                 cursor = change.seq

@@ -51,7 +51,7 @@ async def test_snapshot_taken_during_appends_plus_pull_equals_the_final_state(
     await appending
     assert len({cursor for cursor, _ in snapshots}) > 2, "snapshots taken mid-stream"
 
-    logged = await log.changes_since(project, 0, 10_000)
+    logged = (await log.read_since(project, 0, 10_000)).changes
     for cursor, docs in snapshots:
         # As of exactly the cursor: each document equals the replay of its changes <= cursor.
         upto: dict[str, list[bytes]] = defaultdict(list)
@@ -63,7 +63,7 @@ async def test_snapshot_taken_during_appends_plus_pull_equals_the_final_state(
             replayed = Document.load(b"".join(upto[entity_id]))
             assert sorted(doc.get_heads()) == sorted(replayed.get_heads())
         # Continuing from the cursor by pull reaches the final state, nothing missing or doubled.
-        pulled = await log.changes_since(project, cursor, 10_000)
+        pulled = (await log.read_since(project, cursor, 10_000)).changes
         assert [c.seq for c in pulled] == list(range(cursor + 1, len(logged) + 1))
         for change in pulled:
             docs[change.entity_id] = apply_changes(
