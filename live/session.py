@@ -32,7 +32,7 @@ from store.authorization import write_rule
 from store.changelog import Accepted, ChangeLog
 from store.database import CONNECTION_ERRORS
 from store.errors import StoreError, UnknownProject
-from store.projects import member_level
+from store.projects import member_level, member_projects
 from store.snapshots import open_snapshot
 from sync.codec import encode
 from sync.connection import ConnectionState, ServerConnection
@@ -380,12 +380,15 @@ class SyncSession:
             )
 
     async def recheck_memberships(self) -> None:
-        if self._user_id is None:
+        """End the streams of projects the user is no longer a member of (one query)."""
+        streamed = list(self._subscriptions)
+        if self._user_id is None or not streamed:
             return
-        for project in list(self._subscriptions):
-            async with self._services.pool.acquire() as conn:
-                if await member_level(conn, project, self._user_id) is None:
-                    self.membership_removed(project)
+        async with self._services.pool.acquire() as conn:
+            still = await member_projects(conn, self._user_id, streamed)
+        for project in streamed:
+            if project not in still:
+                self.membership_removed(project)
 
     async def _subscribe(self, wanted: ProjectCursor) -> None:
         access = await self._level(wanted.project_id)

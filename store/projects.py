@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -207,6 +208,18 @@ async def remove_member(
             raise NotAMember(project_id, user_id)
         await notify_removal(conn, project_id, user_id)
     return level
+
+
+async def member_projects(
+    conn: asyncpg.Connection, user_id: uuid.UUID, project_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Those of ``project_ids`` the user is a member of."""
+    rows = await conn.fetch(
+        "SELECT project_id FROM project_members WHERE user_id = $1 AND project_id = ANY($2)",
+        user_id,
+        list(project_ids),
+    )
+    return {r["project_id"] for r in rows}
 
 
 async def member_level(

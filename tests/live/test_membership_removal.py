@@ -4,14 +4,17 @@ process removes them, and refuses their pushes with a reason they can act on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
 
 import asyncpg
+from starlette.applications import Starlette
 
+from live.session import SyncServices, recheck_memberships
 from model.writer import create_entity
-from store.projects import remove_member
+from store.projects import add_member, remove_member
 from sync.errors import ErrorCode
 from sync.messages import (
     Changes,
@@ -26,7 +29,7 @@ from sync.messages import (
 )
 from tests.entities import location_values, new_id
 from tests.live.test_sync import push
-from tests.live_server import MemberFactory
+from tests.live_server import MemberFactory, free_port, start_server, stop_server
 from tests.sync_client import SyncClient
 from tests.test_server_command import FIELDSYNC
 
@@ -166,3 +169,38 @@ async def test_a_push_held_up_by_the_lock_when_the_member_is_removed_is_refused(
             == 0
         )
     await client.close()
+
+
+async def test_a_removal_whose_notice_was_missed_is_found_by_the_recheck(
+    database_url: str,
+    project: uuid.UUID,
+    other_project: uuid.UUID,
+    member: MemberFactory,
+    pool: asyncpg.Pool,
+) -> None:
+    """The listener re-checks every stream when it (re)connects, since notices sent while it
+    was away are lost: only the project the user left is ended."""
+    user, token = await member(project)
+    async with pool.acquire() as conn:
+        await add_member(conn, other_project, user, "lead")
+    port = free_port()
+    server, task = await start_server(database_url, port, listen_for_notifications=False)
+    try:
+        client = await _live(f"127.0.0.1:{port}", token, project, other_project)
+        async with pool.acquire() as conn:  # removed without a notice
+            await conn.execute(
+                "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2",
+                project,
+                user,
+            )
+        app = server.config.app
+        assert isinstance(app, Starlette)
+        services: SyncServices = app.state.sync
+        await recheck_memberships(services)
+        await _removal_notice(client, project, within=5)
+        with contextlib.suppress(TimeoutError):  # the other project's stream goes on
+            extra = await client.next_unabsorbed(within=0.5)
+            raise AssertionError(f"unexpected {extra!r}")
+        await client.close()
+    finally:
+        await stop_server(server, task)
