@@ -83,8 +83,7 @@ class SyncServices:
     outbox_soft_limit: int = 64
     outbox_hard_limit: int = 512
     rate_limit: RateLimit = DEFAULT_RATE_LIMIT
-    connections: dict[UUID, int] = field(default_factory=dict)
-    sessions: dict[UUID, set[SyncSession]] = field(default_factory=dict)
+    sessions: dict[UUID, set[SyncSession]] = field(default_factory=dict)  # open, per user
     buckets: dict[UUID, TokenBucket] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     status: StatusBoard = field(default_factory=StatusBoard)
@@ -183,11 +182,9 @@ class SyncSession:
 
     def _forget_user(self, user_id: UUID) -> None:
         services = self._services
-        services.connections[user_id] -= 1
         sessions = services.sessions.get(user_id, set())
         sessions.discard(self)
-        if services.connections[user_id] <= 0:
-            del services.connections[user_id]
+        if not sessions:
             services.sessions.pop(user_id, None)
             bucket = services.buckets.get(user_id)
             # A user who left owing tokens keeps the debt: reconnecting buys no new burst.
@@ -309,7 +306,7 @@ class SyncSession:
             )
             self._drop = True
             return
-        open_now = self._services.connections.get(claims.user_id, 0)
+        open_now = len(self._services.sessions.get(claims.user_id, ()))
         if open_now >= self._services.max_connections_per_user:
             self._protocol.refuse(
                 ErrorCode.TOO_MANY_CONNECTIONS,
@@ -317,7 +314,6 @@ class SyncSession:
                 CloseCode.TOO_MANY_CONNECTIONS,
             )
             return
-        self._services.connections[claims.user_id] = open_now + 1
         self._services.sessions.setdefault(claims.user_id, set()).add(self)
         self._counted = True
         self._user_id = claims.user_id
