@@ -140,17 +140,86 @@ def dependency_order(
     return ordered, []
 
 
+def _input_index(decoded: DecodedChanges, change_hash: bytes) -> int:
+    return decoded.hash_per_input.index(change_hash)
+
+
+def _foreign_change(
+    decoded: DecodedChanges,
+    fresh: Sequence[ChangeHeader],
+    logged: Mapping[bytes, int],
+    elsewhere: Mapping[bytes, str],
+) -> Rejection | None:
+    """A change belongs to exactly one entity: refuse one logged under another entity, or
+    one that builds on another entity's change (its history is not this entity's)."""
+    for change in fresh:
+        owner = elsewhere.get(change.hash)
+        if owner is not None:
+            return Rejection(
+                RejectCode.FOREIGN_CHANGE,
+                f"change {change.hash.hex()} belongs to entity {owner}, not to "
+                f"{decoded.entity_id}; a change belongs to one entity only",
+                {
+                    "index": _input_index(decoded, change.hash),
+                    "hash": change.hash.hex(),
+                    "entity_id": owner,
+                },
+            )
+        for dep in change.deps:
+            owner = elsewhere.get(dep)
+            if owner is not None and dep not in logged:
+                return Rejection(
+                    RejectCode.FOREIGN_CHANGE,
+                    f"change {change.hash.hex()} builds on change {dep.hex()} of entity "
+                    f"{owner}; an entity's changes build only on its own history",
+                    {
+                        "index": _input_index(decoded, change.hash),
+                        "hash": change.hash.hex(),
+                        "entity_id": owner,
+                    },
+                )
+    return None
+
+
+def _unrelated_history(
+    decoded: DecodedChanges, fresh: Sequence[ChangeHeader], exists: bool
+) -> Rejection | None:
+    """An entity's history has exactly one root, its creation change (the only change with
+    no dependencies). Every other change names dependencies that must be logged for this
+    entity or come in this push (``dependency_order`` checks that), so with one root every
+    change descends from it."""
+    roots = [c for c in fresh if not c.deps]
+    allowed = 0 if exists else 1
+    if len(roots) <= allowed:
+        return None
+    extra = roots[allowed]
+    why = (
+        "the entity exists, so it has its creation change already"
+        if exists
+        else f"{len(roots)} changes without dependencies; an entity is created once"
+    )
+    return Rejection(
+        RejectCode.UNRELATED_HISTORY,
+        f"change {extra.hash.hex()} does not descend from the creation change of entity "
+        f"{decoded.entity_id}: {why}",
+        {"index": _input_index(decoded, extra.hash), "hash": extra.hash.hex()},
+    )
+
+
 def merge_entity(
     project_id: UUID,
     decoded: DecodedChanges,
     stored: StoredEntity | None,
     logged: Mapping[bytes, int],
     limits: Limits,
+    elsewhere: Mapping[bytes, str] | None = None,
 ) -> Merged | Rejection:
     """Merge ``decoded`` into the stored entity; ``logged`` maps its logged hashes to seqs.
 
     ``logged`` must contain every hash of ``decoded`` and every dependency they name that
-    the log holds for this entity (the store asks for exactly those).
+    the log holds for this entity (the store asks for exactly those). ``elsewhere`` maps
+    those of the same hashes that belong to *other* entities of the project (logged, or
+    taken by an earlier entity of the same push) to that entity's id.
     """
     if stored is not None and stored.project_id != project_id:
         return Rejection(
@@ -165,6 +234,12 @@ def merge_entity(
     fresh = [c for c in decoded.unique if c.hash not in logged]
     if not fresh:
         return Merged(decoded, (), logged)
+    foreign = _foreign_change(decoded, fresh, logged, elsewhere or {})
+    if foreign is not None:
+        return foreign
+    unrelated = _unrelated_history(decoded, fresh, stored is not None)
+    if unrelated is not None:
+        return unrelated
     ordered, missing = dependency_order(fresh, set(logged))
     if missing:
         return Rejection(

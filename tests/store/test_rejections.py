@@ -91,12 +91,18 @@ async def test_well_formed_but_corrupted_changes(
 ) -> None:
     """Op bytes flipped under a recomputed checksum: refused, or accepted only if Automerge's
     strict loader accepts the same change too; a refusal never poisons the cached document."""
-    doc, first = create_entity("activity", activity_values(new_id()))
-    good = update_entity(doc, "activity", {"status": "confirmed", "title": "Core day"})
-    header_end = len(good) - 40
+    def edited_entity() -> tuple[bytes, bytes]:
+        # A change belongs to one entity, so each attempt gets its own entity and history.
+        doc, first = create_entity("activity", activity_values("plan-1"))
+        return first, update_entity(doc, "activity", {"status": "confirmed", "title": "Core day"})
+
+    size = len(edited_entity()[1])
+    header_end = size - 40
     codes: set[RejectCode] = set()
-    for offset in range(header_end - 8, len(good) - 8):
+    for offset in range(header_end - 8, size - 8):
         entity = new_id()
+        first, good = edited_entity()
+        assert len(good) == size
         await log.append(project, [EntityChanges("activity", entity, [first])], "u")
         before = await project_state(pool, project)
         bad = rechecksummed(good, offset)
