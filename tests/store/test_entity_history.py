@@ -62,6 +62,7 @@ async def test_another_entitys_creation_change_is_refused_under_an_existing_enti
     before = await project_state(pool, project)
     result = await refused(log, project, y, [x_root])
     assert result.rejection.code is RejectCode.FOREIGN_CHANGE
+    assert result.rejection.details["entity_id"] == x
     assert await project_state(pool, project) == before
 
 
