@@ -34,18 +34,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict.changeops import ChangeOps, OpId, decode_change_ops, parse_op_id
 from conflict.history import ChangeInfo, History, LiveOp, winner_op
 from conflict.records import ChangeRef, Conflict, ConflictKind, Json, make_conflict, to_json
+from model.changeops import ChangeOps, OpId, decode_change_ops, parse_op_id
 from model.changes import ChangeFormatError, ChangeHeader
 from model.documents import AutomergeError, contained
 from model.entities import SCHEMAS
 from model.schema import EntitySchema, FieldKind
-from model.validation import inspect_document
+from model.validation import inspect_document, timestamp_value
 
 __all__ = [
     "EntityConflicts",
@@ -388,7 +388,7 @@ class _Rules:
         value, exid = found
         if not isinstance(value, tuple) or value[0] != ScalarType.Timestamp:
             return parse_op_id(exid), None
-        return parse_op_id(exid), _utc(value[1])
+        return parse_op_id(exid), timestamp_value(value[1])
 
     def op_value(self, name: str, item: LiveOp) -> Json:
         """The value ``item.op`` wrote: the winner at its own change's heads."""
@@ -406,7 +406,7 @@ class _Rules:
         if isinstance(value, tuple):
             stype, raw = value
             if stype == ScalarType.Timestamp:
-                moment = _utc(raw)
+                moment = timestamp_value(raw)
                 return _UNREADABLE if moment is None else to_json(moment)
             if stype == ScalarType.Null:
                 return None
@@ -447,10 +447,3 @@ def _ref(info: ChangeInfo) -> ChangeRef:
     return ChangeRef(info.hash.hex(), info.actor.hex())
 
 
-def _utc(raw: object) -> datetime | None:
-    if not isinstance(raw, datetime):
-        return None
-    try:  # the binding returns naive local time; as in model.validation
-        return raw.astimezone(UTC)
-    except (OverflowError, ValueError, OSError):
-        return None

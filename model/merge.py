@@ -14,6 +14,7 @@ from uuid import UUID
 
 from automerge.core import Document
 
+from model.changeops import UnsupportedValue, unsupported_values
 from model.changes import ChangeFormatError, ChangeHeader, parse_change
 from model.documents import AutomergeError, apply_changes, contained
 from model.entities import SCHEMAS
@@ -21,6 +22,7 @@ from model.limits import Limits
 from model.rejections import RejectCode, Rejection
 from model.schema import is_valid_entity_id
 from model.validation import inspect_document
+from model.value_check import unsupported_value_rejection
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,8 @@ class DecodedChanges:
     entity_id: str
     unique: tuple[ChangeHeader, ...]
     hash_per_input: tuple[bytes, ...]
+    # Values the binding cannot read, found in the bytes (empty but for hostile input).
+    unsupported: tuple[tuple[ChangeHeader, UnsupportedValue], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,7 @@ def decode_entity_changes(item: EntityChanges, limits: Limits) -> DecodedChanges
         )
     unique: dict[bytes, ChangeHeader] = {}
     hashes: list[bytes] = []
+    unsupported: list[tuple[ChangeHeader, UnsupportedValue]] = []
     for index, data in enumerate(item.changes):
         if len(data) > limits.max_change_bytes:
             return Rejection(
@@ -105,9 +110,25 @@ def decode_entity_changes(item: EntityChanges, limits: Limits) -> DecodedChanges
                 f"change {index} is not a valid Automerge change: {exc}",
                 {"index": index},
             )
-        unique.setdefault(header.hash, header)
+        if header.hash not in unique:
+            try:
+                found = unsupported_values(data)
+            except ChangeFormatError as exc:
+                return Rejection(
+                    RejectCode.UNDECODABLE_CHANGE,
+                    f"change {index} is not a valid Automerge change: {exc}",
+                    {"index": index},
+                )
+            unsupported.extend((header, value) for value in found)
+            unique[header.hash] = header
         hashes.append(header.hash)
-    return DecodedChanges(item.entity_type, item.entity_id, tuple(unique.values()), tuple(hashes))
+    return DecodedChanges(
+        item.entity_type,
+        item.entity_id,
+        tuple(unique.values()),
+        tuple(hashes),
+        tuple(unsupported),
+    )
 
 
 def dependency_order(
@@ -240,6 +261,13 @@ def merge_entity(
     unrelated = _unrelated_history(decoded, fresh, stored is not None)
     if unrelated is not None:
         return unrelated
+    fresh_hashes = {c.hash for c in fresh}
+    unreadable = [(c, v) for c, v in decoded.unsupported if c.hash in fresh_hashes]
+    if unreadable:
+        first_index = {h: decoded.hash_per_input.index(h) for h in fresh_hashes}
+        return unsupported_value_rejection(
+            unreadable, fresh, stored.document if stored else None, first_index
+        )
     ordered, missing = dependency_order(fresh, set(logged))
     if missing:
         return Rejection(

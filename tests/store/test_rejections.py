@@ -276,18 +276,20 @@ async def test_values_the_binding_cannot_read_are_refused_and_nothing_breaks(
     ]
     before = await project_state(pool, project)
 
-    code, message, _ = await rejected(
+    code, message, details = await rejected(
         log, project, EntityChanges("role", role, [bytes.fromhex(fixtures["counter"])])
     )
-    assert code is RejectCode.SCHEMA_VIOLATION
-    assert "name" in message
-    code, _, _ = await rejected(
+    assert code is RejectCode.UNSUPPORTED_VALUE
+    assert "'name'" in message
+    assert details == {"index": 0, "field": "name", "type": "counter"}
+    code, _, details = await rejected(
         log,
         project,
         EntityChanges("location", new_id(),
                       [bytes.fromhex(h) for h in fixtures["location_with_counter"]]),
     )
-    assert code is RejectCode.SCHEMA_VIOLATION
+    assert code is RejectCode.UNSUPPORTED_VALUE
+    assert details == {"index": 0, "field": "visits", "type": "counter"}
 
     assert await project_state(pool, project) == before
     doc = Document.load(base)
