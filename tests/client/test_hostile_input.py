@@ -21,14 +21,15 @@ import pytest
 from fieldsync_client import FieldsyncClient
 from fieldsync_client.bootstrap import SnapshotUnavailable, http_bootstrap
 from fieldsync_client.local_store import LocalStore
-from fieldsync_client.replica import ProjectReplica
+from fieldsync_client.replica import ProjectReplica, RemoteDataError
 from fieldsync_client.snapshot_stream import SnapshotFormatError, SnapshotStream
 from websockets.asyncio.server import ServerConnection, serve
 
+from model.leb128 import encode_uleb128
 from model.limits import DEFAULT_LIMITS, Limits
 from sync.codec import ProtocolViolation, encode
 from sync.connection import ClientConnection
-from sync.messages import SnapshotBegin, SnapshotEnd, Welcome
+from sync.messages import ChangeRecord, SnapshotBegin, SnapshotEnd, Welcome
 from tests.client.helpers import async_peak_allocation, peak_allocation, until
 
 MB = 1024 * 1024
@@ -254,3 +255,33 @@ async def test_the_sdk_drops_a_server_that_sends_a_hostile_frame(tmp_path: Path)
             assert received, "the client said hello"
         finally:
             await client.close()
+
+
+# --- changes inside a frame -----------------------------------------------------------------
+
+
+def _change_bomb(megabytes: int) -> bytes:
+    """A compressed change chunk whose contents inflate to ``megabytes`` MB of zeros."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = bytes(MB)
+    stream = b"".join(deflater.compress(block) for _ in range(megabytes)) + deflater.flush()
+    return b"\x85\x6f\x4a\x83" + b"\x00" * 4 + b"\x02" + encode_uleb128(len(stream)) + stream
+
+
+def test_a_change_bomb_from_the_server_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """A change is inflated no further than the largest change the server accepts."""
+    bomb = _change_bomb(64)
+    assert len(bomb) < 128 * 1024
+    store = LocalStore(tmp_path / "c.db")
+    try:
+        with store.transaction():
+            store.add_project("p")
+        replica = ProjectReplica(store, "p")
+        replica.apply_snapshot([], 0)
+        records = [ChangeRecord(1, "activity", "a-1", bomb)]
+        with pytest.raises(RemoteDataError, match="not a valid change"):
+            replica.apply_remote(records)
+        assert peak_allocation(lambda: replica.apply_remote(records)) < BOUND
+        assert replica.cursor == 0
+    finally:
+        store.close()
