@@ -208,7 +208,7 @@ async def test_a_description_replaced_whole_on_two_clients_is_reported_and_resol
     assert (conflict.kind, conflict.fields) == ("concurrent_edit", ("description",))
     shown = (await a.get("activity", activity))["description"]
     assert conflict.values["kept"] == shown
-    assert sorted(conflict.candidates("activity")) == [
+    assert sorted(map(str, conflict.candidates("activity"))) == [
         "North trench first.",
         "South trench first.",
     ]
