@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from store.database import connect
+from store.embedded import live_pids
 from store.projects import create_account
 
 FIELDSYNC = Path(sys.executable).with_name("fieldsync")
@@ -203,3 +204,42 @@ async def test_rebuild_read_models_command(database_url: str, project: uuid.UUID
     )
     assert code == 1, out
     assert "unknown project" in out
+
+
+def _embedded_postgres_pid(pgdata: Path) -> int | None:
+    """The pid of the running postmaster of ``pgdata``, or None when none runs."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    return pid if live_pids([pid]) else None
+
+
+async def test_a_killed_serve_does_not_orphan_the_embedded_postgres(data_dir: Path) -> None:
+    pgdata = data_dir / "postgres"
+    async with serving("--data-dir", str(data_dir)) as crashed:
+        await crashed.wait_healthy()
+        crashed.proc.send_signal(signal.SIGKILL)
+        await crashed.proc.wait()
+    postgres = _embedded_postgres_pid(pgdata)
+    assert postgres is not None, "PostgreSQL should outlive the killed serve"
+
+    async with serving("--data-dir", str(data_dir)) as first, serving(
+        "--data-dir", str(data_dir)
+    ) as second:
+        await first.wait_healthy()
+        await second.wait_healthy()
+        assert _embedded_postgres_pid(pgdata) == postgres  # both joined the running one
+        code, second_log = await second.stop()
+        assert code == 0, second_log
+        assert f"left running for pids {first.proc.pid}, which still use it" in second_log
+        assert _embedded_postgres_pid(pgdata) == postgres
+        code, log = await first.stop()
+    assert code == 0, log
+    both = second_log + log
+    assert f"embedded PostgreSQL in {pgdata} stopped" in log
+    assert _embedded_postgres_pid(pgdata) is None, "PostgreSQL still running after the last serve"
+    assert not live_pids([postgres]), f"the postmaster {postgres} still runs"
+    # Whichever joined first dropped the killed process from pgserver's list, and said so.
+    forgotten = f"forgetting processes that exited without releasing it (pids {crashed.proc.pid})"
+    assert forgotten in both
