@@ -24,6 +24,11 @@ from model.schema import is_valid_entity_id
 from model.validation import inspect_document
 from model.value_check import unsupported_value_rejection
 
+MAX_VIOLATIONS_LISTED = 10
+"""Schema violations listed in one rejection (the rest are counted): an answer stays small
+whatever a hostile document holds, so a push of many broken entities cannot make a large
+one."""
+
 
 @dataclass(frozen=True, slots=True)
 class EntityChanges:
@@ -303,8 +308,9 @@ def merge_entity(
             {
                 "violations": [
                     {"field": v.field, "expected": v.expected, "got": v.got}
-                    for v in inspection.violations
-                ]
+                    for v in inspection.violations[:MAX_VIOLATIONS_LISTED]
+                ],
+                "violation_count": len(inspection.violations),
             },
         )
     return Merged(decoded, tuple(ordered), logged, document, heads, inspection.values)

@@ -198,6 +198,8 @@ class ChangeLog:
         is unknown (the connection may have dropped after the commit); sending the same
         changes again is always safe and returns their seqs.
         """
+        if not batch:
+            return []  # nothing to log: no lock, no transaction
         if len(batch) > self._limits.max_entities_per_batch:
             raise BatchTooLarge(len(batch), self._limits.max_entities_per_batch)
         decoded = [decode_entity_changes(item, self._limits) for item in batch]
