@@ -43,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 import uvicorn
 
 from observability.logs import LOG_FORMATS, configure_logging
+from observability.native_output import capture_native_output
 from store import projects
 from store.database import (
     CONNECTION_ERRORS,
@@ -77,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         args.log_format = resolve_log_format(args.log_format, sys.stderr)
         configure_logging(args.log_format)
+        if args.workers <= 1:  # a process that serves (not a supervisor of workers)
+            capture_native_output()  # a Rust panic's raw text becomes a log line too
     else:
         _configure_logging(quiet=args.quiet)
     # SIGTERM behaves like Ctrl-C everywhere, so context managers (the embedded database)

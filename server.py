@@ -28,6 +28,7 @@ from auth.tokens import SecretVerifier, TokenVerifier
 from live.admin_http import admin_routes
 from live.admission import DEFAULT_ADMISSION_LIMITS, Admission, AdmissionLimits, Refusal
 from live.feed import Hub
+from live.memory import trim_periodically
 from live.operations import healthz, metrics_endpoint, observed_connection
 from live.origins import OriginPolicy
 from live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
@@ -147,6 +148,7 @@ def create_app(
                 log_limiter=LogLimiter(on_suppressed=metrics.log_line_suppressed),
             )
             workers = [
+                asyncio.create_task(trim_periodically()),
                 asyncio.create_task(
                     poll_heads(pool, hub.watched_projects, hub.poke, interval=head_poll_seconds)
                 ),
