@@ -32,7 +32,6 @@ import uvicorn
 from observability.logs import LOG_FORMATS, configure_logging
 from store import projects
 from store.database import (
-    CONNECTION_ERRORS,
     close_pool,
     connect,
     create_pool,
@@ -377,8 +376,6 @@ async def _admin_connection(url: str) -> AsyncIterator[Any]:
     try:
         await check_schema(conn)
         yield conn
-    except CONNECTION_ERRORS as exc:
-        raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
     finally:
         await conn.close()
 

@@ -30,8 +30,7 @@ from model.permissions import WRITE_LEVELS
 from observability.metrics import Metrics
 from store.authorization import write_rule
 from store.changelog import Accepted, ChangeLog
-from store.database import CONNECTION_ERRORS
-from store.errors import StoreError, UnknownProject
+from store.errors import StoreError
 from store.projects import member_level, member_projects
 from store.snapshots import open_snapshot
 from sync.codec import encode
@@ -101,7 +100,7 @@ def recheck_memberships(services: SyncServices) -> asyncio.Task[None]:
     async def check() -> None:
         for sessions in list(services.sessions.values()):
             for session in list(sessions):
-                with contextlib.suppress(StoreError, OSError, asyncpg.PostgresError):
+                with contextlib.suppress(StoreError):
                     await session.recheck_memberships()
 
     return asyncio.get_running_loop().create_task(check())
@@ -344,11 +343,8 @@ class SyncSession:
         except ValueError:
             return None
         assert self._user_id is not None
-        try:
-            async with self._services.pool.acquire() as conn:
-                level = await member_level(conn, project, self._user_id)
-        except CONNECTION_ERRORS as exc:
-            raise StoreError(f"reading membership failed: {type(exc).__name__}") from exc
+        async with self._services.pool.acquire() as conn:
+            level = await member_level(conn, project, self._user_id)
         if level is None:
             return None
         self._member_of.add(project)
@@ -455,9 +451,7 @@ class SyncSession:
             feed.poke(await self._services.changelog.head(project))
         except (OutboxClosedError, asyncio.CancelledError):
             return
-        except (
-            StoreError, UnknownProject, OSError, asyncpg.PostgresError, asyncpg.InterfaceError
-        ) as exc:
+        except StoreError as exc:
             log.warning("syncing project %s failed: %s", project, exc)
             self._project_error(
                 str(project), ErrorCode.SERVER_UNAVAILABLE, "the server could not read the log"
@@ -536,7 +530,7 @@ class SyncSession:
             results = await self._services.changelog.append(
                 project, batch, str(self._user_id), authorize=write_rule(project, self._user_id)
             )
-        except (StoreError, OSError, asyncpg.PostgresError) as exc:
+        except StoreError as exc:
             log.warning("push %s to project %s failed: %s", push.push_id, project, exc)
             self._services.metrics.push_refused(ErrorCode.SERVER_UNAVAILABLE.value)
             self._protocol.send(

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from store.driver import translated
 from store.errors import StoreError, UnknownProject
 from store.notifications import notify_removal
 
@@ -78,21 +79,25 @@ def check_level(level: str) -> str:
     return level
 
 
+@translated("looking the account up")
 async def require_account(conn: asyncpg.Connection, account_id: uuid.UUID) -> None:
     if not await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id):
         raise UnknownAccount(account_id)
 
 
+@translated("looking the project up")
 async def require_project(conn: asyncpg.Connection, project_id: uuid.UUID) -> None:
     if not await conn.fetchval("SELECT 1 FROM projects WHERE project_id = $1", project_id):
         raise UnknownProject(project_id)
 
 
+@translated("looking the user up")
 async def require_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
     if not await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id):
         raise UnknownUser(user_id)
 
 
+@translated("creating an account")
 async def create_account(conn: asyncpg.Connection, name: str) -> uuid.UUID:
     account_id = uuid.uuid4()
     await conn.execute(
@@ -103,6 +108,7 @@ async def create_account(conn: asyncpg.Connection, name: str) -> uuid.UUID:
     return account_id
 
 
+@translated("creating a project")
 async def create_project(conn: asyncpg.Connection, account_id: uuid.UUID, name: str) -> uuid.UUID:
     """A new project of ``account_id`` with an empty change log (head seq 0)."""
     project_id = uuid.uuid4()
@@ -121,6 +127,7 @@ async def create_project(conn: asyncpg.Connection, account_id: uuid.UUID, name: 
     return project_id
 
 
+@translated("creating a user")
 async def create_user(
     conn: asyncpg.Connection,
     display_name: str,
@@ -158,6 +165,7 @@ async def create_user(
     return user_id
 
 
+@translated("adding a member")
 async def add_member(
     conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID, level: str
 ) -> str | None:
@@ -186,6 +194,7 @@ async def add_member(
     return previous
 
 
+@translated("removing a member")
 async def remove_member(
     conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID
 ) -> str:
@@ -210,6 +219,7 @@ async def remove_member(
     return level
 
 
+@translated("reading memberships")
 async def member_projects(
     conn: asyncpg.Connection, user_id: uuid.UUID, project_ids: Sequence[uuid.UUID]
 ) -> set[uuid.UUID]:
@@ -222,6 +232,7 @@ async def member_projects(
     return {r["project_id"] for r in rows}
 
 
+@translated("reading membership")
 async def member_level(
     conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID
 ) -> str | None:

@@ -7,13 +7,17 @@ or their own data directory) and use these helpers on it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
+
+from store.database import connect
 
 PROCESS_EXIT_TIMEOUT = 10.0
 
@@ -73,3 +77,27 @@ def start_postgres(pgdata: Path) -> None:
     from pgserver.postgres_server import get_server
 
     get_server(pgdata).ensure_postgres_running()  # the instance embedded_postgres made
+
+
+def terminate_holding_the_loop(url: str, which: str, *args: object) -> int:
+    """End the backends whose pids the query ``which`` returns (``pg_terminate_backend``)
+    from another thread, holding up the calling thread, and so its event loop, until they
+    are gone: whatever they said last, and the end of their connections, are then all
+    waiting on the sockets when the loop next looks. Returns how many were ended."""
+    ended: list[int] = []
+
+    async def terminate() -> None:
+        conn = await connect(url)
+        try:
+            rows = await conn.fetch(
+                f"SELECT pg_terminate_backend(pid, 10000) FROM ({which}) AS doomed(pid)", *args
+            )
+            ended.append(sum(1 for row in rows if row[0]))
+        finally:
+            await conn.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(terminate(),))
+    thread.start()
+    thread.join()
+    assert ended, "the backends could not be ended"
+    return ended[0]
