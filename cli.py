@@ -1,31 +1,44 @@
 """The ``fieldsync`` command: serve, migrate, rebuild-read-models, and the admin commands.
 
 The admin commands (``account``, ``user``, ``project``, ``member``, ``token``, ``demo``) are
-for scripts as much as for people: they print the created id on stdout (one per line), or
-one JSON document with ``--json``; on success stderr stays empty, and a refusal is one line
-on stderr with exit status 1. The work itself is in ``store.projects`` and ``store.demo``.
+for scripts as much as for people: they print the created id on stdout (one per line), a
+table for ``list``, or one JSON document with ``--json``; on success stderr stays empty, and
+a refusal is one line on stderr with exit status 1. The work itself is in
+``store.projects`` and ``store.demo``.
 
-``serve`` migrates, then runs uvicorn. On Ctrl-C or SIGTERM, shutdown runs in layers, each
-waiting for the one above: uvicorn stops accepting and lets in-flight requests finish, the
-app's lifespan closes the pool (which waits for borrowed connections, so open transactions
-end), and only then does the embedded PostgreSQL (if any) stop.
+Every command checks its arguments (and ``serve`` its ports) before it touches a database,
+and only ``serve`` and ``migrate`` may create an embedded one: any other command pointed at
+a data directory without a cluster says so instead of leaving a new, empty one behind.
+
+``serve`` checks that it can listen, migrates, then runs uvicorn. On Ctrl-C or SIGTERM,
+shutdown runs in layers, each waiting for the one above: uvicorn stops accepting and lets
+in-flight requests finish, the app's lifespan closes the pool (which waits for borrowed
+connections, so open transactions end), and only then does the embedded PostgreSQL (if
+any) stop.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import difflib
+import errno
 import json
 import logging
 import os
+import shlex
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from importlib.util import find_spec
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 
@@ -38,6 +51,7 @@ from store.database import (
     redact_url,
     resolve_database_url,
 )
+from store.embedded import data_dir_problem
 from store.errors import StoreError
 from store.migrations import check_schema, migrate
 
@@ -46,6 +60,11 @@ logger = logging.getLogger("fieldsync")
 # Long-lived connections (WebSockets) must not hold a shutdown forever.
 GRACEFUL_SHUTDOWN_SECONDS = 30
 DEFAULT_TOKEN_TTL = 12 * 3600
+DEFAULT_PORT = 8000
+# Where a listening `serve` writes its address, so `demo` run with the same --data-dir
+# prints a command for the right server.
+SERVE_RECORD = "serve.json"
+EXAMPLE = Path(__file__).resolve().parent / "client-sdk" / "examples" / "offline_edit.py"
 
 
 class CommandError(Exception):
@@ -55,6 +74,7 @@ class CommandError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
+        args.log_format = resolve_log_format(args.log_format, sys.stderr)
         configure_logging(args.log_format)
     else:
         _configure_logging(quiet=args.quiet)
@@ -62,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # always unwind; during `serve` uvicorn takes both over for its graceful shutdown.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with resolve_database_url(args.database_url, args.data_dir) as url:
+        args.check(args)  # before any database is started, created or changed
+        with resolve_database_url(
+            args.database_url, args.data_dir, create=args.creates_database
+        ) as url:
             logger.info("database: %s", redact_url(url))
             code: int = asyncio.run(args.run(args, url))
             return code
@@ -74,16 +97,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose (sub)commands refuse unknown options themselves.
+
+    argparse hands a subcommand's unknown arguments up to the top-level parser, which then
+    shows its own usage; here the subcommand that got them shows its usage, and any error
+    of a command names the option closest to one it does not know ("did you mean --port?"),
+    also when the typo left a required option missing.
+    """
+
+    _given: Sequence[str] = ()
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._given = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        if self._subparsers is None:  # a command's own options, not a list of commands
+            options = [o for a in self._actions for o in a.option_strings if o[:2] == "--"]
+            hint = option_suggestion(self._given, options)
+            if hint is not None:
+                unknown, close = hint
+                if message.startswith("unrecognized arguments"):
+                    message += f" (did you mean {close}?)"
+                else:
+                    message += f"; {unknown} is not an option: did you mean {close}?"
+        super().error(message)
+
+
+def option_suggestion(given: Sequence[str], options: Sequence[str]) -> tuple[str, str] | None:
+    """The first unknown ``--option`` in ``given`` and the known option closest to it."""
+    for arg in given:
+        name = arg.partition("=")[0]
+        if name[:2] != "--" or any(option.startswith(name) for option in options):
+            continue  # not an option, a known one, or an abbreviation argparse accepts
+        close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+        if close:
+            return name, close[0]
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fieldsync", description="Offline-first sync server for field project plans."
     )
-    parser.set_defaults(quiet=False)
+    parser.set_defaults(quiet=False, creates_database=False, check=_check_data_dir)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="migrate the database, then serve HTTP")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
+    )
     serve.add_argument(
         "--allowed-origin",
         action="append",
@@ -117,9 +187,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--log-format",
-        choices=LOG_FORMATS,
-        default="json",
-        help="json: one JSON object per line (default); text: for people",
+        choices=("auto", *LOG_FORMATS),
+        default="auto",
+        help="text: for people; json: one JSON object per line; auto (default): text when "
+        "stderr is a terminal, else json",
     )
     serve.add_argument(
         "--slow-ms",
@@ -127,10 +198,14 @@ def _parser() -> argparse.ArgumentParser:
         default=500.0,
         help="log pushes and snapshots that take longer than this (default 500)",
     )
-    serve.set_defaults(run=_serve)
+    # Set by `serve --workers` on each worker it starts: the parent speaks for them.
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    serve.set_defaults(run=_serve, check=_check_serve, creates_database=True)
 
-    migrate_cmd = commands.add_parser("migrate", help="apply pending schema migrations")
-    migrate_cmd.set_defaults(run=_migrate)
+    migrate_cmd = commands.add_parser(
+        "migrate", help="apply pending schema migrations (creates the embedded database)"
+    )
+    migrate_cmd.set_defaults(run=_migrate, creates_database=True)
 
     rebuild = commands.add_parser(
         "rebuild-read-models", help="recompute read models from the change log"
@@ -146,6 +221,8 @@ def _parser() -> argparse.ArgumentParser:
     account_create = _action(account, "create", "create an account; prints its id", admin)
     account_create.add_argument("--name", required=True, help="the account's name")
     account_create.set_defaults(run=_account_create)
+    account_list = _action(account, "list", "list accounts, oldest first", admin)
+    account_list.set_defaults(run=_account_list)
 
     user = _group(commands, "user", "manage users")
     user_create = _action(user, "create", "create a user; prints its id", admin)
@@ -155,6 +232,11 @@ def _parser() -> argparse.ArgumentParser:
         "--account", type=uuid.UUID, default=None, help="the account the user belongs to"
     )
     user_create.set_defaults(run=_user_create)
+    user_list = _action(user, "list", "list users, oldest first", admin)
+    user_list.add_argument(
+        "--account", type=uuid.UUID, default=None, help="only the users of this account"
+    )
+    user_list.set_defaults(run=_user_list)
 
     project = _group(commands, "project", "manage projects")
     project_create = _action(project, "create", "create a project; prints its id", admin)
@@ -163,6 +245,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     project_create.add_argument("--name", required=True, help="the project's name")
     project_create.set_defaults(run=_project_create)
+    project_list = _action(project, "list", "list projects, oldest first", admin)
+    project_list.add_argument(
+        "--account", type=uuid.UUID, default=None, help="only the projects of this account"
+    )
+    project_list.set_defaults(run=_project_list)
+    project_show = _action(
+        project, "show", "show a project: its account, log head and members per level", admin
+    )
+    project_show.add_argument("project_id", type=uuid.UUID, metavar="ID", help="the project's id")
+    project_show.set_defaults(run=_project_show)
 
     member = _group(commands, "member", "manage who may enter a project")
     member_add = _action(
@@ -173,10 +265,19 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--project", type=uuid.UUID, required=True, help="the project's id")
         command.add_argument("--user", type=uuid.UUID, required=True, help="the user's id")
     member_add.add_argument(
-        "--level", required=True, metavar="LEVEL", help=" | ".join(projects.LEVELS)
+        "--level",
+        required=True,
+        choices=projects.LEVELS,
+        metavar="LEVEL",
+        help=" | ".join(projects.LEVELS),
     )
     member_add.set_defaults(run=_member_add)
     member_remove.set_defaults(run=_member_remove)
+    member_list = _action(member, "list", "list a project's members with their levels", admin)
+    member_list.add_argument(
+        "--project", type=uuid.UUID, required=True, help="the project's id"
+    )
+    member_list.set_defaults(run=_member_list)
 
     token = commands.add_parser("token", help="print a bearer token for a user")
     token.add_argument("--user", type=uuid.UUID, required=True, help="the user's id")
@@ -188,6 +289,15 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="create a demo account and project with three users; prints their tokens"
     )
     _ttl_option(demo)
+    demo.add_argument(
+        "--server-url",
+        type=sync_url,
+        default=None,
+        metavar="URL",
+        help="the server the printed example connects to, e.g. http://127.0.0.1:8001 "
+        "(default: the `fieldsync serve` running with this --data-dir, else "
+        f"http://127.0.0.1:{DEFAULT_PORT})",
+    )
     demo.set_defaults(run=_demo)
     admin.append(demo)
 
@@ -219,6 +329,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {value}")
+    return value
+
+
+def _ttl(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, got {value}"
+        )
+    return value
+
+
+def sync_url(text: str) -> str:
+    """The WebSocket sync URL of a server given as http(s):// or ws(s):// (``/sync`` added)."""
+    parts = urlsplit(text.strip())
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise argparse.ArgumentTypeError(
+            f"expected a server URL such as http://127.0.0.1:{DEFAULT_PORT}, got {text!r}"
+        )
+    path = parts.path.rstrip("/")
+    if not path.endswith("/sync"):
+        path += "/sync"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
 def _group(commands: Any, name: str, help_text: str) -> Any:
     """A command with its own actions (``fieldsync NAME ACTION``)."""
     group = commands.add_parser(name, help=help_text)
@@ -236,10 +376,73 @@ def _action(
 def _ttl_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--ttl",
-        type=int,
+        type=_ttl,
         default=DEFAULT_TOKEN_TTL,
         help="seconds until a token expires (default 12 h)",
     )
+
+
+def resolve_log_format(choice: str, stream: TextIO) -> str:
+    """``auto`` becomes text for a terminal, JSON for anything else (files, collectors)."""
+    if choice != "auto":
+        return choice
+    isatty = getattr(stream, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
+
+
+# --- checks before any database ----------------------------------------------------------
+
+
+def _check_data_dir(args: argparse.Namespace) -> None:
+    problem = data_dir_problem(args.data_dir)
+    if problem is not None:
+        raise CommandError(problem)
+
+
+def _check_serve(args: argparse.Namespace) -> None:
+    _check_data_dir(args)
+    ports = range(args.port, args.port + args.workers) if args.port else range(0)
+    for port in ports:
+        problem = listen_problem(args.host, port)
+        if problem is None:
+            continue
+        if problem.errno != errno.EADDRINUSE:
+            raise CommandError(f"cannot listen on {args.host}:{port}: {problem.strerror}")
+        where = f"{args.host}:{port}"
+        if args.workers > 1:
+            where += f" (one of ports {args.port}..{ports[-1]} for --workers {args.workers})"
+        free = _free_ports(args.host, args.workers, after=ports[-1])
+        hint = "choose another port with --port" + (f", e.g. --port {free}" if free else "")
+        raise CommandError(
+            f"cannot listen on {where}: address already in use (another fieldsync serve?); "
+            f"{hint}"
+        )
+
+
+def listen_problem(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on ``host``:``port`` now (as uvicorn binds), or None."""
+    try:
+        addresses = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return OSError(errno.EADDRNOTAVAIL, f"unknown host ({exc.strerror})")
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc
+    return None
+
+
+def _free_ports(host: str, count: int, after: int) -> int | None:
+    """The first port above ``after`` starting ``count`` free ports in a row, if one is near."""
+    for first in range(after + 1, min(after + 100, 65536 - count)):
+        if all(listen_problem(host, port) is None for port in range(first, first + count)):
+            return first
+    return None
 
 
 class _ShortFormatter(logging.Formatter):
@@ -304,7 +507,7 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
             args.port,
             args.workers,
             args.data_dir,
-            args.log_format,
+            args.log_format,  # resolved: workers write to the same stderr
             args.slow_ms,
             _token_and_origin_options(args),
         )
@@ -342,7 +545,8 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
     config.lifespan = "on"
     config.log_config = None  # uvicorn's records go through our handler and format
     config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN_SECONDS
-    server = uvicorn.Server(config)
+    record = None if args.worker else args.data_dir / SERVE_RECORD
+    server = _AnnouncingServer(config, args.host, record)
     signals: list[int] = []
 
     def note(signum: int, frame: FrameType | None) -> None:
@@ -359,11 +563,88 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        server.forget()
     if not server.started:
         logger.error("server did not start")
         return 1
     logger.info("stopped")
     return 0
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, saying where it listens once it does (uvicorn's own line is below
+    the log level we give it), and recording that address in the data directory for `demo`.
+    """
+
+    def __init__(self, config: uvicorn.Config, host: str, record: Path | None) -> None:
+        super().__init__(config)
+        self._host = host
+        self._record = record
+        self._recorded = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        port = self.servers[0].sockets[0].getsockname()[1]
+        url = http_url(self._host, port)
+        logger.info(
+            "listening on %s (sync clients connect to %s)", url, sync_url(url),
+            extra={"event": "listening", "url": url},
+        )  # fmt: skip
+        if self._record is not None and self._record.parent.is_dir():
+            local = http_url(_local_host(self._host), port)
+            partial = self._record.with_name(f".{self._record.name}.{os.getpid()}")
+            with contextlib.suppress(OSError):  # demo then falls back to the default
+                partial.write_text(json.dumps({"pid": os.getpid(), "url": local}))
+                partial.replace(self._record)  # readers never see half a record
+                self._recorded = True
+
+    def forget(self) -> None:
+        """Remove the address record, unless another server has replaced it since."""
+        if not self._recorded or self._record is None:
+            return
+        recorded = _read_record(self._record)
+        if recorded is not None and recorded[0] == os.getpid():
+            with contextlib.suppress(OSError):
+                self._record.unlink()
+
+
+def http_url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def _local_host(host: str) -> str:
+    """The address a client on this machine uses for a server listening on ``host``."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _read_record(record: Path) -> tuple[int, str] | None:
+    """The pid and URL a `serve` wrote into ``record``, or None if there is no valid one."""
+    try:
+        document = json.loads(record.read_text())
+        pid, url = document["pid"], document["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(pid, int) or not isinstance(url, str):
+        return None
+    return pid, url
+
+
+def served_url(data_dir: Path) -> str | None:
+    """The address of the `serve` process recorded in ``data_dir``, if it still runs."""
+    recorded = _read_record(data_dir / SERVE_RECORD)
+    if recorded is None:
+        return None
+    pid, url = recorded
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # it runs, as another user
+    return url
 
 
 # --- admin commands -------------------------------------------------------------------
@@ -388,18 +669,23 @@ def _emit(args: argparse.Namespace, lines: Sequence[str], document: Mapping[str,
             print(line)
 
 
-def _load_secret(data_dir: Path) -> bytes:
-    from auth.secret import load_secret
+def _load_secret(data_dir: Path, *, create: bool = True) -> bytes:
+    """The token-signing secret; without ``create``, one that must exist already (a new
+    random one would sign tokens no running server accepts)."""
+    from auth.secret import SECRET_FILE, load_secret
 
+    if not create and not os.environ.get("FIELDSYNC_SECRET"):
+        path = data_dir / SECRET_FILE
+        if not path.is_file():
+            raise CommandError(
+                f"no token secret at {path.absolute()} and FIELDSYNC_SECRET is not set: a "
+                "token is signed with the secret of the server it is for; run this where "
+                "`fieldsync serve` runs, or give its --data-dir"
+            )
     try:
         return load_secret(data_dir)
     except (ValueError, OSError) as exc:
         raise CommandError(f"cannot load the token secret: {exc}") from exc
-
-
-def _check_ttl(ttl: int) -> None:
-    if ttl <= 0:
-        raise CommandError(f"--ttl must be a positive number of seconds, got {ttl}")
 
 
 def _issue(secret: bytes, user_id: uuid.UUID, ttl: int) -> tuple[str, str]:
@@ -432,7 +718,6 @@ async def _project_create(args: argparse.Namespace, url: str) -> int:
 
 
 async def _member_add(args: argparse.Namespace, url: str) -> int:
-    projects.check_level(args.level)  # before touching the database
     async with _admin_connection(url) as conn:
         previous = await projects.add_member(conn, args.project, args.user, args.level)
     document = {
@@ -453,9 +738,79 @@ async def _member_remove(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
+def _plain(text: str | None) -> str:
+    """A name or email on one line of a table (whitespace runs become one space)."""
+    return " ".join((text or "-").split())
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Left-aligned columns under a header, the id first: for people (scripts take --json)."""
+    cells = [list(header)] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in cells]  # fmt: skip
+
+
+def _when(moment: Any) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+async def _account_list(args: argparse.Namespace, url: str) -> int:
+    async with _admin_connection(url) as conn:
+        rows = await projects.list_accounts(conn)
+    table = [(r.account_id, _plain(r.name), r.projects, r.users, _when(r.created_at))
+             for r in rows]  # fmt: skip
+    header = ("ACCOUNT ID", "NAME", "PROJECTS", "USERS", "CREATED (UTC)")
+    _emit(args, _table(header, table), {"accounts": [projects.row_json(r) for r in rows]})
+    return 0
+
+
+async def _user_list(args: argparse.Namespace, url: str) -> int:
+    async with _admin_connection(url) as conn:
+        rows = await projects.list_users(conn, account_id=args.account)
+    table = [(r.user_id, _plain(r.name), _plain(r.email), r.account_id or "-") for r in rows]
+    header = ("USER ID", "NAME", "EMAIL", "ACCOUNT ID")
+    _emit(args, _table(header, table), {"users": [projects.row_json(r) for r in rows]})
+    return 0
+
+
+async def _project_list(args: argparse.Namespace, url: str) -> int:
+    async with _admin_connection(url) as conn:
+        rows = await projects.list_projects(conn, account_id=args.account)
+    table = [(r.project_id, _plain(r.name), r.account_id, r.members, r.head_seq) for r in rows]
+    header = ("PROJECT ID", "NAME", "ACCOUNT ID", "MEMBERS", "HEAD SEQ")
+    _emit(args, _table(header, table), {"projects": [projects.row_json(r) for r in rows]})
+    return 0
+
+
+async def _project_show(args: argparse.Namespace, url: str) -> int:
+    async with _admin_connection(url) as conn:
+        project = await projects.show_project(conn, args.project_id)
+    members = ", ".join(f"{level} {n}" for level, n in project.members.items())
+    lines = [
+        f"Project \"{_plain(project.name)}\"",
+        f"  project id  {project.project_id}",
+        f"  account     {project.account_id}  {_plain(project.account_name)}",
+        f"  created     {_when(project.created_at)} UTC",
+        f"  log head    seq {project.head_seq}",
+        f"  members     {members}  (fieldsync member list --project {project.project_id})",
+    ]
+    _emit(args, lines, projects.row_json(project))
+    return 0
+
+
+async def _member_list(args: argparse.Namespace, url: str) -> int:
+    async with _admin_connection(url) as conn:
+        rows = await projects.list_members(conn, args.project)
+    table = [(r.user_id, r.level, _plain(r.name), _plain(r.email)) for r in rows]
+    header = ("USER ID", "LEVEL", "NAME", "EMAIL")
+    document = {"project_id": str(args.project), "members": [projects.row_json(r) for r in rows]}
+    _emit(args, _table(header, table), document)
+    return 0
+
+
 async def _token(args: argparse.Namespace, url: str) -> int:
-    _check_ttl(args.ttl)
-    secret = _load_secret(args.data_dir)
+    secret = _load_secret(args.data_dir, create=False)
     async with _admin_connection(url) as conn:
         await projects.require_user(conn, args.user)
     token, expires = _issue(secret, args.user, args.ttl)
@@ -466,7 +821,6 @@ async def _token(args: argparse.Namespace, url: str) -> int:
 async def _demo(args: argparse.Namespace, url: str) -> int:
     from store.demo import create_demo
 
-    _check_ttl(args.ttl)
     secret = _load_secret(args.data_dir)  # a bad secret fails before anything is written
     pool = await create_pool(url, min_size=1, max_size=2)
     try:
@@ -496,8 +850,30 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
         "head_seq": demo.head_seq,
         "users": users,
     }
-    _emit(args, _demo_lines(document, args.ttl), document)
+    lines = _demo_lines(document, args.ttl)
+    if not args.json:
+        url, source = _demo_server(args)
+        lines += example_lines(
+            document,
+            url,
+            source,
+            python=sys.executable,
+            example=EXAMPLE if EXAMPLE.is_file() else None,
+            sdk_installed=find_spec("fieldsync_client") is not None,
+        )
+    _emit(args, lines, document)
     return 0
+
+
+def _demo_server(args: argparse.Namespace) -> tuple[str, str]:
+    """The sync URL the example should use, and where that URL came from."""
+    if args.server_url is not None:
+        return args.server_url, "--server-url"
+    served = served_url(args.data_dir)
+    if served is not None:
+        return sync_url(served), "the `fieldsync serve` running with this --data-dir"
+    default = sync_url(http_url("127.0.0.1", DEFAULT_PORT))
+    return default, "no `fieldsync serve` runs with this --data-dir; else pass --server-url"
 
 
 def _count(n: int, entity_type: str) -> str:
@@ -527,12 +903,42 @@ def _demo_lines(demo: Mapping[str, Any], ttl: int) -> list[str]:
             f"  {u['name']:<{width}}  {u['level']:<10}  user {u['user_id']}",
             f"    token {u['token']}",
         ]
+    return lines
+
+
+def example_lines(
+    demo: Mapping[str, Any],
+    url: str,
+    source: str,
+    *,
+    python: str,
+    example: Path | None,
+    sdk_installed: bool,
+) -> list[str]:
+    """How to run the SDK's offline example against this demo (pure, for the output).
+
+    The command names ``python``, the interpreter running fieldsync: a venv's python has the
+    SDK the README installs, a bare ``python`` may be another one. When that interpreter
+    lacks the SDK, the lines say how to install it first. ``example`` is None when this
+    fieldsync is not installed from a checkout, which alone has the example.
+    """
+    users: list[Mapping[str, str]] = demo["users"]
     lead = next(u for u in users if u["level"] == "lead")
     other = next(u for u in users if u is not lead)
+    interpreter = shlex.quote(python)
+    script = "client-sdk/examples/offline_edit.py" if example is None else str(example)
+    lines = ["", f"Edit offline with two clients and watch them merge (server {url}: {source}):"]
+    if example is None:
+        lines.append(f"  (from a checkout of the fieldsync repository, which has {script})")
+    if not sdk_installed:
+        sdk = "./client-sdk" if example is None else str(example.parents[1])
+        lines += [
+            "  This Python lacks the client SDK the example uses; install it first:",
+            f"  {interpreter} -m pip install -e {shlex.quote(sdk)}",
+        ]
     lines += [
-        "",
-        "Edit offline with two clients and watch them merge (server on 127.0.0.1:8000):",
-        "  python client-sdk/examples/offline_edit.py --url ws://127.0.0.1:8000/sync \\",
+        f"  {interpreter} {shlex.quote(script)} \\",
+        f"    --url {url} \\",
         f"    --project {demo['project_id']} \\",
         f"    --token {lead['token']} \\",
         f"    --token2 {other['token']}",

@@ -27,20 +27,26 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from auth.tokens import SecretVerifier, TokenVerifier
 from live.admin_http import admin_routes
+from live.admission import DEFAULT_ADMISSION_LIMITS, Admission, AdmissionLimits, Refusal
 from live.feed import Hub
 from live.operations import healthz, metrics_endpoint, observed_connection
 from live.origins import OriginPolicy
+from live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
 from live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
 from live.session import (
+    HANDSHAKE_SECONDS,
+    STALL_SECONDS,
     SyncServices,
     SyncSession,
     Transport,
     membership_removed,
     recheck_memberships,
 )
+from live.slow_requests import HEADER_SECONDS, header_deadline_protocol
 from live.snapshot_http import snapshot_endpoint
 from live.status import StatusBoard, watch_database
 from model.limits import DEFAULT_LIMITS, Limits
+from observability.log_limits import LogLimiter
 from observability.metrics import Metrics
 from observability.request_ids import RequestIds
 from store.changelog import ChangeLog, LogSlice
@@ -72,7 +78,10 @@ def create_app(
     health_timeout: float = HEALTH_TIMEOUT,
     head_poll_seconds: float = HEAD_POLL_SECONDS,
     listen_for_notifications: bool = True,
-    outbox_hard_limit: int = 512,
+    outbox_limits: OutboxLimits = DEFAULT_OUTBOX_LIMITS,
+    handshake_seconds: float = HANDSHAKE_SECONDS,
+    stall_seconds: float = STALL_SECONDS,
+    admission_limits: AdmissionLimits = DEFAULT_ADMISSION_LIMITS,
     metrics: Metrics | None = None,
     database_check_seconds: float = DATABASE_CHECK_SECONDS,
 ) -> Starlette:
@@ -92,6 +101,8 @@ def create_app(
     origins = OriginPolicy(allowed_origins)
     metrics = metrics if metrics is not None else Metrics()
     status = StatusBoard()
+    admission = Admission(admission_limits)
+    metrics.connections_unauthenticated.set_function(lambda: admission.unauthenticated)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -130,10 +141,14 @@ def create_app(
                 hub,
                 token_verifier,
                 limits,
-                outbox_hard_limit=outbox_hard_limit,
+                outbox_limits=outbox_limits,
                 rate_limit=rate_limit,
+                handshake_seconds=handshake_seconds,
+                stall_seconds=stall_seconds,
                 metrics=metrics,
                 status=status,
+                admission=admission,
+                log_limiter=LogLimiter(on_suppressed=metrics.log_line_suppressed),
             )
             workers = [
                 asyncio.create_task(
@@ -211,8 +226,25 @@ async def sync_endpoint(websocket: WebSocket) -> None:
             )
         )
         return
-    await websocket.accept()
     services: SyncServices = websocket.app.state.sync
+    address = websocket.client.host if websocket.client is not None else "unknown"
+    admitted = services.admission.admit(address)
+    if isinstance(admitted, Refusal):
+        # Refused before the upgrade: cheap for the server, and a clear answer to a client.
+        services.metrics.connection_refused(admitted.reason)
+        await websocket.send_denial_response(
+            JSONResponse(
+                {"code": ErrorCode.SERVER_BUSY.value, "message": admitted.message},
+                status_code=admitted.status,
+                headers={"Retry-After": "5"},
+            )
+        )
+        return
+    try:
+        await websocket.accept()
+    except BaseException:
+        admitted.release()
+        raise
 
     async def receive() -> bytes | str | None:
         try:
@@ -228,7 +260,12 @@ async def sync_endpoint(websocket: WebSocket) -> None:
         with contextlib.suppress(Exception):
             await websocket.close(code, reason)
 
-    session = SyncSession(services, Transport(receive, websocket.send_bytes, close))
+    session = SyncSession(
+        services,
+        Transport(receive, websocket.send_bytes, close),
+        ticket=admitted,
+        address=address,
+    )
     with observed_connection(services.metrics, session.session_id):
         await session.run()
 
@@ -239,14 +276,17 @@ def uvicorn_config(
     port: int,
     limits: Limits = DEFAULT_LIMITS,
     ping_interval: float = PING_INTERVAL_SECONDS,
+    header_seconds: float = HEADER_SECONDS,
 ) -> uvicorn.Config:
     """How fieldsync is served: WebSocket compression off (a small compressed frame can
     inflate to a huge one), frames bounded above the protocol's own limit so oversize frames
-    get a protocol error rather than a dropped connection, pings to find dead peers."""
+    get a protocol error rather than a dropped connection, pings to find dead peers, and
+    connections whose request headers take over ``header_seconds`` closed."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=header_deadline_protocol(header_seconds),
         ws="websockets-sansio",
         ws_max_size=2 * limits.max_frame_bytes,
         ws_per_message_deflate=False,

@@ -14,9 +14,11 @@ once finds exactly the records the append path found (see ``docs/conflicts.md``)
 
 Kinds:
 
-* ``concurrent_edit``: a top-level scalar field (string, enum, ref, timestamp, bool, number;
-  not text, lists or maps, which merge) holds two or more live values that differ. Automerge
-  shows the value with the greatest op id (counter, then actor); the record keeps them all.
+* ``concurrent_edit``: a top-level scalar or text field (string, enum, ref, timestamp, bool,
+  number, text; not lists or maps, which merge) holds two or more live values that differ.
+  For text that means two Text objects put at the key concurrently (splices inside one
+  object merge and are no conflict). Automerge shows the value with the greatest op id
+  (counter, then actor); the record keeps them all.
 * ``broken_interval``: ``ends_at`` before ``starts_at`` where the two visible values were
   written by concurrent changes, each of which left a valid interval on its own side.
 * ``edit_to_deleted``: ``deleted`` is true and some change concurrent with the deletion
@@ -32,18 +34,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict.changeops import ChangeOps, OpId, decode_change_ops, parse_op_id
 from conflict.history import ChangeInfo, History, LiveOp, winner_op
 from conflict.records import ChangeRef, Conflict, ConflictKind, Json, make_conflict, to_json
+from model.changeops import ChangeOps, OpId, decode_change_ops, parse_op_id
 from model.changes import ChangeFormatError, ChangeHeader
 from model.documents import AutomergeError, contained
 from model.entities import SCHEMAS
 from model.schema import EntitySchema, FieldKind
-from model.validation import inspect_document
+from model.validation import inspect_document, timestamp_value
 
 __all__ = [
     "EntityConflicts",
@@ -55,8 +57,12 @@ __all__ = [
     "still_open",
 ]
 
-SCALAR_KINDS = frozenset(
+# Fields whose key conflicts when written concurrently: every scalar, and text too. A text
+# field merges concurrent splices inside one object, but two devices that each put a new
+# Text object at the key leave two live objects, and Automerge shows only one of them.
+KEY_CONFLICT_KINDS = frozenset(
     {
+        FieldKind.TEXT,
         FieldKind.STRING,
         FieldKind.ENUM,
         FieldKind.REF,
@@ -210,7 +216,9 @@ class _Rules:
         self.entity_id = entity_id
         self.doc = doc
         self._history: History | None = None
-        self.scalar_fields = tuple(f.name for f in self.schema.fields if f.kind in SCALAR_KINDS)
+        self.key_fields = tuple(
+            f.name for f in self.schema.fields if f.kind in KEY_CONFLICT_KINDS
+        )
         starts, ends = self.schema.field("starts_at"), self.schema.field("ends_at")
         self.has_interval = (
             starts is not None
@@ -233,7 +241,7 @@ class _Rules:
             flags = root_conflict_flags(self.doc, heads)
         except AutomergeError:
             flags = None
-        for name in self.scalar_fields:
+        for name in self.key_fields:
             if flags is not None and not flags.get(name, False):
                 continue
             conflict = _safely(lambda: self.concurrent_edit_at(name, heads))  # noqa: B023
@@ -333,7 +341,7 @@ class _Rules:
         written = ops.keys_written()
         deps = list(ops.deps)
         found: list[Conflict] = []
-        for name in self.scalar_fields:
+        for name in self.key_fields:
             if name not in written:
                 continue
             # What the author saw at the key: the ops it replaced; when it re-put the winning
@@ -380,7 +388,7 @@ class _Rules:
         value, exid = found
         if not isinstance(value, tuple) or value[0] != ScalarType.Timestamp:
             return parse_op_id(exid), None
-        return parse_op_id(exid), _utc(value[1])
+        return parse_op_id(exid), timestamp_value(value[1])
 
     def op_value(self, name: str, item: LiveOp) -> Json:
         """The value ``item.op`` wrote: the winner at its own change's heads."""
@@ -398,7 +406,7 @@ class _Rules:
         if isinstance(value, tuple):
             stype, raw = value
             if stype == ScalarType.Timestamp:
-                moment = _utc(raw)
+                moment = timestamp_value(raw)
                 return _UNREADABLE if moment is None else to_json(moment)
             if stype == ScalarType.Null:
                 return None
@@ -439,10 +447,3 @@ def _ref(info: ChangeInfo) -> ChangeRef:
     return ChangeRef(info.hash.hex(), info.actor.hex())
 
 
-def _utc(raw: object) -> datetime | None:
-    if not isinstance(raw, datetime):
-        return None
-    try:  # the binding returns naive local time; as in model.validation
-        return raw.astimezone(UTC)
-    except (OverflowError, ValueError, OSError):
-        return None

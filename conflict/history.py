@@ -6,7 +6,7 @@ which changes wrote them. An op is live as of heads ``S`` when it is in the past
 and no op in the past of ``S`` names it as a predecessor.
 
 ``live_ops`` walks back from ``S`` through the changes, newest start op first, reading each
-change's root ops (``conflict.changeops``). A change that puts the key, or deletes it
+change's root ops (``model.changeops``). A change that puts the key, or deletes it
 outright, replaced everything live at the key in its own past: the walk does not go below
 it, and skips every change that lies in the past of one already found. A delete that keeps
 a value (Automerge writes one when a client re-puts the winning value of a conflicted key:
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from automerge.core import ROOT, Document
 
-from conflict.changeops import (
+from model.changeops import (
     ACTION_DELETE,
     ChangeOps,
     OpId,

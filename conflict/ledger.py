@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
@@ -41,6 +40,7 @@ from model.changes import ChangeHeader
 from model.documents import AutomergeError, contained, expected_heads
 from model.entities import SCHEMAS
 from model.schema import Field, FieldKind, is_valid_entity_id
+from model.validation import timestamp_value
 
 __all__ = [
     "OPEN",
@@ -255,9 +255,9 @@ def _read_field(doc: Document, heads: Sequence[bytes], field: Field) -> object:
             return text if isinstance(text, str) and _fits(field, text) else _INVALID
         if field.kind is FieldKind.TIMESTAMP:
             if isinstance(value, tuple) and value[0] == ScalarType.Timestamp:
-                moment = value[1]
-                if isinstance(moment, datetime):
-                    return moment.astimezone(UTC)
+                moment = timestamp_value(value[1])
+                if moment is not None:
+                    return moment
             return _INVALID
         if field.kind is FieldKind.BOOL:
             if isinstance(value, tuple) and value[0] == ScalarType.Boolean:

@@ -2,7 +2,9 @@
 
 Every operation is the same function the ``fieldsync`` command calls (``store.projects``,
 ``auth.tokens.issue``); this module only authenticates, parses JSON and maps refusals to
-status codes. It is authenticated by an admin key (``Authorization: Bearer <key>``),
+status codes. Lists come a page at a time (``limit``, at most :data:`MAX_PAGE`; ``after``
+the last id of the previous page, which the answer gives as ``next``), so no answer grows
+without bound. It is authenticated by an admin key (``Authorization: Bearer <key>``),
 compared in constant time, and separate from user tokens: a stolen user token never reaches
 it, and the key is never logged. See ``docs/admin.md``.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -27,6 +29,8 @@ from store.errors import StoreError, UnknownProject
 MIN_ADMIN_KEY_LENGTH = 32
 MAX_BODY_BYTES = 64 * 1024
 MAX_TTL_SECONDS = 366 * 24 * 3600
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -90,6 +94,42 @@ def _uuid(value: object, what: str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise BadRequestError(f"{what} is not a UUID: {str(value)[:80]!r}") from None
+
+
+def _query(request: Request, names: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters, each at most once and each one of ``names``."""
+    query = request.query_params
+    for name in query:
+        if name not in names:
+            known = ", ".join(names) or "none"
+            raise BadRequestError(f"unknown query parameter {name[:40]!r}; known: {known}")
+        if len(query.getlist(name)) > 1:
+            raise BadRequestError(f"query parameter {name!r} is given more than once")
+    return dict(query)
+
+
+def _optional_uuid(query: Mapping[str, str], name: str) -> uuid.UUID | None:
+    return None if name not in query else _uuid(query[name], name)
+
+
+def _limit(query: Mapping[str, str]) -> int:
+    text = query.get("limit")
+    if text is None:
+        return DEFAULT_PAGE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise BadRequestError(f"limit must be 1 to {MAX_PAGE}, got {text[:20]!r}")
+    return int(text)
+
+
+_PAGE = ("after", "limit")
+
+
+def _page(name: str, rows: Sequence[projects.Row], limit: int, key: str) -> JSONResponse:
+    """One page of ``rows`` (fetched with one extra to tell whether more follow)."""
+    shown = rows[:limit]
+    documents = [projects.row_json(row) for row in shown]
+    following = documents[-1][key] if len(rows) > limit else None
+    return JSONResponse({name: documents, "next": following})
 
 
 def _guarded(key: str, handler: Handler) -> Handler:
@@ -192,6 +232,65 @@ async def issue_token(request: Request) -> Response:
     )
 
 
+async def list_accounts(request: Request) -> Response:
+    query = _query(request, _PAGE)
+    limit = _limit(query)
+    async with _pool(request).acquire() as conn:
+        rows = await projects.list_accounts(
+            conn, after=_optional_uuid(query, "after"), limit=limit + 1
+        )
+    return _page("accounts", rows, limit, "account_id")
+
+
+async def list_users(request: Request) -> Response:
+    query = _query(request, ("account_id", *_PAGE))
+    limit = _limit(query)
+    async with _pool(request).acquire() as conn:
+        rows = await projects.list_users(
+            conn,
+            account_id=_optional_uuid(query, "account_id"),
+            after=_optional_uuid(query, "after"),
+            limit=limit + 1,
+        )
+    return _page("users", rows, limit, "user_id")
+
+
+async def list_projects(request: Request) -> Response:
+    query = _query(request, ("account_id", *_PAGE))
+    limit = _limit(query)
+    async with _pool(request).acquire() as conn:
+        rows = await projects.list_projects(
+            conn,
+            account_id=_optional_uuid(query, "account_id"),
+            after=_optional_uuid(query, "after"),
+            limit=limit + 1,
+        )
+    return _page("projects", rows, limit, "project_id")
+
+
+def _project_path(request: Request) -> uuid.UUID:
+    return _uuid(request.path_params["project_id"], "the project id")
+
+
+async def show_project(request: Request) -> Response:
+    project_id = _project_path(request)
+    _query(request, ())
+    async with _pool(request).acquire() as conn:
+        project = await projects.show_project(conn, project_id)
+    return JSONResponse(projects.row_json(project))
+
+
+async def list_members(request: Request) -> Response:
+    project_id = _project_path(request)
+    query = _query(request, _PAGE)
+    limit = _limit(query)
+    async with _pool(request).acquire() as conn:
+        rows = await projects.list_members(
+            conn, project_id, after=_optional_uuid(query, "after"), limit=limit + 1
+        )
+    return _page("members", rows, limit, "user_id")
+
+
 def admin_routes(admin_key: str) -> Mount:
     """The ``/admin`` routes, each behind the admin key."""
     if len(admin_key) < MIN_ADMIN_KEY_LENGTH:
@@ -201,8 +300,17 @@ def admin_routes(admin_key: str) -> Mount:
         "/admin",
         routes=[
             Route("/accounts", _guarded(admin_key, create_account), methods=["POST"]),
+            Route("/accounts", _guarded(admin_key, list_accounts), methods=["GET"]),
             Route("/users", _guarded(admin_key, create_user), methods=["POST"]),
+            Route("/users", _guarded(admin_key, list_users), methods=["GET"]),
             Route("/projects", _guarded(admin_key, create_project), methods=["POST"]),
+            Route("/projects", _guarded(admin_key, list_projects), methods=["GET"]),
+            Route("/projects/{project_id}", _guarded(admin_key, show_project), methods=["GET"]),
+            Route(
+                "/projects/{project_id}/members",
+                _guarded(admin_key, list_members),
+                methods=["GET"],
+            ),
             Route(members, _guarded(admin_key, add_member), methods=["PUT"]),
             Route(members, _guarded(admin_key, remove_member), methods=["DELETE"]),
             Route("/tokens", _guarded(admin_key, issue_token), methods=["POST"]),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,8 +12,6 @@ from starlette.responses import JSONResponse, Response
 from observability.logs import bind
 from observability.metrics import CONTENT_TYPE, Metrics
 from store.database import database_problem
-
-log = logging.getLogger("fieldsync.connections")
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -36,18 +32,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 @contextmanager
 def observed_connection(metrics: Metrics, connection_id: str) -> Iterator[None]:
-    """A sync connection's lifetime: counted, and logged when it opens and closes, with
-    every line in between naming it."""
-    opened = time.monotonic()
+    """A sync connection's lifetime: counted, with every line logged meanwhile naming it.
+    The session writes the lines about the connection itself (``live.session``)."""
     with bind(connection_id=connection_id), metrics.connection():
-        log.info("connection opened", extra={"event": "connection_opened"})
-        try:
-            yield
-        finally:
-            log.info(
-                "connection closed",
-                extra={
-                    "event": "connection_closed",
-                    "duration_ms": round((time.monotonic() - opened) * 1000),
-                },
-            )
+        yield

@@ -19,14 +19,17 @@ from uuid import UUID
 
 import asyncpg
 
-from auth.tokens import TokenError, TokenVerifier
+from auth.tokens import TokenClaims, TokenError, TokenVerifier
+from live.admission import Admission, Ticket
 from live.feed import Hub, LiveSubscription, log_frames, snapshot_conflict_frames
-from live.outbox import Outbox, OutboxClosedError
+from live.outbox import DEFAULT_OUTBOX_LIMITS, Outbox, OutboxClosedError, OutboxLimits
 from live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
 from live.status import StatusBoard
 from model.limits import Limits
 from model.merge import EntityChanges
 from model.permissions import WRITE_LEVELS
+from observability.log_limits import LogLimiter
+from observability.logs import annotate
 from observability.metrics import Metrics
 from store.authorization import write_rule
 from store.changelog import Accepted, ChangeLog
@@ -56,7 +59,7 @@ from sync.messages import (
     Welcome,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fieldsync.connections")
 
 SNAPSHOT_CHUNK_BYTES = 512 * 1024
 CATCH_UP_BATCH = 500
@@ -65,6 +68,10 @@ CLOSE_GRACE_SECONDS = 10.0
 RATE_PENALTY_SECONDS = 1.0
 # How long the fatal rate_limited error may take to go out before the socket is dropped.
 DROP_GRACE_SECONDS = 1.0
+# A connection must have said hello, and had it answered, this long after it opened.
+HANDSHAKE_SECONDS = 10.0
+# A client whose answers stay unread this long (its send queue full) is closed as too slow.
+STALL_SECONDS = 30.0
 NOT_A_MEMBER = "no such project, or you are not a member of it"
 REMOVED = "you are no longer a member of this project"
 
@@ -79,13 +86,16 @@ class SyncServices:
     verifier: TokenVerifier
     limits: Limits
     max_connections_per_user: int = 16
-    outbox_soft_limit: int = 64
-    outbox_hard_limit: int = 512
+    outbox_limits: OutboxLimits = DEFAULT_OUTBOX_LIMITS
     rate_limit: RateLimit = DEFAULT_RATE_LIMIT
+    handshake_seconds: float = HANDSHAKE_SECONDS
+    stall_seconds: float = STALL_SECONDS
     sessions: dict[UUID, set[SyncSession]] = field(default_factory=dict)  # open, per user
     buckets: dict[UUID, TokenBucket] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     status: StatusBoard = field(default_factory=StatusBoard)
+    admission: Admission = field(default_factory=Admission)
+    log_limiter: LogLimiter = field(default_factory=LogLimiter)
 
 
 def membership_removed(services: SyncServices, project_id: UUID, user_id: UUID) -> None:
@@ -121,14 +131,29 @@ class Transport:
 
 
 class SyncSession:
-    def __init__(self, services: SyncServices, transport: Transport) -> None:
+    """One connection: the protocol core, the send queue, and the tasks that stream projects.
+
+    ``ticket`` is the connection's place among the unauthenticated ones
+    (``live.admission``); it is given back once the hello is accepted, or when the
+    connection ends. ``address`` is the client's address, for logs.
+    """
+
+    def __init__(
+        self,
+        services: SyncServices,
+        transport: Transport,
+        *,
+        ticket: Ticket | None = None,
+        address: str = "",
+    ) -> None:
         self._services = services
         self._transport = transport
+        self._ticket = ticket
+        self._address = address
         self._protocol = ServerConnection(services.limits)
-        self._outbox = Outbox(
-            services.outbox_soft_limit, services.outbox_hard_limit, services.metrics.send_queues
-        )
+        self._outbox = Outbox(services.outbox_limits, services.metrics.send_queues)
         self._user_id: UUID | None = None
+        self._client_id: str | None = None
         self._subscriptions: dict[UUID, asyncio.Task[None]] = {}
         self._live: dict[UUID, LiveSubscription] = {}
         self._names: dict[UUID, str] = {}  # project ids as the client spelled them
@@ -139,6 +164,11 @@ class SyncSession:
         self._counted = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._next: asyncio.Task[bytes | str | None] | None = None  # read during the handshake
+        self._opened = time.monotonic()
+        self._deadline = asyncio.get_running_loop().time() + services.handshake_seconds
+        self._ended_by: str | None = None  # why the server ended it, for the closing line
+        self._bad_frames = 0
 
     @property
     def session_id(self) -> str:
@@ -149,11 +179,12 @@ class SyncSession:
         writer = self._writer = asyncio.create_task(self._write_frames())
         try:
             while self._protocol.state not in (ConnectionState.CLOSING, ConnectionState.CLOSED):
-                frame = await self._transport.receive()
+                frame = await self._next_frame()
                 if frame is None:
                     break
                 limited = not self._within_rate()
                 self._protocol.receive_frame(frame)
+                self._count_refusals()
                 for event in self._protocol.events_received():
                     if limited:
                         self._rate_limited(event)
@@ -161,12 +192,16 @@ class SyncSession:
                         await self._handle(event)
                 self._flush()
         finally:
+            if self._next is not None:
+                self._next.cancel()
             for task in self._subscriptions.values():
                 task.cancel()
             for subscription in self._live.values():
                 self._services.hub.leave(subscription)
             if self._counted and self._user_id is not None:
                 self._forget_user(self._user_id)
+            if self._ticket is not None:
+                self._ticket.release()
             self._flush()
             self._outbox.close()
             with contextlib.suppress(Exception):
@@ -178,6 +213,81 @@ class SyncSession:
             if requested is not None and not self._drop:
                 with contextlib.suppress(Exception):
                     await self._transport.close(int(requested[0]), requested[1])
+            self._log_end()
+
+    async def _next_frame(self) -> bytes | str | None:
+        """The client's next frame, read only once its answers so far have room to go out;
+        None when the connection is over (closed by the client, or ended here)."""
+        if self._next is not None:
+            pending, self._next = self._next, None
+            return await pending
+        if self._protocol.state is ConnectionState.AWAITING_HELLO:
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    return await self._transport.receive()
+            except TimeoutError:
+                self._handshake_timed_out()
+                return None
+        if not self._outbox.has_room:
+            try:
+                async with asyncio.timeout(self._services.stall_seconds):
+                    await self._outbox.wait_for_room()
+            except TimeoutError:
+                self._too_slow("it has not read its answers for "
+                               f"{self._services.stall_seconds:g} s")
+                return None
+        if self._protocol.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return None
+        return await self._transport.receive()
+
+    def _handshake_timed_out(self) -> None:
+        self._protocol.fail(
+            ErrorCode.HANDSHAKE_TIMEOUT,
+            f"no hello within {self._services.handshake_seconds:g} s of connecting",
+            CloseCode.POLICY_VIOLATION,
+        )
+
+    def _count_refusals(self) -> None:
+        for code in self._protocol.refusals_received():
+            self._bad_frames += 1
+            self._services.metrics.frame_refused(code.value)
+
+    def _log_limited(self, level: int, event: str, message: str, **fields: object) -> None:
+        """One line that a client can cause, within the log rate (``LogLimiter``)."""
+        left_out = self._services.log_limiter.allow(event, time.monotonic())
+        if left_out is None:
+            return
+        extra: dict[str, object] = {"event": event, **fields}
+        if left_out:
+            extra["suppressed"] = left_out
+        log.log(level, message, extra=extra)
+
+    def _log_end(self) -> None:
+        """One line per connection: how it went, with the ids it had by then."""
+        requested = self._protocol.close_requested
+        ended_by = self._ended_by or (
+            requested[1] if requested is not None else "client_closed"
+        )
+        fields: dict[str, object] = {
+            "address": self._address,
+            "duration_ms": round((time.monotonic() - self._opened) * 1000),
+            "ended_by": ended_by,
+            "bad_frames": self._bad_frames,
+        }
+        if self._client_id is not None:
+            fields["client_id"] = self._client_id
+        if self._user_id is not None:
+            self._log_limited(logging.INFO, "connection_closed", "connection closed", **fields)
+            return
+        # It never got past the handshake: a refused token, no hello, a broken first frame.
+        self._services.metrics.connection_refused(ended_by)
+        self._log_limited(
+            logging.WARNING,
+            "connection_refused",
+            f"connection refused: {ended_by}",
+            reason=ended_by,
+            **fields,
+        )
 
     def _forget_user(self, user_id: UUID) -> None:
         services = self._services
@@ -233,8 +343,13 @@ class SyncSession:
 
     def _flush(self) -> None:
         for frame in self._protocol.data_to_send():
-            with contextlib.suppress(OutboxClosedError):
-                self._outbox.put_control(frame)
+            try:
+                queued = self._outbox.put_control(frame)
+            except OutboxClosedError:
+                continue
+            if not queued:
+                self._too_slow("its answers no longer fit in its send queue")
+                return
 
     async def _write_frames(self) -> None:
         try:
@@ -262,7 +377,11 @@ class SyncSession:
     def _database_failed(self, event: object, exc: StoreError) -> None:
         """The database failed while handling ``event``: the connection stays, the client is
         told what did not happen (and retries it)."""
-        log.warning("database unavailable while handling %s: %s", type(event).__name__, exc)
+        self._log_limited(
+            logging.WARNING,
+            "database_unavailable",
+            f"database unavailable while handling {type(event).__name__}: {exc}",
+        )
         message = "the server cannot reach its database; try again later"
         if isinstance(event, Push):
             self._services.metrics.push_refused(ErrorCode.SERVER_UNAVAILABLE.value)
@@ -279,12 +398,48 @@ class SyncSession:
                     continue
             self._project_error(project.project_id, ErrorCode.SERVER_UNAVAILABLE, message)
 
-    async def _hello(self, hello: Hello) -> None:
+    async def _verify_before_next_frame(self, token: str) -> TokenClaims | None:
+        """Check the token while reading on: a frame that arrives before the welcome is sent
+        is a handshake violation (the protocol core answers it), and the whole handshake must
+        end by the deadline. None when the handshake ended here; raises TokenError."""
+        verifying = asyncio.ensure_future(self._services.verifier.verify(token))
+        reading = asyncio.ensure_future(self._transport.receive())
         try:
-            claims = await self._services.verifier.verify(hello.token)
+            done, _ = await asyncio.wait(
+                {verifying, reading},
+                timeout=max(0.0, self._deadline - asyncio.get_running_loop().time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except asyncio.CancelledError:
+            verifying.cancel()
+            reading.cancel()
+            raise
+        if reading in done:  # the client spoke before the welcome (or left)
+            verifying.cancel()
+            frame = reading.result()
+            if frame is not None:
+                self._protocol.receive_frame(frame)
+                self._count_refusals()
+            return None
+        if not done:
+            verifying.cancel()
+            reading.cancel()
+            self._handshake_timed_out()
+            return None
+        self._next = reading
+        return verifying.result()
+
+    async def _hello(self, hello: Hello) -> None:
+        self._client_id = hello.client_id
+        try:
+            claims = await self._verify_before_next_frame(hello.token)
+            if claims is None:
+                return
         except TokenError as exc:
             if exc.unavailable:
-                log.warning("cannot check tokens: %s", exc)
+                self._log_limited(
+                    logging.WARNING, "token_check_failed", f"cannot check tokens: {exc}"
+                )
                 self._protocol.refuse(
                     ErrorCode.SERVER_UNAVAILABLE,
                     "the server cannot check tokens right now; try again later",
@@ -292,6 +447,7 @@ class SyncSession:
                 )
                 return
             code = ErrorCode.TOKEN_EXPIRED if exc.expired else ErrorCode.INVALID_TOKEN
+            self._ended_by = f"{code.value}: {exc}"
             self._protocol.refuse(code, str(exc), CloseCode.UNAUTHORIZED)
             return
         if not self._bucket(claims.user_id).take(time.monotonic()):
@@ -316,6 +472,18 @@ class SyncSession:
         self._services.sessions.setdefault(claims.user_id, set()).add(self)
         self._counted = True
         self._user_id = claims.user_id
+        if self._ticket is not None:
+            self._ticket.release()
+            self._ticket = None
+        annotate(user_id=str(claims.user_id), client_id=self._client_id)
+        self._log_limited(
+            logging.INFO,
+            "connection_opened",
+            "connection opened",
+            address=self._address,
+            version=self._protocol.version,
+            projects=len(hello.projects),
+        )
         limits = self._services.limits
         self._protocol.accept(
             Welcome(
@@ -431,7 +599,10 @@ class SyncSession:
                     )
                     return
             subscription = LiveSubscription(
-                project, cursor, self._outbox.put_live, self._fell_behind
+                project,
+                cursor,
+                self._outbox.put_live,
+                lambda: self._too_slow("a live change no longer fit in its send queue"),
             )
             feed = self._services.hub.feed(project)
             while True:
@@ -452,7 +623,12 @@ class SyncSession:
         except (OutboxClosedError, asyncio.CancelledError):
             return
         except StoreError as exc:
-            log.warning("syncing project %s failed: %s", project, exc)
+            self._log_limited(
+                logging.WARNING,
+                "project_sync_failed",
+                f"syncing project {project} failed: {exc}",
+                project_id=str(project),
+            )
             self._project_error(
                 str(project), ErrorCode.SERVER_UNAVAILABLE, "the server could not read the log"
             )
@@ -479,15 +655,17 @@ class SyncSession:
             )
             return snapshot.cursor
 
-    def _fell_behind(self) -> None:
-        """A live frame did not fit: tell the client to resume from its cursor, then close.
+    def _too_slow(self, why: str) -> None:
+        """The client does not take what is sent to it (a live frame or an answer did not fit,
+        or its answers went unread too long): tell it to resume from its cursor, then close.
 
         Queued frames are dropped (the client will fetch them again from its cursor) so the
         error is next on the wire; if the client does not even take that within
-        ``CLOSE_GRACE_SECONDS``, the connection is closed anyway.
+        ``CLOSE_GRACE_SECONDS``, the connection is closed anyway. Nothing more is read.
         """
-        if self._closer is not None:
+        if self._ended_by is not None and self._closer is not None:
             return
+        self._ended_by = f"too_slow: {why}"
         self._outbox.discard_pending()
         self._protocol.fail(
             ErrorCode.TOO_SLOW,
@@ -531,7 +709,12 @@ class SyncSession:
                 project, batch, str(self._user_id), authorize=write_rule(project, self._user_id)
             )
         except StoreError as exc:
-            log.warning("push %s to project %s failed: %s", push.push_id, project, exc)
+            self._log_limited(
+                logging.WARNING,
+                "push_failed",
+                f"push {push.push_id} to project {project} failed: {exc}",
+                project_id=str(project),
+            )
             self._services.metrics.push_refused(ErrorCode.SERVER_UNAVAILABLE.value)
             self._protocol.send(
                 Error(

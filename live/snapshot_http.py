@@ -57,6 +57,20 @@ def snapshot_etag(project_id: UUID, cursor: int) -> str:
     return f'"{project_id}:{cursor}"'
 
 
+def none_match(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag``: the header's weak comparison (RFC 9110
+    13.1.2) over a comma-separated list, ``W/`` ignored, ``*`` matching any snapshot. A
+    proxy that compresses, nginx among them, turns a strong ETag into a weak one."""
+    if if_none_match is None:
+        return False
+    wanted = etag.removeprefix("W/")
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/") == wanted:
+            return True
+    return False
+
+
 def _unavailable() -> JSONResponse:
     # The database is unreachable: a retry later will do (the WebSocket's status says when).
     return JSONResponse(
@@ -112,7 +126,7 @@ async def snapshot_endpoint(request: Request) -> Response:
     etag = snapshot_etag(project_id, snapshot.cursor)
     gzip = "gzip" in request.headers.get("accept-encoding", "")
     headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
-    if request.headers.get("if-none-match") == etag:
+    if none_match(request.headers.get("if-none-match"), etag):
         await context.__aexit__(None, None, None)
         return Response(status_code=304, headers=headers)
     if gzip:

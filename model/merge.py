@@ -14,6 +14,7 @@ from uuid import UUID
 
 from automerge.core import Document
 
+from model.changeops import UnsupportedValue, unsupported_values
 from model.changes import ChangeFormatError, ChangeHeader, parse_change
 from model.documents import AutomergeError, apply_changes, contained
 from model.entities import SCHEMAS
@@ -21,6 +22,12 @@ from model.limits import Limits
 from model.rejections import RejectCode, Rejection
 from model.schema import is_valid_entity_id
 from model.validation import inspect_document
+from model.value_check import unsupported_value_rejection
+
+MAX_VIOLATIONS_LISTED = 10
+"""Schema violations listed in one rejection (the rest are counted): an answer stays small
+whatever a hostile document holds, so a push of many broken entities cannot make a large
+one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,8 @@ class DecodedChanges:
     entity_id: str
     unique: tuple[ChangeHeader, ...]
     hash_per_input: tuple[bytes, ...]
+    # Values the binding cannot read, found in the bytes (empty but for hostile input).
+    unsupported: tuple[tuple[ChangeHeader, UnsupportedValue], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +99,7 @@ def decode_entity_changes(item: EntityChanges, limits: Limits) -> DecodedChanges
         )
     unique: dict[bytes, ChangeHeader] = {}
     hashes: list[bytes] = []
+    unsupported: list[tuple[ChangeHeader, UnsupportedValue]] = []
     for index, data in enumerate(item.changes):
         if len(data) > limits.max_change_bytes:
             return Rejection(
@@ -105,9 +115,25 @@ def decode_entity_changes(item: EntityChanges, limits: Limits) -> DecodedChanges
                 f"change {index} is not a valid Automerge change: {exc}",
                 {"index": index},
             )
-        unique.setdefault(header.hash, header)
+        if header.hash not in unique:
+            try:
+                found = unsupported_values(data)
+            except ChangeFormatError as exc:
+                return Rejection(
+                    RejectCode.UNDECODABLE_CHANGE,
+                    f"change {index} is not a valid Automerge change: {exc}",
+                    {"index": index},
+                )
+            unsupported.extend((header, value) for value in found)
+            unique[header.hash] = header
         hashes.append(header.hash)
-    return DecodedChanges(item.entity_type, item.entity_id, tuple(unique.values()), tuple(hashes))
+    return DecodedChanges(
+        item.entity_type,
+        item.entity_id,
+        tuple(unique.values()),
+        tuple(hashes),
+        tuple(unsupported),
+    )
 
 
 def dependency_order(
@@ -140,17 +166,86 @@ def dependency_order(
     return ordered, []
 
 
+def _input_index(decoded: DecodedChanges, change_hash: bytes) -> int:
+    return decoded.hash_per_input.index(change_hash)
+
+
+def _foreign_change(
+    decoded: DecodedChanges,
+    fresh: Sequence[ChangeHeader],
+    logged: Mapping[bytes, int],
+    elsewhere: Mapping[bytes, str],
+) -> Rejection | None:
+    """A change belongs to exactly one entity: refuse one logged under another entity, or
+    one that builds on another entity's change (its history is not this entity's)."""
+    for change in fresh:
+        owner = elsewhere.get(change.hash)
+        if owner is not None:
+            return Rejection(
+                RejectCode.FOREIGN_CHANGE,
+                f"change {change.hash.hex()} belongs to entity {owner}, not to "
+                f"{decoded.entity_id}; a change belongs to one entity only",
+                {
+                    "index": _input_index(decoded, change.hash),
+                    "hash": change.hash.hex(),
+                    "entity_id": owner,
+                },
+            )
+        for dep in change.deps:
+            owner = elsewhere.get(dep)
+            if owner is not None and dep not in logged:
+                return Rejection(
+                    RejectCode.FOREIGN_CHANGE,
+                    f"change {change.hash.hex()} builds on change {dep.hex()} of entity "
+                    f"{owner}; an entity's changes build only on its own history",
+                    {
+                        "index": _input_index(decoded, change.hash),
+                        "hash": change.hash.hex(),
+                        "entity_id": owner,
+                    },
+                )
+    return None
+
+
+def _unrelated_history(
+    decoded: DecodedChanges, fresh: Sequence[ChangeHeader], exists: bool
+) -> Rejection | None:
+    """An entity's history has exactly one root, its creation change (the only change with
+    no dependencies). Every other change names dependencies that must be logged for this
+    entity or come in this push (``dependency_order`` checks that), so with one root every
+    change descends from it."""
+    roots = [c for c in fresh if not c.deps]
+    allowed = 0 if exists else 1
+    if len(roots) <= allowed:
+        return None
+    extra = roots[allowed]
+    why = (
+        "the entity exists, so it has its creation change already"
+        if exists
+        else f"{len(roots)} changes without dependencies; an entity is created once"
+    )
+    return Rejection(
+        RejectCode.UNRELATED_HISTORY,
+        f"change {extra.hash.hex()} does not descend from the creation change of entity "
+        f"{decoded.entity_id}: {why}",
+        {"index": _input_index(decoded, extra.hash), "hash": extra.hash.hex()},
+    )
+
+
 def merge_entity(
     project_id: UUID,
     decoded: DecodedChanges,
     stored: StoredEntity | None,
     logged: Mapping[bytes, int],
     limits: Limits,
+    elsewhere: Mapping[bytes, str] | None = None,
 ) -> Merged | Rejection:
     """Merge ``decoded`` into the stored entity; ``logged`` maps its logged hashes to seqs.
 
     ``logged`` must contain every hash of ``decoded`` and every dependency they name that
-    the log holds for this entity (the store asks for exactly those).
+    the log holds for this entity (the store asks for exactly those). ``elsewhere`` maps
+    those of the same hashes that belong to *other* entities of the project (logged, or
+    taken by an earlier entity of the same push) to that entity's id.
     """
     if stored is not None and stored.project_id != project_id:
         return Rejection(
@@ -165,6 +260,19 @@ def merge_entity(
     fresh = [c for c in decoded.unique if c.hash not in logged]
     if not fresh:
         return Merged(decoded, (), logged)
+    foreign = _foreign_change(decoded, fresh, logged, elsewhere or {})
+    if foreign is not None:
+        return foreign
+    unrelated = _unrelated_history(decoded, fresh, stored is not None)
+    if unrelated is not None:
+        return unrelated
+    fresh_hashes = {c.hash for c in fresh}
+    unreadable = [(c, v) for c, v in decoded.unsupported if c.hash in fresh_hashes]
+    if unreadable:
+        first_index = {h: decoded.hash_per_input.index(h) for h in fresh_hashes}
+        return unsupported_value_rejection(
+            unreadable, fresh, stored.document if stored else None, first_index
+        )
     ordered, missing = dependency_order(fresh, set(logged))
     if missing:
         return Rejection(
@@ -200,8 +308,9 @@ def merge_entity(
             {
                 "violations": [
                     {"field": v.field, "expected": v.expected, "got": v.got}
-                    for v in inspection.violations
-                ]
+                    for v in inspection.violations[:MAX_VIOLATIONS_LISTED]
+                ],
+                "violation_count": len(inspection.violations),
             },
         )
     return Merged(decoded, tuple(ordered), logged, document, heads, inspection.values)

@@ -23,6 +23,10 @@ class RejectCode(StrEnum):
     UNDECODABLE_CHANGE = "undecodable_change"
     CORRUPT_CHANGE = "corrupt_change"
     MISSING_DEPENDENCIES = "missing_dependencies"
+    # A change (or a dependency) belongs to another entity of the project: one change, one entity
+    FOREIGN_CHANGE = "foreign_change"
+    # A change that does not descend from the entity's creation change (a second root)
+    UNRELATED_HISTORY = "unrelated_history"
     SCHEMA_VIOLATION = "schema_violation"
     UNSUPPORTED_VALUE = "unsupported_value"
     # The writer's level does not allow the change (rules in ``model.permissions``)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from automerge.core import ROOT, Document, ObjType, ScalarType, Value
@@ -228,12 +228,32 @@ def _read_scalar(kind: FieldKind, stype: ScalarType, raw: object) -> object:
         return number if math.isfinite(number) else _SKIP
     if kind is FieldKind.BOOL and stype == ScalarType.Boolean and isinstance(raw, bool):
         return raw
-    if kind is FieldKind.TIMESTAMP and stype == ScalarType.Timestamp and isinstance(raw, datetime):
-        try:  # the binding returns naive *local* time (fromtimestamp); UTC on a UTC host
-            return raw.astimezone(UTC)
-        except (OverflowError, ValueError, OSError):
-            return _SKIP
+    if kind is FieldKind.TIMESTAMP and stype == ScalarType.Timestamp:
+        moment = timestamp_value(raw)
+        return _SKIP if moment is None else moment
     return _SKIP
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def timestamp_value(raw: object) -> datetime | None:
+    """A timestamp as the binding returns it, as the aware UTC datetime the client wrote.
+
+    The binding converts Automerge's integer milliseconds through a float of seconds into a
+    naive *local* datetime, which is off by microseconds far from 1970 (9999-12-29 23:59:59.999
+    comes back as ...59.998993): the local time is taken back to UTC and rounded to the
+    millisecond, the precision Automerge stores. None when it cannot be converted.
+    """
+    if not isinstance(raw, datetime):
+        return None
+    try:
+        moment = raw.astimezone(UTC)
+        millis = (moment - _EPOCH + _MILLISECOND / 2) // _MILLISECOND
+        return _EPOCH + millis * _MILLISECOND
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 class _ScalarSet:

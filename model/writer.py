@@ -6,6 +6,11 @@ Automerge lists and maps. Clients (the SDK, tests, benchmarks) write through her
 what they produce always validates on the server. Every function makes exactly one change
 and returns its bytes, ready to push; an edit that would leave the document as it was
 (setting a field to the value it already has) makes none and raises :class:`NoChange`.
+
+Setting a TEXT field that already holds a Text object edits that object: only the
+difference is written, as splices (``model.text_diff``), like Automerge's ``updateText``.
+Two people changing different parts of a description offline both keep their edits.
+:func:`replace_text` is the explicit way to put a whole new object in the field.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from automerge.core import ROOT, Document, ObjType, ScalarType
 
 from model.entities import SCHEMAS
 from model.schema import EntitySchema, Field, FieldKind
+from model.text_diff import text_splices
 
 # The Automerge scalar type each scalar field kind is written as.
 SCALAR_TYPES = {
@@ -136,7 +142,12 @@ def create_entity(
 def update_entity(
     doc: Document, entity_type: str, values: Mapping[str, object]
 ) -> bytes:
-    """Set (or, for ``None``, remove) top-level fields in one change."""
+    """Set (or, for ``None``, remove) top-level fields in one change.
+
+    A text field that holds a Text object keeps it: the new value is written as the splices
+    that turn the current text into it, so concurrent edits of other parts of the text
+    merge with this one. A text field with no Text object yet gets a new one.
+    """
     schema = _schema(entity_type)
     heads = doc.get_heads()
     with _writing(), doc.transaction() as tx:
@@ -144,9 +155,56 @@ def update_entity(
             field = _field(schema.fields, name, entity_type)
             if value is None:
                 tx.delete(ROOT, name)
+            elif field.kind is FieldKind.TEXT and (text := _text_object(tx, name)) is not None:
+                _update_text(tx, text, field, value)
             else:
                 _put(tx, ROOT, name, field, value, insert=False)
     return _new_change(doc, heads)
+
+
+def replace_text(doc: Document, entity_type: str, field_name: str, value: str) -> bytes:
+    """Put a new Text object holding ``value`` in a text field, in place of the old one.
+
+    Unlike :func:`update_entity`, edits others make concurrently to the old object are not
+    merged into the new one (they stay in the old, hidden object), and two replacements made
+    concurrently leave two objects under the field: one shows, and the server records a
+    ``concurrent_edit`` conflict for the other. Use it when a whole new value is meant, such
+    as settling such a conflict.
+    """
+    field = _field(_schema(entity_type).fields, field_name, entity_type)
+    if field.kind is not FieldKind.TEXT:
+        raise WriteError(f"{field_name} is not a text field")
+    heads = doc.get_heads()
+    with _writing(), doc.transaction() as tx:
+        _put(tx, ROOT, field_name, field, value, insert=False)
+    return _new_change(doc, heads)
+
+
+def overwrite_field(doc: Document, entity_type: str, field_name: str, value: object) -> bytes:
+    """Write ``value`` over every value the field holds, concurrent ones included, as settling
+    a ``concurrent_edit`` conflict needs: a new object for a text field (a splice would edit
+    only the object that shows), an ordinary :func:`update_entity` otherwise."""
+    field = _field(_schema(entity_type).fields, field_name, entity_type)
+    if field.kind is FieldKind.TEXT and value is not None:
+        if not isinstance(value, str):
+            raise WriteError(f"{field_name} is text, got {value!r}")
+        return replace_text(doc, entity_type, field_name, value)
+    return update_entity(doc, entity_type, {field_name: value})
+
+
+def _text_object(tx: Transaction, key: str) -> bytes | None:
+    """The id of the Text object at ``ROOT[key]``, if that is what it holds."""
+    found = tx.get(ROOT, key)
+    if found is None or found[0] != ObjType.Text:
+        return None
+    return found[1]
+
+
+def _update_text(tx: Transaction, text: bytes, field: Field, value: object) -> None:
+    if not isinstance(value, str):
+        raise WriteError(f"{field.name} is text, got {value!r}")
+    for splice in text_splices(tx.text(text), value):
+        tx.splice_text(text, splice.index, splice.delete, splice.insert)  # type: ignore[attr-defined]
 
 
 def splice_text(

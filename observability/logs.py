@@ -39,6 +39,15 @@ def bind(**fields: str) -> Iterator[None]:
         _context.reset(token)
 
 
+def annotate(**fields: str | None) -> None:
+    """Add ``fields`` to the binding in force (made by ``bind``), in place: lines logged
+    from now on by this connection's tasks, including tasks started before, carry them.
+    Does nothing outside a ``bind`` block. None values are left out."""
+    current = _context.get()
+    if current is not None:
+        current.update({k: v for k, v in fields.items() if v is not None})
+
+
 def redact(text: str) -> str:
     return _JWT.sub("<token>", text)
 

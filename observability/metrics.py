@@ -13,6 +13,7 @@ series.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence, Sized
@@ -45,6 +46,16 @@ class PoolLike(Protocol):
     def get_max_size(self) -> int: ...
 
 
+_REASON_WORD = re.compile(r"[a-z_]{1,40}")
+
+
+def _reason_label(reason: str) -> str:
+    """The code word a reason starts with ("invalid_token: …" -> "invalid_token"): labels
+    must come from a small set, never from what a client wrote."""
+    found = _REASON_WORD.match(reason)
+    return found.group(0) if found else "other"
+
+
 def frame_type(frame: bytes) -> str:
     """The ``"t"`` of a frame this server encoded, read from its first bytes.
 
@@ -69,12 +80,19 @@ def frame_type(frame: bytes) -> str:
         return "unknown"
 
 
+class SendQueue(Sized, Protocol):
+    """What the send-queue metrics read of a connection's queue (``live.outbox.Outbox``)."""
+
+    @property
+    def queued_bytes(self) -> int: ...
+
+
 class SendQueues(Collector):
     """Every open connection's send queue: a histogram of its depth whenever a live frame is
     queued, and at scrape time the total and the deepest queue."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._queues: weakref.WeakSet[Sized] = weakref.WeakSet()
+        self._queues: weakref.WeakSet[SendQueue] = weakref.WeakSet()
         self.depth = Histogram(
             "fieldsync_send_queue_depth",
             "Frames already waiting in a connection's send queue when a live frame is queued",
@@ -83,14 +101,16 @@ class SendQueues(Collector):
         )
         registry.register(self)
 
-    def watch(self, queue: Sized) -> None:
+    def watch(self, queue: SendQueue) -> None:
         self._queues.add(queue)
 
     def observe(self, depth: int) -> None:
         self.depth.observe(depth)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depths = [len(queue) for queue in list(self._queues)]
+        queues = list(self._queues)
+        depths = [len(queue) for queue in queues]
+        sizes = [queue.queued_bytes for queue in queues]
         yield GaugeMetricFamily(
             "fieldsync_send_queue_frames", "Frames waiting in all send queues", sum(depths)
         )
@@ -98,6 +118,14 @@ class SendQueues(Collector):
             "fieldsync_send_queue_max_frames",
             "Frames waiting in the deepest send queue",
             max(depths, default=0),
+        )
+        yield GaugeMetricFamily(
+            "fieldsync_send_queue_bytes", "Bytes waiting in all send queues", sum(sizes)
+        )
+        yield GaugeMetricFamily(
+            "fieldsync_send_queue_max_bytes",
+            "Bytes waiting in the fullest send queue",
+            max(sizes, default=0),
         )
 
 
@@ -134,6 +162,29 @@ class Metrics:
             "fieldsync_messages_received",
             "Valid protocol messages received, by type",
             ["type"],
+            registry=registry,
+        )
+        self.frames_refused = Counter(
+            "fieldsync_frames_refused",
+            "Frames from clients refused with an error, by error code",
+            ["code"],
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "fieldsync_connections_refused",
+            "Connections that ended or were refused before authenticating, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.connections_unauthenticated = Gauge(
+            "fieldsync_connections_unauthenticated",
+            "Open sync connections that have not completed the handshake yet",
+            registry=registry,
+        )
+        self.log_lines_suppressed = Counter(
+            "fieldsync_log_lines_suppressed",
+            "Log lines left out by the log rate limit, by event",
+            ["event"],
             registry=registry,
         )
         self.messages_out = Counter(
@@ -256,6 +307,16 @@ class Metrics:
                     "entities": len(push.entities),
                 },
             )
+
+    def frame_refused(self, code: str) -> None:
+        self.frames_refused.labels(code).inc()
+
+    def connection_refused(self, reason: str) -> None:
+        """A connection ended before authenticating; ``reason`` starts with a code word."""
+        self.connections_refused.labels(_reason_label(reason)).inc()
+
+    def log_line_suppressed(self, event: str) -> None:
+        self.log_lines_suppressed.labels(event).inc()
 
     def push_refused(self, code: str) -> None:
         self.pushes.labels("refused", code).inc()

@@ -200,6 +200,8 @@ class ChangeLog:
         have dropped after the commit); sending the same changes again is always safe and
         returns their seqs.
         """
+        if not batch:
+            return []  # nothing to log: no lock, no transaction
         if len(batch) > self._limits.max_entities_per_batch:
             raise BatchTooLarge(len(batch), self._limits.max_entities_per_batch)
         decoded = [decode_entity_changes(item, self._limits) for item in batch]
@@ -230,22 +232,26 @@ class ChangeLog:
                 raise UnknownProject(project_id)
             valid = [d for d in decoded if isinstance(d, DecodedChanges)]
             stored = await self._stored_entities(conn, project_id, valid)
-            logged = await _logged_hashes(conn, project_id, valid)
+            logged, owners = await _logged_hashes(conn, project_id, valid)
             outcomes: list[Merged | Rejection] = []
             for item in decoded:
                 if isinstance(item, Rejection):
                     outcomes.append(item)
                     continue
                 row = stored.get(item.entity_id)
-                outcomes.append(
-                    merge_entity(
-                        project_id,
-                        item,
-                        row.entity if row else None,
-                        logged.get(item.entity_id, {}),
-                        self._limits,
-                    )
+                outcome = merge_entity(
+                    project_id,
+                    item,
+                    row.entity if row else None,
+                    logged.get(item.entity_id, {}),
+                    self._limits,
+                    _owned_elsewhere(item, owners),
                 )
+                if isinstance(outcome, Merged):
+                    # Taken by this entity: a later entity of the push may not log them too.
+                    for change in outcome.new_changes:
+                        owners[change.hash] = item.entity_id
+                outcomes.append(outcome)
             rule = await authorize(conn) if authorize is not None else None
             if rule is not None:
                 outcomes = [_authorized(o, stored, rule) for o in outcomes]
@@ -387,18 +393,29 @@ def _reject_repeated_entities(
 
 async def _logged_hashes(
     conn: Any, project_id: UUID, valid: Sequence[DecodedChanges]
-) -> dict[str, dict[bytes, int]]:
-    """For each entity: which of its pushed hashes and their deps the log already holds."""
+) -> tuple[dict[str, dict[bytes, int]], dict[bytes, str]]:
+    """Which of the pushed hashes and their deps the log holds: per entity, hash -> seq;
+    and for all of them, hash -> the entity that owns it (a hash is unique in a project)."""
     asked = {c.hash for d in valid for c in d.unique} | {
         dep for d in valid for c in d.unique for dep in c.deps
     }
     if not asked:
-        return {}
+        return {}, {}
     rows = await find_logged(conn, project_id, list(asked))
     logged: dict[str, dict[bytes, int]] = defaultdict(dict)
+    owners: dict[bytes, str] = {}
     for r in rows:
         logged[r["entity_id"]][r["hash"]] = r["seq"]
-    return logged
+        owners.setdefault(r["hash"], r["entity_id"])
+    return logged, owners
+
+
+def _owned_elsewhere(item: DecodedChanges, owners: Mapping[bytes, str]) -> dict[bytes, str]:
+    """The hashes ``item`` names (its changes and their deps) owned by other entities."""
+    named = {c.hash for c in item.unique} | {dep for c in item.unique for dep in c.deps}
+    return {
+        h: owner for h in named if (owner := owners.get(h)) is not None and owner != item.entity_id
+    }
 
 
 @dataclass(slots=True)

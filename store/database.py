@@ -3,6 +3,7 @@
 The URL comes from, in order: ``--database-url``, the ``DATABASE_URL`` environment
 variable, or an embedded PostgreSQL in the data directory. The embedded server is a
 resource with a lifetime, so the choice is a context manager: leaving it stops the server.
+Only a caller that passes ``create=True`` may initialise a new embedded cluster.
 
 Connections and pools made here fail with StoreErrors only (``store.driver``): a pool's
 ``acquire`` and ``release``, a connection's ``close``, and the health checks.
@@ -113,14 +114,22 @@ def explicit_database_url(cli_url: str | None, environ: Mapping[str, str]) -> st
 
 @contextmanager
 def resolve_database_url(
-    cli_url: str | None, data_dir: Path, environ: Mapping[str, str] | None = None
+    cli_url: str | None,
+    data_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    create: bool = True,
 ) -> Iterator[str]:
-    """Yield the database URL to use; an embedded server started here stops on exit."""
+    """Yield the database URL to use; an embedded server started here stops on exit.
+
+    Without ``create``, a data directory with no embedded cluster is refused
+    (DatabaseUnavailable) rather than initialised.
+    """
     url = explicit_database_url(cli_url, os.environ if environ is None else environ)
     if url is not None:
         yield url
         return
-    with embedded_postgres(data_dir) as embedded_url:
+    with embedded_postgres(data_dir, create=create) as embedded_url:
         yield embedded_url
 
 

@@ -1,5 +1,8 @@
 """The server-managed rows: accounts, users, projects (with their log heads) and members.
 
+Creating and changing them, and listing them (for ``fieldsync ... list`` and the HTTP admin
+API alike).
+
 A project without a ``log_heads`` row could never take a change (appenders lock that row to
 hand out seqs), so the two are inserted in one transaction.
 
@@ -13,7 +16,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -243,3 +249,230 @@ async def member_level(
         user_id,
     )
     return level
+
+
+# --- listing ----------------------------------------------------------------------------
+#
+# Lists come in creation order, a page at a time: ``after`` is the id of the last row of the
+# previous page (it must exist), ``limit`` None means every row. The order is the total
+# order (created_at, id), so consecutive pages never overlap.
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    account_id: uuid.UUID
+    name: str
+    created_at: datetime
+    projects: int
+    users: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    user_id: uuid.UUID
+    name: str
+    email: str | None
+    account_id: uuid.UUID | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRow:
+    project_id: uuid.UUID
+    name: str
+    account_id: uuid.UUID
+    created_at: datetime
+    head_seq: int
+    members: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectDetail:
+    """One project, its account's name and how many members it has at each level."""
+
+    project_id: uuid.UUID
+    name: str
+    account_id: uuid.UUID
+    account_name: str
+    created_at: datetime
+    head_seq: int
+    members: Mapping[str, int]  # level: count, every level present
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    user_id: uuid.UUID
+    name: str
+    email: str | None
+    level: str
+    added_at: datetime
+
+
+Row = AccountRow | UserRow | ProjectRow | ProjectDetail | MemberRow
+
+
+def row_json(row: Row) -> dict[str, Any]:
+    """The row as JSON-ready values (ids and times as strings), for the CLI and the API."""
+    document: dict[str, Any] = {}
+    for field in fields(row):
+        value = getattr(row, field.name)
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        document[field.name] = value
+    return document
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise InvalidValue(f"limit must be at least 1, got {limit}")
+
+
+@translated("listing accounts")
+async def list_accounts(
+    conn: asyncpg.Connection, *, after: uuid.UUID | None = None, limit: int | None = None
+) -> list[AccountRow]:
+    """Accounts in creation order, with how many projects and users each has."""
+    _check_limit(limit)
+    if after is not None:
+        await require_account(conn, after)
+    rows = await conn.fetch(
+        """
+        SELECT a.account_id, a.name, a.created_at,
+               (SELECT count(*) FROM projects p WHERE p.account_id = a.account_id) AS projects,
+               (SELECT count(*) FROM users u WHERE u.account_id = a.account_id) AS users
+        FROM accounts a
+        WHERE $1::uuid IS NULL OR (a.created_at, a.account_id) >
+              (SELECT created_at, account_id FROM accounts WHERE account_id = $1)
+        ORDER BY a.created_at, a.account_id
+        LIMIT $2
+        """,
+        after,
+        limit,
+    )
+    return [AccountRow(**dict(r)) for r in rows]
+
+
+@translated("listing users")
+async def list_users(
+    conn: asyncpg.Connection,
+    *,
+    account_id: uuid.UUID | None = None,
+    after: uuid.UUID | None = None,
+    limit: int | None = None,
+) -> list[UserRow]:
+    """Users in creation order; only those of ``account_id`` if given (it must exist)."""
+    _check_limit(limit)
+    if account_id is not None:
+        await require_account(conn, account_id)
+    if after is not None:
+        await require_user(conn, after)
+    rows = await conn.fetch(
+        """
+        SELECT u.user_id, u.display_name AS name, u.email, u.account_id, u.created_at
+        FROM users u
+        WHERE ($1::uuid IS NULL OR u.account_id = $1)
+          AND ($2::uuid IS NULL OR (u.created_at, u.user_id) >
+               (SELECT created_at, user_id FROM users WHERE user_id = $2))
+        ORDER BY u.created_at, u.user_id
+        LIMIT $3
+        """,
+        account_id,
+        after,
+        limit,
+    )
+    return [UserRow(**dict(r)) for r in rows]
+
+
+_PROJECT_COLUMNS = """
+    p.project_id, p.name, p.account_id, p.created_at, h.head_seq,
+    (SELECT count(*) FROM project_members m WHERE m.project_id = p.project_id) AS members
+"""
+
+
+@translated("listing projects")
+async def list_projects(
+    conn: asyncpg.Connection,
+    *,
+    account_id: uuid.UUID | None = None,
+    after: uuid.UUID | None = None,
+    limit: int | None = None,
+) -> list[ProjectRow]:
+    """Projects in creation order with their log head and member count; only those of
+    ``account_id`` if given (it must exist)."""
+    _check_limit(limit)
+    if account_id is not None:
+        await require_account(conn, account_id)
+    if after is not None:
+        await require_project(conn, after)
+    rows = await conn.fetch(
+        f"""
+        SELECT {_PROJECT_COLUMNS}
+        FROM projects p JOIN log_heads h USING (project_id)
+        WHERE ($1::uuid IS NULL OR p.account_id = $1)
+          AND ($2::uuid IS NULL OR (p.created_at, p.project_id) >
+               (SELECT created_at, project_id FROM projects WHERE project_id = $2))
+        ORDER BY p.created_at, p.project_id
+        LIMIT $3
+        """,
+        account_id,
+        after,
+        limit,
+    )
+    return [ProjectRow(**dict(r)) for r in rows]
+
+
+@translated("reading a project")
+async def show_project(conn: asyncpg.Connection, project_id: uuid.UUID) -> ProjectDetail:
+    """The project, its account's name, log head and member count per level."""
+    row = await conn.fetchrow(
+        """
+        SELECT p.project_id, p.name, p.account_id, a.name AS account_name, p.created_at,
+               h.head_seq
+        FROM projects p JOIN accounts a USING (account_id) JOIN log_heads h USING (project_id)
+        WHERE p.project_id = $1
+        """,
+        project_id,
+    )
+    if row is None:
+        raise UnknownProject(project_id)
+    counts = await conn.fetch(
+        "SELECT level, count(*) AS n FROM project_members WHERE project_id = $1 GROUP BY level",
+        project_id,
+    )
+    members = dict.fromkeys(LEVELS, 0) | {r["level"]: r["n"] for r in counts}
+    return ProjectDetail(**dict(row), members=members)
+
+
+@translated("listing members")
+async def list_members(
+    conn: asyncpg.Connection,
+    project_id: uuid.UUID,
+    *,
+    after: uuid.UUID | None = None,
+    limit: int | None = None,
+) -> list[MemberRow]:
+    """The project's members in the order they were added (``after``: a member's user id)."""
+    _check_limit(limit)
+    await require_project(conn, project_id)
+    if after is not None and await member_level(conn, project_id, after) is None:
+        raise NotAMember(project_id, after)
+    rows = await conn.fetch(
+        """
+        SELECT m.user_id, u.display_name AS name, u.email, m.level, m.added_at
+        FROM project_members m JOIN users u USING (user_id)
+        WHERE m.project_id = $1
+          AND ($2::uuid IS NULL OR (m.added_at, m.user_id) >
+               (SELECT added_at, user_id FROM project_members
+                WHERE project_id = $1 AND user_id = $2))
+        ORDER BY m.added_at, m.user_id
+        LIMIT $3
+        """,
+        project_id,
+        after,
+        limit,
+    )
+    return [MemberRow(**dict(r)) for r in rows]

@@ -868,6 +868,7 @@ def _decode(
         raise ProtocolViolation(
             ErrorCode.FRAME_TOO_LARGE,
             f"the frame has {len(frame)} bytes; at most {max_bytes} are allowed",
+            _oversized_push_id(frame, limits) if sender == "client" else None,
         )
     if not frame:
         raise _malformed("the frame is empty")
@@ -919,6 +920,29 @@ def _read_message(r: _Reader, shapes: Mapping[str, _Shape], sender: str) -> Any:
         # So that the client knows which of its pushes will get no result.
         violation.push_id = _readable_push_id(r.restart())
     raise violation
+
+
+def _oversized_push_id(frame: bytes, limits: Limits) -> int | None:
+    """The push id of a frame too large to decode, if it is a push whose id can be read:
+    its top-level keys are walked and every value but ``t`` and ``push_id`` is skipped
+    unread, so the client learns which push will get no result."""
+    kind: str | None = None
+    push_id: int | None = None
+    r = _Reader(frame, limits, precise=True)
+    try:
+        for _ in range(r.open("map")):
+            key = r.key()
+            if key == "t":
+                kind = r.string()
+            elif key == "push_id":
+                push_id = r.uint()
+            else:
+                r.skip()
+            if kind is not None and push_id is not None:
+                break
+    except (ProtocolViolation, _FieldError, ValueError, msgpack.UnpackException):
+        pass
+    return push_id if kind == Push.TYPE else None
 
 
 def _readable_push_id(r: _Reader) -> int | None:

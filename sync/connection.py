@@ -130,6 +130,12 @@ class ServerConnection(_Connection[ClientMessage]):
             raise ValueError("max_consecutive_errors must be at least 1")
         self.max_consecutive_errors = max_consecutive_errors
         self._errors_in_a_row = 0
+        self._refusals: list[ErrorCode] = []
+
+    def refusals_received(self) -> list[ErrorCode]:
+        """The codes of frames refused since the last call (for the shell's metrics)."""
+        refusals, self._refusals = self._refusals, []
+        return refusals
 
     def receive_frame(self, frame: bytes | str) -> None:
         if self.state in _GOING_AWAY:
@@ -142,6 +148,7 @@ class ServerConnection(_Connection[ClientMessage]):
         if self.state is ConnectionState.AWAITING_HELLO:
             self._hello(message)
         elif self.state is ConnectionState.AUTHENTICATING:
+            self._refusals.append(ErrorCode.HANDSHAKE_REQUIRED)
             self._fail(
                 ErrorCode.HANDSHAKE_REQUIRED, f"wait for welcome before sending {message.TYPE}"
             )
@@ -155,6 +162,7 @@ class ServerConnection(_Connection[ClientMessage]):
 
     def _hello(self, message: ClientMessage) -> None:
         if not isinstance(message, Hello):
+            self._refusals.append(ErrorCode.HANDSHAKE_REQUIRED)
             self._fail(ErrorCode.HANDSHAKE_REQUIRED, f"send hello first, not {message.TYPE}")
             return
         common = set(message.versions).intersection(PROTOCOL_VERSIONS)
@@ -172,6 +180,7 @@ class ServerConnection(_Connection[ClientMessage]):
 
     def _refuse_frame(self, violation: ProtocolViolation) -> None:
         """A frame that is not a valid message: fatal during the handshake, else counted."""
+        self._refusals.append(violation.code)
         if self.state is ConnectionState.AWAITING_HELLO:
             # The specific code says more than handshake_required about a broken hello.
             self._fail(violation.code, violation.message)

@@ -16,12 +16,14 @@ class ErrorCode(StrEnum):
     INVALID_MESSAGE = "invalid_message"  # a field missing, of the wrong type or out of range
     # The handshake
     HANDSHAKE_REQUIRED = "handshake_required"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"  # no hello (or no answer to it) in time
     ALREADY_HANDSHAKEN = "already_handshaken"
     UNSUPPORTED_VERSION = "unsupported_version"
     INVALID_TOKEN = "invalid_token"
     TOKEN_EXPIRED = "token_expired"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     FORBIDDEN_ORIGIN = "forbidden_origin"  # HTTP 403 before the upgrade, never a frame
+    SERVER_BUSY = "server_busy"  # HTTP 503 before the upgrade: too many unauthenticated sockets
     # Projects
     PROJECT_UNAVAILABLE = "project_unavailable"  # unknown or not a member: same answer
     MEMBERSHIP_REMOVED = "membership_removed"  # was a member on this connection, no longer

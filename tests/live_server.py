@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from live.slow_requests import HEADER_SECONDS
 from model.limits import DEFAULT_LIMITS, Limits
 from server import PING_INTERVAL_SECONDS, create_app, uvicorn_config
 
@@ -34,11 +35,13 @@ async def start_server(
     *,
     limits: Limits = DEFAULT_LIMITS,
     ping_interval: float = PING_INTERVAL_SECONDS,
+    header_seconds: float = HEADER_SECONDS,
     **app_options: Any,
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """Start the app on ``port`` in this event loop; returns once it accepts connections."""
-    app = create_app(database_url, secret=TEST_SECRET, limits=limits, **app_options)
-    config = uvicorn_config(app, "127.0.0.1", port, limits, ping_interval)
+    app_options.setdefault("secret", TEST_SECRET)
+    app = create_app(database_url, limits=limits, **app_options)
+    config = uvicorn_config(app, "127.0.0.1", port, limits, ping_interval, header_seconds)
     config.lifespan = "on"
     config.log_config = None
     config.timeout_graceful_shutdown = 2
@@ -68,12 +71,18 @@ async def running_server(
     *,
     limits: Limits = DEFAULT_LIMITS,
     ping_interval: float = PING_INTERVAL_SECONDS,
+    header_seconds: float = HEADER_SECONDS,
     **app_options: Any,
 ) -> AsyncIterator[str]:
     """Serve the app on a free port; yields its base URL ``127.0.0.1:PORT``."""
     port = free_port()
     server, task = await start_server(
-        database_url, port, limits=limits, ping_interval=ping_interval, **app_options
+        database_url,
+        port,
+        limits=limits,
+        ping_interval=ping_interval,
+        header_seconds=header_seconds,
+        **app_options,
     )
     try:
         yield f"127.0.0.1:{port}"

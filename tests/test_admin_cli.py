@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ import asyncpg
 import pytest
 
 from auth.tokens import verify_token
+from cli import example_lines
 from store.projects import member_level
 from tests.test_server_command import FIELDSYNC, serving
 
@@ -195,8 +197,6 @@ async def test_refusals_are_one_line_with_exit_status_1(fieldsync: Fieldsync) ->
         (("user", "create", "--name", "Ana", "--email", "ana at example"),
          "'ana at example' is not an email address"),
         (("project", "create", "--account", nowhere, "--name", "P"), f"unknown account {nowhere}"),
-        (("member", "add", *member, "--level", "boss"),
-         "unknown level 'boss': use one of lead, specialist, viewer"),
         (("member", "add", "--project", nowhere, "--user", str(user), "--level", "lead"),
          f"unknown project {nowhere}"),
         (("member", "add", "--project", str(project), "--user", nobody, "--level", "lead"),
@@ -205,12 +205,101 @@ async def test_refusals_are_one_line_with_exit_status_1(fieldsync: Fieldsync) ->
         (("member", "remove", "--project", nowhere, "--user", str(user)),
          f"unknown project {nowhere}"),
         (("token", "--user", nobody), f"unknown user {nobody}"),
-        (("token", "--user", str(user), "--ttl", "0"), "--ttl must be a positive number"),
+        (("project", "list", "--account", nowhere), f"unknown account {nowhere}"),
+        (("user", "list", "--account", nowhere), f"unknown account {nowhere}"),
+        (("project", "show", nowhere), f"unknown project {nowhere}"),
+        (("member", "list", "--project", nowhere), f"unknown project {nowhere}"),
     ]
     results = await asyncio.gather(*(fieldsync(*args) for args, _ in cases))
     for (args, expected), ran in zip(cases, results, strict=True):
         line = ran.refused()
         assert expected in line, (args, line)
+
+
+async def test_lists_and_show_name_what_the_create_commands_made(
+    fieldsync: Fieldsync,
+) -> None:
+    account = await fieldsync.new_id("account", "create", "--name", "Glacier   Lab")
+    other = await fieldsync.new_id("account", "create", "--name", "Other")
+    email = _email()
+    ana = await fieldsync.new_id(
+        "user", "create", "--name", "Ana Field", "--email", email, "--account", str(account)
+    )
+    ben = await fieldsync.new_id("user", "create", "--name", "Ben", "--account", str(account))
+    await fieldsync.new_id("user", "create", "--name", "Elsewhere", "--account", str(other))
+    project = await fieldsync.new_id(
+        "project", "create", "--account", str(account), "--name", "Moraine 2027"
+    )
+    await fieldsync.new_id("project", "create", "--account", str(account), "--name", "Lake")
+    await fieldsync.new_id("project", "create", "--account", str(other), "--name", "Other")
+    for user, level in ((ana, "lead"), (ben, "viewer")):
+        await fieldsync("member", "add", "--project", str(project), "--user", str(user),
+                        "--level", level)  # fmt: skip
+
+    async def listed(*args: str) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads((await fieldsync(*args, "--json")).ok())
+        return document
+
+    listing, by_account, all_users, account_projects, shown, members = await asyncio.gather(
+        listed("account", "list"),
+        listed("user", "list", "--account", str(account)),
+        listed("user", "list"),
+        listed("project", "list", "--account", str(account)),
+        listed("project", "show", str(project)),
+        listed("member", "list", "--project", str(project)),
+    )
+    accounts = listing["accounts"]
+    mine = next(a for a in accounts if a["account_id"] == str(account))
+    assert (mine["name"], mine["projects"], mine["users"]) == ("Glacier   Lab", 2, 2)
+    ids = [a["account_id"] for a in accounts]
+    assert ids.index(str(account)) < ids.index(str(other))  # oldest first
+
+    users = by_account["users"]
+    assert [(u["user_id"], u["name"], u["email"]) for u in users] == [
+        (str(ana), "Ana Field", email), (str(ben), "Ben", None)
+    ]
+    everyone = {u["user_id"] for u in all_users["users"]}
+    assert {str(ana), str(ben)} < everyone
+
+    projects = account_projects["projects"]
+    assert [(p["name"], p["members"], p["head_seq"]) for p in projects] == [
+        ("Moraine 2027", 2, 0), ("Lake", 0, 0)
+    ]
+    assert shown["project_id"] == str(project)
+    assert (shown["account_id"], shown["account_name"]) == (str(account), "Glacier   Lab")
+    assert shown["members"] == {"lead": 1, "specialist": 0, "viewer": 1}
+
+    assert members["project_id"] == str(project)
+    assert [(m["user_id"], m["level"], m["name"]) for m in members["members"]] == [
+        (str(ana), "lead", "Ana Field"), (str(ben), "viewer", "Ben")
+    ]
+
+    # Plain output: a header, then one row per item with its id first.
+    plain_members, plain_accounts, plain_project = await asyncio.gather(
+        fieldsync("member", "list", "--project", str(project)),
+        fieldsync("account", "list"),
+        fieldsync("project", "show", str(project)),
+    )
+    table = plain_members.ok().splitlines()
+    assert table[0].split() == ["USER", "ID", "LEVEL", "NAME", "EMAIL"]
+    assert [row.split()[:2] for row in table[1:]] == [[str(ana), "lead"], [str(ben), "viewer"]]
+    table = plain_accounts.ok().splitlines()
+    row = next(row for row in table if row.startswith(str(account)))
+    assert "  Glacier Lab  " in row  # runs of whitespace in names do not break the columns
+    plain = plain_project.ok()
+    assert 'Project "Moraine 2027"' in plain
+    assert "lead 1, specialist 0, viewer 1" in plain
+
+
+async def test_token_never_makes_a_secret_of_its_own(
+    fieldsync: Fieldsync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token signed with a new random secret would be refused by every running server."""
+    user = await fieldsync.new_id("user", "create", "--name", "Ana")
+    monkeypatch.delenv("FIELDSYNC_SECRET")
+    line = (await fieldsync("token", "--user", str(user))).refused()
+    assert f"no token secret at {fieldsync.data_dir / 'token-secret'}" in line
+    assert not (fieldsync.data_dir / "token-secret").exists()
 
 
 async def test_admin_commands_refuse_an_unmigrated_database(
@@ -304,20 +393,92 @@ async def test_demo_seeds_the_read_models_through_the_change_log(
     assert {r["user_id"] for r in members} == {u["user_id"] for u in users}
 
 
+_USER_LINE = re.compile(
+    r"^  (?P<name>\S.*?)  +(?P<level>lead|specialist|viewer) +user (?P<id>\S+)$"
+)
+
+
+def _users_of(out: str) -> list[dict[str, str]]:
+    """The users `fieldsync demo` printed: name, level, user_id and the token below each."""
+    lines = out.splitlines()
+    users = []
+    for index, line in enumerate(lines):
+        match = _USER_LINE.match(line)
+        if match:
+            token = lines[index + 1].split("token ")[1]
+            users.append({"name": match["name"], "level": match["level"],
+                          "user_id": match["id"], "token": token})  # fmt: skip
+    return users
+
+
 async def test_demo_prints_a_readable_block(fieldsync: Fieldsync) -> None:
     out = (await fieldsync("demo")).ok()
     assert 'Demo project "Alpine survey 2027"' in out
     assert "15 activities" in out
     assert "20 summonings" in out
-    for name, level in (("Marta Keller", "lead"), ("Jonas Weber", "specialist"),
-                        ("Lena Roth", "specialist")):
-        line = next(line for line in out.splitlines() if line.strip().startswith(name))
-        assert level in line
-        user_id = uuid.UUID(line.split("user ")[1])
-        index = out.splitlines().index(line)
-        token = out.splitlines()[index + 1].split("token ")[1]
-        assert verify_token(SECRET.encode(), token).user_id == user_id
-    assert "offline_edit.py" in out
+    users = _users_of(out)
+    assert [(u["name"], u["level"]) for u in users] == [
+        ("Marta Keller", "lead"), ("Jonas Weber", "specialist"), ("Lena Roth", "specialist")
+    ]
+    for user in users:
+        assert verify_token(SECRET.encode(), user["token"]).user_id == uuid.UUID(user["user_id"])
+    # No server runs with this data directory: the example command names the default and
+    # says how to point it elsewhere.
+    assert "server ws://127.0.0.1:8000/sync: no `fieldsync serve` runs with this --data-dir; " \
+        "else pass --server-url" in out
+    command = _printed_command(out)
+    assert command[:2] == [sys.executable, str(EXAMPLE)]
+    assert command[2:] == [
+        "--url", "ws://127.0.0.1:8000/sync", "--project", _project_of(out),
+        "--token", users[0]["token"], "--token2", users[1]["token"],
+    ]  # fmt: skip
+
+
+def _project_of(out: str) -> str:
+    match = re.search(r"^  project id  (\S+)$", out, re.MULTILINE)
+    assert match is not None, out
+    return match[1]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://10.0.0.5:8001", "ws://10.0.0.5:8001/sync"),
+        ("https://sync.example.org/", "wss://sync.example.org/sync"),
+        ("wss://sync.example.org/fieldsync/sync", "wss://sync.example.org/fieldsync/sync"),
+    ],
+)
+async def test_demo_takes_the_servers_url(
+    fieldsync: Fieldsync, given: str, expected: str
+) -> None:
+    out = (await fieldsync("demo", "--server-url", given)).ok()
+    command = _printed_command(out)
+    assert command[command.index("--url") + 1] == expected
+    assert f"server {expected}: --server-url" in out
+
+
+def test_the_example_command_says_how_to_install_the_sdk_it_needs() -> None:
+    demo = {
+        "project_id": "p",
+        "users": [{"level": "lead", "token": "t1"}, {"level": "specialist", "token": "t2"}],
+    }
+    python = "/opt/my env/bin/python"
+    lines = example_lines(
+        demo, "ws://h:1/sync", "--server-url", python=python, example=EXAMPLE,
+        sdk_installed=False,
+    )  # fmt: skip
+    install = lines.index("  This Python lacks the client SDK the example uses; install it first:")
+    assert shlex.split(lines[install + 1]) == [
+        python, "-m", "pip", "install", "-e", str(EXAMPLE.parents[1])
+    ]
+    assert str(EXAMPLE.parents[1]).endswith("client-sdk")
+    installed = example_lines(
+        demo, "ws://h:1/sync", "--server-url", python=python, example=EXAMPLE,
+        sdk_installed=True,
+    )  # fmt: skip
+    assert not any("pip install" in line for line in installed)
+    assert installed[-5:] == lines[-5:]
+    assert shlex.split(lines[-5].removesuffix("\\")) == [python, str(EXAMPLE)]
 
 
 def _merged_documents(out: str) -> list[dict[str, Any]]:
@@ -330,22 +491,30 @@ def _merged_documents(out: str) -> list[dict[str, Any]]:
     return documents
 
 
+def _printed_command(out: str) -> list[str]:
+    """The example command `fieldsync demo` printed last, as an argument list."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Edit offline"))
+    command = " ".join(line.strip().removesuffix("\\") for line in lines[start + 1 :])
+    return shlex.split(command)
+
+
 async def test_offline_example_merges_against_a_real_server(
     fieldsync: Fieldsync, database_url: str, conn: Any
 ) -> None:
-    demo = await _demo(fieldsync)
-    lead, specialist = demo["users"][0], demo["users"][1]
-    async with serving("--database-url", database_url) as server:
+    """The command `fieldsync demo` prints runs as printed, against the server running with
+    the same --data-dir, on whatever port that server listens."""
+    serve_options = ("--database-url", database_url, "--data-dir", str(fieldsync.data_dir))
+    async with serving(*serve_options) as server:
         await server.wait_healthy()
-        ran = await _exec(
-            sys.executable, str(EXAMPLE),
-            "--url", f"ws://127.0.0.1:{server.port}/sync",
-            "--project", demo["project_id"],
-            "--token", lead["token"],
-            "--token2", specialist["token"],
-            "--timeout", "20",
-        )
+        out = (await fieldsync("demo")).ok()
+        command = _printed_command(out)
+        assert command[:2] == [sys.executable, str(EXAMPLE)]
+        assert command[command.index("--url") + 1] == f"ws://127.0.0.1:{server.port}/sync"
+        project_id = command[command.index("--project") + 1]
+        ran = await _exec(*command)
         code, log = await server.stop()
+    lead, specialist, _ = _users_of(out)
     assert ran.code == 0, ran
     assert code == 0, log
     one, two = _merged_documents(ran.out)
@@ -359,7 +528,7 @@ async def test_offline_example_merges_against_a_real_server(
     assert activity_id is not None
     row = await conn.fetchrow(
         "SELECT status, ends_at FROM rm_activities WHERE project_id = $1 AND entity_id = $2",
-        uuid.UUID(demo["project_id"]),
+        uuid.UUID(project_id),
         activity_id[1],
     )
     assert row["status"] == one["status"] == "in_progress"  # the demo's first one: confirmed
@@ -367,7 +536,7 @@ async def test_offline_example_merges_against_a_real_server(
     # Both users are summoned to the activity the example chose.
     summoned = await conn.fetch(
         "SELECT user_id FROM rm_summonings WHERE project_id = $1 AND activity_id = $2",
-        uuid.UUID(demo["project_id"]),
+        uuid.UUID(project_id),
         activity_id[1],
     )
     assert {lead["user_id"], specialist["user_id"]} <= {r["user_id"] for r in summoned}

@@ -64,4 +64,9 @@ async def test_two_workers_share_the_database_and_relay_live(
     stopped = {line["pid"] for line in lines if line.get("message") == "stopped"}
     assert len(workers) == 2
     assert stopped == workers  # each worker served, then shut down gracefully
+    listening = [line for line in lines if line.get("event") == "listening"]
+    assert {line["pid"] for line in listening} == workers  # each says where it listens
+    assert sorted(line["url"] for line in listening) == [
+        f"http://127.0.0.1:{first.port}", f"http://127.0.0.1:{second.port}"
+    ]
     assert any(line.get("event") == "workers_stopped" for line in lines)

@@ -206,10 +206,10 @@ async def _edit_offline(
 
     await one.update("activity", activity_id, {"status": status})
     if "description" in before:
-        await one.splice_text("activity", activity_id, "description", 0, 0, note1)
-        await two.splice_text(
-            "activity", activity_id, "description", len(description), 0, note2
-        )
+        # Each tablet saves its whole text box; update() writes only what changed, so both
+        # notes survive the merge.
+        await one.update("activity", activity_id, {"description": note1 + description})
+        await two.update("activity", activity_id, {"description": description + note2})
     else:
         await one.update("activity", activity_id, {"description": note1 + note2})
     await two.update("activity", activity_id, {"ends_at": later})

@@ -3,7 +3,7 @@
     async with FieldsyncClient("https://sync.example.org", token, "fieldsync.db") as client:
         project = await client.open_project(project_id)
         activity_id = await project.create("activity", {...})
-        await project.splice_text("activity", activity_id, "description", 0, 0, "Note: ")
+        await project.update("activity", activity_id, {"description": "Note: ..."})  # merges
 
 See ``README.md`` for offline behaviour and errors, and :mod:`fieldsync_client.blocking` for
 code that is not async.

@@ -201,6 +201,11 @@ class BlockingProject:
             lambda: self._project.splice_text(entity_type, entity_id, field, index, delete, insert)
         )
 
+    def replace_text(self, entity_type: str, entity_id: str, field: str, text: str) -> bool:
+        return self._client._call(
+            lambda: self._project.replace_text(entity_type, entity_id, field, text)
+        )
+
     def insert_item(
         self, entity_type: str, entity_id: str, field: str, index: int, value: object
     ) -> bool:

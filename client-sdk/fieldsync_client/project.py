@@ -25,7 +25,14 @@ from fieldsync_client.local_store import RejectedChange
 from fieldsync_client.replica import ProjectReplica
 from fieldsync_client.status import RemoteChanges
 from model.schema import is_valid_entity_id
-from model.writer import insert_list_item, remove_list_item, splice_text, update_entity
+from model.writer import (
+    insert_list_item,
+    overwrite_field,
+    remove_list_item,
+    replace_text,
+    splice_text,
+    update_entity,
+)
 
 if TYPE_CHECKING:
     from fieldsync_client.client import FieldsyncClient
@@ -126,8 +133,13 @@ class Project:
     async def update(self, entity_type: str, entity_id: str, values: Mapping[str, object]) -> bool:
         """Set top-level fields in one change (``None`` removes an optional field).
 
-        Setting a text field replaces the whole text; use :meth:`splice_text` for edits that
-        merge with other people's. Returns False when nothing changed (nothing is stored).
+        A text field (an activity's ``description``) is not replaced: the SDK writes the
+        difference between its current text and the new one as splices, so edits others
+        made to other parts of the text merge with this one character by character (as
+        Automerge's ``updateText`` does). :meth:`replace_text` replaces it whole. A text
+        field that has no text yet gets a new one: if two devices both do that offline, one
+        text is hidden and the server reports a ``concurrent_edit`` conflict. Returns False
+        when nothing changed (nothing is stored).
         """
         return self._edit(
             entity_type, entity_id, lambda doc: update_entity(doc, entity_type, values)
@@ -148,6 +160,20 @@ class Project:
         """
         return self._edit(
             entity_type, entity_id, lambda doc: splice_text(doc, field, index, delete, insert)
+        )
+
+    async def replace_text(self, entity_type: str, entity_id: str, field: str, text: str) -> bool:
+        """Replace a text field with a new text object holding ``text``.
+
+        Only for when a whole new value is meant: edits others make to the old text at the
+        same time are not merged into it, and if someone else replaces or first sets the
+        same field concurrently, one of the two values is hidden and the server reports a
+        ``concurrent_edit`` conflict. :meth:`update` merges instead.
+        """
+        return self._edit(
+            entity_type,
+            entity_id,
+            lambda doc: replace_text(doc, entity_type, field, text),
         )
 
     async def insert_item(
@@ -237,7 +263,9 @@ class Project:
         entity_type = self._replica.entity_type(entity_id)
         assert entity_type is not None  # it holds the entity's changes
         [field] = conflict.fields
-        return await self.update(entity_type, entity_id, {field: value})
+        return self._edit(
+            entity_type, entity_id, lambda doc: overwrite_field(doc, entity_type, field, value)
+        )
 
     def on_conflicts(self, callback: Callable[[ConflictUpdate], object]) -> Callable[[], None]:
         """Call ``callback`` on the event loop when the server reports conflicts found,

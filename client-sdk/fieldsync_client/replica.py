@@ -52,10 +52,6 @@ DEPENDS_ON_REJECTED = "depends_on_rejected"
 """Reject code of a local change made on top of one the server refused."""
 WRONG_ENTITY_TYPE = "wrong_entity_type"
 
-# Changes from the server passed the server's own size check; this only bounds inflation.
-_MAX_REMOTE_CHANGE_BYTES = 64 * 1024 * 1024
-
-
 class RemoteDataError(Exception):
     """Data from the server cannot be applied: the connection should be dropped and resumed."""
 
@@ -275,8 +271,10 @@ class ProjectReplica:
             new = []
             for record in changes:
                 try:
+                    # The server logs no change larger than this: a compressed one that
+                    # inflates further is refused before it costs more.
                     header = parse_change(
-                        record.change, max_inflated_bytes=_MAX_REMOTE_CHANGE_BYTES
+                        record.change, max_inflated_bytes=self.limits.max_change_bytes
                     )
                 except ChangeFormatError as exc:
                     raise RemoteDataError(f"seq {record.seq} is not a valid change: {exc}") from exc

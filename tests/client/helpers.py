@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
+import tracemalloc
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -107,3 +109,26 @@ async def until(predicate: Callable[[], bool], within: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+def peak_allocation(action: Callable[[], object]) -> int:
+    """The most memory ``action`` held at once (Python and C extensions' allocations),
+    whether or not it raised."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(Exception):
+            action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+async def async_peak_allocation(action: Callable[[], Awaitable[object]]) -> int:
+    """:func:`peak_allocation` of a coroutine, with whatever else runs on the loop meanwhile."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(Exception):
+            await action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

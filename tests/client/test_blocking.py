@@ -36,6 +36,9 @@ def _app(url: str, token: str, path: Path, project_id: str) -> tuple[str, list[R
         assert client.status.online
         values = project.get("activity", activity)
         assert str(values["description"]).startswith("Note: ")
+        assert project.update("activity", activity, {"description": f"{values['description']}!"})
+        assert project.replace_text("activity", activity, "description", "Replaced")
+        assert project.get("activity", activity)["description"] == "Replaced"
         assert list(project.list("activity")) == [activity]
         return activity, seen
 

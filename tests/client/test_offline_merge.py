@@ -178,3 +178,56 @@ async def test_clients_stay_live_and_report_remote_changes(
     await until(lambda: a.cursor == b.cursor, what="a to receive the delete")
     assert await a.list("plan") == {}
     assert (await a.get("plan", plan))["deleted"] is True
+
+
+async def test_a_description_replaced_whole_on_two_clients_is_reported_and_resolved(
+    server: RestartableServer, project: uuid.UUID, online: OnlineFactory, pool: asyncpg.Pool
+) -> None:
+    """Ordinary updates of a text merge; explicit whole replacements on two offline clients
+    are a concurrent_edit that both clients hear of, and resolving it (which writes one new
+    Text object) closes it on the server."""
+    client_a, a, _, _ = await online(server.url, project, "a", "lead")
+    client_b, b, _, _ = await online(server.url, project, "b", "lead")
+    plan = await a.create("plan", plan_values())
+    activity = await a.create("activity", activity_values(plan))
+    await client_a.wait_synced(10)
+    await until(lambda: b.cursor == a.cursor, what="b to receive the activity")
+
+    await server.stop()
+    await until(lambda: not client_a.status.online and not client_b.status.online, what="offline")
+    assert await a.replace_text("activity", activity, "description", "North trench first.")
+    assert await b.replace_text("activity", activity, "description", "South trench first.")
+    await server.start()
+    await client_a.wait_synced(15)
+    await client_b.wait_synced(15)
+    head = await head_seq(pool, project)
+    await until(lambda: a.cursor == b.cursor == head, what="both clients at the log head")
+
+    [conflict] = await a.conflicts()
+    assert await b.conflicts() == [conflict]
+    assert (conflict.kind, conflict.fields) == ("concurrent_edit", ("description",))
+    shown = (await a.get("activity", activity))["description"]
+    assert conflict.values["kept"] == shown
+    assert sorted(map(str, conflict.candidates("activity"))) == [
+        "North trench first.",
+        "South trench first.",
+    ]
+
+    assert await b.resolve_conflict(conflict.conflict_id, "North, then south.")
+    await client_b.wait_synced(15)
+    await until(lambda: a.cursor == b.cursor, what="a to receive the resolution")
+    await until_no_open_conflicts(a)
+    assert (await a.get("activity", activity))["description"] == "North, then south."
+    async with pool.acquire() as conn:
+        status = await conn.fetchval(
+            "SELECT status FROM rm_conflicts WHERE conflict_id = $1", conflict.conflict_id
+        )
+    assert status == "resolved"
+
+
+async def until_no_open_conflicts(project: Project) -> None:
+    for _ in range(200):
+        if not await project.conflicts():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"conflicts still open: {await project.conflicts()}")

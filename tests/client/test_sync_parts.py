@@ -58,7 +58,7 @@ def test_a_snapshot_body_is_read_in_pieces_of_any_size(gzipped: bool) -> None:
         ([BEGIN, ENTITIES[0], END], "1 entities arrived"),
         ([BEGIN, *ENTITIES, END, ENTITIES[0]], "follows snapshot_end"),
         ([BEGIN, {**ENTITIES[0], "entity_id": "bad id"}], "invalid entity id"),
-        ([BEGIN, {**ENTITIES[0], "document": "text"}], "must be bytes"),
+        ([BEGIN, {**ENTITIES[0], "document": "text"}], "document: expected bytes"),
         ([BEGIN, {"t": "changes"}], "unexpected record"),
         ([{**BEGIN, "cursor": -1}], "cursor: must be >= 0"),
         ([BEGIN, *ENTITIES, {**END, "project_id": "q"}], "another project"),

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from automerge.core import Document
+from automerge.core import ROOT, Document, ObjType
 
 from conflict.cross import ProjectRows, Row, cross_entity_conflicts, needed_rows
 from conflict.entity import entity_conflicts
@@ -76,6 +76,18 @@ class Device:
         change = update_entity(self.docs[entity_id], self.types[entity_id], values)
         self.made[entity_id].append(change)
         return change
+
+    def put_text_object(self, entity_id: str, field: str, value: str) -> bytes:
+        """Put a new Text object at ``field``: a whole replacement, what a JavaScript
+        ``doc.description = "…"`` does (an ordinary SDK update splices instead)."""
+        doc = self.docs[entity_id]
+        with doc.transaction() as tx:
+            text = tx.put_object(ROOT, field, ObjType.Text)
+            tx.splice_text(text, 0, 0, value)  # type: ignore[attr-defined]
+        change = doc.get_last_local_change()
+        assert change is not None
+        self.made[entity_id].append(change.bytes)
+        return change.bytes
 
     def sync_from(self, other: Device) -> None:
         """Receive everything ``other`` has (as if through the server)."""

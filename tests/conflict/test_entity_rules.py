@@ -182,6 +182,40 @@ def test_string_fields_written_as_text_objects_conflict_when_replaced_concurrent
     assert conflict.values["candidates"] == ["South", "North"]
 
 
+def test_text_fields_replaced_whole_concurrently_keep_both_values() -> None:
+    entity = activity()
+    one, two = devices(entity, 2)
+    north = one.put_text_object(ACT, "description", "Cores at the north trench.")
+    south = two.put_text_object(ACT, "description", "Cores at the south trench.")
+
+    doc = merge_all(entity, one, two)
+    conflict = only(open_conflicts("activity", ACT, doc), ConflictKind.CONCURRENT_EDIT)
+
+    assert conflict.fields == ("description",)
+    assert conflict.values == {
+        "kept": "Cores at the south trench.",
+        "candidates": ["Cores at the south trench.", "Cores at the north trench."],
+    }
+    assert conflict.changes == (ref(south, 2), ref(north, 1))
+
+
+def test_writing_the_text_again_after_seeing_both_resolves_it() -> None:
+    entity = activity()
+    one, two, lead = devices(entity, 3)
+    one.put_text_object(ACT, "description", "North.")
+    two.put_text_object(ACT, "description", "South.")
+    lead.sync_from(one)
+    lead.sync_from(two)
+    before = open_conflicts("activity", ACT, lead.docs[ACT])
+    assert [c.fields for c in before] == [("description",)]
+    choice = lead.put_text_object(ACT, "description", "North, then south.")
+
+    doc = merge_all(entity, one, two, lead)
+
+    assert open_conflicts("activity", ACT, doc) == ()
+    assert resolved_by("activity", ACT, doc, parse_change(choice)) == before
+
+
 def test_choosing_a_value_resolves_the_conflict() -> None:
     entity = activity()
     one, two, lead = devices(entity, 3)

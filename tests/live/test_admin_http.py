@@ -201,3 +201,90 @@ async def test_without_an_admin_key_there_is_no_admin_api(sync_server: str) -> N
             headers={"Authorization": f"Bearer {ADMIN_KEY}"},
         )
     assert answer.status_code == 404
+
+
+async def test_lists_and_show_page_through_what_was_created(http: httpx.AsyncClient) -> None:
+    account = (await http.post("/accounts", json={"name": "Listed"})).json()["account_id"]
+    users = [
+        (await http.post("/users", json={"name": f"U{i}", "account_id": account})).json()[
+            "user_id"
+        ]
+        for i in range(3)
+    ]
+    project = (await http.post("/projects", json={"account_id": account, "name": "P"})).json()[
+        "project_id"
+    ]
+    for user, level in zip(users, ("lead", "specialist", "viewer"), strict=True):
+        await http.put(f"/projects/{project}/members/{user}", json={"level": level})
+
+    first = await http.get("/users", params={"account_id": account, "limit": "2"})
+    assert first.status_code == 200, first.text
+    assert [u["user_id"] for u in first.json()["users"]] == users[:2]
+    assert first.json()["next"] == users[1]
+    rest = await http.get(
+        "/users", params={"account_id": account, "limit": "2", "after": first.json()["next"]}
+    )
+    assert [u["user_id"] for u in rest.json()["users"]] == users[2:]
+    assert rest.json()["next"] is None
+
+    projects = (await http.get("/projects", params={"account_id": account})).json()
+    assert [(p["project_id"], p["members"], p["head_seq"]) for p in projects["projects"]] == [
+        (project, 3, 0)
+    ]
+    shown = await http.get(f"/projects/{project}")
+    assert shown.json() | {"created_at": None} == {
+        "project_id": project,
+        "name": "P",
+        "account_id": account,
+        "account_name": "Listed",
+        "created_at": None,
+        "head_seq": 0,
+        "members": {"lead": 1, "specialist": 1, "viewer": 1},
+    }
+    members = (await http.get(f"/projects/{project}/members")).json()
+    assert [(m["user_id"], m["level"]) for m in members["members"]] == list(
+        zip(users, ("lead", "specialist", "viewer"), strict=True)
+    )
+    assert members["next"] is None
+    accounts = (await http.get("/accounts", params={"limit": "1000"})).json()["accounts"]
+    listed = next(a for a in accounts if a["account_id"] == account)
+    assert (listed["projects"], listed["users"]) == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "code"),
+    [
+        ("/accounts", {"limit": "0"}, 400, "invalid_request"),
+        ("/accounts", {"limit": "1001"}, 400, "invalid_request"),
+        ("/accounts", {"limit": "ten"}, 400, "invalid_request"),
+        ("/accounts", {"sort": "name"}, 400, "invalid_request"),
+        ("/accounts", {"after": "nope"}, 400, "invalid_request"),
+        ("/accounts", {"after": str(uuid.UUID(int=1))}, 404, "unknown_account"),
+        ("/users", {"account_id": str(uuid.UUID(int=1))}, 404, "unknown_account"),
+        ("/users", {"after": str(uuid.UUID(int=1))}, 404, "unknown_user"),
+        ("/projects", {"account_id": "nope"}, 400, "invalid_request"),
+        ("/projects", {"after": str(uuid.UUID(int=1))}, 404, "unknown_project"),
+        (f"/projects/{uuid.UUID(int=1)}", {}, 404, "unknown_project"),
+        ("/projects/nope", {}, 400, "invalid_request"),
+        (f"/projects/{uuid.UUID(int=1)}", {"limit": "1"}, 400, "invalid_request"),
+        (f"/projects/{uuid.UUID(int=1)}/members", {}, 404, "unknown_project"),
+    ],
+)
+async def test_bad_list_requests_get_a_status_and_a_code(
+    http: httpx.AsyncClient, path: str, params: dict[str, str], status: int, code: str
+) -> None:
+    answer = await http.get(path, params=params)
+    assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
+    assert answer.json()["message"]
+
+
+async def test_a_repeated_query_parameter_is_refused(http: httpx.AsyncClient) -> None:
+    answer = await http.get("/accounts?limit=1&limit=2")
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request")
+
+
+async def test_lists_need_the_admin_key_too(admin_server: str) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{admin_server}/admin") as http:
+        for path in ("/accounts", "/users", "/projects", f"/projects/{uuid.UUID(int=1)}",
+                     f"/projects/{uuid.UUID(int=1)}/members"):  # fmt: skip
+            assert (await http.get(path)).status_code == 401

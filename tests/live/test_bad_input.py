@@ -13,6 +13,7 @@ import asyncpg
 import msgpack
 
 from auth.tokens import issue_token
+from live.outbox import OutboxLimits
 from model.limits import Limits
 from model.writer import create_entity, update_entity
 from store.projects import create_account, create_project
@@ -26,6 +27,7 @@ from sync.messages import (
     ProjectCursor,
     ProjectError,
     Push,
+    PushResult,
     Subscribe,
 )
 from tests.entities import activity_values, location_values, new_id
@@ -193,6 +195,41 @@ async def test_bad_changes_are_rejected_per_entity_and_store_nothing(
     await other.close()
 
 
+async def test_a_push_without_entities_is_answered_and_logs_nothing(
+    sync_server: str, project: uuid.UUID, member: MemberFactory, pool: asyncpg.Pool
+) -> None:
+    _, token = await member(project)
+    client = await connected(sync_server, token)
+    before = await project_state(pool, project)
+    await client.send(Push(8, str(project), ()))
+    answer = await client.next_unabsorbed()
+    assert isinstance(answer, PushResult)
+    assert (answer.push_id, answer.results) == (8, ())
+    assert await project_state(pool, project) == before
+    # A project the user is not in gets the same refusal as any push there.
+    await client.send(Push(9, str(uuid.uuid4()), ()))
+    error = await expect_error(client, ErrorCode.PROJECT_UNAVAILABLE)
+    assert error.push_id == 9
+    await still_works(client, project, 10)
+    await client.close()
+
+
+async def test_changes_sent_child_first_are_logged_parent_first(
+    sync_server: str, project: uuid.UUID, member: MemberFactory
+) -> None:
+    _, token = await member(project)
+    client = await connected(sync_server, token)
+    doc, created = create_entity("location", location_values())
+    edit = update_entity(doc, "location", {"name": "Depot north"})
+    entity = new_id()
+    result = await push(client, project, 11, EntityPush("location", entity, (edit, created)))
+    [accepted] = result.results
+    assert isinstance(accepted, EntityAccepted)
+    # Seqs follow the order sent; the log itself holds the parent first.
+    assert accepted.seqs[0] == accepted.seqs[1] + 1
+    await client.close()
+
+
 async def test_a_viewer_may_read_but_not_push(
     sync_server: str, project: uuid.UUID, member: MemberFactory
 ) -> None:
@@ -209,7 +246,8 @@ async def test_a_client_that_never_reads_is_cut_off_and_others_stay_live(
     database_url: str, project: uuid.UUID, member: MemberFactory
 ) -> None:
     _, token = await member(project)
-    async with running_server(database_url, outbox_hard_limit=8) as base:
+    limits = OutboxLimits(soft_bytes=64 * 1024, hard_bytes=256 * 1024)
+    async with running_server(database_url, outbox_limits=limits) as base:
         sleeper = await SyncClient.connect(base)
         await sleeper.hello(token, [ProjectCursor(str(project), 0)])
         await sleeper.sync_until_synced(str(project))

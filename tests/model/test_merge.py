@@ -5,12 +5,15 @@ from __future__ import annotations
 import random
 import uuid
 
+from automerge.core import ROOT, Document, ScalarType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.changes import parse_change
+from model.entities import SCHEMAS
 from model.limits import DEFAULT_LIMITS
 from model.merge import (
+    MAX_VIOLATIONS_LISTED,
     DecodedChanges,
     EntityChanges,
     Merged,
@@ -92,8 +95,31 @@ def test_schema_violation_after_merge_is_a_rejection() -> None:
     assert isinstance(outcome, Rejection)
     assert outcome.code is RejectCode.SCHEMA_VIOLATION
     assert outcome.details == {
-        "violations": [{"field": "starts_at", "expected": "timestamp", "got": "missing"}]
+        "violations": [{"field": "starts_at", "expected": "timestamp", "got": "missing"}],
+        "violation_count": 1,
     }
+
+
+def test_a_rejection_lists_a_bounded_number_of_violations() -> None:
+    doc = Document()
+    with doc.transaction() as tx:
+        for n in range(60):
+            tx.put(ROOT, f"unknown_{n:02}", ScalarType.Str, "x")
+    change = doc.get_last_local_change()
+    assert change is not None
+
+    outcome = merge_entity(
+        PROJECT, decoded("activity", "a1", [change.bytes]), None, {}, DEFAULT_LIMITS
+    )
+
+    assert isinstance(outcome, Rejection)
+    assert outcome.code is RejectCode.SCHEMA_VIOLATION
+    violations = outcome.details["violations"]
+    assert isinstance(violations, list)
+    assert len(violations) == MAX_VIOLATIONS_LISTED
+    required = sum(1 for f in SCHEMAS["activity"].fields if f.required)
+    assert outcome.details["violation_count"] == 60 + required  # unknown keys, and missing
+    assert f"(and {60 + required - 1} more)" in outcome.message
 
 
 def test_only_logged_changes_means_nothing_new() -> None:

@@ -156,6 +156,30 @@ def summoning(activity_name: str, user: str, start: float, end: float) -> dict[s
     }
 
 
+async def test_text_replaced_whole_on_two_devices_is_a_concurrent_edit(world: Project) -> None:
+    entity = await world.create("activity", "act", activity(None, 8, 14))
+    ana, ben, lead = world.device(1), world.device(2), world.device(3)
+    act = world.id("act")
+    await world.push("user-ana", entity, [ana.put_text_object(act, "description", "North.")])
+    south = await world.push(
+        "user-ben", entity, [ben.put_text_object(act, "description", "South.")]
+    )
+
+    row = await world.only()
+    assert (row.kind, row.status, row.fields) == ("concurrent_edit", "open", ["description"])
+    assert row.opened_seq == south
+    assert row.details["values"] == {"kept": "South.", "candidates": ["South.", "North."]}
+    assert [c["user"] for c in row.details["changes"]] == ["user-ben", "user-ana"]
+
+    lead.sync_from(ana)
+    lead.sync_from(ben)
+    chosen = await world.push(
+        "lead", entity, [lead.put_text_object(act, "description", "North, then south.")]
+    )
+    await world.assert_only_row_resolved_at(chosen)
+    await world.assert_rebuild_gives_the_same_rows()
+
+
 async def test_concurrent_edit_keeps_the_lost_value_and_names_who_wrote_it(world: Project) -> None:
     await world.create("activity", "act", activity(None, 8, 14))
     ana, ben = world.device(1), world.device(2)

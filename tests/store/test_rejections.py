@@ -91,12 +91,18 @@ async def test_well_formed_but_corrupted_changes(
 ) -> None:
     """Op bytes flipped under a recomputed checksum: refused, or accepted only if Automerge's
     strict loader accepts the same change too; a refusal never poisons the cached document."""
-    doc, first = create_entity("activity", activity_values(new_id()))
-    good = update_entity(doc, "activity", {"status": "confirmed", "title": "Core day"})
-    header_end = len(good) - 40
+    def edited_entity() -> tuple[bytes, bytes]:
+        # A change belongs to one entity, so each attempt gets its own entity and history.
+        doc, first = create_entity("activity", activity_values("plan-1"))
+        return first, update_entity(doc, "activity", {"status": "confirmed", "title": "Core day"})
+
+    size = len(edited_entity()[1])
+    header_end = size - 40
     codes: set[RejectCode] = set()
-    for offset in range(header_end - 8, len(good) - 8):
+    for offset in range(header_end - 8, size - 8):
         entity = new_id()
+        first, good = edited_entity()
+        assert len(good) == size
         await log.append(project, [EntityChanges("activity", entity, [first])], "u")
         before = await project_state(pool, project)
         bad = rechecksummed(good, offset)
@@ -270,18 +276,20 @@ async def test_values_the_binding_cannot_read_are_refused_and_nothing_breaks(
     ]
     before = await project_state(pool, project)
 
-    code, message, _ = await rejected(
+    code, message, details = await rejected(
         log, project, EntityChanges("role", role, [bytes.fromhex(fixtures["counter"])])
     )
-    assert code is RejectCode.SCHEMA_VIOLATION
-    assert "name" in message
-    code, _, _ = await rejected(
+    assert code is RejectCode.UNSUPPORTED_VALUE
+    assert "'name'" in message
+    assert details == {"index": 0, "field": "name", "type": "counter"}
+    code, _, details = await rejected(
         log,
         project,
         EntityChanges("location", new_id(),
                       [bytes.fromhex(h) for h in fixtures["location_with_counter"]]),
     )
-    assert code is RejectCode.SCHEMA_VIOLATION
+    assert code is RejectCode.UNSUPPORTED_VALUE
+    assert details == {"index": 0, "field": "visits", "type": "counter"}
 
     assert await project_state(pool, project) == before
     doc = Document.load(base)

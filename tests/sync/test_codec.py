@@ -390,6 +390,22 @@ def test_frame_length_is_checked_before_anything_is_unpacked() -> None:
     assert violation(b"\xc1" * 64, limits).code is ErrorCode.MALFORMED_FRAME
 
 
+def test_a_push_too_large_to_decode_still_names_its_push_id() -> None:
+    limits = Limits(max_frame_bytes=256)
+    big = (EntityPush("location", "loc-1", (b"x" * 300,)),)
+    for frame in (
+        encode(Push(41, "p", big)),
+        packed({"entities": [], "project_id": "p", "push_id": 42, "t": "push", "pad": "y" * 300}),
+    ):
+        refused = violation(frame, limits)
+        assert refused.code is ErrorCode.FRAME_TOO_LARGE
+        assert refused.push_id in (41, 42)
+        assert refused.to_error().push_id == refused.push_id
+    not_a_push = packed({"t": "subscribe", "push_id": 7, "pad": "y" * 300})
+    assert violation(not_a_push, limits).push_id is None
+    assert violation(b"\xc1" * 300, limits).push_id is None
+
+
 def test_server_frames_may_carry_one_whole_document() -> None:
     limits = Limits(max_frame_bytes=1024, max_document_bytes=4096)
     chunk = SnapshotChunk("p", (SnapshotEntity("plan", "x", b"d" * 4000),))

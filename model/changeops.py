@@ -1,12 +1,17 @@
-"""The operations of one change that touch the document's root map, read from its bytes.
+"""The operations of one change, read from its bytes: root-map ops and unreadable values.
 
 The binding can say which value wins at a key but not which values a change overwrote.
 Every Automerge operation lists its *predecessors* (the ops it replaces), and that list is
 exactly "the values this client saw at the key when it wrote": two or more predecessors
 mean the client resolved a conflict. The change chunk format is the public Automerge binary
 format: after the header come op columns, each one encoded with run-length, delta or
-boolean encoding. Only the columns needed here are decoded (object, key, action, pred);
-values are read through the binding.
+boolean encoding. Only the columns needed here are decoded (object, key, action, pred).
+
+Values are read through the binding, except for one check made here first: the binding
+panics (a Rust panic, printed raw to stderr) when it reads a Counter, a value of an unknown
+type, or a timestamp it cannot turn into a Python datetime. ``unsupported_values`` finds
+those in the value columns (metadata: length << 4 | type code; then the raw bytes), so such
+a change is refused before the binding ever reads it.
 
 Column specs (column id << 4 | type) of a change chunk, as written by Automerge 2 and 3::
 
@@ -29,11 +34,16 @@ from model.leb128 import LEB128Error, decode_sleb128, decode_uleb128
 __all__ = [
     "ACTION_DELETE",
     "ACTION_PUT",
+    "TIMESTAMP_MAX_MS",
+    "TIMESTAMP_MIN_MS",
     "ChangeOps",
     "OpId",
     "RootOp",
+    "UnsupportedValue",
+    "created_objects",
     "decode_change_ops",
     "parse_op_id",
+    "unsupported_values",
 ]
 
 # Op actions of the format.
@@ -46,10 +56,26 @@ ACTION_INCREMENT = 5
 ACTION_MAKE_TABLE = 6
 ACTION_MARK = 7
 
+_MAKE_ACTIONS = frozenset({ACTION_MAKE_MAP, ACTION_MAKE_LIST, ACTION_MAKE_TEXT, ACTION_MAKE_TABLE})
+
 _OBJ_ACTOR, _OBJ_CTR, _KEY_STR = 1, 2, 21
 _ACTION = 66
+_VAL_META, _VAL_RAW = 86, 87
 _PRED_GROUP, _PRED_ACTOR, _PRED_CTR = 112, 113, 115
 _MAX_OPS = 1_000_000  # a change is at most 256 KiB, so far fewer ops than this
+
+# Value type codes of the value metadata column.
+_VALUE_COUNTER = 8
+_VALUE_TIMESTAMP = 9
+_VALUE_FIRST_UNKNOWN = 10
+
+TIMESTAMP_MIN_MS = -62_135_424_000_000
+"""0001-01-03T00:00:00.000Z: the earliest timestamp accepted (see ``TIMESTAMP_MAX_MS``)."""
+TIMESTAMP_MAX_MS = 253_402_127_999_999
+"""9999-12-29T23:59:59.999Z: the latest timestamp accepted. The binding reads a timestamp
+as a *local* Python datetime, which exists only within years 1-9999 of the reader's own
+time zone (and CPython's local conversion looks a day further): two days are kept clear at
+each end so that every server and SDK reads every stored timestamp, whatever its zone."""
 
 T = TypeVar("T")
 
@@ -113,6 +139,20 @@ class ChangeOps:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class UnsupportedValue:
+    """A value the binding cannot read, at op ``index`` of a change.
+
+    ``key`` is the map key the op writes (None for a list element), ``obj`` the object it
+    writes in (None for the root map), ``what`` a short description for the client.
+    """
+
+    index: int
+    obj: OpId | None
+    key: str | None
+    what: str
+
+
 def parse_op_id(exid: bytes) -> OpId | None:
     """The op id in an object/op id as the binding returns it (None for the root object).
 
@@ -138,7 +178,39 @@ def decode_change_ops(data: bytes) -> ChangeOps:
     header = parse_change(data)
     body, pos = _contents(data)
     try:
-        return _decode(body, pos, header.hash)
+        return _decode(_read_columns(body, pos), header.hash)
+    except (LEB128Error, IndexError, UnicodeDecodeError) as exc:
+        raise ChangeFormatError(f"undecodable op columns: {exc}") from None
+
+
+def unsupported_values(data: bytes) -> list[UnsupportedValue]:
+    """The values in a (well-formed, already parsed) change chunk the binding cannot read:
+    counters and counter increments, unknown value types, timestamps outside
+    ``TIMESTAMP_MIN_MS..TIMESTAMP_MAX_MS``. Raises ChangeFormatError for bad op columns.
+
+    Only the action and value columns are decoded on the way; objects and keys only when
+    something is found, so the common case stays cheap.
+    """
+    body, pos = _contents(data)
+    try:
+        change = _read_columns(body, pos)
+        found = _value_problems(change)
+        if not found:
+            return []
+        n = len(_rle(change.columns.get(_ACTION, b""), _uleb))
+        obj_actor = _padded(_rle(change.columns.get(_OBJ_ACTOR, b""), _uleb), n)
+        obj_ctr = _padded(_rle(change.columns.get(_OBJ_CTR, b""), _uleb), n)
+        keys = _padded(_rle(change.columns.get(_KEY_STR, b""), _string), n)
+        located = []
+        for index, what in found:
+            actor, counter = obj_actor[index], obj_ctr[index]
+            obj = (
+                None
+                if actor is None or counter is None
+                else OpId(counter, change.actors[actor])
+            )
+            located.append(UnsupportedValue(index, obj, keys[index], what))
+        return located
     except (LEB128Error, IndexError, UnicodeDecodeError) as exc:
         raise ChangeFormatError(f"undecodable op columns: {exc}") from None
 
@@ -150,7 +222,19 @@ def _contents(data: bytes) -> tuple[bytes, int]:
     return zlib.decompress(data[start:], wbits=-15), 0
 
 
-def _decode(body: bytes, pos: int, digest: bytes) -> ChangeOps:
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """A change's header fields the decoders need, and its op columns by spec."""
+
+    actor: bytes
+    seq: int
+    start_op: int
+    deps: tuple[bytes, ...]
+    actors: list[bytes]  # index 0 is the change's own actor
+    columns: dict[int, bytes]
+
+
+def _read_columns(body: bytes, pos: int) -> _Columns:
     count, pos = decode_uleb128(body, pos)
     deps = tuple(body[pos + i * 32 : pos + (i + 1) * 32] for i in range(count))
     pos += 32 * count
@@ -180,7 +264,63 @@ def _decode(body: bytes, pos: int, digest: bytes) -> ChangeOps:
             raise ChangeFormatError("op column overruns the change")
         columns[spec] = body[pos : pos + length]
         pos += length
+    return _Columns(actor, seq, start_op, deps, actors, columns)
 
+
+def created_objects(data: bytes) -> dict[OpId, tuple[OpId | None, str | None]]:
+    """The objects a change creates: object id -> (the object it was made in, None for the
+    root; the map key it was put at, None in a list). Raises ChangeFormatError."""
+    body, pos = _contents(data)
+    try:
+        change = _read_columns(body, pos)
+        actions = _rle(change.columns.get(_ACTION, b""), _uleb)
+        n = len(actions)
+        obj_actor = _padded(_rle(change.columns.get(_OBJ_ACTOR, b""), _uleb), n)
+        obj_ctr = _padded(_rle(change.columns.get(_OBJ_CTR, b""), _uleb), n)
+        keys = _padded(_rle(change.columns.get(_KEY_STR, b""), _string), n)
+    except (LEB128Error, IndexError, UnicodeDecodeError) as exc:
+        raise ChangeFormatError(f"undecodable op columns: {exc}") from None
+    created: dict[OpId, tuple[OpId | None, str | None]] = {}
+    for index, action in enumerate(actions):
+        if action not in _MAKE_ACTIONS:
+            continue
+        actor, counter = obj_actor[index], obj_ctr[index]
+        parent = None if actor is None or counter is None else OpId(counter, change.actors[actor])
+        created[OpId(change.start_op + index, change.actor)] = (parent, keys[index])
+    return created
+
+
+def _value_problems(change: _Columns) -> list[tuple[int, str]]:
+    """(op index, what) for every value the binding cannot read, and every increment."""
+    found: list[tuple[int, str]] = []
+    actions = _rle(change.columns.get(_ACTION, b""), _uleb)
+    for index, action in enumerate(actions):
+        if action == ACTION_INCREMENT:
+            found.append((index, "counter increment"))
+    raw = change.columns.get(_VAL_RAW, b"")
+    offset = 0
+    for index, meta in enumerate(_rle(change.columns.get(_VAL_META, b""), _uleb)):
+        if meta is None:
+            continue
+        length, code = meta >> 4, meta & 0x0F
+        if offset + length > len(raw):
+            raise ChangeFormatError("value overruns its op column")
+        if code == _VALUE_COUNTER:
+            found.append((index, "counter"))
+        elif code >= _VALUE_FIRST_UNKNOWN:
+            found.append((index, f"value of unknown type {code}"))
+        elif code == _VALUE_TIMESTAMP:
+            millis, end = decode_sleb128(raw, offset)
+            if end != offset + length:
+                raise ChangeFormatError("timestamp value does not fill its length")
+            if not TIMESTAMP_MIN_MS <= millis <= TIMESTAMP_MAX_MS:
+                found.append((index, f"timestamp {millis} ms outside 0001-01-03..9999-12-29"))
+        offset += length
+    return sorted(found)
+
+
+def _decode(change: _Columns, digest: bytes) -> ChangeOps:
+    columns, actors, start_op, actor = change.columns, change.actors, change.start_op, change.actor
     actions = _rle(columns.get(_ACTION, b""), _uleb)
     n = len(actions)
     if n > _MAX_OPS:
@@ -207,7 +347,7 @@ def _decode(body: bytes, pos: int, digest: bytes) -> ChangeOps:
         if obj_actor[index] is None and obj_ctr[index] is None and key is not None:
             op_id = OpId(start_op + index, actor)
             root_ops.append(RootOp(key, _need(action), op_id, preds))
-    return ChangeOps(digest, actor, seq, start_op, deps, n, tuple(root_ops))
+    return ChangeOps(digest, actor, change.seq, start_op, change.deps, n, tuple(root_ops))
 
 
 def _need(value: T | None) -> T:

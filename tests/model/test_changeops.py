@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
-from automerge.core import ROOT
+from automerge.core import ROOT, Document, ScalarType
 from hypothesis import given, settings
 
-from conflict.changeops import ACTION_DELETE, ChangeOps, OpId, decode_change_ops, parse_op_id
 from conflict.entity import root_conflict_flags
 from conflict.history import History
+from model.changeops import (
+    ACTION_DELETE,
+    ChangeOps,
+    OpId,
+    UnsupportedValue,
+    decode_change_ops,
+    parse_op_id,
+    unsupported_values,
+)
+from model.writer import create_entity
 from tests.conflict.helpers import merged_doc
 from tests.conflict.scenarios import Step, activity_only, all_changes, examples, play, sessions
+from tests.entities import activity_values
 
 KEYS = ("title", "status", "starts_at", "ends_at", "location_id", "deleted")
 
@@ -72,3 +84,46 @@ def _live(
     dead = {p for op in ops for p in op.pred}
     live = {op.op_id for op in ops if op.action != ACTION_DELETE and op.op_id not in dead}
     return sorted(live, reverse=True)
+
+
+def _with_unknown_value_type(change: bytes) -> bytes:
+    """``change`` (a put of the string "abcdefg") with its value's type code set to 10, a
+    type no Automerge version defines, and a valid checksum."""
+    # The metadata column, a run of one literal (7 << 4 | 6: a 7-byte str), then the raw.
+    meta_and_raw = b"\x7f\x76abcdefg"
+    assert change.count(meta_and_raw) == 1
+    edited = change.replace(meta_and_raw, b"\x7f\x7aabcdefg")
+    body = edited[8:]
+    return edited[:4] + hashlib.sha256(body).digest()[:4] + body
+
+
+def _put(key: str, kind: ScalarType, value: object) -> bytes:
+    doc = Document()
+    with doc.transaction() as tx:
+        tx.put(ROOT, key, kind, value)  # type: ignore[arg-type]
+    change = doc.get_last_local_change()
+    assert change is not None
+    return change.bytes
+
+
+def test_ordinary_values_are_all_readable() -> None:
+    _, created = create_entity("activity", activity_values("plan-1"))
+    assert unsupported_values(created) == []
+    edge = datetime(9999, 12, 29, 23, 59, 59, 999000, tzinfo=UTC)
+    assert unsupported_values(_put("ends_at", ScalarType.Timestamp, edge)) == []
+
+
+def test_a_value_of_unknown_type_is_found_with_its_key() -> None:
+    change = _with_unknown_value_type(_put("title", ScalarType.Str, "abcdefg"))
+    assert unsupported_values(change) == [
+        UnsupportedValue(0, None, "title", "value of unknown type 10")
+    ]
+
+
+def test_timestamps_are_checked_against_the_accepted_range() -> None:
+    inside = datetime(1, 1, 3, tzinfo=UTC)
+    outside = datetime(1, 1, 2, 23, 59, 59, 999000, tzinfo=UTC)
+    assert unsupported_values(_put("starts_at", ScalarType.Timestamp, inside)) == []
+    [found] = unsupported_values(_put("starts_at", ScalarType.Timestamp, outside))
+    assert found.key == "starts_at"
+    assert found.what.startswith("timestamp")

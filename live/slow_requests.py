@@ -1,0 +1,60 @@
+"""Closing HTTP connections whose request headers do not arrive in time (slowloris).
+
+uvicorn waits for a request's headers for as long as the client likes: a socket that opens
+and sends nothing, or sends a header line a minute, is held forever, and thousands of them
+cost the server without ever reaching the app. The protocol made here closes a connection
+whose request line and headers are not complete within ``seconds`` of the connection
+opening, or of the previous response ending (keep-alive). A WebSocket upgrade counts as
+complete headers; from then on the sync session's own handshake deadline applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+HEADER_SECONDS = 10.0
+
+
+class _HeaderDeadlineProtocol(H11Protocol):
+    header_seconds = HEADER_SECONDS
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # a request's headers are complete
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection gets the same time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_deadline = self.loop.call_later(self.header_seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _expired(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing connections whose headers take over ``seconds``."""
+    return type("HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), {"header_seconds": seconds})
