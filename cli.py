@@ -46,7 +46,6 @@ from observability.logs import LOG_FORMATS, configure_logging
 from observability.native_output import capture_native_output
 from store import projects
 from store.database import (
-    CONNECTION_ERRORS,
     close_pool,
     connect,
     create_pool,
@@ -661,8 +660,6 @@ async def _admin_connection(url: str) -> AsyncIterator[Any]:
     try:
         await check_schema(conn)
         yield conn
-    except CONNECTION_ERRORS as exc:
-        raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
     finally:
         await conn.close()
 

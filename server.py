@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -50,10 +51,13 @@ from observability.log_limits import LogLimiter
 from observability.metrics import Metrics
 from observability.request_ids import RequestIds
 from store.changelog import ChangeLog, LogSlice
-from store.database import CONNECTION_ERRORS, close_pool, create_pool
+from store.database import close_pool, create_pool
+from store.errors import StoreError
 from store.migrations import check_schema
 from store.notifications import listen, listen_removals, notify, poll_heads
 from sync.errors import ErrorCode
+
+log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 2.0
 HEAD_POLL_SECONDS = 2.0
@@ -204,8 +208,10 @@ def _keep(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
 
 async def _notify_quietly(pool: asyncpg.Pool, project_id: UUID, seq: int) -> None:
     # Other processes also find the change by their periodic head check.
-    with contextlib.suppress(*CONNECTION_ERRORS):
+    try:
         await notify(pool, project_id, seq)
+    except StoreError as exc:
+        log.warning("%s", exc, extra={"event": "notify_failed", "project_id": str(project_id)})
 
 
 async def sync_endpoint(websocket: WebSocket) -> None:

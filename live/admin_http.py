@@ -17,14 +17,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from auth.tokens import DEFAULT_TTL_SECONDS, TokenVerifier, issue
 from store import projects
-from store.database import CONNECTION_ERRORS
+from store.database import DatabasePool
 from store.errors import StoreError, UnknownProject
 
 MIN_ADMIN_KEY_LENGTH = 32
@@ -147,14 +146,12 @@ def _guarded(key: str, handler: Handler) -> Handler:
             return _error(400, "invalid_request", str(exc))
         except StoreError as exc:
             return _refusal(exc)
-        except CONNECTION_ERRORS:
-            return _error(503, "server_unavailable", "the database cannot be reached")
 
     return endpoint
 
 
-def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
+def _pool(request: Request) -> DatabasePool:
+    pool: DatabasePool = request.app.state.pool
     return pool
 
 

@@ -19,6 +19,7 @@ from uuid import UUID
 from conflict.ledger import ConflictRow
 from store.changelog import LoggedChange, LogSlice
 from store.conflicts import ConflictUpdate
+from store.errors import StoreError
 from sync.codec import encode
 from sync.messages import ChangeRecord, Changes, ConflictRecord, Conflicts
 
@@ -225,8 +226,15 @@ class ProjectFeed:
                 if not piece.changes:
                     break
                 self._dispatch(piece)
-        except Exception:
+        except StoreError as exc:
             # The periodic head check pokes again; the log is the truth, nothing is lost.
+            log.warning(
+                "reading project %s from the log failed: %s",
+                self.project_id,
+                exc,
+                extra={"event": "feed_read_failed"},
+            )
+        except Exception:
             log.exception("reading project %s from the log failed", self.project_id)
         finally:
             self._reader = None

@@ -33,8 +33,7 @@ from observability.logs import annotate
 from observability.metrics import Metrics
 from store.authorization import write_rule
 from store.changelog import Accepted, ChangeLog
-from store.database import CONNECTION_ERRORS
-from store.errors import StoreError, UnknownProject
+from store.errors import StoreError
 from store.projects import member_level, member_projects
 from store.snapshots import open_snapshot
 from sync.codec import encode
@@ -111,7 +110,7 @@ def recheck_memberships(services: SyncServices) -> asyncio.Task[None]:
     async def check() -> None:
         for sessions in list(services.sessions.values()):
             for session in list(sessions):
-                with contextlib.suppress(StoreError, OSError, asyncpg.PostgresError):
+                with contextlib.suppress(StoreError):
                     await session.recheck_memberships()
 
     return asyncio.get_running_loop().create_task(check())
@@ -512,11 +511,8 @@ class SyncSession:
         except ValueError:
             return None
         assert self._user_id is not None
-        try:
-            async with self._services.pool.acquire() as conn:
-                level = await member_level(conn, project, self._user_id)
-        except CONNECTION_ERRORS as exc:
-            raise StoreError(f"reading membership failed: {type(exc).__name__}") from exc
+        async with self._services.pool.acquire() as conn:
+            level = await member_level(conn, project, self._user_id)
         if level is None:
             return None
         self._member_of.add(project)
@@ -626,9 +622,7 @@ class SyncSession:
             feed.poke(await self._services.changelog.head(project))
         except (OutboxClosedError, asyncio.CancelledError):
             return
-        except (
-            StoreError, UnknownProject, OSError, asyncpg.PostgresError, asyncpg.InterfaceError
-        ) as exc:
+        except StoreError as exc:
             self._log_limited(
                 logging.WARNING,
                 "project_sync_failed",
@@ -714,7 +708,7 @@ class SyncSession:
             results = await self._services.changelog.append(
                 project, batch, str(self._user_id), authorize=write_rule(project, self._user_id)
             )
-        except (StoreError, OSError, asyncpg.PostgresError) as exc:
+        except StoreError as exc:
             self._log_limited(
                 logging.WARNING,
                 "push_failed",

@@ -4,25 +4,29 @@ The body is a sequence of msgpack maps (begin, one per entity, the project's con
 as ``conflicts`` protocol messages, end) read from one
 repeatable-read transaction through a server-side cursor and compressed as it goes, so
 memory stays bounded however large the project is. The ETag names the project and cursor:
-a client that already holds this cursor gets 304 and no body.
+a client that already holds this cursor gets 304 and no body. If the database fails once
+the body has begun, the response is abandoned: the connection is closed before the body's
+end, so no client or cache can take the truncated snapshot for a whole one.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import AsyncIterator
 from uuid import UUID
 
-import asyncpg
 import msgpack
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Send
 
 from auth.tokens import TokenError, TokenVerifier
 from live.feed import snapshot_conflict_frames
 from observability.metrics import Metrics
-from store.database import CONNECTION_ERRORS
+from store.database import DatabasePool
+from store.errors import StoreError, UnknownProject
 from store.projects import member_level
 from store.snapshots import open_snapshot
 from sync.codec import encode
@@ -30,6 +34,23 @@ from sync.messages import SnapshotBegin, SnapshotEnd
 
 MEDIA_TYPE = "application/x-fieldsync-snapshot+msgpack"
 FLUSH_BYTES = 256 * 1024
+
+log = logging.getLogger(__name__)
+
+
+class _AbandonableResponse(StreamingResponse):
+    """A streamed response that can be abandoned midway: its closing message is then never
+    sent, and the server closes the connection with the body unfinished."""
+
+    abandoned = False
+
+    async def stream_response(self, send: Send) -> None:
+        async def send_unless_abandoned(message: Message) -> None:
+            closing = message["type"] == "http.response.body" and not message.get("more_body")
+            if not (closing and self.abandoned):
+                await send(message)
+
+        await super().stream_response(send_unless_abandoned)
 
 
 def snapshot_etag(project_id: UUID, cursor: int) -> str:
@@ -70,7 +91,7 @@ def _not_found() -> JSONResponse:
 async def snapshot_endpoint(request: Request) -> Response:
     verifier: TokenVerifier = request.app.state.verifier
     metrics: Metrics = request.app.state.metrics
-    pool: asyncpg.Pool = request.app.state.pool
+    pool: DatabasePool = request.app.state.pool
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return JSONResponse(
@@ -97,7 +118,10 @@ async def snapshot_endpoint(request: Request) -> Response:
             if await member_level(conn, project_id, claims.user_id) is None:
                 return _not_found()
         snapshot = await context.__aenter__()
-    except CONNECTION_ERRORS:
+    except UnknownProject:
+        return _not_found()
+    except StoreError as exc:
+        log.warning("snapshot of project %s failed: %s", project_id, exc)
         return _unavailable()
     etag = snapshot_etag(project_id, snapshot.cursor)
     gzip = "gzip" in request.headers.get("accept-encoding", "")
@@ -114,7 +138,10 @@ async def snapshot_endpoint(request: Request) -> Response:
         nonlocal released
         if not released:
             released = True
-            await context.__aexit__(None, None, None)
+            try:
+                await context.__aexit__(None, None, None)
+            except StoreError as exc:  # a read-only transaction: nothing is lost with it
+                log.warning("ending the snapshot of project %s failed: %s", project_id, exc)
 
     async def body() -> AsyncIterator[bytes]:
         compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
@@ -145,9 +172,14 @@ async def snapshot_endpoint(request: Request) -> Response:
             tail = emit(b"".join(buffer))
             yield tail + compressor.flush() if compressor else tail
             metrics.snapshot_served("http", project_id, snapshot.document_bytes, snapshot.started)
+        except StoreError as exc:
+            # The status line is out: all that is left to say so is to leave the body open.
+            log.warning("snapshot of project %s abandoned: %s", project_id, exc)
+            response.abandoned = True
         finally:
             await release()
 
-    return StreamingResponse(
+    response = _AbandonableResponse(
         body(), media_type=MEDIA_TYPE, headers=headers, background=BackgroundTask(release)
     )
+    return response

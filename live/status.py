@@ -14,10 +14,8 @@ import logging
 import weakref
 from collections.abc import Callable
 
-import asyncpg
-
 from live.outbox import Outbox, OutboxClosedError
-from store.database import CONNECTION_ERRORS
+from store.database import DatabaseProbe
 from sync.codec import encode
 from sync.messages import Status
 
@@ -68,34 +66,6 @@ def _tell(outbox: Outbox, frame: bytes) -> None:
             outbox.put_control(frame)
 
 
-class _Probe:
-    """``SELECT 1`` on a connection of its own: a pool busy with pushes must not look like
-    a database that went away."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._conn: asyncpg.Connection | None = None
-
-    async def problem(self, within: float) -> str | None:
-        try:
-            async with asyncio.timeout(within):
-                if self._conn is None or self._conn.is_closed():
-                    self._conn = await asyncpg.connect(self._url)
-                await self._conn.fetchval("SELECT 1")
-        except TimeoutError:
-            self.close()
-            return f"database did not answer within {within:g} s"
-        except CONNECTION_ERRORS as exc:
-            self.close()
-            return f"database error: {type(exc).__name__}"
-        return None
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
-
-
 async def watch_database(
     url: str,
     board: StatusBoard,
@@ -107,7 +77,7 @@ async def watch_database(
     """Every ``interval`` seconds, check the database (it must answer within ``within``);
     on each change of state update the board and call ``on_change(up)``. Runs until
     cancelled."""
-    probe = _Probe(url)
+    probe = DatabaseProbe(url)
     try:
         await _watch(probe, board, on_change, interval, within)
     finally:
@@ -115,7 +85,7 @@ async def watch_database(
 
 
 async def _watch(
-    probe: _Probe,
+    probe: DatabaseProbe,
     board: StatusBoard,
     on_change: Callable[[bool], None],
     interval: float,

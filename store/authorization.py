@@ -13,6 +13,7 @@ from uuid import UUID
 from model.permissions import Level, Writer, check_write, may_write_everything
 from model.rejections import RejectCode, Rejection
 from store.changelog import Authorize, AuthorizeFactory
+from store.driver import translated
 from store.projects import member_level
 
 _SUMMONED_TO = """
@@ -27,6 +28,7 @@ REMOVED = Rejection(
 )
 
 
+@translated("reading the writer's membership")
 async def load_writer(conn: Any, project_id: UUID, user_id: UUID) -> Writer | None:
     """The writer as the database says now; None if no longer a member."""
     level = await member_level(conn, project_id, user_id)

@@ -39,8 +39,8 @@ from store.conflicts import (
     plan_conflicts,
     write_conflicts,
 )
-from store.database import CONNECTION_ERRORS
 from store.document_cache import CachedDocument, DocumentCache
+from store.driver import translated
 from store.errors import BatchTooLarge, StoreError, UnknownProject
 from store.hashes import find_logged
 from store.readmodels import read_model_row, upsert_read_models
@@ -180,6 +180,7 @@ class ChangeLog:
     def limits(self) -> Limits:
         return self._limits
 
+    @translated("appending to the change log")
     async def append(
         self,
         project_id: UUID,
@@ -194,9 +195,10 @@ class ChangeLog:
         then sees every entity whose merge logs new changes (values before and after).
 
         Results are returned only after the transaction committed. Raises UnknownProject,
-        BatchTooLarge, or StoreError when the database fails. After a StoreError the outcome
-        is unknown (the connection may have dropped after the commit); sending the same
-        changes again is always safe and returns their seqs.
+        BatchTooLarge, or another StoreError when the database fails (DatabaseUnavailable
+        when it went away). After a StoreError the outcome is unknown (the connection may
+        have dropped after the commit); sending the same changes again is always safe and
+        returns their seqs.
         """
         if not batch:
             return []  # nothing to log: no lock, no transaction
@@ -209,13 +211,11 @@ class ChangeLog:
                 return await self._append_locked(
                     project_id, batch, decoded, sender, authorize
                 )
-            except asyncpg.UniqueViolationError as exc:
+            except asyncpg.UniqueViolationError:
                 # Another project created one of these entity ids concurrently; the retry
                 # sees its row and rejects the entity as belonging to another project.
                 if attempt == 1:
-                    raise StoreError(f"append failed: {exc}") from exc
-            except CONNECTION_ERRORS as exc:
-                raise StoreError(f"append failed: {type(exc).__name__}: {exc}") from exc
+                    raise
         raise AssertionError("unreachable")
 
     async def _append_locked(
@@ -332,32 +332,28 @@ class ChangeLog:
             )
         return found
 
+    @translated("reading the change log")
     async def read_since(self, project_id: UUID, cursor: int, limit: int = 1_000) -> LogSlice:
         """Logged changes with seq > cursor, in seq order, at most ``limit`` of them, with the
         conflict updates of the transactions they end."""
-        try:
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(_CHANGES_SINCE, project_id, cursor, limit)
-                changes = [
-                    LoggedChange(r["seq"], r["entity_type"], r["entity_id"], r["hash"], r["change"])
-                    for r in rows
-                ]
-                if not changes:
-                    return LogSlice([])
-                updates = await conflict_updates(conn, project_id, cursor, changes[-1].seq)
-        except CONNECTION_ERRORS as exc:
-            raise StoreError(f"reading the log failed: {type(exc).__name__}: {exc}") from exc
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_CHANGES_SINCE, project_id, cursor, limit)
+            changes = [
+                LoggedChange(r["seq"], r["entity_type"], r["entity_id"], r["hash"], r["change"])
+                for r in rows
+            ]
+            if not changes:
+                return LogSlice([])
+            updates = await conflict_updates(conn, project_id, cursor, changes[-1].seq)
         return LogSlice(changes, updates)
 
+    @translated("reading the log head")
     async def head(self, project_id: UUID) -> int:
         """The project's latest seq (0 before its first change)."""
-        try:
-            async with self._pool.acquire() as conn:
-                head = await conn.fetchval(
-                    "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
-                )
-        except CONNECTION_ERRORS as exc:
-            raise StoreError(f"reading the log head failed: {type(exc).__name__}: {exc}") from exc
+        async with self._pool.acquire() as conn:
+            head = await conn.fetchval(
+                "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
+            )
         if head is None:
             raise UnknownProject(project_id)
         return int(head)

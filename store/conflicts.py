@@ -45,6 +45,7 @@ from conflict.ledger import (
 )
 from conflict.neighbourhood import Lookups, lookups_for
 from model.changes import ChangeHeader
+from store.driver import translated
 from store.hashes import find_logged
 
 __all__ = [
@@ -151,6 +152,7 @@ SELECT entity_id, deleted FROM rm_roles WHERE project_id = $1 AND entity_id = AN
 """
 
 
+@translated("checking the merge for conflicts")
 async def plan_conflicts(
     conn: Any, project_id: UUID, merges: Sequence[EntityMerge], sender: str
 ) -> ConflictWrites:
@@ -174,6 +176,7 @@ async def plan_conflicts(
     return writes
 
 
+@translated("writing conflict records")
 async def write_conflicts(
     conn: Any, project_id: UUID, writes: ConflictWrites, feed_seq: int
 ) -> None:
@@ -187,11 +190,13 @@ async def write_conflicts(
         await conn.execute(_FEED, project_id, feed_seq, touched)
 
 
+@translated("reading conflict records")
 async def conflict_rows(conn: Any, project_id: UUID) -> list[ConflictRow]:
     """Every conflict row of the project, by id."""
     return await _rows(conn, _ALL_ROWS, project_id)
 
 
+@translated("reading conflict updates")
 async def conflict_updates(
     conn: Any, project_id: UUID, after: int, upto: int
 ) -> list[ConflictUpdate]:

@@ -25,7 +25,7 @@ import asyncpg
 from model.merge import EntityChanges
 from model.writer import create_entity
 from store.changelog import Accepted, ChangeLog
-from store.database import CONNECTION_ERRORS
+from store.driver import translated
 from store.errors import StoreError
 from store.notifications import notify
 from store.projects import add_member, create_account, create_project, create_user
@@ -267,6 +267,7 @@ def demo_entities(user_ids: Sequence[uuid.UUID]) -> list[SeedEntity]:
 # --- writing it -------------------------------------------------------------------------
 
 
+@translated("creating the demo")
 async def create_demo(pool: asyncpg.Pool) -> Demo:
     """Create the demo account, users, project and content; returns what was made."""
     tag = secrets.token_hex(3)  # keeps emails unique when the demo is created again
@@ -296,7 +297,7 @@ async def create_demo(pool: asyncpg.Pool) -> Demo:
     head = await changelog.head(project_id)
     # A running server learns of the new log head at once; if this fails it finds the head
     # by its periodic check, so the demo is not failed for it.
-    with contextlib.suppress(*CONNECTION_ERRORS):
+    with contextlib.suppress(StoreError):
         await notify(pool, project_id, head)
     return Demo(
         account_id=account_id,

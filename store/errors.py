@@ -1,9 +1,12 @@
 """The storage exception tree: database failures become these types at the storage edge.
 
-Callers above the store catch these, never asyncpg's own errors::
+Callers above the store catch these, never asyncpg's own errors (``store.driver`` is where
+the driver's errors are turned into them)::
 
     StoreError                  any storage failure
-    ├── DatabaseUnavailable     cannot connect, or the embedded server cannot start
+    ├── DatabaseUnavailable     cannot connect, the connection was lost, the server is shutting
+    │                           down, restarting or out of resources: a retry later may succeed
+    ├── DatabaseFailed          the database refused a statement (a bug or damaged data)
     ├── SchemaTooNew            the database was migrated by newer code than this
     ├── SchemaOutdated          the database lacks migrations this code needs
     ├── UnknownProject          no such project (or it has no change log)
@@ -21,7 +24,13 @@ class StoreError(Exception):
 
 
 class DatabaseUnavailable(StoreError):  # noqa: N818 (names read as states)
-    """The database cannot be reached or started; the message says which and why."""
+    """The database cannot be reached, started or used right now; the message says which
+    and why. Whatever was under way when it failed may or may not have committed."""
+
+
+class DatabaseFailed(StoreError):  # noqa: N818 (names read as states)
+    """The database refused a statement for a reason a retry will not change: a bug in
+    this code, a schema that does not match it, or damaged data."""
 
 
 class SchemaTooNew(StoreError):  # noqa: N818 (names read as states)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+from store.driver import translated
+
 # One index probe per hash, forced by the LATERAL ... OFFSET 0: with "hash = ANY($2)" the
 # planner, whenever a project's rows are newer than the table statistics, scans the whole
 # project's log instead (measured: 3 ms per push at 11,000 changes, growing with the log).
@@ -18,6 +20,7 @@ CROSS JOIN LATERAL (
 """
 
 
+@translated("looking changes up by hash")
 async def find_logged(conn: Any, project_id: UUID, hashes: Sequence[bytes]) -> list[Any]:
     """Records (hash, entity_id, seq, sender) for those of ``hashes`` the log holds."""
     if not hashes:

@@ -19,7 +19,8 @@ from itertools import pairwise
 
 import asyncpg
 
-from store.errors import SchemaOutdated, SchemaTooNew, StoreError
+from store.driver import DRIVER_ERRORS, translate, translated
+from store.errors import SchemaOutdated, SchemaTooNew
 
 # Any fixed 64-bit key works; this is b"fsmigrat" read as a big-endian integer.
 MIGRATION_LOCK_KEY = 7382364513664917876
@@ -96,6 +97,7 @@ def available_migrations(package: str = "migrations") -> list[Migration]:
     return ordered(found)
 
 
+@translated("migrating the database")
 async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply every pending migration; return the versions applied (empty: up to date)."""
     available = available_migrations()
@@ -122,10 +124,9 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
                         migration.version,
                         migration.name,
                     )
-            except asyncpg.PostgresError as exc:
-                raise StoreError(
-                    f"migration {migration.version:04d}_{migration.name} failed and was rolled "
-                    f"back: {exc}"
+            except DRIVER_ERRORS as exc:
+                raise translate(
+                    exc, f"migration {migration.version:04d}_{migration.name} (rolled back)"
                 ) from exc
             done.append(migration.version)
         return done
@@ -134,6 +135,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
 
+@translated("checking the database schema")
 async def check_schema(conn: asyncpg.Connection) -> None:
     """Raise SchemaTooNew or SchemaOutdated unless the database matches this code exactly."""
     available = available_migrations()

@@ -17,12 +17,14 @@ nothing there. A removal notice missed while a listener reconnects is made up fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import asyncpg
+
+from store.driver import driver_errors, translated
+from store.errors import StoreError
 
 CHANNEL = "fieldsync_log"
 MEMBERSHIP_CHANNEL = "fieldsync_membership"
@@ -45,6 +47,7 @@ def decode_pointer(payload: str) -> tuple[UUID, int] | None:
         return None
 
 
+@translated("notifying other processes")
 async def notify(pool: asyncpg.Pool, project_id: UUID, seq: int) -> None:
     await pool.execute("SELECT pg_notify($1, $2)", CHANNEL, encode_pointer(project_id, seq))
 
@@ -62,6 +65,7 @@ def decode_removal(payload: str) -> tuple[UUID, UUID] | None:
         return None
 
 
+@translated("notifying a membership removal")
 async def notify_removal(conn: asyncpg.Connection, project_id: UUID, user_id: UUID) -> None:
     """Call inside the removing transaction: delivered if, and when, it commits."""
     await conn.execute(
@@ -69,11 +73,10 @@ async def notify_removal(conn: asyncpg.Connection, project_id: UUID, user_id: UU
     )
 
 
+@translated("listening for log pointers")
 async def listen(url: str, on_pointer: PointerHandler, *, retry_seconds: float = 1.0) -> None:
-    """Deliver every pointer to ``on_pointer``; reconnect whenever the connection drops.
-
-    Runs until cancelled.
-    """
+    """Deliver every pointer to ``on_pointer``; reconnect whenever the connection drops
+    (each failure is one log line). Runs until cancelled."""
 
     def received(payload: str) -> None:
         pointer = decode_pointer(payload)
@@ -83,6 +86,7 @@ async def listen(url: str, on_pointer: PointerHandler, *, retry_seconds: float =
     await _listen(url, CHANNEL, received, retry_seconds=retry_seconds)
 
 
+@translated("listening for membership removals")
 async def listen_removals(
     url: str,
     on_removed: RemovalHandler,
@@ -117,22 +121,28 @@ async def _listen(
     while True:
         conn: asyncpg.Connection | None = None
         try:
-            conn = await asyncpg.connect(url)
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-            await conn.add_listener(channel, received)
+            with driver_errors(f"listening on {channel}"):
+                conn = await asyncpg.connect(url)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await conn.add_listener(channel, received)
             if on_connected is not None:
                 on_connected()
             await lost.wait()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("%s notifications unavailable, retrying: %s", channel, exc)
+        except StoreError as exc:
+            log.warning(
+                "%s notifications unavailable, retrying: %s",
+                channel,
+                exc,
+                extra={"event": "listener_unavailable", "channel": channel},
+            )
         finally:
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.close(timeout=1)
+                conn.terminate()
         await asyncio.sleep(retry_seconds)
 
 
+@translated("checking log heads")
 async def poll_heads(
     pool: asyncpg.Pool,
     projects: Callable[[], Sequence[UUID]],
@@ -140,7 +150,8 @@ async def poll_heads(
     *,
     interval: float,
 ) -> None:
-    """Every ``interval`` seconds, report the heads of the watched projects; until cancelled.
+    """Every ``interval`` seconds, report the heads of the watched projects; until cancelled
+    (a failed check is one log line, and the next one tries again).
 
     This is what makes missed notifications harmless.
     """
@@ -150,12 +161,14 @@ async def poll_heads(
         if not watched:
             continue
         try:
-            rows = await pool.fetch(
-                "SELECT project_id, head_seq FROM log_heads WHERE project_id = ANY($1::uuid[])",
-                watched,
-            )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("checking log heads failed: %s", exc)
+            with driver_errors("checking log heads"):
+                rows = await pool.fetch(
+                    "SELECT project_id, head_seq FROM log_heads "
+                    "WHERE project_id = ANY($1::uuid[])",
+                    watched,
+                )
+        except StoreError as exc:
+            log.warning("%s", exc, extra={"event": "head_check_failed"})
             continue
         for row in rows:
             on_pointer(row["project_id"], row["head_seq"])

@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 
+from store.driver import translated
 from store.errors import StoreError, UnknownProject
 from store.notifications import notify_removal
 
@@ -84,21 +85,25 @@ def check_level(level: str) -> str:
     return level
 
 
+@translated("looking the account up")
 async def require_account(conn: asyncpg.Connection, account_id: uuid.UUID) -> None:
     if not await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id):
         raise UnknownAccount(account_id)
 
 
+@translated("looking the project up")
 async def require_project(conn: asyncpg.Connection, project_id: uuid.UUID) -> None:
     if not await conn.fetchval("SELECT 1 FROM projects WHERE project_id = $1", project_id):
         raise UnknownProject(project_id)
 
 
+@translated("looking the user up")
 async def require_user(conn: asyncpg.Connection, user_id: uuid.UUID) -> None:
     if not await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id):
         raise UnknownUser(user_id)
 
 
+@translated("creating an account")
 async def create_account(conn: asyncpg.Connection, name: str) -> uuid.UUID:
     account_id = uuid.uuid4()
     await conn.execute(
@@ -109,6 +114,7 @@ async def create_account(conn: asyncpg.Connection, name: str) -> uuid.UUID:
     return account_id
 
 
+@translated("creating a project")
 async def create_project(conn: asyncpg.Connection, account_id: uuid.UUID, name: str) -> uuid.UUID:
     """A new project of ``account_id`` with an empty change log (head seq 0)."""
     project_id = uuid.uuid4()
@@ -127,6 +133,7 @@ async def create_project(conn: asyncpg.Connection, account_id: uuid.UUID, name: 
     return project_id
 
 
+@translated("creating a user")
 async def create_user(
     conn: asyncpg.Connection,
     display_name: str,
@@ -164,6 +171,7 @@ async def create_user(
     return user_id
 
 
+@translated("adding a member")
 async def add_member(
     conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID, level: str
 ) -> str | None:
@@ -192,6 +200,7 @@ async def add_member(
     return previous
 
 
+@translated("removing a member")
 async def remove_member(
     conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID
 ) -> str:
@@ -216,6 +225,7 @@ async def remove_member(
     return level
 
 
+@translated("reading memberships")
 async def member_projects(
     conn: asyncpg.Connection, user_id: uuid.UUID, project_ids: Sequence[uuid.UUID]
 ) -> set[uuid.UUID]:
@@ -228,6 +238,7 @@ async def member_projects(
     return {r["project_id"] for r in rows}
 
 
+@translated("reading membership")
 async def member_level(
     conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID
 ) -> str | None:
@@ -320,6 +331,7 @@ def _check_limit(limit: int | None) -> None:
         raise InvalidValue(f"limit must be at least 1, got {limit}")
 
 
+@translated("listing accounts")
 async def list_accounts(
     conn: asyncpg.Connection, *, after: uuid.UUID | None = None, limit: int | None = None
 ) -> list[AccountRow]:
@@ -344,6 +356,7 @@ async def list_accounts(
     return [AccountRow(**dict(r)) for r in rows]
 
 
+@translated("listing users")
 async def list_users(
     conn: asyncpg.Connection,
     *,
@@ -380,6 +393,7 @@ _PROJECT_COLUMNS = """
 """
 
 
+@translated("listing projects")
 async def list_projects(
     conn: asyncpg.Connection,
     *,
@@ -411,6 +425,7 @@ async def list_projects(
     return [ProjectRow(**dict(r)) for r in rows]
 
 
+@translated("reading a project")
 async def show_project(conn: asyncpg.Connection, project_id: uuid.UUID) -> ProjectDetail:
     """The project, its account's name, log head and member count per level."""
     row = await conn.fetchrow(
@@ -432,6 +447,7 @@ async def show_project(conn: asyncpg.Connection, project_id: uuid.UUID) -> Proje
     return ProjectDetail(**dict(row), members=members)
 
 
+@translated("listing members")
 async def list_members(
     conn: asyncpg.Connection,
     project_id: uuid.UUID,

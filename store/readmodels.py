@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from model.projections import PROJECTIONS, Projection
+from store.driver import translated
 
 
 @cache
@@ -33,6 +34,7 @@ def read_model_row(
     return (project_id, entity_id, *PROJECTIONS[entity_type].row(dict(values)), last_seq)
 
 
+@translated("writing read models")
 async def upsert_read_models(
     conn: Any, rows_by_type: Mapping[str, Sequence[tuple[object, ...]]]
 ) -> None:

@@ -31,6 +31,7 @@ from model.documents import contained, document_heads, load_document
 from model.entities import SCHEMAS
 from model.validation import inspect_document
 from store.conflicts import ConflictWrites, conflict_rows, write_conflicts
+from store.driver import translated
 from store.errors import UnknownProject
 from store.readmodels import read_model_row, read_model_tables, upsert_read_models
 
@@ -79,6 +80,7 @@ class _ReplayedEntity:
         return self.seqs[-1]
 
 
+@translated("rebuilding read models")
 async def rebuild_read_models(pool: asyncpg.Pool, project_id: UUID | None) -> RebuildReport:
     """Rebuild one project's read models, or every project's when ``project_id`` is None."""
     report = RebuildReport()

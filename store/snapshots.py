@@ -20,6 +20,7 @@ import asyncpg
 
 from conflict.ledger import ConflictRow
 from store.conflicts import conflict_rows
+from store.driver import driver_errors, translated
 from store.errors import UnknownProject
 
 
@@ -48,6 +49,7 @@ class Snapshot:
         self.started = time.monotonic()  # for the snapshot metrics
         self.document_bytes = 0  # of the entities read so far
 
+    @translated("reading a snapshot")
     async def count(self) -> int:
         """How many entities the snapshot holds."""
         count: int = await self._conn.fetchval(
@@ -57,12 +59,18 @@ class Snapshot:
 
     async def entities(self, prefetch: int = 128) -> AsyncIterator[SnapshotEntity]:
         """Every entity, in entity-id order, fetched ``prefetch`` rows at a time."""
-        async for r in self._conn.cursor(_ENTITIES, self.project_id, prefetch=prefetch):
-            self.document_bytes += len(r["document"])
-            yield SnapshotEntity(
-                r["entity_type"], r["entity_id"], r["version"], tuple(r["heads"]), r["document"]
-            )
+        with driver_errors("reading a snapshot"):
+            async for r in self._conn.cursor(_ENTITIES, self.project_id, prefetch=prefetch):
+                self.document_bytes += len(r["document"])
+                yield SnapshotEntity(
+                    r["entity_type"],
+                    r["entity_id"],
+                    r["version"],
+                    tuple(r["heads"]),
+                    r["document"],
+                )
 
+    @translated("reading a snapshot")
     async def conflicts(self) -> list[ConflictRow]:
         """Every conflict record (open and resolved) as of the snapshot's cursor."""
         return await conflict_rows(self._conn, self.project_id)
@@ -71,10 +79,13 @@ class Snapshot:
 @asynccontextmanager
 async def open_snapshot(pool: asyncpg.Pool, project_id: UUID) -> AsyncIterator[Snapshot]:
     """Hold a repeatable-read view of ``project_id`` while the caller streams it."""
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        head = await conn.fetchval(
-            "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
-        )
-        if head is None:
-            raise UnknownProject(project_id)
-        yield Snapshot(conn, project_id, int(head))
+    with driver_errors("taking a snapshot"):
+        async with pool.acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            head = await conn.fetchval(
+                "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
+            )
+            if head is None:
+                raise UnknownProject(project_id)
+            yield Snapshot(conn, project_id, int(head))

@@ -14,6 +14,8 @@ Fixtures:
   (``log_heads.head_seq`` = 0) in ``database_url``; each test gets its own.
 - ``other_project`` (function): a second such project, in another account.
 - ``member`` (function): a factory making a user a member of a project, with a token.
+- ``own_postgres`` (function): a PostgreSQL for one test alone, to be stopped or killed
+  (``tests/postgres_process.py``): its URL and its data directory.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pytest
 
 from auth.tokens import issue_token
 from store.database import close_pool, connect, create_pool, with_database
-from store.embedded import embedded_postgres
+from store.embedded import embedded_postgres, pgdata_path
 from store.migrations import migrate
 from store.projects import add_member, create_account, create_project, create_user
 from tests.live_server import TEST_SECRET, MemberFactory
@@ -145,3 +147,13 @@ def member(pool: asyncpg.Pool) -> MemberFactory:
         return user_id, issue_token(TEST_SECRET, user_id)
 
     return make
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[tuple[str, Path]]:
+    data_dir = Path(tempfile.mkdtemp(prefix="fo", dir="/tmp"))
+    try:
+        with embedded_postgres(data_dir) as url:
+            yield url, pgdata_path(data_dir)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,22 +1,17 @@
 """The database stops for a few seconds under load: the server stays up, says so, and
 everything resumes by itself with nothing lost.
 
-The test runs its own embedded PostgreSQL (stopping the session's shared one would fail
-other tests), stops it the hard way (SIGQUIT to the postmaster: PostgreSQL's immediate
-shutdown, which needs crash recovery on the next start) while two SDK clients keep editing,
-and starts it again on the same socket.
+The test runs its own embedded PostgreSQL (``own_postgres``: stopping the session's shared
+one would fail other tests), stops it the hard way (SIGQUIT to the postmaster: PostgreSQL's
+immediate shutdown, which needs crash recovery on the next start) while two SDK clients keep
+editing, and starts it again on the same socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +22,6 @@ from fieldsync_client import Project
 from auth.tokens import issue_token
 from live.status import DATABASE_UNAVAILABLE
 from store.database import close_pool, connect, create_pool
-from store.embedded import embedded_postgres, pgdata_path
 from store.migrations import migrate
 from store.projects import add_member, create_account, create_project, create_user
 from sync.messages import ProjectCursor, Status
@@ -35,42 +29,11 @@ from tests.client.conftest import ClientFactory
 from tests.client.helpers import logged_hashes, server_documents, until
 from tests.entities import location_values
 from tests.live_server import TEST_SECRET, running_server
+from tests.postgres_process import start_postgres, stop_postgres
 from tests.sync_client import SyncClient
 
 OUTAGE_SECONDS = 3.0
 EDIT_INTERVAL = 0.02
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[tuple[str, Path]]:
-    """A PostgreSQL for this test alone: its URL and its data directory."""
-    data_dir = Path(tempfile.mkdtemp(prefix="fo", dir="/tmp"))
-    try:
-        with embedded_postgres(data_dir) as url:
-            yield url, pgdata_path(data_dir)
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def stop_postgres(pgdata: Path) -> None:
-    """Immediate shutdown (as after a crash); returns once the postmaster is gone."""
-    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-    os.kill(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        assert time.monotonic() < deadline, "PostgreSQL did not stop"
-        time.sleep(0.05)
-
-
-def start_postgres(pgdata: Path) -> None:
-    """Start it again, with the same socket, as the embedded server started it first."""
-    from pgserver.postgres_server import get_server
-
-    get_server(pgdata).ensure_postgres_running()  # the instance embedded_postgres made
 
 
 @pytest.fixture

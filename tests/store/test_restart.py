@@ -41,12 +41,16 @@ from store.changelog import Accepted, ChangeLog
 from store.database import close_pool, create_pool
 from store.embedded import embedded_postgres, pgdata_path
 from store.rebuild import rebuild_read_models
+from tests.postgres_process import (
+    kill_postmaster,
+    postmaster_pid,
+    wait_for_exit,
+)
 from tests.store.state import ProjectState, project_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ACKS_PER_ROUND = 150
 LINE_TIMEOUT = 30.0  # a worker's first line comes after its imports and migrations
-PROCESS_EXIT_TIMEOUT = 10.0
 KILL_JITTER = 0.05  # seconds the kill may come after the last ack needed
 
 
@@ -134,34 +138,6 @@ def read_journal(path: Path) -> dict[tuple[str, bytes], Sent]:
         entity_type, entity_id, hash_hex, change_hex = line.split()
         sent[(entity_id, bytes.fromhex(hash_hex))] = Sent(entity_type, bytes.fromhex(change_hex))
     return sent
-
-
-def postmaster_pid(pgdata: Path) -> int:
-    return int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-
-
-def kill_postmaster(pgdata: Path) -> list[psutil.Process]:
-    """SIGKILL the postmaster: no shutdown checkpoint. Returns it and its children.
-
-    The children notice the postmaster's death and exit by themselves (an active backend
-    aborts its transaction); wait for them all before restarting: one still attached to the
-    old shared memory would keep PostgreSQL from starting.
-    """
-    postmaster = psutil.Process(postmaster_pid(pgdata))
-    processes = [postmaster, *postmaster.children(recursive=True)]
-    postmaster.send_signal(signal.SIGKILL)
-    return processes
-
-
-def wait_for_exit(processes: list[psutil.Process]) -> None:
-    """Wait until the processes are gone; SIGKILL any still there after the timeout."""
-    _, alive = psutil.wait_procs(processes, timeout=PROCESS_EXIT_TIMEOUT)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    _, alive = psutil.wait_procs(alive, timeout=PROCESS_EXIT_TIMEOUT)
-    # A killed process stays a zombie until its parent (init, for a daemon) reaps it.
-    assert not alive, f"PostgreSQL processes still exist (unreaped?): {alive}"
 
 
 def stop_leftover_postgres(pgdata: Path) -> None:
