@@ -40,6 +40,7 @@ from live.session import (
     SyncServices,
     SyncSession,
     Transport,
+    connection_log_limiter,
     membership_removed,
     recheck_memberships,
 )
@@ -47,7 +48,6 @@ from live.slow_requests import HEADER_SECONDS, header_deadline_protocol
 from live.snapshot_http import snapshot_endpoint
 from live.status import StatusBoard, watch_database
 from model.limits import DEFAULT_LIMITS, Limits
-from observability.log_limits import LogLimiter
 from observability.metrics import Metrics
 from observability.request_ids import RequestIds
 from store.changelog import ChangeLog, LogSlice
@@ -149,7 +149,7 @@ def create_app(
                 metrics=metrics,
                 status=status,
                 admission=admission,
-                log_limiter=LogLimiter(on_suppressed=metrics.log_line_suppressed),
+                log_limiter=connection_log_limiter(metrics.log_line_suppressed),
             )
             workers = [
                 asyncio.create_task(trim_periodically()),

@@ -76,6 +76,17 @@ NOT_A_MEMBER = "no such project, or you are not a member of it"
 REMOVED = "you are no longer a member of this project"
 
 
+def connection_log_limiter(on_suppressed: Callable[[str], None] | None = None) -> LogLimiter:
+    """Lines clients can cause: 5 a second (bursts of 20) for refusals and failures; the
+    opening and closing lines of authenticated connections more, 50 a second (bursts of
+    500), since a reconnect storm of real clients is worth seeing."""
+    normal = (50.0, 500.0)
+    return LogLimiter(
+        on_suppressed=on_suppressed,
+        per_event={"connection_opened": normal, "connection_closed": normal},
+    )
+
+
 @dataclass
 class SyncServices:
     """What a session needs from the app, created once in the lifespan."""
@@ -95,7 +106,7 @@ class SyncServices:
     metrics: Metrics = field(default_factory=Metrics)
     status: StatusBoard = field(default_factory=StatusBoard)
     admission: Admission = field(default_factory=Admission)
-    log_limiter: LogLimiter = field(default_factory=LogLimiter)
+    log_limiter: LogLimiter = field(default_factory=lambda: connection_log_limiter())
 
 
 def membership_removed(services: SyncServices, project_id: UUID, user_id: UUID) -> None:

@@ -8,7 +8,7 @@ carries ``suppressed``: how many were left out since, and ``on_suppressed`` hear
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -21,21 +21,25 @@ class _Bucket:
 
 @dataclass
 class LogLimiter:
+    """``rate`` and ``burst`` hold for every event but those ``per_event`` names."""
+
     rate: float = 5.0
     burst: float = 20.0
     on_suppressed: Callable[[str], None] | None = None
+    per_event: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     max_events: int = 1_000  # event names are ours, never a client's: this is a safety net
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
     def allow(self, event: str, now: float) -> int | None:
         """None: leave this line out. Otherwise write it, noting the returned count of lines
         of this event left out before it."""
+        rate, burst = self.per_event.get(event, (self.rate, self.burst))
         bucket = self._buckets.get(event)
         if bucket is None:
             if len(self._buckets) >= self.max_events:
                 self._buckets.clear()
-            bucket = self._buckets[event] = _Bucket(self.burst, now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket = self._buckets[event] = _Bucket(burst, now)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens < 1:
             bucket.suppressed += 1

@@ -1,0 +1,68 @@
+"""A connection's send queue, bounded in bytes: bulk waits, live and answers are refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from live.outbox import Outbox, OutboxClosedError, OutboxLimits
+
+LIMITS = OutboxLimits(soft_bytes=100, hard_bytes=300, control_bytes=200)
+
+
+async def test_bulk_waits_below_the_soft_bound_and_resumes_as_frames_go_out() -> None:
+    outbox = Outbox(LIMITS)
+    await outbox.put_bulk(b"a" * 150)  # an empty queue takes any frame
+    assert not outbox.has_room
+    waiting = asyncio.create_task(outbox.put_bulk(b"b" * 10))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    assert await outbox.get() == b"a" * 150
+    await asyncio.wait_for(waiting, 1)
+    assert outbox.queued_bytes == 10
+
+
+async def test_live_frames_are_refused_past_the_hard_bound_but_one_always_fits() -> None:
+    outbox = Outbox(LIMITS)
+    assert outbox.put_live(b"x" * 1000)  # larger than every bound, into an empty queue
+    assert not outbox.put_live(b"y")
+    await outbox.get()
+    assert outbox.put_live(b"y" * 300)
+    assert not outbox.put_live(b"z")
+
+
+async def test_answers_are_refused_only_past_hard_plus_control() -> None:
+    outbox = Outbox(LIMITS)
+    assert outbox.put_live(b"x" * 300)
+    assert outbox.put_control(b"c" * 200)
+    assert not outbox.put_control(b"c")
+    assert outbox.queued_bytes == 500
+
+
+async def test_wait_for_room_returns_once_drained_or_closed() -> None:
+    outbox = Outbox(LIMITS)
+    assert outbox.put_control(b"c" * 120)
+    waiting = asyncio.create_task(outbox.wait_for_room())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    outbox.close()
+    await asyncio.wait_for(waiting, 1)
+    assert await outbox.get() == b"c" * 120  # queued frames still go out after close
+    with pytest.raises(OutboxClosedError):
+        await outbox.get()
+    with pytest.raises(OutboxClosedError):
+        outbox.put_control(b"late")
+
+
+async def test_discarding_empties_the_byte_count() -> None:
+    outbox = Outbox(LIMITS)
+    outbox.put_control(b"a" * 50)
+    outbox.put_live(b"b" * 60)
+    assert outbox.discard_pending() == 2
+    assert (len(outbox), outbox.queued_bytes, outbox.has_room) == (0, 0, True)
+
+
+def test_limits_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="soft_bytes"):
+        OutboxLimits(soft_bytes=10, hard_bytes=5)
