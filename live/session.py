@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -501,13 +502,7 @@ class SyncSession:
                 version=self._protocol.version or 1,
                 user_id=str(claims.user_id),
                 session_id=self._session_id,
-                limits={
-                    "max_frame_bytes": limits.max_frame_bytes,
-                    "max_entities_per_batch": limits.max_entities_per_batch,
-                    "max_changes_per_entity": limits.max_changes_per_entity,
-                    "max_change_bytes": limits.max_change_bytes,
-                    "max_document_bytes": limits.max_document_bytes,
-                },
+                limits=dataclasses.asdict(limits),
             )
         )
         self._flush()

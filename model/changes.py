@@ -30,6 +30,7 @@ _HASH_LEN = 32
 _MAX_ACTOR_LEN = 64
 _MAX_OP_COUNTER = 0xFFFF_FFFF  # the library refuses op counters wider than 32 bits
 _DEFLATE_COLUMN = 0x08
+_ACTION_COLUMN = 66  # column 4 (action), an unsigned run-length encoded integer column
 _MAX_COLUMN_SPEC = 0xFFFF_FFFF
 _CHUNK_NAMES = {0: "a document chunk", 3: "a bundle chunk", 4: "a bundle chunk"}
 
@@ -50,6 +51,7 @@ class ChangeHeader:
     time_ms: int  # as the client claims; 0 from the core API
     message: str | None
     data: bytes  # the chunk exactly as received (possibly compressed)
+    op_count: int = 0  # how many ops the change holds (its cost once applied)
 
 
 def parse_change(data: bytes, *, max_inflated_bytes: int = MAX_CHANGE_BYTES) -> ChangeHeader:
@@ -149,12 +151,12 @@ def _parse_contents(body: bytes, pos: int, digest: bytes, data: bytes) -> Change
         for _ in range(count):
             _, pos = _actor(body, pos, field)
         field = "op columns"
-        _check_columns(body, pos)
+        op_count = _check_columns(body, pos)
     except LEB128Error as e:
         raise ChangeFormatError(f"bad {field}: {e}") from None
     except UnicodeDecodeError as e:
         raise ChangeFormatError(f"message is not valid UTF-8: {e.reason}") from None
-    return ChangeHeader(digest, deps, actor, seq, start_op, time_ms, message, data)
+    return ChangeHeader(digest, deps, actor, seq, start_op, time_ms, message, data, op_count)
 
 
 def _actor(body: bytes, pos: int, what: str) -> tuple[bytes, int]:
@@ -166,8 +168,9 @@ def _actor(body: bytes, pos: int, what: str) -> tuple[bytes, int]:
     return body[pos : pos + size], pos + size
 
 
-def _check_columns(body: bytes, pos: int) -> None:
+def _check_columns(body: bytes, pos: int) -> int:
     """The column table must be sorted, uncompressed, and its data must fit; extra may follow.
+    Returns the number of ops, counted from the action column's runs.
 
     One-byte LEB128s are read inline: this loop is most of the parsing time otherwise.
     """
@@ -177,6 +180,7 @@ def _check_columns(body: bytes, pos: int) -> None:
         raise ChangeFormatError(f"{count} op columns do not fit in the change")
     total = 0
     previous = -1
+    action_at = action_size = -1
     try:
         for _ in range(count):
             spec = body[pos]
@@ -191,12 +195,40 @@ def _check_columns(body: bytes, pos: int) -> None:
                 size, pos = decode_uleb128(body, pos)
             if spec & _DEFLATE_COLUMN or spec < previous or spec > _MAX_COLUMN_SPEC:
                 raise ChangeFormatError(_column_problem(spec))
+            if spec == _ACTION_COLUMN:
+                action_at, action_size = total, size
             previous = spec
             total += size
     except IndexError:
         raise ChangeFormatError("op column table is truncated") from None
     if total > end - pos:
         raise ChangeFormatError(f"op columns declare {total} bytes but only {end - pos} remain")
+    if action_at < 0:
+        return 0
+    return _run_length_count(body, pos + action_at, pos + action_at + action_size)
+
+
+def _run_length_count(body: bytes, pos: int, end: int) -> int:
+    """How many values a run-length encoded column of ULEB128s holds, without expanding it:
+    each run is a count, then one value (count > 0), -count literals (count < 0), or a
+    count of nulls (count == 0). A few bytes can declare millions of ops, which is exactly
+    what the count is for."""
+    values = 0
+    while pos < end:
+        run, pos = decode_sleb128(body, pos)
+        if run > 0:
+            _, pos = decode_uleb128(body, pos)
+            values += run
+        elif run < 0:
+            for _ in range(-run):
+                _, pos = decode_uleb128(body, pos)
+            values -= run
+        else:
+            nulls, pos = decode_uleb128(body, pos)
+            values += nulls
+        if pos > end:
+            raise ChangeFormatError("the action column overruns itself")
+    return values
 
 
 def _column_problem(spec: int) -> str:

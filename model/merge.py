@@ -61,6 +61,7 @@ class StoredEntity:
     heads: tuple[bytes, ...]
     size_bytes: int
     document: Document | None
+    op_count: int = 0  # ops of every change logged for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,13 @@ def decode_entity_changes(item: EntityChanges, limits: Limits) -> DecodedChanges
                 f"change {index} is not a valid Automerge change: {exc}",
                 {"index": index},
             )
+        if header.op_count > limits.max_ops_per_change:
+            return Rejection(
+                RejectCode.TOO_MANY_OPS,
+                f"change {index} holds {header.op_count} ops; at most "
+                f"{limits.max_ops_per_change} per change",
+                {"index": index, "limit": limits.max_ops_per_change},
+            )
         if header.hash not in unique:
             try:
                 found = unsupported_values(data)
@@ -134,6 +142,33 @@ def decode_entity_changes(item: EntityChanges, limits: Limits) -> DecodedChanges
         tuple(hashes),
         tuple(unsupported),
     )
+
+
+def keep_within_push_ops(batch: list[DecodedChanges | Rejection], limits: Limits) -> None:
+    """Refuse, in place, the entities that would take the push past ``max_ops_per_push``.
+
+    Entities are counted in push order, so the first ones go in and a client can send the
+    rest in later pushes. Changes already logged count too: what is fresh is only known
+    under the lock, and this check is meant to come before it.
+    """
+    used = 0
+    for index, item in enumerate(batch):
+        if isinstance(item, Rejection):
+            continue
+        ops = sum(c.op_count for c in item.unique)
+        if used + ops <= limits.max_ops_per_push:
+            used += ops
+            continue
+        if ops > limits.max_ops_per_push:
+            why = f"its changes hold {ops} ops; split them over several pushes"
+        else:
+            why = "push it again in a later push"
+        batch[index] = Rejection(
+            RejectCode.TOO_MANY_OPS,
+            f"this push would hold more than {limits.max_ops_per_push} ops with entity "
+            f"{item.entity_id}: {why}",
+            {"limit": limits.max_ops_per_push},
+        )
 
 
 def dependency_order(
@@ -280,6 +315,14 @@ def merge_entity(
             f"{len(missing)} dependencies are neither logged for entity "
             f"{decoded.entity_id} nor in this push",
             {"missing": [h.hex() for h in missing]},
+        )
+    ops = (stored.op_count if stored else 0) + sum(c.op_count for c in ordered)
+    if ops > limits.max_document_ops:
+        return Rejection(
+            RejectCode.DOCUMENT_TOO_LARGE,
+            f"entity {decoded.entity_id} would hold {ops} ops; at most "
+            f"{limits.max_document_ops}",
+            {"limit": limits.max_document_bytes, "limit_ops": limits.max_document_ops},
         )
     size = (stored.size_bytes if stored else 0) + sum(len(c.data) for c in ordered)
     if size > limits.max_document_bytes:

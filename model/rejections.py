@@ -18,6 +18,7 @@ class RejectCode(StrEnum):
     WRONG_ENTITY_TYPE = "wrong_entity_type"
     EMPTY_CHANGE_SET = "empty_change_set"
     TOO_MANY_CHANGES = "too_many_changes"
+    TOO_MANY_OPS = "too_many_ops"  # a change, or the push, holds more ops than allowed
     CHANGE_TOO_LARGE = "change_too_large"
     DOCUMENT_TOO_LARGE = "document_too_large"
     UNDECODABLE_CHANGE = "undecodable_change"

@@ -27,6 +27,7 @@ from model.merge import (
     Merged,
     StoredEntity,
     decode_entity_changes,
+    keep_within_push_ops,
     merge_entity,
 )
 from model.permissions import WriteCheck, write_check
@@ -105,7 +106,7 @@ _LOCK_HEAD = "SELECT head_seq FROM log_heads WHERE project_id = $1 FOR UPDATE"
 _STORED_ENTITIES = """
 SELECT d.entity_id, d.project_id, d.entity_type, d.version, d.heads,
        length(d.saved) AS saved_bytes, length(d.tail) AS tail_bytes,
-       d.tail_changes, d.change_count,
+       d.tail_changes, d.change_count, d.op_count,
        CASE WHEN d.version = k.version THEN NULL ELSE d.saved || d.tail END AS document
 FROM documents d
 JOIN unnest($1::text[], $2::bigint[]) AS k(entity_id, version) USING (entity_id)
@@ -119,8 +120,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 
 _INSERT_DOCUMENT = """
 INSERT INTO documents (project_id, entity_id, entity_type, heads, saved, tail, tail_changes,
-                       change_count, version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                       change_count, version, op_count)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 """
 
 _UPDATE_DOCUMENT = """
@@ -129,7 +130,8 @@ UPDATE documents SET heads = $3,
        tail = CASE WHEN $4 THEN $6 ELSE tail || $6 END,
        tail_changes = CASE WHEN $4 THEN 0 ELSE tail_changes + $7 END,
        change_count = change_count + $7,
-       version = $8
+       version = $8,
+       op_count = op_count + $9
 WHERE project_id = $1 AND entity_id = $2
 """
 
@@ -206,6 +208,7 @@ class ChangeLog:
             raise BatchTooLarge(len(batch), self._limits.max_entities_per_batch)
         decoded = [decode_entity_changes(item, self._limits) for item in batch]
         _reject_repeated_entities(batch, decoded)
+        keep_within_push_ops(decoded, self._limits)
         for attempt in range(2):
             try:
                 return await self._append_locked(
@@ -321,6 +324,7 @@ class ChangeLog:
                 heads=tuple(r["heads"]),
                 size_bytes=r["saved_bytes"] + r["tail_bytes"],
                 document=document,
+                op_count=r["op_count"],
             )
             found[r["entity_id"]] = _StoredRow(
                 entity,
@@ -468,6 +472,7 @@ def _plan_writes(
         version = writes.head
         new_bytes = b"".join(c.data for c in outcome.new_changes)
         count = len(outcome.new_changes)
+        ops = sum(c.op_count for c in outcome.new_changes)
         heads = list(outcome.heads)
         row = stored.get(entity_id)
         if row is None:
@@ -476,7 +481,7 @@ def _plan_writes(
             saved = save_document(outcome.document)
             size = len(saved)
             writes.new_documents.append(
-                (project_id, entity_id, entity_type, heads, saved, b"", 0, count, version)
+                (project_id, entity_id, entity_type, heads, saved, b"", 0, count, version, ops)
             )
         else:
             compact = should_compact(
@@ -489,7 +494,7 @@ def _plan_writes(
             tail = b"" if compact else new_bytes
             size = len(saved) if compact else row.saved_bytes + row.tail_bytes + len(new_bytes)
             writes.updated_documents.append(
-                (project_id, entity_id, heads, compact, saved, tail, count, version)
+                (project_id, entity_id, heads, compact, saved, tail, count, version, ops)
             )
         writes.read_models[entity_type].append(
             read_model_row(project_id, entity_type, entity_id, outcome.values, version)

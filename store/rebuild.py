@@ -26,7 +26,7 @@ from automerge.core import Document
 from conflict.cross import Row, RowIndex, cross_entity_conflicts
 from conflict.entity import entity_conflicts
 from conflict.ledger import ROW_FIELDS, Ledger, plan_cross, plan_entity, row_changes
-from model.changes import parse_change
+from model.changes import ChangeHeader, parse_change
 from model.documents import contained, document_heads, load_document
 from model.entities import SCHEMAS
 from model.validation import inspect_document
@@ -115,11 +115,14 @@ async def _rebuild_project(conn: Any, project_id: UUID, report: RebuildReport) -
     rows: dict[str, list[tuple[object, ...]]] = defaultdict(list)
     pending = 0
     conflicts = _ConflictReplay()
+    op_counts: list[tuple[UUID, str, int]] = []
     async for entity in _replay(conn, project_id):
         report.entities += 1
         report.changes += len(entity.changes)
         document = load_document(b"".join(entity.changes))
-        conflicts.entity(entity, document)
+        headers = [parse_change(change) for change in entity.changes]
+        op_counts.append((project_id, entity.entity_id, sum(h.op_count for h in headers)))
+        conflicts.entity(entity, document, headers)
         if set(document_heads(document)) != cached_heads.pop(entity.entity_id, None):
             report.cache_mismatches.append(entity.entity_id)
         schema = SCHEMAS[entity.entity_type]
@@ -142,6 +145,12 @@ async def _rebuild_project(conn: Any, project_id: UUID, report: RebuildReport) -
             rows.clear()
             pending = 0
     await upsert_read_models(conn, rows)
+    # Derived from the log like the heads; documents from before the count began get theirs.
+    await conn.executemany(
+        "UPDATE documents SET op_count = $3 WHERE project_id = $1 AND entity_id = $2 "
+        "AND op_count <> $3",
+        op_counts,
+    )
     report.cache_mismatches.extend(sorted(cached_heads))
     ledger = conflicts.finish()
     before = {row.conflict_id: row for row in await conflict_rows(conn, project_id)}
@@ -162,8 +171,9 @@ class _ConflictReplay:
         self.ledger = Ledger()
         self.steps: list[tuple[int, str, Row]] = []
 
-    def entity(self, entity: _ReplayedEntity, document: Document) -> None:
-        headers = [parse_change(change) for change in entity.changes]
+    def entity(
+        self, entity: _ReplayedEntity, document: Document, headers: list[ChangeHeader]
+    ) -> None:
         seq_of = {h.hash.hex(): seq for h, seq in zip(headers, entity.seqs, strict=True)}
         users = {h.hash.hex(): s for h, s in zip(headers, entity.senders, strict=True)}
         result = entity_conflicts(entity.entity_type, entity.entity_id, None, document, headers)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -478,13 +479,8 @@ class _Session:
 
     def _welcome(self, welcome: Welcome) -> None:
         known = {name: value for name, value in welcome.limits.items() if value > 0}
-        fields = {
-            "max_change_bytes",
-            "max_changes_per_entity",
-            "max_entities_per_batch",
-            "max_document_bytes",
-            "max_frame_bytes",
-        }
+        fields = {field.name for field in dataclasses.fields(Limits)}
+        # A limit the server does not announce (an older server) keeps its default.
         self.server_limits = Limits(**{k: v for k, v in known.items() if k in fields})
         self.loop.welcomed()
         for project_id in self.host.replicas():
@@ -688,6 +684,7 @@ class _Session:
             max_entities=max(1, limits.max_entities_per_batch // self.shrink),
             max_changes_per_entity=max(1, limits.max_changes_per_entity // self.shrink),
             max_bytes=max(1, limits.max_frame_bytes // self.shrink),
+            max_ops=max(1, limits.max_ops_per_push // self.shrink),
         )
         push_id = self._next_push_id
         self._next_push_id += 1

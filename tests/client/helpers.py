@@ -15,7 +15,9 @@ from pathlib import Path
 import asyncpg
 from automerge.core import Document
 
+from model.changes import parse_change
 from model.entities import SCHEMAS
+from model.limits import DEFAULT_LIMITS
 from model.merge import EntityChanges
 from model.validation import inspect_document
 from model.writer import create_entity
@@ -81,17 +83,26 @@ async def seed_activities(
     ``text_chars`` more characters, to make documents larger."""
     log = ChangeLog(pool)
     ids = [f"act-{i}-{project.hex[:12]}" for i in range(count)]
-    for start in range(0, count, 200):
-        batch = []
-        for entity_id in ids[start : start + 200]:
-            values = activity_values("plan-1", title=f"Survey {entity_id}")
-            filler = os.urandom(text_chars // 2 + 1).hex()[:text_chars]  # compresses badly
-            values["description"] = f"{values['description']} {filler}"
-            _, change = create_entity("activity", values)
-            batch.append(EntityChanges("activity", entity_id, [change]))
-        for result in await log.append(project, batch, sender="seed"):
-            assert isinstance(result, Accepted), result
+    batch: list[EntityChanges] = []
+    ops = 0
+    for entity_id in ids:
+        values = activity_values("plan-1", title=f"Survey {entity_id}")
+        filler = os.urandom(text_chars // 2 + 1).hex()[:text_chars]  # compresses badly
+        values["description"] = f"{values['description']} {filler}"
+        _, change = create_entity("activity", values)
+        change_ops = parse_change(change).op_count
+        if len(batch) == 200 or ops + change_ops > DEFAULT_LIMITS.max_ops_per_push:
+            await _append_all(log, project, batch)
+            batch, ops = [], 0
+        batch.append(EntityChanges("activity", entity_id, [change]))
+        ops += change_ops
+    await _append_all(log, project, batch)
     return ids
+
+
+async def _append_all(log: ChangeLog, project: uuid.UUID, batch: list[EntityChanges]) -> None:
+    for result in await log.append(project, batch, sender="seed"):
+        assert isinstance(result, Accepted), result
 
 
 async def head_seq(pool: asyncpg.Pool, project: uuid.UUID) -> int:

@@ -184,6 +184,26 @@ def test_push_planning_respects_the_limits() -> None:
     assert plan_push([], max_entities=1, max_changes_per_entity=1, max_bytes=1) == []
 
 
+def test_push_planning_respects_the_op_budget() -> None:
+    doc, created = create_entity("location", location_values())
+    renames = [update_entity(doc, "location", {"name": f"Site {n}"}) for n in range(3)]
+    ops = [parse_change(change).op_count for change in (created, *renames)]
+    entries = [
+        OutboxEntry(i, "p", "location", "a", change, b"h", NOW)
+        for i, change in enumerate((created, *renames))
+    ]
+    budget = ops[0] + ops[1]
+    plan = plan_push(
+        entries, max_entities=10, max_changes_per_entity=10, max_bytes=10_000, max_ops=budget
+    )
+    assert [e.id for e in plan[0].entries] == [0, 1]
+    # Even a change over the whole budget goes out alone, to be refused with a reason.
+    plan = plan_push(
+        entries[:1], max_entities=10, max_changes_per_entity=10, max_bytes=10_000, max_ops=1
+    )
+    assert [e.id for e in plan[0].entries] == [0]
+
+
 def test_backoff_grows_with_full_jitter_and_resets() -> None:
     top = Backoff(0.5, 30.0, rng=lambda: 1.0)
     assert [round(top.next_delay(), 3) for _ in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]

@@ -62,7 +62,13 @@ def uncompressed(data: bytes) -> bytes:
 
 
 def assert_matches_library(
-    data: bytes, hash_: bytes, deps: list[bytes], actor: bytes, seq: int, start_op: int
+    data: bytes,
+    hash_: bytes,
+    deps: list[bytes],
+    actor: bytes,
+    seq: int,
+    start_op: int,
+    max_op: int | None = None,
 ) -> ChangeHeader:
     header = parse_change(data)
     assert header.hash == hash_
@@ -71,6 +77,8 @@ def assert_matches_library(
     assert header.seq == seq
     assert header.start_op == start_op
     assert header.data is data
+    if max_op is not None:
+        assert header.op_count == max_op - start_op + 1
     return header
 
 
@@ -297,7 +305,13 @@ def test_every_change_of_random_edits_matches_the_library(edits: list[Edit]) -> 
         docs[0].merge(other)
     for change in docs[0].get_changes([]):
         assert_matches_library(
-            change.bytes, change.hash, change.deps, change.actor_id, change.seq, change.start_op
+            change.bytes,
+            change.hash,
+            change.deps,
+            change.actor_id,
+            change.seq,
+            change.start_op,
+            change.max_op,
         )
         assert parse_change(change.raw_bytes).hash == change.hash
 
@@ -365,6 +379,19 @@ REJECTED: dict[str, tuple[bytes, str]] = {
 def test_malformed_chunk_is_refused_with_its_reason(data: bytes, reason: str) -> None:
     with pytest.raises(ChangeFormatError, match=reason):
         parse_change(data)
+
+
+def test_a_few_bytes_can_declare_many_ops_and_the_count_says_so() -> None:
+    # 200,000 nulls inserted into a list: the columns are runs, the change about 100 bytes.
+    doc = Document()
+    with doc.transaction() as tx:
+        items = tx.put_object(ROOT, "tasks", ObjType.List)
+        for index in range(200_000):
+            tx.insert(items, index, ScalarType.Null, None)
+    change = doc.get_last_local_change()
+    assert change is not None
+    assert len(change.bytes) < 200
+    assert parse_change(change.bytes).op_count == 200_001 == change.max_op - change.start_op + 1
 
 
 def test_extra_bytes_after_the_columns_are_allowed() -> None:

@@ -65,9 +65,11 @@ def raw_change(build: Sequence[tuple[str, ScalarType, object]]) -> bytes:
 
 @pytest.fixture
 def log(pool: asyncpg.Pool) -> ChangeLog:
+    # Op bounds out of the way: tests/store/test_op_limits.py is about those.
     return ChangeLog(pool, limits=Limits(max_change_bytes=8192, max_changes_per_entity=20,
                                          max_entities_per_batch=10,
-                                         max_document_bytes=64 * 1024))
+                                         max_document_bytes=64 * 1024,
+                                         max_ops_per_push=10**7, max_document_ops=10**7))
 
 
 async def test_garbage_truncated_and_bitflipped_bytes(
