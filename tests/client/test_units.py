@@ -186,7 +186,7 @@ def test_push_planning_respects_the_limits() -> None:
 
 def test_push_planning_respects_the_op_budget() -> None:
     doc, created = create_entity("location", location_values())
-    renames = [update_entity(doc, "location", {"name": f"Site {n}"}) for n in range(3)]
+    renames = [update_entity(doc, "location", {"name": f"Depot {n}"}) for n in range(3)]
     ops = [parse_change(change).op_count for change in (created, *renames)]
     entries = [
         OutboxEntry(i, "p", "location", "a", change, b"h", NOW)
