@@ -238,7 +238,7 @@ async def sync_endpoint(websocket: WebSocket) -> None:
             JSONResponse(
                 {"code": ErrorCode.SERVER_BUSY.value, "message": admitted.message},
                 status_code=admitted.status,
-                headers={"Retry-After": "5"},
+                headers={"Retry-After": str(services.admission.limits.retry_after_seconds)},
             )
         )
         return

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 class AdmissionLimits:
     max_unauthenticated: int = 1_000
     max_unauthenticated_per_address: int = 64
+    retry_after_seconds: int = 5  # what a refused client is told to wait (Retry-After)
 
 
 @dataclass(frozen=True, slots=True)

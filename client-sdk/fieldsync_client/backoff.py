@@ -1,7 +1,9 @@
 """Reconnect delays: exponential backoff with full jitter.
 
 The n-th consecutive failure waits a uniformly random time in ``[0, min(cap, base * 2**n))``,
-so clients cut off together do not all come back at the same instant.
+so clients cut off together do not all come back at the same instant. A server that says
+when to come back (``Retry-After``) is obeyed: the wait is then at least that hint, spread
+over up to half as long again, so a refused crowd does not return in one wave either.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ class Backoff:
         growth: float = 2.0 ** min(self.attempt, 62)
         return min(self.cap, self.base * growth)
 
-    def next_delay(self) -> float:
+    def next_delay(self, at_least: float = 0.0) -> float:
+        """The wait before the next attempt; ``at_least`` is the server's retry hint."""
         delay = float(self._rng()) * self.ceiling()
         self.attempt += 1
+        if at_least > 0:
+            delay = max(delay, at_least * (1 + 0.5 * float(self._rng())))
         return delay
 
     def reset(self) -> None:

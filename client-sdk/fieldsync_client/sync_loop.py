@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from fieldsync_client.backoff import Backoff
 from fieldsync_client.bootstrap import SnapshotUnavailable, http_bootstrap
@@ -134,6 +134,20 @@ class _InFlight:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+MAX_RETRY_AFTER_SECONDS = 600.0
+
+
+def _retry_after(refused: InvalidStatus) -> float:
+    """The seconds a refusing server asked us to wait (``Retry-After``), bounded; 0 if none.
+    A busy server (429, 503 ``server_busy``) sends it, so clients spread their return."""
+    value = refused.response.headers.get("Retry-After", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 0.0
+    return min(seconds, MAX_RETRY_AFTER_SECONDS) if seconds > 0 else 0.0
 
 
 def _describe(exc: BaseException) -> str:
@@ -245,6 +259,7 @@ class SyncLoop:
                 continue
             self._set_state(ConnectionState.CONNECTING)
             self.connections += 1
+            retry_after = 0.0
             try:
                 async with connect(
                     self.url,
@@ -258,6 +273,9 @@ class SyncLoop:
                     await session.run()
             except InvalidURI as exc:
                 self.halt(FieldsyncError(f"invalid server URL: {_describe(exc)}"))
+            except InvalidStatus as exc:
+                retry_after = _retry_after(exc)
+                self.error(Offline(f"the server at {self.url} refused: {_describe(exc)}"))
             except (OSError, EOFError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                 self.error(Offline(f"cannot reach the server at {self.url}: {_describe(exc)}"))
             except Exception as exc:  # a fault of this SDK: report it and keep syncing
@@ -273,7 +291,7 @@ class SyncLoop:
                 continue
             self._set_state(ConnectionState.OFFLINE)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.backoff.next_delay())
+                await asyncio.wait_for(self._wake.wait(), self.backoff.next_delay(retry_after))
             self._wake.clear()
 
     def _set_state(self, state: ConnectionState) -> None:

@@ -204,6 +204,14 @@ def test_push_planning_respects_the_op_budget() -> None:
     assert [e.id for e in plan[0].entries] == [0]
 
 
+def test_backoff_waits_at_least_the_servers_hint_with_jitter_above_it() -> None:
+    low, high = Backoff(0.5, 30.0, rng=lambda: 0.0), Backoff(0.5, 30.0, rng=lambda: 1.0)
+    assert low.next_delay(at_least=5) == 5
+    assert high.next_delay(at_least=5) == 7.5
+    assert high.next_delay(at_least=0.1) == 1.0  # the backoff's own delay is longer
+    assert low.next_delay() == 0
+
+
 def test_backoff_grows_with_full_jitter_and_resets() -> None:
     top = Backoff(0.5, 30.0, rng=lambda: 1.0)
     assert [round(top.next_delay(), 3) for _ in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
