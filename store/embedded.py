@@ -82,7 +82,7 @@ def data_dir_problem(data_dir: Path) -> str | None:
 
 def live_pids(pids: list[int]) -> list[int]:
     """Those of ``pids`` whose process still exists (a zombie does not count)."""
-    import psutil  # type: ignore[import-untyped]  # pgserver's own dependency
+    import psutil  # type: ignore[import-untyped]
 
     alive = []
     for pid in pids:

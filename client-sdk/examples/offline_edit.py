@@ -1,11 +1,15 @@
 """Two tablets edit the same activity offline, reconnect, and end up with the same document.
 
-Start a server and create the demo project, then run this with two of the demo's tokens::
+Start a server and create the demo project, then run the command ``fieldsync demo`` prints:
+it names the server's real address, this venv's own Python and two of the demo's tokens::
 
-    fieldsync serve &
-    fieldsync demo            # prints the project id and a token per user
-    python client-sdk/examples/offline_edit.py --url ws://127.0.0.1:8000/sync \\
+    .venv/bin/fieldsync serve &
+    .venv/bin/fieldsync demo   # prints the project, a token per user and this command:
+    .venv/bin/python client-sdk/examples/offline_edit.py --url ws://HOST:PORT/sync \\
         --project PROJECT_ID --token LEAD_TOKEN --token2 SPECIALIST_TOKEN
+
+The SDK must be installed in that Python (``pip install -e ./client-sdk``; the README's
+first command does it).
 
 What happens:
 
