@@ -94,11 +94,13 @@ class TsClient:
         )
         return cls(process)
 
-    async def call(self, cmd: str, timeout: float = 30, **args: Any) -> Any:
-        assert self.process.stdin is not None and self.process.stdout is not None
+    async def call(self, cmd: str, **args: Any) -> Any:
+        """Run one driver command; its result, or DriverError (within 60 s)."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write((json.dumps({"cmd": cmd, **to_wire(args)}) + "\n").encode())
         await self.process.stdin.drain()
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        line = await asyncio.wait_for(self.process.stdout.readline(), 60)
         if not line:
             stderr = await self.process.stderr.read() if self.process.stderr else b""
             raise AssertionError(f"the TypeScript driver died: {stderr.decode()[-2000:]}")

@@ -31,37 +31,57 @@ export function topField(entityType: string, name: string): FieldSpec {
   return fieldOf(spec.fields, name, entityType);
 }
 
-/** What to assign in an Automerge change for `value` in `field`. */
-export function automergeValue(field: FieldSpec, value: unknown): unknown {
+/** A value ready to write: a scalar as Automerge should store it, or a container to build.
+ * Containers are built one field at a time (`put`): Automerge 3 stores a `Float64` nested in
+ * an object literal as a map `{value: n}`, so whole nested literals are never assigned. */
+export type Planned = { readonly scalar: unknown } | { readonly map: readonly [string, Planned][] } | { readonly list: readonly Planned[] };
+
+/** What to write for `value` in `field`, checked against the field's type. */
+export function automergeValue(field: FieldSpec, value: unknown): Planned {
   const wrong = (what: string): never => {
     throw new ValidationError(`${field.name} is ${what}, got ${describeInput(value)}`);
   };
   switch (field.automerge) {
     case "text":
-      return typeof value === "string" ? value : wrong("text");
+      return { scalar: typeof value === "string" ? value : wrong("text") };
     case "str":
-      return typeof value === "string" ? new A.ImmutableString(value) : wrong("a string");
+      return { scalar: typeof value === "string" ? new A.ImmutableString(value) : wrong("a string") };
     case "f64":
-      return typeof value === "number" ? new A.Float64(value) : wrong("a number");
+      return { scalar: typeof value === "number" ? new A.Float64(value) : wrong("a number") };
     case "int":
-      return typeof value === "number" && Number.isInteger(value) ? new A.Int(value) : wrong("an integer");
+      return { scalar: typeof value === "number" && Number.isInteger(value) ? new A.Int(value) : wrong("an integer") };
     case "boolean":
-      return typeof value === "boolean" ? value : wrong("a boolean");
+      return { scalar: typeof value === "boolean" ? value : wrong("a boolean") };
     case "timestamp":
       // Automerge stores an invalid Date silently as 1970-01-01: refuse it here.
-      return value instanceof Date && !Number.isNaN(value.getTime()) ? new Date(value.getTime()) : wrong("a valid Date");
+      return { scalar: value instanceof Date && !Number.isNaN(value.getTime()) ? new Date(value.getTime()) : wrong("a valid Date") };
     case "list":
-      return Array.isArray(value) ? value.map((item) => automergeValue(field.item!, item)) : wrong("a list");
+      return { list: Array.isArray(value) ? value.map((item) => automergeValue(field.item!, item)) : wrong("a list") };
     case "map": {
       if (typeof value !== "object" || value === null || Array.isArray(value) || value instanceof Date) wrong("a map");
-      const out: Record<string, unknown> = {};
-      for (const [name, inner] of Object.entries(value as Record<string, unknown>)) {
-        if (inner !== undefined) out[name] = automergeValue(fieldOf(field.fields ?? [], name, field.name), inner);
-      }
-      return out;
+      const entries = Object.entries(value as Record<string, unknown>).filter(([, inner]) => inner !== undefined);
+      return { map: entries.map(([name, inner]) => [name, automergeValue(fieldOf(field.fields ?? [], name, field.name), inner)]) };
     }
   }
   throw new ValidationError(`${field.name}: no Automerge type for ${field.automerge}`);
+}
+
+/** Write a planned value at `target[key]` (or insert it at list index `key`), inside a change. */
+export function put(target: Record<string, unknown> | unknown[], key: string | number, planned: Planned, insert = false): void {
+  const set = (value: unknown): void => {
+    if (insert) A.insertAt(target as unknown[], key as number, value);
+    else (target as Record<string | number, unknown>)[key] = value;
+  };
+  if ("scalar" in planned) return set(planned.scalar);
+  if ("map" in planned) {
+    set({});
+    const obj = (target as Record<string | number, unknown>)[key] as Record<string, unknown>;
+    for (const [name, inner] of planned.map) put(obj, name, inner);
+    return;
+  }
+  set([]);
+  const list = (target as Record<string | number, unknown>)[key] as unknown[];
+  planned.list.forEach((item, index) => put(list, index, item, true));
 }
 
 function describeInput(value: unknown): string {
@@ -84,7 +104,7 @@ export function createEntity(entityType: string, values: Record<string, unknown>
   if (writes.length === 0) throw new ValidationError(`a new ${entityType} needs values`);
   const base = actor === undefined ? A.init<Draft>() : A.init<Draft>({ actor });
   return A.change(base, (d) => {
-    for (const [name, value] of writes) d[name] = value;
+    for (const [name, value] of writes) put(d, name, value);
   });
 }
 
@@ -98,10 +118,10 @@ export function updateEntity(doc: Doc, entityType: string, values: Record<string
     for (const [name, field, value] of writes) {
       if (value === null) {
         if (name in d) delete d[name];
-      } else if (field.automerge === "text" && typeof d[name] === "string") {
-        A.updateText(d, [name], value as string);
+      } else if (field.automerge === "text" && typeof d[name] === "string" && "scalar" in value) {
+        A.updateText(d, [name], value.scalar as string);
       } else {
-        d[name] = value;
+        put(d, name, value);
       }
     }
   });
@@ -114,7 +134,7 @@ export function replaceText(doc: Doc, entityType: string, name: string, text: st
   if (field.automerge !== "text") throw new ValidationError(`${name} is not a text field`);
   const value = automergeValue(field, text);
   const after = A.change(doc, (d) => {
-    d[name] = value;
+    put(d, name, value);
   });
   return changed(doc, after) ? after : undefined;
 }
@@ -143,7 +163,7 @@ export function insertItem(doc: Doc, entityType: string, name: string, index: nu
   if (!Number.isInteger(index) || index < 0 || index > length) throw new ValidationError(`index ${index} is outside the list ${name} of ${length} items`);
   const after = A.change(doc, (d) => {
     if (!Array.isArray(d[name])) d[name] = [];
-    A.insertAt(d[name] as unknown[], index, item);
+    put(d[name] as unknown[], index, item, true);
   });
   return changed(doc, after) ? after : undefined;
 }

@@ -5,7 +5,9 @@
 // Dates travel as {"$date": ISO string}.
 import { createInterface } from "node:readline";
 
-import { FieldsyncClient, type Project } from "../src/index.js";
+import * as A from "@automerge/automerge";
+
+import { FieldsyncClient, inspect, type Project } from "../src/index.js";
 import { nodeWebSocket, SqliteStorage } from "../src/node.js";
 
 type Command = Record<string, unknown> & { cmd: string };
@@ -22,6 +24,31 @@ function revive(value: unknown): unknown {
     return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, revive(v)]));
   }
   return value;
+}
+
+/** Raw document values, written as given: {"$str": s} a scalar string, {"$f64": n},
+ * {"$counter": n}, {"$date": iso}; a plain string is a Text object. */
+function raw(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(raw);
+  if (value !== null && typeof value === "object") {
+    const r = value as Record<string, unknown>;
+    if (typeof r.$str === "string") return new A.ImmutableString(r.$str);
+    if (typeof r.$f64 === "number") return new A.Float64(r.$f64);
+    if (typeof r.$counter === "number") return new A.Counter(r.$counter);
+    if (typeof r.$date === "string") return new Date(r.$date);
+    return Object.fromEntries(Object.entries(r).map(([k, v]) => [k, raw(v)]));
+  }
+  return value;
+}
+
+function writeRaw(target: Record<string, unknown>, values: Record<string, unknown>): void {
+  for (const [key, value] of Object.entries(values)) {
+    const isPlainMap = value !== null && typeof value === "object" && !Array.isArray(value) && !Object.keys(value).some((k) => k.startsWith("$"));
+    if (isPlainMap) {
+      target[key] = {};
+      writeRaw(target[key] as Record<string, unknown>, value as Record<string, unknown>);
+    } else target[key] = raw(value);
+  }
 }
 
 function plain(value: unknown): unknown {
@@ -80,6 +107,10 @@ async function run(c: Command): Promise<unknown> {
       return { ...status, lastError: status.lastError?.message ?? null, cursor: p().cursor };
     }
     case "remote": return remote.splice(0);
+    case "inspectRaw": {
+      const doc = A.change(A.init<Record<string, unknown>>(), (d) => writeRaw(d, c.values as Record<string, unknown>));
+      return { document: Buffer.from(A.save(doc)).toString("hex"), violations: inspect(c.type as string, doc).violations };
+    }
     case "close": {
       await client?.close();
       client = project = null;
