@@ -21,12 +21,22 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "client-sdk" / "typescript"
 DIST = PACKAGE / "dist"
 _built = False
+_bundled = False
 
 
 def node() -> str:
     found = shutil.which("node")
     assert found is not None, "node (20 or newer) is needed for the TypeScript SDK tests"
     return found
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium() -> str:
+    """Debian's Chromium, which the browser test drives (the README's command installs it)."""
+    assert CHROMIUM.exists(), "Chromium is needed: apt-get install -y chromium (see README)"
+    return str(CHROMIUM)
 
 
 def build() -> None:
@@ -43,6 +53,23 @@ def build() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     _built = True
+
+
+def bundle() -> None:
+    """The browser bundles (``bundle/``, esbuild), once per session, after ``build``."""
+    global _bundled
+    if _bundled:
+        return
+    build()
+    done = subprocess.run(
+        [node(), str(PACKAGE / "scripts" / "bundle.mjs")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PACKAGE,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    _bundled = True
 
 
 def to_wire(value: Any) -> Any:
