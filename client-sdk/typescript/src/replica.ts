@@ -5,6 +5,14 @@
  * atomic `write`, and only then swapped into the cache: if anything fails on the way (an
  * edit that does not fit the schema, bytes Automerge refuses, the disk) the cache and the
  * storage still hold the previous state. Mutations of one project run one at a time.
+ *
+ * Remote changes are not applied when they arrive: an entity's stored bytes are its saved
+ * document followed by the change chunks logged since (`Automerge.load` reads both), and
+ * the document is materialised when something reads or edits it. Automerge 3 costs about a
+ * millisecond per `applyChanges` call on a loaded document, which would make a resync of a
+ * few thousand changes take seconds; appending costs nothing, and an entity nobody opens
+ * is never loaded. The server sends changes in dependency order; a stored entity that does
+ * not load is reported as a `RemoteDataError` when it is read.
  */
 import * as A from "@automerge/automerge";
 
@@ -32,9 +40,24 @@ export interface HistoryChange {
   readonly change: Uint8Array;
 }
 
+/** A cached entity: its stored bytes, and the materialised document once something read or
+ * edited it (remote changes append to the bytes and drop the document). */
 interface Entry {
   readonly entityType: string;
-  readonly doc: Doc;
+  readonly bytes: Uint8Array;
+  doc: Doc | null;
+  /** The actor of this device's edits of the entity in this session. */
+  actor: string | null;
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
 }
 
 const now = (): number => Date.now();
@@ -51,6 +74,21 @@ function isDeleted(doc: Doc): boolean {
   return doc.deleted === true;
 }
 
+function materialise(entry: Entry): Doc {
+  if (entry.doc === null) {
+    const bytes = entry.bytes;
+    entry.doc = contained("a stored document cannot be loaded", () =>
+      A.load<Record<string, unknown>>(bytes, entry.actor === null ? undefined : { actor: entry.actor }),
+    );
+    entry.actor = A.getActorId(entry.doc);
+  }
+  return entry.doc;
+}
+
+function entryOf(entityType: string, doc: Doc, bytes: Uint8Array = A.save(doc)): Entry {
+  return { entityType, bytes, doc, actor: A.getActorId(doc) };
+}
+
 function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((byte, i) => byte === b[i]);
 }
@@ -64,6 +102,8 @@ export class ProjectReplica {
   conflicts: Map<string, ConflictRecord>;
   private readonly cache = new Map<string, Entry>();
   private readonly meta: Map<string, EntityMeta>;
+  /** Hashes of this device's changes not seen back from the server yet. */
+  private readonly mine = new Set<string>();
   private queue: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -113,10 +153,8 @@ export class ProjectReplica {
     if (cached !== undefined) return cached;
     const row = await this.storage.entity(this.projectId, entityId);
     if (row === undefined) return undefined;
-    const doc = contained(`entity ${entityId} cannot be loaded`, () => A.load<Record<string, unknown>>(row.document));
-    const entry = { entityType: row.entityType, doc };
+    const entry: Entry = { entityType: row.entityType, bytes: row.document, doc: null, actor: null };
     this.cache.set(entityId, entry);
-    if (row.deleted === null) this.meta.set(entityId, { entityId, entityType: row.entityType, deleted: isDeleted(doc) });
     return entry;
   }
 
@@ -133,13 +171,13 @@ export class ProjectReplica {
   }
 
   async values(entityType: string, entityId: string): Promise<Record<string, unknown>> {
-    return inspect(entityType, (await this.require(entityType, entityId)).doc).values;
+    return inspect(entityType, materialise(await this.require(entityType, entityId))).values;
   }
 
   async heads(entityId: string): Promise<string[]> {
     const entry = await this.entry(entityId);
     if (entry === undefined) throw new EntityNotFound(`no entity '${entityId}' in project ${this.projectId}`);
-    return [...A.getHeads(entry.doc)].sort();
+    return [...A.getHeads(materialise(entry))].sort();
   }
 
   async ids(entityType: string, includeDeleted = false): Promise<string[]> {
@@ -147,7 +185,10 @@ export class ProjectReplica {
     for (const meta of this.meta.values()) {
       if (meta.entityType !== entityType) continue;
       let deleted = meta.deleted;
-      if (deleted === null) deleted = isDeleted((await this.entry(meta.entityId))!.doc);
+      if (deleted === null) {
+        deleted = isDeleted(materialise((await this.entry(meta.entityId))!));
+        this.meta.set(meta.entityId, { ...meta, deleted });
+      }
       if (includeDeleted || !deleted) ids.push(meta.entityId);
     }
     return ids.sort();
@@ -155,15 +196,15 @@ export class ProjectReplica {
 
   async hasChanges(entityId: string, hashes: readonly string[]): Promise<boolean> {
     const entry = await this.entry(entityId);
-    return entry !== undefined && A.hasHeads(entry.doc, [...hashes]);
+    return entry !== undefined && A.hasHeads(materialise(entry), [...hashes]);
   }
 
   // --- local edits --------------------------------------------------------------------------
 
   /** A copy of the entity's document to edit (the cached one stays as it is until commit). */
   async draft(entityType: string, entityId: string): Promise<Doc> {
-    const entry = await this.require(entityType, entityId);
-    return A.clone(entry.doc, { actor: A.getActorId(entry.doc) });
+    const doc = materialise(await this.require(entityType, entityId));
+    return A.clone(doc, { actor: A.getActorId(doc) });
   }
 
   exists(entityId: string): boolean {
@@ -195,8 +236,9 @@ export class ProjectReplica {
       { op: "addOutbox", row },
     ]);
     this.pending.push({ ...row, id: id!, state: "pending", code: null, message: null, details: null, rejectedAt: null });
-    this.cache.set(entityId, { entityType, doc });
+    this.cache.set(entityId, entryOf(entityType, doc, saved));
     this.meta.set(entityId, { entityId, entityType, deleted });
+    this.mine.add(hash);
   }
 
   // --- server data --------------------------------------------------------------------------
@@ -218,6 +260,7 @@ export class ProjectReplica {
     const ops: WriteOp[] = [];
     const updates: [string, Entry][] = [];
     const refused: OutboxRow[] = [];
+    const seen: string[] = [];
     for (const [entityId, changes] of byEntity) {
       const entityType = changes[0]!.entity_type;
       let entry = await this.entry(entityId);
@@ -226,28 +269,27 @@ export class ProjectReplica {
         entry = undefined;
       }
       const fresh: Uint8Array[] = [];
-      const hashes: string[] = [];
       for (const record of changes) {
         if (record.change.length > this.limits.max_change_bytes * 2) throw new RemoteDataError(`seq ${record.seq} is larger than any change the server logs`);
         const hash = contained(`seq ${record.seq} is not a valid change`, () => A.decodeChange(record.change).hash);
-        if (entry !== undefined && A.hasHeads(entry.doc, [hash])) continue; // ours, coming back
-        if (hashes.includes(hash)) continue;
-        fresh.push(record.change);
-        hashes.push(hash);
+        if (this.mine.has(hash)) seen.push(hash); // ours, coming back
+        else if (entry?.doc == null || !A.hasHeads(entry.doc, [hash])) fresh.push(record.change);
       }
       if (fresh.length === 0) continue;
-      const base = entry !== undefined ? A.clone(entry.doc, { actor: A.getActorId(entry.doc) }) : A.init<Record<string, unknown>>();
-      const [doc] = contained(`changes for ${entityId} cannot be applied`, () => A.applyChanges(base, fresh));
-      if (!A.hasHeads(doc, hashes)) throw new RemoteDataError(`changes for ${entityId} depend on changes this client does not hold`);
-      updates.push([entityId, { entityType, doc }]);
-      ops.push({ op: "putEntity", entity: { projectId: this.projectId, entityId, entityType, document: A.save(doc), deleted: isDeleted(doc) } });
+      const bytes = concat([entry?.bytes ?? new Uint8Array(0), ...fresh]);
+      updates.push([entityId, { entityType, bytes, doc: null, actor: entry?.actor ?? null }]);
+      ops.push({ op: "putEntity", entity: { projectId: this.projectId, entityId, entityType, document: bytes, deleted: null } });
       outcome.changed.add(entityId);
     }
     const cursor = records[records.length - 1]!.seq;
     ops.push(...this.refuseOps(refused, WRONG_ENTITY_TYPE, "the server holds this id as another type"));
     ops.push({ op: "putProject", project: { projectId: this.projectId, cursor, lastSyncedAt: this.lastSyncedAt } });
     await this.storage.write(ops);
-    for (const [entityId, entry] of updates) this.swap(entityId, entry);
+    for (const [entityId, entry] of updates) {
+      this.cache.set(entityId, entry);
+      this.meta.set(entityId, { entityId, entityType: entry.entityType, deleted: null });
+    }
+    for (const hash of seen) this.mine.delete(hash);
     this.cursor = cursor;
     outcome.rejected = this.refused(refused);
     return outcome;
@@ -258,7 +300,7 @@ export class ProjectReplica {
   async storeSnapshotPart(entities: readonly SnapshotEntity[]): Promise<RemoteOutcome> {
     const outcome: RemoteOutcome = { changed: new Set(), rejected: [] };
     const ops: WriteOp[] = [];
-    const updates: [string, Entry | null][] = [];
+    const updates: [string, Entry | null, boolean][] = [];
     const refused: OutboxRow[] = [];
     for (const entity of entities) {
       outcome.changed.add(entity.entity_id);
@@ -268,26 +310,28 @@ export class ProjectReplica {
         if (meta !== undefined) refused.push(...this.pending.filter((p) => p.entityId === entity.entity_id));
         // Stored as the server sent it: loading it now would only cost time.
         ops.push({ op: "putEntity", entity: { projectId: this.projectId, entityId: entity.entity_id, entityType: entity.entity_type, document: entity.document, deleted: null } });
-        updates.push([entity.entity_id, null]);
+        updates.push([entity.entity_id, null, false]);
         continue;
       }
       const stored = await this.storage.entity(this.projectId, entity.entity_id);
       if (stored !== undefined && bytesEqual(stored.document, entity.document)) continue;
       const local = (await this.entry(entity.entity_id))!;
+      const localDoc = materialise(local);
       const doc = contained(`snapshot of ${entity.entity_id} is unusable`, () =>
-        A.merge(A.load<Record<string, unknown>>(entity.document, { actor: A.getActorId(local.doc) }), local.doc),
+        A.merge(A.load<Record<string, unknown>>(entity.document, { actor: A.getActorId(localDoc) }), localDoc),
       );
-      ops.push({ op: "putEntity", entity: { projectId: this.projectId, entityId: entity.entity_id, entityType: entity.entity_type, document: A.save(doc), deleted: isDeleted(doc) } });
-      updates.push([entity.entity_id, { entityType: entity.entity_type, doc }]);
+      const merged = entryOf(entity.entity_type, doc);
+      ops.push({ op: "putEntity", entity: { projectId: this.projectId, entityId: entity.entity_id, entityType: entity.entity_type, document: merged.bytes, deleted: isDeleted(doc) } });
+      updates.push([entity.entity_id, merged, isDeleted(doc)]);
     }
     ops.push(...this.refuseOps(refused, WRONG_ENTITY_TYPE, "the server holds this id as another type"));
     await this.storage.write(ops);
-    for (const [entityId, entry] of updates) {
+    for (const [entityId, entry, deleted] of updates) {
       if (entry === null) {
         this.cache.delete(entityId);
         const entityType = entities.find((e) => e.entity_id === entityId)!.entity_type;
         this.meta.set(entityId, { entityId, entityType, deleted: null });
-      } else this.swap(entityId, entry);
+      } else this.swap(entityId, entry, deleted);
     }
     outcome.rejected = this.refused(refused);
     return outcome;
@@ -363,7 +407,7 @@ export class ProjectReplica {
       ops.push(
         kept === null
           ? { op: "deleteEntity", projectId: this.projectId, entityId }
-          : { op: "putEntity", entity: { projectId: this.projectId, entityId, entityType: kept.entityType, document: A.save(kept.doc), deleted: isDeleted(kept.doc) } },
+          : { op: "putEntity", entity: { projectId: this.projectId, entityId, entityType: kept.entityType, document: kept.bytes, deleted: isDeleted(kept.doc!) } },
       );
     }
     await this.storage.write(ops);
@@ -371,7 +415,7 @@ export class ProjectReplica {
       if (update === null) {
         this.cache.delete(entityId);
         this.meta.delete(entityId);
-      } else this.swap(entityId, update);
+      } else this.swap(entityId, update, isDeleted(update.doc!));
     }
     return this.refused([...inPush, ...later]);
   }
@@ -380,7 +424,7 @@ export class ProjectReplica {
   async history(entityId: string): Promise<HistoryChange[]> {
     const entry = await this.entry(entityId);
     if (entry === undefined) return [];
-    return A.getAllChanges(entry.doc).map((change) => {
+    return A.getAllChanges(materialise(entry)).map((change) => {
       const decoded = A.decodeChange(change);
       return { hash: decoded.hash, deps: decoded.deps, change };
     });
@@ -389,14 +433,15 @@ export class ProjectReplica {
   private without(entry: Entry, hashes: Set<string>): Entry | null {
     const removed = new Set(hashes);
     const kept: Uint8Array[] = [];
-    for (const change of A.getAllChanges(entry.doc)) {
+    const current = materialise(entry);
+    for (const change of A.getAllChanges(current)) {
       const decoded = A.decodeChange(change);
       if (removed.has(decoded.hash) || decoded.deps.some((d) => removed.has(d))) removed.add(decoded.hash);
       else kept.push(change);
     }
     if (kept.length === 0) return null;
-    const [doc] = A.applyChanges(A.init<Record<string, unknown>>({ actor: A.getActorId(entry.doc) }), kept);
-    return { entityType: entry.entityType, doc };
+    const [doc] = A.applyChanges(A.init<Record<string, unknown>>({ actor: A.getActorId(current) }), kept);
+    return entryOf(entry.entityType, doc);
   }
 
   private refuseOps(rows: readonly OutboxRow[], code: string, message: string): WriteOp[] {
@@ -412,9 +457,9 @@ export class ProjectReplica {
     return [...gone].sort((a, b) => a - b);
   }
 
-  private swap(entityId: string, entry: Entry): void {
+  private swap(entityId: string, entry: Entry, deleted: boolean): void {
     this.cache.set(entityId, entry);
-    this.meta.set(entityId, { entityId, entityType: entry.entityType, deleted: isDeleted(entry.doc) });
+    this.meta.set(entityId, { entityId, entityType: entry.entityType, deleted });
   }
 }
 

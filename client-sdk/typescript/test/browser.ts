@@ -111,7 +111,10 @@ async function main(): Promise<void> {
     const offlineStatus = await evaluate<string>(pageA, "client.status.connection");
 
     await a.setOffline(false);
-    await evaluate(pageA, "client.waitSynced(20000)");
+    await evaluate(pageA, "client.waitSynced(20000)").catch(async (error: unknown) => {
+      const state = await evaluate<unknown>(pageA, "({ ...client.status, lastError: String(client.status.lastError), cursor: project.cursor })");
+      throw new Error(`${(error as Error).message.split("\n")[0]}; status ${JSON.stringify(state)}`);
+    });
     await until(pageB, "the second context receives the edit live", `window.seen.includes(${JSON.stringify(args.activity)})`);
     const inB = await evaluate<Record<string, unknown>>(pageB, `project.get("activity", ${JSON.stringify(args.activity)})`);
     check(inB.title === "Edited offline" && inB.status === "confirmed", `the second context shows the edit (${JSON.stringify(inB)})`);
