@@ -16,7 +16,7 @@
  */
 import * as A from "@automerge/automerge";
 
-import { EntityNotFound, ValidationError } from "./errors.js";
+import { EntityNotFound, FieldsyncError, ValidationError } from "./errors.js";
 import type { ChangeRecord, ConflictRecord, Limits, SnapshotEntity } from "./generated/protocol.js";
 import { inspect, violationText } from "./schema.js";
 import type { EntityMeta, OutboxRow, ProjectRow, Storage, WriteOp } from "./store/types.js";
@@ -26,8 +26,32 @@ export type Doc = A.Doc<Record<string, unknown>>;
 export const DEPENDS_ON_REJECTED = "depends_on_rejected";
 const WRONG_ENTITY_TYPE = "wrong_entity_type";
 
-/** Data from the server cannot be applied: drop the connection and resume from the cursor. */
-export class RemoteDataError extends Error {}
+/** Data from the server cannot be applied (the sync loop drops the connection and resumes
+ * from the cursor), or a stored document cannot be read. */
+export class RemoteDataError extends FieldsyncError {}
+
+const MAGIC = [0x85, 0x6f, 0x4a, 0x83];
+
+/** Whether `bytes` is a sequence of Automerge chunks (magic, checksum, type, length):
+ * what a snapshot document must be. The contents are checked when the document is loaded. */
+export function looksLikeChunks(bytes: Uint8Array): boolean {
+  let at = 0;
+  while (at < bytes.length) {
+    if (bytes.length - at < 10 || MAGIC.some((m, i) => bytes[at + i] !== m) || bytes[at + 8]! > 2) return false;
+    let length = 0;
+    let shift = 0;
+    let pos = at + 9;
+    for (;;) {
+      if (pos >= bytes.length || shift > 28) return false;
+      const byte = bytes[pos++]!;
+      length += (byte & 0x7f) * 2 ** shift;
+      shift += 7;
+      if ((byte & 0x80) === 0) break;
+    }
+    at = pos + length;
+  }
+  return at === bytes.length && bytes.length > 0;
+}
 
 export interface RemoteOutcome {
   changed: Set<string>;
@@ -303,6 +327,7 @@ export class ProjectReplica {
     const updates: [string, Entry | null, boolean][] = [];
     const refused: OutboxRow[] = [];
     for (const entity of entities) {
+      if (!looksLikeChunks(entity.document)) throw new RemoteDataError(`snapshot of ${entity.entity_id} is not an Automerge document`);
       outcome.changed.add(entity.entity_id);
       const meta = this.meta.get(entity.entity_id);
       const sameType = meta !== undefined && meta.entityType === entity.entity_type;

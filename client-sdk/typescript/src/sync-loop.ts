@@ -315,6 +315,7 @@ class Session {
   private inbox: Uint8Array[] = [];
   private processing = false;
   private closed = false;
+  private socketError: string | null = null;
   private finish: (() => void) | null = null;
   private readonly host: SyncHost;
 
@@ -355,7 +356,11 @@ class Session {
         else if (ArrayBuffer.isView(data)) this.inbox.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
         void this.process(typeof data === "string");
       };
-      socket.onerror = () => undefined; // the close event follows and says the rest
+      // The close event follows; Node's ws says why here (a frame over maxBytes), browsers do not.
+      socket.onerror = (event) => {
+        const detail = (event as { message?: unknown }).message;
+        if (typeof detail === "string" && detail) this.socketError = detail;
+      };
       socket.onclose = (event) => {
         clearTimeout(timeout);
         this.closedByServer(event.code, event.reason);
@@ -435,7 +440,8 @@ class Session {
     } else if (code === CLOSE_CODES.UNSUPPORTED_VERSION && this.loop.halted === null) {
       this.loop.halt(new IncompatibleServer("unsupported_version", reason));
     } else if (this.loop.lastError === null || this.loop.state === "online") {
-      this.loop.error(new Offline(`the server closed the connection (code ${code}) ${reason}`.trim()));
+      const why = this.socketError === null ? reason : `${this.socketError} ${reason}`;
+      this.loop.error(new Offline(`the connection closed (code ${code}) ${why}`.trim()));
     }
   }
 
