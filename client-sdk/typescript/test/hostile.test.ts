@@ -65,7 +65,7 @@ async function fakeServer(frames: Frame[], welcome = true): Promise<{ url: strin
   };
 }
 
-async function until(what: string, predicate: () => boolean, timeoutMs = 5000): Promise<void> {
+async function until(what: string, predicate: () => boolean, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
