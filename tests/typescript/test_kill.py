@@ -59,7 +59,10 @@ async def test_a_typescript_client_killed_mid_sync_resumes_and_each_change_is_lo
             victim = await spawn("sync", store, str(project), server.url, token)
             deadline = time.monotonic() + 30
             while len(await logged_hashes(pool, project)) <= logged_before:
-                assert time.monotonic() < deadline, "the client logged nothing"
+                if victim.returncode is not None or time.monotonic() > deadline:
+                    victim.kill()
+                    out, err = await victim.communicate()
+                    raise AssertionError(f"the client logged nothing: {out!r} {err!r}")
                 await asyncio.sleep(0.005)
             victim.send_signal(signal.SIGKILL)
             await victim.wait()
