@@ -52,7 +52,9 @@ async def test_a_typescript_client_killed_mid_sync_resumes_and_each_change_is_lo
     try:
         _, token = await member(project)
         store = str(tmp_path / "killed.db")
-        assert await finish(await spawn("edit", store, str(project), str(COUNT))) == ["edited"]
+        prefix = f"tskill-{project.hex[:12]}"  # entity ids are unique across projects
+        edited = await finish(await spawn("edit", store, str(project), str(COUNT), prefix))
+        assert edited == ["edited"]
 
         logged_before = 0
         for _ in range(KILLS):
@@ -60,7 +62,8 @@ async def test_a_typescript_client_killed_mid_sync_resumes_and_each_change_is_lo
             deadline = time.monotonic() + 30
             while len(await logged_hashes(pool, project)) <= logged_before:
                 if victim.returncode is not None or time.monotonic() > deadline:
-                    victim.kill()
+                    if victim.returncode is None:
+                        victim.kill()
                     out, err = await victim.communicate()
                     raise AssertionError(f"the client logged nothing: {out!r} {err!r}")
                 await asyncio.sleep(0.005)
@@ -81,7 +84,7 @@ async def test_a_typescript_client_killed_mid_sync_resumes_and_each_change_is_lo
         hashes = await logged_hashes(pool, project)
         assert len(hashes) == len(set(hashes)) == COUNT
         documents = await server_documents(server.base, token, project)
-        assert sorted(documents) == sorted(f"kill-{i}" for i in range(COUNT))
-        assert values_of("location", documents["kill-7"]) == {"name": "Site 7"}
+        assert sorted(documents) == sorted(f"{prefix}-{i}" for i in range(COUNT))
+        assert values_of("location", documents[f"{prefix}-7"]) == {"name": "Site 7"}
     finally:
         await server.stop()

@@ -1,5 +1,7 @@
 // A TypeScript client app in its own process, for tests/typescript/test_kill.py to SIGKILL:
-//   node dist/test/kill-worker.js edit STORE PROJECT COUNT   offline: create COUNT locations
+//   node dist/test/kill-worker.js edit STORE PROJECT COUNT PREFIX
+//     offline: create COUNT locations, ids PREFIX-0, PREFIX-1, ... (entity ids are unique
+//     across projects, so each test picks its own prefix)
 //   node dist/test/kill-worker.js sync STORE PROJECT URL TOKEN
 //     print "pending N" (from the store, before syncing), sync everything, print "synced N"
 //     with the number of locations the local copy then holds.
@@ -12,7 +14,7 @@ async function main(): Promise<void> {
   if (mode === "edit") {
     const client = await FieldsyncClient.create({ url: null, token: "", storage: new SqliteStorage(store!) });
     const project = await client.openProject(projectId!);
-    for (let i = 0; i < Number(rest[0]); i++) await project.create("location", { name: `Site ${i}` }, { entityId: `kill-${i}` });
+    for (let i = 0; i < Number(rest[0]); i++) await project.create("location", { name: `Site ${i}` }, { entityId: `${rest[1]}-${i}` });
     await client.close();
     console.log("edited");
     return;
