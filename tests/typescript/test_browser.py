@@ -17,7 +17,7 @@ from datetime import timedelta
 import asyncpg
 from automerge.core import Document
 
-from tests.client.conftest import ClientFactory
+from tests.client.conftest import ClientFactory, OnlineFactory
 from tests.client.helpers import logged_hashes, server_documents
 from tests.entities import START
 from tests.live_server import MemberFactory, free_port, running_server
@@ -30,12 +30,19 @@ async def test_offline_edit_in_a_browser_survives_a_reload_and_reaches_another_c
     project: uuid.UUID,
     member: MemberFactory,
     make_client: ClientFactory,
+    online: OnlineFactory,
+    other_project: uuid.UUID,
 ) -> None:
     browser_path = chromium()
     bundle()
     origin = f"http://127.0.0.1:{free_port()}"  # the test page's origin (served by the test)
     _, token = await member(project)
     async with running_server(database_url, allowed_origins=[origin]) as base:
+        elsewhere = await online(f"ws://{base}", other_project, "elsewhere")
+        taken = "taken-" + uuid.uuid4().hex[:8]
+        await elsewhere.project.create("plan", {"name": "Elsewhere"}, entity_id=taken)
+        await elsewhere.client.wait_synced(10)
+        await elsewhere.client.close()
         seeder = make_client(f"ws://{base}", token, "seed")
         seeded = await seeder.open_project(str(project))
         plan = await seeded.create("plan", {"name": "Spring survey"})
@@ -58,6 +65,7 @@ async def test_offline_edit_in_a_browser_survives_a_reload_and_reaches_another_c
             "token": token,
             "project": str(project),
             "activity": activity,
+            "taken": taken,
             "origin": origin,
             "chromium": browser_path,
         }
@@ -78,3 +86,5 @@ async def test_offline_edit_in_a_browser_survives_a_reload_and_reaches_another_c
         doc: Document = documents[activity]
         assert seen["heads"] == sorted(h.hex() for h in doc.get_heads())
         assert seen["offlineStatus"] != "online"
+        assert [(r["entityId"], r["code"]) for r in seen["rejected"]] == [(taken, "wrong_project")]
+        assert taken not in documents

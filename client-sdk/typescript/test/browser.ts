@@ -18,6 +18,8 @@ interface Args {
   token: string;
   project: string;
   activity: string;
+  /** An entity id another project holds: creating it here is refused (wrong_project). */
+  taken: string;
   origin: string;
   chromium?: string;
 }
@@ -118,10 +120,20 @@ async function main(): Promise<void> {
     await until(pageB, "the second context receives the edit live", `window.seen.includes(${JSON.stringify(args.activity)})`);
     const inB = await evaluate<Record<string, unknown>>(pageB, `project.get("activity", ${JSON.stringify(args.activity)})`);
     check(inB.title === "Edited offline" && inB.status === "confirmed", `the second context shows the edit (${JSON.stringify(inB)})`);
+    // A change the server refuses stays visible with its reason, also after a reload.
+    await evaluate(pageA, `project.create("plan", { name: "Mine" }, { entityId: ${JSON.stringify(args.taken)} })`);
+    await evaluate(pageA, "client.waitSynced(20000)");
+    await pageA.reload();
+    await open(pageA);
+    const rejected = await evaluate<{ entityId: string; code: string; message: string }[]>(pageA, "project.rejectedChanges()");
+    check(rejected.length === 1 && rejected[0]!.entityId === args.taken && rejected[0]!.code === "wrong_project" && rejected[0]!.message, `the refused change is kept with its reason (${JSON.stringify(rejected)})`);
+    check((await evaluate<number>(pageA, "client.status.rejected")) === 1, "the status counts it");
+    await evaluate(pageA, "client.waitSynced(20000)");
+
     const headsA = await evaluate<string[]>(pageA, `project.heads(${JSON.stringify(args.activity)})`);
     const headsB = await evaluate<string[]>(pageB, `project.heads(${JSON.stringify(args.activity)})`);
     check(JSON.stringify(headsA) === JSON.stringify(headsB), "both contexts hold the same document");
-    console.log(JSON.stringify({ heads: headsA, offlineStatus, cursor: await evaluate<number>(pageA, "project.cursor") }));
+    console.log(JSON.stringify({ heads: headsA, offlineStatus, rejected, cursor: await evaluate<number>(pageA, "project.cursor") }));
   } finally {
     await a.close();
     await b.close();
