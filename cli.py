@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM behaves like Ctrl-C everywhere, so context managers (the embedded database)
     # always unwind; during `serve` uvicorn takes both over for its graceful shutdown.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.command == "contract":  # files only: no database
+        return write_contract(args.out)
     try:
         args.check(args)  # before any database is started, created or changed
         with resolve_database_url(
@@ -304,6 +306,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     admin.append(demo)
 
+    contract = commands.add_parser(
+        "contract", help="write the entity JSON Schema and the protocol conformance vectors"
+    )
+    contract.add_argument(
+        "--out", type=Path, default=Path("contract"), help="the folder (default: ./contract)"
+    )
+
     for command in admin:
         command.add_argument(
             "--json", action="store_true", help="print one JSON document instead of plain lines"
@@ -323,6 +332,30 @@ def _parser() -> argparse.ArgumentParser:
             help="PostgreSQL URL; overrides $DATABASE_URL; without either, use the embedded one",
         )
     return parser
+
+
+def write_contract(out: Path) -> int:
+    """Regenerate ``out`` (``contract/``) from ``model/`` and ``sync/``; files the generators
+    no longer make are removed, hand-written ones (README.md) are kept."""
+    from model.json_schema import entity_json_schema
+    from sync.vectors import protocol_description, vector_files
+
+    schema = json.dumps(entity_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    files = {
+        "entities.schema.json": schema.encode(),
+        "protocol.json": protocol_description(),
+        **{f"vectors/{path}": data for path, data in vector_files().items()},
+    }
+    stale = {p for p in (out / "vectors").rglob("*") if p.is_file()} - {out / p for p in files}
+    for path in stale:
+        path.unlink()
+    for name, data in files.items():
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists() or target.read_bytes() != data:
+            target.write_bytes(data)
+    print(f"{len(files)} files in {out}")
+    return 0
 
 
 def _positive_int(text: str) -> int:

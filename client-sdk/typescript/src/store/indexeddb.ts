@@ -1,0 +1,130 @@
+/**
+ * Storage in IndexedDB, for browsers and tablet WebViews. Every `write` is one readwrite
+ * transaction over all stores with `durability: "strict"`, so a local edit's document and
+ * its outbox entry are stored together or not at all, and are on disk when it resolves.
+ */
+import type { ConflictRecord } from "../generated/protocol.js";
+import { StorageError } from "../errors.js";
+import { applyOps } from "./memory.js";
+import { newClientId, type EntityMeta, type EntityRow, type OutboxRow, type ProjectRow, type Storage, type WriteOp } from "./types.js";
+
+const STORES = ["meta", "projects", "entities", "outbox", "conflicts"] as const;
+
+function request<T>(req: IDBRequest<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(new StorageError(`IndexedDB: ${req.error?.message ?? "request failed"}`));
+  });
+}
+
+function done(tx: IDBTransaction): Promise<void> {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(new StorageError(`IndexedDB: ${tx.error?.message ?? "transaction failed"}`));
+    tx.onabort = () => reject(new StorageError(`IndexedDB: ${tx.error?.message ?? "transaction aborted"}`));
+  });
+}
+
+export class IndexedDbStorage implements Storage {
+  private constructor(private readonly db: IDBDatabase, private readonly id: string) {}
+
+  /** Open (or create) the database `name` in this origin's IndexedDB. */
+  static async open(name = "fieldsync", factory: IDBFactory = globalThis.indexedDB): Promise<IndexedDbStorage> {
+    if (!factory) throw new StorageError("IndexedDB is not available here");
+    const opening = factory.open(name, 1);
+    opening.onupgradeneeded = () => {
+      const db = opening.result;
+      db.createObjectStore("meta");
+      db.createObjectStore("projects", { keyPath: "projectId" });
+      const entities = db.createObjectStore("entities", { keyPath: ["projectId", "entityId"] });
+      entities.createIndex("byProject", "projectId");
+      const outbox = db.createObjectStore("outbox", { keyPath: "id", autoIncrement: true });
+      outbox.createIndex("byState", ["projectId", "state"]);
+      db.createObjectStore("conflicts", { keyPath: ["projectId", "conflictId"] }).createIndex("byProject", "projectId");
+    };
+    const db = await request(opening);
+    const tx = db.transaction("meta", "readwrite", { durability: "strict" });
+    const meta = tx.objectStore("meta");
+    let id = (await request(meta.get("client_id"))) as string | undefined;
+    if (id === undefined) {
+      id = newClientId("ts-idb-");
+      meta.put(id, "client_id");
+    }
+    await done(tx);
+    return new IndexedDbStorage(db, id);
+  }
+
+  async clientId(): Promise<string> {
+    return this.id;
+  }
+
+  async write(ops: readonly WriteOp[]): Promise<readonly number[]> {
+    const tx = this.db.transaction([...STORES], "readwrite", { durability: "strict" });
+    const finished = done(tx);
+    const outbox = tx.objectStore("outbox");
+    const pendingUpdates: Promise<void>[] = [];
+    const added: Promise<IDBValidKey>[] = [];
+    applyOps(ops, {
+      putProject: (p) => tx.objectStore("projects").put(p),
+      putEntity: (e) => tx.objectStore("entities").put(e),
+      deleteEntity: (p, id) => tx.objectStore("entities").delete([p, id]),
+      addOutbox: (row) => added.push(request(outbox.add({ ...row, state: "pending", code: null, message: null, details: null, rejectedAt: null }))),
+      update: (id, change) => {
+        pendingUpdates.push(
+          request(outbox.get(id)).then((row: OutboxRow | undefined) => {
+            if (row) outbox.put({ ...row, ...change });
+          }),
+        );
+      },
+      remove: (id) => outbox.delete(id),
+      putConflict: (p, r) => tx.objectStore("conflicts").put({ projectId: p, conflictId: r.conflict_id, record: r }),
+      deleteConflict: (p, id) => tx.objectStore("conflicts").delete([p, id]),
+      clearConflicts: (p) => tx.objectStore("conflicts").delete(IDBKeyRange.bound([p, ""], [p, "\uffff"])),
+    });
+    await Promise.all(pendingUpdates);
+    const ids = await Promise.all(added);
+    await finished;
+    return ids.map(Number);
+  }
+
+  async project(projectId: string): Promise<ProjectRow | undefined> {
+    return (await request(this.db.transaction("projects").objectStore("projects").get(projectId))) as ProjectRow | undefined;
+  }
+
+  async entity(projectId: string, entityId: string): Promise<EntityRow | undefined> {
+    return (await request(this.db.transaction("entities").objectStore("entities").get([projectId, entityId]))) as EntityRow | undefined;
+  }
+
+  async entityIndex(projectId: string): Promise<EntityMeta[]> {
+    const index = this.db.transaction("entities").objectStore("entities").index("byProject");
+    const out: EntityMeta[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const cursor = index.openCursor(IDBKeyRange.only(projectId));
+      cursor.onerror = () => reject(new StorageError("IndexedDB: cannot list entities"));
+      cursor.onsuccess = () => {
+        const at = cursor.result;
+        if (!at) return resolve();
+        const row = at.value as EntityRow;
+        out.push({ entityId: row.entityId, entityType: row.entityType, deleted: row.deleted });
+        at.continue();
+      };
+    });
+    return out;
+  }
+
+  async outbox(projectId: string, state: "pending" | "rejected"): Promise<OutboxRow[]> {
+    const index = this.db.transaction("outbox").objectStore("outbox").index("byState");
+    const rows = (await request(index.getAll([projectId, state]))) as OutboxRow[];
+    return rows.sort((a, b) => a.id - b.id);
+  }
+
+  async conflicts(projectId: string): Promise<ConflictRecord[]> {
+    const index = this.db.transaction("conflicts").objectStore("conflicts").index("byProject");
+    const rows = (await request(index.getAll(projectId))) as { record: ConflictRecord }[];
+    return rows.map((r) => r.record);
+  }
+
+  async close(): Promise<void> {
+    this.db.close();
+  }
+}

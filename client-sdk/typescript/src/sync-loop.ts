@@ -1,0 +1,856 @@
+/**
+ * The sync loop: one WebSocket to the server, reconnected by itself, for every open project.
+ *
+ * The protocol rules live in `ClientConnection` (no I/O); this module is its I/O shell, the
+ * port of the Python SDK's `sync_loop.py`. A connection says hello with every open project's
+ * cursor. A project never bootstrapped first fetches its snapshot over HTTP and then
+ * subscribes from the snapshot's cursor; if that fails (no CORS, an old server, a proxy),
+ * it subscribes with no cursor and gets the snapshot over the WebSocket. Snapshots are
+ * stored part by part and their cursor set at the end; logged changes are stored with the
+ * new cursor in one write. The loop pushes the outbox, one push in flight per project, sized
+ * by the limits the server announces. A push whose result never came is sent again on the
+ * next connection: the server recognises changes by hash and logs each once.
+ *
+ * When the connection drops, the loop waits a backoff delay (full jitter) and tries again.
+ * It stops trying only when the server refuses the token (until a new one) or speaks no
+ * protocol version in common, or when the app pauses it.
+ */
+import { Backoff } from "./backoff.js";
+import { maxServerFrameBytes } from "./codec/codec.js";
+import { Conflict, type ConflictUpdate } from "./conflicts.js";
+import { ClientConnection } from "./connection.js";
+import {
+  AuthError,
+  FieldsyncError,
+  IncompatibleServer,
+  MembershipRemoved,
+  Offline,
+  ProjectUnavailable,
+  ProtocolError,
+  ServerError,
+} from "./errors.js";
+import {
+  CLOSE_CODES,
+  DECODER_BOUNDS,
+  DEFAULT_LIMITS,
+  PROTOCOL_VERSIONS,
+  type Changes,
+  type ConflictRecord,
+  type Conflicts,
+  type Error as ErrorMessage,
+  type Limits,
+  type ProjectError,
+  type PushResult,
+  type ServerMessage,
+  type SnapshotChunk,
+  type SnapshotEnd,
+  type Synced,
+  type Welcome,
+} from "./generated/protocol.js";
+import { missingHashes, planPush, withAncestors, type EntityBatch, type Sendable } from "./push-plan.js";
+import { latest, RemoteDataError, type ProjectReplica, type RemoteOutcome } from "./replica.js";
+import { SnapshotFormatError, SnapshotStream } from "./snapshot-stream.js";
+
+export type ConnectionStatus = "connecting" | "online" | "offline" | "stopped";
+
+/** The part of a WebSocket the SDK uses: the browser's `WebSocket` and Node's `ws` have it. */
+export interface SocketLike {
+  binaryType: string;
+  readonly readyState: number;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  send(data: Uint8Array): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** Opens a WebSocket to `url`; the socket should accept frames of `maxBytes`. */
+export type WebSocketFactory = (url: string, maxBytes: number) => SocketLike;
+
+export type TokenSource = string | (() => string | Promise<string>);
+
+export interface RemoteChanges {
+  readonly projectId: string;
+  readonly entityIds: ReadonlySet<string>;
+  readonly cursor: number;
+  /** True when they came from a (re)bootstrap. */
+  readonly snapshot: boolean;
+}
+
+export interface SyncHost {
+  replicas(): ReadonlyMap<string, ProjectReplica>;
+  remoteChanged(event: RemoteChanges): void;
+  conflictsChanged(update: ConflictUpdate): void;
+  changesRejected(projectId: string, ids: readonly number[]): void;
+  stateChanged(): void;
+}
+
+export interface SyncOptions {
+  readonly url: string;
+  readonly token: TokenSource;
+  readonly clientId: string;
+  readonly backoff: Backoff;
+  readonly connectTimeoutMs: number;
+  readonly limits: Limits;
+  readonly versions: readonly number[];
+  readonly httpSnapshots: boolean;
+  readonly webSocket: WebSocketFactory;
+  readonly fetch: typeof fetch | undefined;
+}
+
+const AUTH_CODES = new Set(["invalid_token", "token_expired"]);
+const RETRYABLE_PUSH = new Set(["server_unavailable", "internal_error", "rate_limited"]);
+const TOO_BIG_PUSH = new Set(["too_many_entities", "frame_too_large"]);
+const MAX_AUTH_RETRIES = 3; // refreshed tokens refused in a row before sync stops
+const PART_ENTITIES = 500;
+const PART_BYTES = 4 * 1024 * 1024;
+
+/** The WebSocket endpoint for a server URL: http(s) becomes ws(s), an empty path `/sync`. */
+export function syncUrl(url: string): string {
+  const parsed = new URL(url);
+  const scheme = { "http:": "ws:", "https:": "wss:", "ws:": "ws:", "wss:": "wss:" }[parsed.protocol];
+  if (scheme === undefined) throw new TypeError(`the server URL must start with ws://, wss://, http:// or https://: ${url}`);
+  parsed.protocol = scheme;
+  if (parsed.pathname === "" || parsed.pathname === "/") parsed.pathname = "/sync";
+  parsed.hash = "";
+  return parsed.toString();
+}
+
+/** The snapshot URL next to a WebSocket endpoint: wss://h/x/sync gives https://h/x/projects/{id}/snapshot. */
+export function snapshotUrl(endpoint: string, projectId: string): string {
+  const parsed = new URL(endpoint);
+  parsed.protocol = parsed.protocol === "wss:" ? "https:" : "http:";
+  const base = parsed.pathname.replace(/\/$/u, "").replace(/\/sync$/u, "");
+  parsed.pathname = `${base}/projects/${encodeURIComponent(projectId)}/snapshot`;
+  parsed.search = "";
+  return parsed.toString();
+}
+
+function describe(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.length <= 200 ? text : `${text.slice(0, 200)}...`;
+}
+
+interface InFlight {
+  readonly projectId: string;
+  readonly batches: readonly EntityBatch[];
+}
+
+export class SyncLoop {
+  state: ConnectionStatus = "stopped";
+  lastError: FieldsyncError | null = null;
+  halted: FieldsyncError | null = null;
+  serverProblem: string | null = null;
+  readonly live = new Set<string>();
+  readonly failed = new Map<string, ProjectUnavailable>();
+  readonly syncedAt = new Map<string, number>();
+  /** The highest seq the server gave a change of ours, per project: caught up means
+   * holding at least that (our own changes come back after their push_result). */
+  readonly acknowledgedSeq = new Map<string, number>();
+  connections = 0;
+  token: TokenSource;
+  private session: Session | null = null;
+  private running = false;
+  private wake: (() => void) | null = null;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private idle = new Set<string>();
+  private authFailures = 0;
+  private loopDone: Promise<void> = Promise.resolve();
+
+  constructor(readonly host: SyncHost, readonly options: SyncOptions) {
+    this.token = options.token;
+  }
+
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.loopDone = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.session?.close(CLOSE_CODES.NORMAL, "client closing");
+    this.reconnectNow();
+    await this.loopDone;
+    this.setState("stopped");
+  }
+
+  setToken(token: TokenSource): void {
+    this.token = token;
+    this.authFailures = 0;
+    if (this.halted instanceof AuthError) this.halted = null;
+    this.reconnectNow();
+  }
+
+  reconnectNow(): void {
+    const wake = this.wake;
+    this.wake = null;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    wake?.();
+  }
+
+  projectAdded(projectId: string): void {
+    this.failed.delete(projectId);
+    this.session?.subscribe(projectId);
+  }
+
+  outboxChanged(projectId: string): void {
+    this.session?.push(projectId);
+    void this.checkIdle();
+  }
+
+  pushesInFlight(): number {
+    return this.session?.inFlight.size ?? 0;
+  }
+
+  private async run(): Promise<void> {
+    while (this.running) {
+      if (this.halted === null) {
+        this.setState("connecting");
+        this.connections += 1;
+        try {
+          const token = typeof this.token === "string" ? this.token : await this.token();
+          const session = (this.session = new Session(this, token));
+          await session.run();
+        } catch (error) {
+          this.error(error instanceof FieldsyncError ? error : new FieldsyncError(`sync failed: ${describe(error)}`));
+        } finally {
+          this.session = null;
+          this.live.clear();
+          this.idle.clear();
+        }
+        if (!this.running) break;
+        if (this.halted === null) this.setState("offline");
+      } else {
+        this.setState("stopped");
+      }
+      const delay = this.halted === null ? this.options.backoff.nextDelay() : undefined;
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+        if (delay !== undefined) this.timer = setTimeout(() => this.reconnectNow(), delay);
+      });
+    }
+  }
+
+  setState(state: ConnectionStatus): void {
+    if (state !== this.state) {
+      this.state = state;
+      this.host.stateChanged();
+    }
+  }
+
+  error(error: FieldsyncError): void {
+    this.lastError = error;
+    this.host.stateChanged();
+  }
+
+  halt(error: FieldsyncError): void {
+    this.halted = error;
+    this.lastError = error;
+    this.setState("stopped");
+    this.host.stateChanged();
+  }
+
+  /** The token was refused: with a token callback, ask it again a few times first. */
+  authRefused(error: AuthError): void {
+    this.authFailures += 1;
+    if (typeof this.token === "string" || this.authFailures > MAX_AUTH_RETRIES) this.halt(error);
+    else this.error(error);
+  }
+
+  welcomed(): void {
+    this.options.backoff.reset();
+    this.authFailures = 0;
+    this.lastError = null;
+    this.serverProblem = null;
+    this.setState("online");
+  }
+
+  caughtUp(projectId: string, replica: ProjectReplica): boolean {
+    return this.live.has(projectId) && (replica.cursor ?? 0) >= (this.acknowledgedSeq.get(projectId) ?? 0);
+  }
+
+  pushing(projectId: string): boolean {
+    return this.session?.pushing.has(projectId) ?? false;
+  }
+
+  /** Note the projects that are caught up with nothing waiting: they are synced now. */
+  async checkIdle(): Promise<void> {
+    const now = Date.now();
+    for (const [projectId, replica] of this.host.replicas()) {
+      const idle = this.caughtUp(projectId, replica) && !this.pushing(projectId) && replica.pending.length === 0;
+      if (!idle) {
+        this.idle.delete(projectId);
+        continue;
+      }
+      this.syncedAt.set(projectId, now);
+      if (!this.idle.has(projectId)) {
+        this.idle.add(projectId); // persist transitions only, not every change
+        await replica.run(() => replica.setLastSynced(now));
+      }
+    }
+  }
+}
+
+/** One WebSocket connection: from hello until it closes. */
+class Session {
+  readonly conn: ClientConnection;
+  readonly inFlight = new Map<number, InFlight>();
+  readonly pushing = new Set<string>();
+  private readonly subscribed = new Set<string>();
+  private readonly snapshots = new Map<string, RemoteOutcome>();
+  private readonly snapshotConflicts = new Map<string, ConflictRecord[]>();
+  private readonly bootstrapping = new Set<string>();
+  private readonly httpFailed = new Set<string>();
+  /** Changes the server said it lacks, per project and entity, sent before the outbox. */
+  private readonly repairs = new Map<string, Map<string, Sendable[]>>();
+  private serverLimits: Limits = DEFAULT_LIMITS;
+  private shrink = 1;
+  private readonly retry: Backoff;
+  private nextPushId = 1;
+  private readonly timers = new Set<ReturnType<typeof setTimeout>>();
+  private socket: SocketLike | null = null;
+  private inbox: Uint8Array[] = [];
+  private processing = false;
+  private closed = false;
+  private socketError: string | null = null;
+  private finish: (() => void) | null = null;
+  private readonly host: SyncHost;
+
+  constructor(readonly loop: SyncLoop, readonly token: string) {
+    this.host = loop.host;
+    this.conn = new ClientConnection(loop.options.limits);
+    this.retry = new Backoff(loop.options.backoff.baseMs, loop.options.backoff.capMs);
+  }
+
+  async run(): Promise<void> {
+    const { url, webSocket, connectTimeoutMs, limits } = this.loop.options;
+    await new Promise<void>((resolve) => {
+      this.finish = resolve;
+      let socket: SocketLike;
+      try {
+        socket = webSocket(url, maxServerFrameBytes(limits));
+      } catch (error) {
+        this.loop.error(new Offline(`cannot reach the server at ${url}: ${describe(error)}`));
+        resolve();
+        return;
+      }
+      this.socket = socket;
+      socket.binaryType = "arraybuffer";
+      const timeout = setTimeout(() => {
+        if (this.conn.state === "awaiting_hello") {
+          this.loop.error(new Offline(`no connection to ${url} within ${connectTimeoutMs} ms`));
+          this.end();
+        }
+      }, connectTimeoutMs);
+      socket.onopen = () => {
+        clearTimeout(timeout);
+        this.hello();
+      };
+      socket.onmessage = (event) => {
+        const data = event.data;
+        if (typeof data === "string") this.inbox.push(new TextEncoder().encode(data)); // refused by the decoder
+        else if (data instanceof ArrayBuffer) this.inbox.push(new Uint8Array(data));
+        else if (ArrayBuffer.isView(data)) this.inbox.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+        void this.process(typeof data === "string");
+      };
+      // The close event follows; Node's ws says why here (a frame over maxBytes), browsers do not.
+      socket.onerror = (event) => {
+        const detail = (event as { message?: unknown }).message;
+        if (typeof detail === "string" && detail) this.socketError = detail;
+      };
+      socket.onclose = (event) => {
+        clearTimeout(timeout);
+        this.closedByServer(event.code, event.reason);
+        this.end();
+      };
+    });
+  }
+
+  private hello(): void {
+    const replicas = this.host.replicas();
+    const wanted = [...replicas].filter(([id, r]) => !this.wantsHttp(id, r)).map(([id, r]) => ({ project_id: id, cursor: r.cursor }));
+    const hello = wanted.slice(0, DECODER_BOUNDS.max_hello_projects);
+    let oldest: number | null = null;
+    for (const replica of replicas.values()) {
+      for (const row of replica.pending) oldest = oldest === null ? row.createdAt : Math.min(oldest, row.createdAt);
+    }
+    this.conn.hello(this.token, this.loop.options.clientId, hello, oldest === null ? null : Math.max(0, Date.now() - oldest), this.loop.options.versions);
+    for (const p of hello) this.subscribed.add(p.project_id);
+    this.flush();
+  }
+
+  private flush(): void {
+    const socket = this.socket;
+    if (socket === null) return;
+    for (const frame of this.conn.dataToSend()) {
+      try {
+        socket.send(frame);
+      } catch {
+        break; // the close event follows
+      }
+    }
+    if (this.conn.closeRequested !== null && !this.closed) {
+      const [code, reason] = this.conn.closeRequested;
+      this.close(code, reason);
+    }
+  }
+
+  close(code: number, reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.conn.close(code, reason);
+    try {
+      this.socket?.close(code === CLOSE_CODES.NORMAL || code >= 3000 ? code : CLOSE_CODES.NORMAL, reason);
+    } catch {
+      // already closed
+    }
+    // Browsers fire close only after the closing handshake; do not wait for a dead peer.
+    this.later(() => this.end(), 2000);
+  }
+
+  private end(): void {
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+    this.conn.connectionClosed();
+    if (this.socket !== null) {
+      this.socket.onmessage = null;
+      this.socket.onclose = null;
+      try {
+        this.socket.close();
+      } catch {
+        // gone
+      }
+    }
+    if (this.conn.failure !== null) {
+      this.loop.error(new ProtocolError(this.conn.failure.code, `the server broke the protocol: ${this.conn.failure.message}`));
+    }
+    const finish = this.finish;
+    this.finish = null;
+    finish?.();
+  }
+
+  private closedByServer(code: number, reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (code === CLOSE_CODES.UNAUTHORIZED && this.loop.halted === null) {
+      this.loop.authRefused(new AuthError("invalid_token", reason || "token refused"));
+    } else if (code === CLOSE_CODES.UNSUPPORTED_VERSION && this.loop.halted === null) {
+      this.loop.halt(new IncompatibleServer("unsupported_version", reason));
+    } else if (this.loop.lastError === null || this.loop.state === "online") {
+      const why = this.socketError === null ? reason : `${this.socketError} ${reason}`;
+      this.loop.error(new Offline(`the connection closed (code ${code}) ${why}`.trim()));
+    }
+  }
+
+  /** Handle received frames one at a time, in order (handlers write to storage). */
+  private async process(textFrame: boolean): Promise<void> {
+    if (textFrame) {
+      this.conn.receiveFrame("text frame");
+      this.inbox = [];
+    }
+    if (this.processing) return;
+    this.processing = true;
+    try {
+      while (this.inbox.length > 0 && !this.closed) {
+        this.conn.receiveFrame(this.inbox.shift()!);
+        for (const event of this.conn.eventsReceived()) {
+          try {
+            await this.dispatch(event);
+          } catch (error) {
+            if (error instanceof RemoteDataError) this.fail(error.message);
+            else this.fail(`sync failed: ${describe(error)}`);
+          }
+          if (this.closed) break;
+        }
+        this.flush();
+        await this.loop.checkIdle();
+        this.host.stateChanged();
+      }
+    } finally {
+      this.processing = false;
+    }
+    this.flush();
+  }
+
+  /** Our copy and the server's stream disagree: drop the connection and resume. */
+  private fail(message: string): void {
+    this.loop.error(new FieldsyncError(message));
+    this.close(CLOSE_CODES.NORMAL, "resuming from the stored cursor");
+  }
+
+  private replica(projectId: string): ProjectReplica | undefined {
+    if (!this.subscribed.has(projectId)) return undefined; // unsubscribed: ignore what was on its way
+    return this.host.replicas().get(projectId);
+  }
+
+  private async dispatch(message: ServerMessage): Promise<void> {
+    switch (message.t) {
+      case "welcome": return this.welcome(message);
+      case "snapshot_begin":
+        if (this.subscribed.has(message.project_id)) {
+          this.snapshots.set(message.project_id, { changed: new Set(), rejected: [] });
+          this.snapshotConflicts.set(message.project_id, []);
+        }
+        return;
+      case "snapshot_chunk": return this.snapshotChunk(message);
+      case "snapshot_end": return this.snapshotEnd(message);
+      case "changes": return this.changes(message);
+      case "conflicts": return this.conflicts(message);
+      case "synced": return this.synced(message);
+      case "push_result": return this.pushResult(message);
+      case "project_error": return this.projectError(message);
+      case "error": return this.error(message);
+      case "status":
+        this.loop.serverProblem = message.state === "ok" ? null : message.code || "degraded";
+        return;
+    }
+  }
+
+  private welcome(welcome: Welcome): void {
+    const known = Object.fromEntries(Object.entries(welcome.limits).filter(([k, v]) => v > 0 && k in DEFAULT_LIMITS));
+    this.serverLimits = { ...DEFAULT_LIMITS, ...known };
+    this.loop.welcomed();
+    for (const projectId of this.host.replicas().keys()) {
+      this.subscribe(projectId);
+      this.push(projectId);
+    }
+  }
+
+  private async snapshotChunk(chunk: SnapshotChunk): Promise<void> {
+    const outcome = this.snapshots.get(chunk.project_id);
+    const replica = this.replica(chunk.project_id);
+    if (outcome === undefined || replica === undefined) return;
+    const part = await replica.run(() => replica.storeSnapshotPart(chunk.entities));
+    for (const id of part.changed) outcome.changed.add(id);
+    outcome.rejected.push(...part.rejected);
+  }
+
+  private async snapshotEnd(end: SnapshotEnd): Promise<void> {
+    const outcome = this.snapshots.get(end.project_id);
+    const conflicts = this.snapshotConflicts.get(end.project_id) ?? [];
+    this.snapshots.delete(end.project_id);
+    this.snapshotConflicts.delete(end.project_id);
+    const replica = this.replica(end.project_id);
+    if (outcome === undefined || replica === undefined) return;
+    const removed = await replica.run(() => replica.finishSnapshot(end.cursor, conflicts));
+    this.report(end.project_id, outcome, end.cursor, true);
+    this.snapshotConflictsDone(end.project_id, conflicts, removed);
+  }
+
+  private snapshotConflictsDone(projectId: string, records: readonly ConflictRecord[], removed: readonly string[]): void {
+    const kept = latest(records).filter((r) => r.status !== "removed");
+    this.host.conflictsChanged({ projectId, changed: kept.map((r) => new Conflict(r)), removed, snapshot: true });
+  }
+
+  private async conflicts(message: Conflicts): Promise<void> {
+    const staged = this.snapshotConflicts.get(message.project_id);
+    if (staged !== undefined) {
+      staged.push(...message.conflicts); // stored with the snapshot they belong to
+      return;
+    }
+    const replica = this.replica(message.project_id);
+    if (replica === undefined) return;
+    const removed = await replica.run(() => replica.applyConflicts(message.conflicts));
+    const kept = latest(message.conflicts).filter((r) => r.status !== "removed");
+    if (kept.length || removed.length) {
+      this.host.conflictsChanged({ projectId: message.project_id, changed: kept.map((r) => new Conflict(r)), removed, snapshot: false });
+    }
+  }
+
+  private async changes(message: Changes): Promise<void> {
+    const replica = this.replica(message.project_id);
+    if (replica === undefined) return;
+    if (this.snapshots.has(message.project_id)) throw new RemoteDataError("changes arrived in the middle of a snapshot");
+    const outcome = await replica.run(() => replica.applyRemote(message.changes));
+    this.report(message.project_id, outcome, replica.cursor ?? 0, false);
+  }
+
+  private report(projectId: string, outcome: RemoteOutcome, cursor: number, snapshot: boolean): void {
+    if (outcome.rejected.length) this.host.changesRejected(projectId, outcome.rejected);
+    if (outcome.changed.size) this.host.remoteChanged({ projectId, entityIds: outcome.changed, cursor, snapshot });
+  }
+
+  private synced(synced: Synced): void {
+    const replica = this.replica(synced.project_id);
+    if (replica === undefined) return;
+    if (replica.cursor !== synced.cursor) {
+      throw new RemoteDataError(`the server says we hold seq ${synced.cursor} of ${synced.project_id}, we hold ${replica.cursor}`);
+    }
+    this.loop.live.add(synced.project_id);
+    if (this.loop.failed.delete(synced.project_id)) this.push(synced.project_id);
+  }
+
+  private async projectError(error: ProjectError): Promise<void> {
+    const projectId = error.project_id;
+    const replica = this.replica(projectId);
+    if (replica === undefined) return;
+    this.snapshots.delete(projectId);
+    this.snapshotConflicts.delete(projectId);
+    if (error.code === "cursor_ahead") {
+      // The server's log is behind our cursor (restored from a backup?): bootstrap again;
+      // the snapshot is merged with what we hold.
+      this.loop.acknowledgedSeq.delete(projectId);
+      this.conn.send({ t: "subscribe", project: { project_id: projectId, cursor: null } });
+      return;
+    }
+    this.subscribed.delete(projectId);
+    if (error.code === "membership_removed") await this.membershipRemoved(projectId, error.message);
+    else if (error.code === "project_unavailable") this.projectFailed(projectId, new ProjectUnavailable(projectId, error.code, error.message));
+    else {
+      // server_unavailable, or a code from a newer server: try again later
+      this.loop.error(new ServerError(error.code, error.message));
+      this.later(() => this.subscribe(projectId));
+    }
+  }
+
+  private projectFailed(projectId: string, failure: ProjectUnavailable): void {
+    this.loop.failed.set(projectId, failure);
+    this.loop.error(failure);
+  }
+
+  private async error(error: ErrorMessage): Promise<void> {
+    const flight = error.push_id === null ? undefined : this.inFlight.get(error.push_id);
+    if (flight !== undefined) {
+      this.inFlight.delete(error.push_id!);
+      return this.pushRefused(flight, error);
+    }
+    if (AUTH_CODES.has(error.code)) this.loop.authRefused(new AuthError(error.code, error.message));
+    else if (error.code === "unsupported_version") this.loop.halt(new IncompatibleServer(error.code, error.message));
+    else this.loop.error(new ServerError(error.code, error.message));
+  }
+
+  // --- subscriptions and pushes ---------------------------------------------------------------
+
+  subscribe(projectId: string): void {
+    const replica = this.host.replicas().get(projectId);
+    if (this.conn.state !== "open" || replica === undefined) return;
+    if (this.subscribed.has(projectId) || this.bootstrapping.has(projectId)) return;
+    if (this.wantsHttp(projectId, replica)) {
+      this.bootstrapping.add(projectId);
+      void this.httpBootstrap(projectId, replica);
+      return;
+    }
+    this.subscribed.add(projectId);
+    this.conn.send({ t: "subscribe", project: { project_id: projectId, cursor: replica.cursor } });
+    this.flush();
+  }
+
+  private wantsHttp(projectId: string, replica: ProjectReplica): boolean {
+    return this.loop.options.httpSnapshots && this.loop.options.fetch !== undefined && replica.cursor === null && !this.httpFailed.has(projectId);
+  }
+
+  /** Store the project's HTTP snapshot, then subscribe from its cursor (or, if it could not
+   * be had, subscribe with no cursor: a WebSocket snapshot). */
+  private async httpBootstrap(projectId: string, replica: ProjectReplica): Promise<void> {
+    try {
+      const outcome: RemoteOutcome = { changed: new Set(), rejected: [] };
+      const [end, conflicts] = await this.download(projectId, replica, outcome);
+      const removed = await replica.run(() => replica.finishSnapshot(end.cursor, conflicts));
+      this.report(projectId, outcome, end.cursor, true);
+      this.snapshotConflictsDone(projectId, conflicts, removed);
+    } catch {
+      // No CORS for this page, an older server, a proxy, a broken body: whatever it was,
+      // the WebSocket snapshot comes next and reports problems the usual way.
+      this.httpFailed.add(projectId);
+    } finally {
+      this.bootstrapping.delete(projectId);
+    }
+    if (this.closed) return;
+    this.subscribe(projectId);
+    this.host.stateChanged();
+  }
+
+  private async download(projectId: string, replica: ProjectReplica, outcome: RemoteOutcome): Promise<[SnapshotEnd, ConflictRecord[]]> {
+    const url = snapshotUrl(this.loop.options.url, projectId);
+    const controller = new AbortController();
+    const idle = (): ReturnType<typeof setTimeout> => setTimeout(() => controller.abort(), this.loop.options.connectTimeoutMs);
+    let timer = idle();
+    try {
+      const response = await this.loop.options.fetch!(url, { headers: { Authorization: `Bearer ${this.token}` }, signal: controller.signal });
+      if (response.status !== 200 || response.body === null) throw new SnapshotFormatError(`GET ${url} answered ${response.status}`);
+      const stream = new SnapshotStream(projectId, this.loop.options.limits);
+      const conflicts: ConflictRecord[] = [];
+      let part: Parameters<ProjectReplica["storeSnapshotPart"]>[0][number][] = [];
+      let size = 0;
+      const store = async (): Promise<void> => {
+        const entities = part;
+        part = [];
+        size = 0;
+        const stored = await replica.run(() => replica.storeSnapshotPart(entities));
+        for (const id of stored.changed) outcome.changed.add(id);
+        outcome.rejected.push(...stored.rejected);
+      };
+      const reader = response.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        clearTimeout(timer);
+        timer = idle();
+        if (done) break;
+        if (this.closed) throw new SnapshotFormatError("the connection closed");
+        for (const record of stream.feed(value)) {
+          if (record.t === "conflicts") conflicts.push(...record.conflicts);
+          else if (record.t === undefined) {
+            part.push(record);
+            size += record.document.length;
+            if (part.length >= PART_ENTITIES || size >= PART_BYTES) await store();
+          }
+        }
+      }
+      const end = stream.finish();
+      if (part.length) await store();
+      return [end, conflicts];
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private later(action: () => void, delay = this.retry.nextDelay()): void {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      action();
+      this.flush();
+    }, delay);
+    this.timers.add(timer);
+  }
+
+  /** Send the project's oldest pending changes, unless a push of it is in flight. */
+  push(projectId: string): void {
+    if (this.conn.state !== "open" || this.pushing.has(projectId)) return;
+    const replica = this.host.replicas().get(projectId);
+    if (this.loop.failed.has(projectId) || replica === undefined) return;
+    const repairs = this.repairs.get(projectId);
+    const pending: Sendable[] = [...(repairs ? [...repairs.values()].flat() : []), ...replica.pending];
+    if (pending.length === 0) return;
+    const limits = this.serverLimits;
+    const batches = planPush(
+      pending,
+      Math.max(1, Math.floor(limits.max_entities_per_batch / this.shrink)),
+      Math.max(1, Math.floor(limits.max_changes_per_entity / this.shrink)),
+      Math.max(1, Math.floor(limits.max_frame_bytes / this.shrink)),
+    );
+    const pushId = this.nextPushId++;
+    this.conn.send({
+      t: "push",
+      push_id: pushId,
+      project_id: projectId,
+      entities: batches.map((b) => ({ entity_type: b.entityType, entity_id: b.entityId, changes: b.entries.map((e) => e.change) })),
+    });
+    this.inFlight.set(pushId, { projectId, batches });
+    this.pushing.add(projectId);
+    this.flush();
+  }
+
+  private async pushResult(result: PushResult): Promise<void> {
+    const flight = this.inFlight.get(result.push_id);
+    if (flight === undefined) return;
+    this.inFlight.delete(result.push_id);
+    const projectId = flight.projectId;
+    this.pushing.delete(projectId);
+    const replica = this.host.replicas().get(projectId);
+    if (replica === undefined) return;
+    const batches = new Map(flight.batches.map((b) => [b.entityId, b]));
+    const acknowledged: number[] = [];
+    const rejected: number[] = [];
+    for (const entity of result.results) {
+      const batch = batches.get(entity.entity_id);
+      if (batch === undefined) continue;
+      batches.delete(entity.entity_id);
+      const ids = batch.entries.filter((e) => e.id !== 0).map((e) => e.id);
+      if (entity.ok) {
+        acknowledged.push(...ids);
+        this.repaired(projectId, batch);
+        if (entity.seqs.length) this.loop.acknowledgedSeq.set(projectId, Math.max(this.loop.acknowledgedSeq.get(projectId) ?? 0, ...entity.seqs));
+      } else if (entity.code === "missing_dependencies" && (await this.repair(projectId, replica, batch, entity.details))) {
+        continue; // its changes stay pending; the next push brings what was missing
+      } else {
+        this.repairs.get(projectId)?.delete(entity.entity_id);
+        rejected.push(...(await replica.run(() => replica.reject(entity.entity_id, ids, entity.code, entity.message, entity.details))));
+      }
+    }
+    if (acknowledged.length) await replica.run(() => replica.acknowledge(acknowledged));
+    if (rejected.length) this.host.changesRejected(projectId, rejected);
+    this.shrink = 1;
+    this.push(projectId);
+  }
+
+  /** Plan to send the changes the server lacks, with everything they build on; false when
+   * that cannot help (the local document lacks them, or they were in this very push). */
+  private async repair(projectId: string, replica: ProjectReplica, batch: EntityBatch, details: Record<string, unknown>): Promise<boolean> {
+    const missing = missingHashes(details);
+    if (missing === null || batch.entries.some((e) => missing.has(e.hash))) return false;
+    const history = withAncestors(await replica.history(batch.entityId), missing);
+    if (history === null) return false;
+    const pending = new Set(replica.pending.filter((p) => p.entityId === batch.entityId).map((p) => p.hash));
+    const entries = history
+      .filter((c) => !pending.has(c.hash))
+      .map((c) => ({ id: 0, entityType: batch.entityType, entityId: batch.entityId, change: c.change, hash: c.hash }));
+    let repairs = this.repairs.get(projectId);
+    if (!repairs) this.repairs.set(projectId, (repairs = new Map()));
+    repairs.set(batch.entityId, entries);
+    return true;
+  }
+
+  private repaired(projectId: string, batch: EntityBatch): void {
+    const repairs = this.repairs.get(projectId);
+    const planned = repairs?.get(batch.entityId);
+    if (!repairs || !planned) return;
+    const sent = new Set(batch.entries.filter((e) => e.id === 0).map((e) => e.hash));
+    const left = planned.filter((e) => !sent.has(e.hash));
+    if (left.length) repairs.set(batch.entityId, left);
+    else repairs.delete(batch.entityId);
+  }
+
+  /** Removed from the project: stop syncing it and reject its outbox, which the server will
+   * never log. Changes in a push still in flight wait for that push's answer. */
+  private async membershipRemoved(projectId: string, message: string): Promise<void> {
+    const failure = new MembershipRemoved(projectId, "membership_removed", message);
+    this.subscribed.delete(projectId);
+    this.loop.live.delete(projectId);
+    this.loop.failed.set(projectId, failure);
+    const replica = this.host.replicas().get(projectId);
+    if (replica !== undefined) {
+      const flying = new Set([...this.inFlight.values()].filter((f) => f.projectId === projectId).flatMap((f) => f.batches.flatMap((b) => b.entries.map((e) => e.id))));
+      const byEntity = new Map<string, number[]>();
+      for (const row of replica.pending) {
+        if (flying.has(row.id)) continue;
+        byEntity.set(row.entityId, [...(byEntity.get(row.entityId) ?? []), row.id]);
+      }
+      const rejected: number[] = [];
+      for (const [entityId, ids] of byEntity) rejected.push(...(await replica.run(() => replica.reject(entityId, ids, "membership_removed", message, {}))));
+      if (rejected.length) this.host.changesRejected(projectId, rejected);
+    }
+    this.loop.error(failure);
+  }
+
+  /** The whole push was refused before any entity was looked at. */
+  private async pushRefused(flight: InFlight, error: ErrorMessage): Promise<void> {
+    const projectId = flight.projectId;
+    this.pushing.delete(projectId);
+    const replica = this.host.replicas().get(projectId);
+    if (replica === undefined) return;
+    const changes = flight.batches.reduce((n, b) => n + b.entries.length, 0);
+    if (RETRYABLE_PUSH.has(error.code)) {
+      this.loop.error(new ServerError(error.code, error.message));
+      this.later(() => this.push(projectId));
+    } else if (error.code === "membership_removed") {
+      await this.membershipRemoved(projectId, error.message);
+    } else if (error.code === "project_unavailable") {
+      this.projectFailed(projectId, new ProjectUnavailable(projectId, error.code, error.message));
+    } else if (TOO_BIG_PUSH.has(error.code) && changes > 1) {
+      this.shrink *= 2;
+      this.push(projectId);
+    } else {
+      // forbidden, or a push the server cannot take at all: never retried
+      const rejected: number[] = [];
+      for (const batch of flight.batches) {
+        const ids = batch.entries.filter((e) => e.id !== 0).map((e) => e.id);
+        rejected.push(...(await replica.run(() => replica.reject(batch.entityId, ids, error.code, error.message, {}))));
+      }
+      this.loop.error(new ServerError(error.code, error.message));
+      if (rejected.length) this.host.changesRejected(projectId, rejected);
+    }
+  }
+}
