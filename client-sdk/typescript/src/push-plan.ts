@@ -14,13 +14,23 @@ export interface EntityBatch {
   readonly entries: readonly Sendable[];
 }
 
+/** How many ops a change holds; the server bounds a push by ops too (`max_ops_per_push`). */
+export type OpCount = (change: Uint8Array) => number;
+
 /**
  * The next push: entities in the order of their oldest pending change, each with its oldest
- * changes (a prefix, so dependencies travel first), within the limits. It holds at least one
- * change whenever `pending` is not empty, even one over `maxBytes` (the server then refuses
- * it with a reason the app can see).
+ * changes (a prefix, so dependencies travel first), within the limits (`maxOps` counted
+ * with `opsOf`). It holds at least one change whenever `pending` is not empty, even one over
+ * a bound (the server then refuses it with a reason the app can see).
  */
-export function planPush(pending: readonly Sendable[], maxEntities: number, maxChangesPerEntity: number, maxBytes: number): EntityBatch[] {
+export function planPush(
+  pending: readonly Sendable[],
+  maxEntities: number,
+  maxChangesPerEntity: number,
+  maxBytes: number,
+  maxOps: number = Number.POSITIVE_INFINITY,
+  opsOf: OpCount = () => 0,
+): EntityBatch[] {
   const grouped = new Map<string, Sendable[]>();
   for (const entry of pending) {
     const list = grouped.get(entry.entityId);
@@ -29,19 +39,25 @@ export function planPush(pending: readonly Sendable[], maxEntities: number, maxC
   }
   const batches: EntityBatch[] = [];
   let size = PUSH_OVERHEAD_BYTES;
+  let ops = 0;
   for (const [entityId, entries] of grouped) {
     if (batches.length >= maxEntities) break;
     const taken: Sendable[] = [];
     let extra = ENTITY_OVERHEAD_BYTES;
+    let extraOps = 0;
     for (const entry of entries.slice(0, maxChangesPerEntity)) {
       const cost = entry.change.length + CHANGE_OVERHEAD_BYTES;
-      if (size + extra + cost > maxBytes && (batches.length > 0 || taken.length > 0)) break;
+      const costOps = opsOf(entry.change);
+      const over = size + extra + cost > maxBytes || ops + extraOps + costOps > maxOps;
+      if (over && (batches.length > 0 || taken.length > 0)) break;
       taken.push(entry);
       extra += cost;
+      extraOps += costOps;
     }
     if (taken.length === 0) break;
     batches.push({ entityType: taken[0]!.entityType, entityId, entries: taken });
     size += extra;
+    ops += extraOps;
     if (taken.length < Math.min(entries.length, maxChangesPerEntity)) break; // the frame is full
   }
   return batches;

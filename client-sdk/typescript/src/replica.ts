@@ -94,6 +94,15 @@ function contained<T>(what: string, call: () => T): T {
   }
 }
 
+/** How many ops a change holds (the server bounds pushes by ops); 0 if it cannot be read. */
+export function changeOpCount(change: Uint8Array): number {
+  try {
+    return A.decodeChange(change).ops.length;
+  } catch {
+    return 0; // the server will refuse it with a reason; it costs no ops here
+  }
+}
+
 function isDeleted(doc: Doc): boolean {
   return doc.deleted === true;
 }

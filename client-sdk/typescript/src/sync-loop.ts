@@ -48,7 +48,7 @@ import {
   type Welcome,
 } from "./generated/protocol.js";
 import { missingHashes, planPush, withAncestors, type EntityBatch, type Sendable } from "./push-plan.js";
-import { latest, RemoteDataError, type ProjectReplica, type RemoteOutcome } from "./replica.js";
+import { changeOpCount, latest, RemoteDataError, type ProjectReplica, type RemoteOutcome } from "./replica.js";
 import { SnapshotFormatError, SnapshotStream } from "./snapshot-stream.js";
 
 export type ConnectionStatus = "connecting" | "online" | "offline" | "stopped";
@@ -730,6 +730,8 @@ class Session {
       Math.max(1, Math.floor(limits.max_entities_per_batch / this.shrink)),
       Math.max(1, Math.floor(limits.max_changes_per_entity / this.shrink)),
       Math.max(1, Math.floor(limits.max_frame_bytes / this.shrink)),
+      Math.max(1, Math.floor(limits.max_ops_per_push / this.shrink)),
+      changeOpCount,
     );
     const pushId = this.nextPushId++;
     this.conn.send({

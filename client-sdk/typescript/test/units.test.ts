@@ -6,6 +6,7 @@ import { encode as msgpackEncode } from "@msgpack/msgpack";
 
 import { Backoff } from "../src/backoff.js";
 import { encode } from "../src/codec/codec.js";
+import { DEFAULT_LIMITS } from "../src/generated/protocol.js";
 import { missingHashes, planPush, withAncestors } from "../src/push-plan.js";
 import { SnapshotFormatError, SnapshotStream } from "../src/snapshot-stream.js";
 import { snapshotUrl, syncUrl } from "../src/sync-loop.js";
@@ -25,6 +26,10 @@ test("a push takes each entity's oldest changes within the limits", () => {
   assert.deepEqual(planPush(rows, 10, 10, 450).map((b) => [b.entityId, b.entries.map((e) => e.id)]), [["a", [1]]], "a full frame ends the push");
   assert.deepEqual(planPush(rows, 2, 5, 1 << 20).map((b) => b.entityId), ["a", "b4"]);
   assert.equal(planPush(rows, 10, 10, 10).length, 1, "one change goes even over the byte limit");
+  const ops = (change: Uint8Array): number => change.length; // any count will do here
+  const byOps = planPush(rows, 10, 10, 1 << 20, rows[0]!.change.length + rows[1]!.change.length, ops);
+  assert.deepEqual(byOps.map((b) => [b.entityId, b.entries.map((e) => e.id)]), [["a", [1, 2]]], "the op budget ends the push");
+  assert.equal(planPush(rows, 10, 10, 1 << 20, 1, ops).length, 1, "one change goes even over the op budget");
 });
 
 test("repair finds the missing changes and their ancestors", () => {
@@ -79,7 +84,7 @@ test("a broken snapshot body is refused", () => {
   assert.throws(() => short.finish(), SnapshotFormatError);
   assert.throws(() => new SnapshotStream("other").feed(bytes), SnapshotFormatError, "another project's snapshot");
   assert.throws(() => new SnapshotStream("p").feed(new Uint8Array([0xc1])), SnapshotFormatError);
-  const huge = new SnapshotStream("p", { max_change_bytes: 1, max_changes_per_entity: 1, max_entities_per_batch: 1, max_document_bytes: 10, max_frame_bytes: 1000 });
+  const huge = new SnapshotStream("p", { ...DEFAULT_LIMITS, max_change_bytes: 1, max_changes_per_entity: 1, max_entities_per_batch: 1, max_document_bytes: 10, max_frame_bytes: 1000 });
   huge.feed(encode({ t: "snapshot_begin", project_id: "p", cursor: 1, entity_count: 1 }));
   assert.throws(() => huge.feed(new Uint8Array([0xc6, 0, 1, 0, 0, ...new Uint8Array(5000)])), /longer than/u, "a record longer than any document");
 });

@@ -817,6 +817,7 @@ export const ENTITY_SCHEMA = {
       "wrong_entity_type",
       "empty_change_set",
       "too_many_changes",
+      "too_many_ops",
       "change_too_large",
       "document_too_large",
       "undecodable_change",

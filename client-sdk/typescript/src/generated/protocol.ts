@@ -176,12 +176,14 @@ export const ERROR_CODES = [
   "unknown_message_type",
   "invalid_message",
   "handshake_required",
+  "handshake_timeout",
   "already_handshaken",
   "unsupported_version",
   "invalid_token",
   "token_expired",
   "too_many_connections",
   "forbidden_origin",
+  "server_busy",
   "project_unavailable",
   "membership_removed",
   "not_subscribed",
@@ -213,7 +215,10 @@ export const DEFAULT_LIMITS = {
   "max_changes_per_entity": 1000,
   "max_entities_per_batch": 500,
   "max_document_bytes": 16777216,
-  "max_frame_bytes": 8388608
+  "max_frame_bytes": 8388608,
+  "max_ops_per_change": 200000,
+  "max_ops_per_push": 200000,
+  "max_document_ops": 1000000
 } as const;
 
 export const DECODER_BOUNDS = {
