@@ -7,11 +7,9 @@ mean the client resolved a conflict. The change chunk format is the public Autom
 format: after the header come op columns, each one encoded with run-length, delta or
 boolean encoding. Only the columns needed here are decoded (object, key, action, pred).
 
-Values are read through the binding, except for one check made here first: the binding
-panics (a Rust panic, printed raw to stderr) when it reads a Counter, a value of an unknown
-type, or a timestamp it cannot turn into a Python datetime. ``unsupported_values`` finds
-those in the value columns (metadata: length << 4 | type code; then the raw bytes), so such
-a change is refused before the binding ever reads it.
+Values are read through the binding, except for the ones it panics on (a Rust panic,
+printed raw to stderr): ``model.changes`` finds them while it parses a change, and
+``unsupported_values`` here says which object and key each one is written to.
 
 Column specs (column id << 4 | type) of a change chunk, as written by Automerge 2 and 3::
 
@@ -28,14 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from model.changes import ChangeFormatError, parse_change
+from model.changes import ChangeFormatError, ChangeHeader, parse_change
 from model.leb128 import LEB128Error, decode_sleb128, decode_uleb128
 
 __all__ = [
     "ACTION_DELETE",
     "ACTION_PUT",
-    "TIMESTAMP_MAX_MS",
-    "TIMESTAMP_MIN_MS",
     "ChangeOps",
     "OpId",
     "RootOp",
@@ -60,25 +56,10 @@ _MAKE_ACTIONS = frozenset({ACTION_MAKE_MAP, ACTION_MAKE_LIST, ACTION_MAKE_TEXT, 
 
 _OBJ_ACTOR, _OBJ_CTR, _KEY_STR = 1, 2, 21
 _ACTION = 66
-_VAL_META, _VAL_RAW = 86, 87
 _PRED_GROUP, _PRED_ACTOR, _PRED_CTR = 112, 113, 115
 _MAX_OPS = 1_000_000  # a change is at most 256 KiB, so far fewer ops than this
 
-# Value type codes of the value metadata column.
-_VALUE_COUNTER = 8
-_VALUE_TIMESTAMP = 9
-_VALUE_FIRST_UNKNOWN = 10
-
-TIMESTAMP_MIN_MS = -62_135_424_000_000
-"""0001-01-03T00:00:00.000Z: the earliest timestamp accepted (see ``TIMESTAMP_MAX_MS``)."""
-TIMESTAMP_MAX_MS = 253_402_127_999_999
-"""9999-12-29T23:59:59.999Z: the latest timestamp accepted. The binding reads a timestamp
-as a *local* Python datetime, which exists only within years 1-9999 of the reader's own
-time zone (and CPython's local conversion looks a day further): two days are kept clear at
-each end so that every server and SDK reads every stored timestamp, whatever its zone."""
-
 T = TypeVar("T")
-
 
 @dataclass(frozen=True, slots=True, order=True)
 class OpId:
@@ -183,32 +164,23 @@ def decode_change_ops(data: bytes) -> ChangeOps:
         raise ChangeFormatError(f"undecodable op columns: {exc}") from None
 
 
-def unsupported_values(data: bytes) -> list[UnsupportedValue]:
-    """The values in a (well-formed, already parsed) change chunk the binding cannot read:
-    counters and counter increments, unknown value types, timestamps outside
-    ``TIMESTAMP_MIN_MS..TIMESTAMP_MAX_MS``. Raises ChangeFormatError for bad op columns.
-
-    Only the action and value columns are decoded on the way; objects and keys only when
-    something is found, so the common case stays cheap.
-    """
-    body, pos = _contents(data)
+def unsupported_values(header: ChangeHeader) -> list[UnsupportedValue]:
+    """The values of a parsed change the binding cannot read (``ChangeHeader.unreadable``,
+    found while parsing), each with the object and map key it is written to. The object and
+    key columns are decoded only here, for a change that holds such a value."""
+    if not header.unreadable:
+        return []
+    body, pos = _contents(header.data)
     try:
         change = _read_columns(body, pos)
-        found = _value_problems(change)
-        if not found:
-            return []
-        n = len(_rle(change.columns.get(_ACTION, b""), _uleb))
+        n = header.op_count
         obj_actor = _padded(_rle(change.columns.get(_OBJ_ACTOR, b""), _uleb), n)
         obj_ctr = _padded(_rle(change.columns.get(_OBJ_CTR, b""), _uleb), n)
         keys = _padded(_rle(change.columns.get(_KEY_STR, b""), _string), n)
         located = []
-        for index, what in found:
+        for index, what in header.unreadable:
             actor, counter = obj_actor[index], obj_ctr[index]
-            obj = (
-                None
-                if actor is None or counter is None
-                else OpId(counter, change.actors[actor])
-            )
+            obj = None if actor is None or counter is None else OpId(counter, change.actors[actor])
             located.append(UnsupportedValue(index, obj, keys[index], what))
         return located
     except (LEB128Error, IndexError, UnicodeDecodeError) as exc:
@@ -288,35 +260,6 @@ def created_objects(data: bytes) -> dict[OpId, tuple[OpId | None, str | None]]:
         parent = None if actor is None or counter is None else OpId(counter, change.actors[actor])
         created[OpId(change.start_op + index, change.actor)] = (parent, keys[index])
     return created
-
-
-def _value_problems(change: _Columns) -> list[tuple[int, str]]:
-    """(op index, what) for every value the binding cannot read, and every increment."""
-    found: list[tuple[int, str]] = []
-    actions = _rle(change.columns.get(_ACTION, b""), _uleb)
-    for index, action in enumerate(actions):
-        if action == ACTION_INCREMENT:
-            found.append((index, "counter increment"))
-    raw = change.columns.get(_VAL_RAW, b"")
-    offset = 0
-    for index, meta in enumerate(_rle(change.columns.get(_VAL_META, b""), _uleb)):
-        if meta is None:
-            continue
-        length, code = meta >> 4, meta & 0x0F
-        if offset + length > len(raw):
-            raise ChangeFormatError("value overruns its op column")
-        if code == _VALUE_COUNTER:
-            found.append((index, "counter"))
-        elif code >= _VALUE_FIRST_UNKNOWN:
-            found.append((index, f"value of unknown type {code}"))
-        elif code == _VALUE_TIMESTAMP:
-            millis, end = decode_sleb128(raw, offset)
-            if end != offset + length:
-                raise ChangeFormatError("timestamp value does not fill its length")
-            if not TIMESTAMP_MIN_MS <= millis <= TIMESTAMP_MAX_MS:
-                found.append((index, f"timestamp {millis} ms outside 0001-01-03..9999-12-29"))
-        offset += length
-    return sorted(found)
 
 
 def _decode(change: _Columns, digest: bytes) -> ChangeOps:

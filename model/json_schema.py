@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from model.changeops import TIMESTAMP_MAX_MS, TIMESTAMP_MIN_MS
+from model.changes import TIMESTAMP_MAX_MS, TIMESTAMP_MIN_MS
 from model.entities import SCHEMAS
 from model.limits import DEFAULT_LIMITS
 from model.rejections import RejectCode

@@ -125,7 +125,7 @@ def decode_entity_changes(item: EntityChanges, limits: Limits) -> DecodedChanges
             )
         if header.hash not in unique:
             try:
-                found = unsupported_values(data)
+                found = unsupported_values(header)
             except ChangeFormatError as exc:
                 return Rejection(
                     RejectCode.UNDECODABLE_CHANGE,

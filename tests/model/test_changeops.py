@@ -20,6 +20,7 @@ from model.changeops import (
     parse_op_id,
     unsupported_values,
 )
+from model.changes import parse_change
 from model.writer import create_entity
 from tests.conflict.helpers import merged_doc
 from tests.conflict.scenarios import Step, activity_only, all_changes, examples, play, sessions
@@ -108,14 +109,15 @@ def _put(key: str, kind: ScalarType, value: object) -> bytes:
 
 def test_ordinary_values_are_all_readable() -> None:
     _, created = create_entity("activity", activity_values("plan-1"))
-    assert unsupported_values(created) == []
+    assert unsupported_values(parse_change(created)) == []
     edge = datetime(9999, 12, 29, 23, 59, 59, 999000, tzinfo=UTC)
-    assert unsupported_values(_put("ends_at", ScalarType.Timestamp, edge)) == []
+    readable_edge = parse_change(_put("ends_at", ScalarType.Timestamp, edge))
+    assert unsupported_values(readable_edge) == []
 
 
 def test_a_value_of_unknown_type_is_found_with_its_key() -> None:
     change = _with_unknown_value_type(_put("title", ScalarType.Str, "abcdefg"))
-    assert unsupported_values(change) == [
+    assert unsupported_values(parse_change(change)) == [
         UnsupportedValue(0, None, "title", "value of unknown type 10")
     ]
 
@@ -123,7 +125,7 @@ def test_a_value_of_unknown_type_is_found_with_its_key() -> None:
 def test_timestamps_are_checked_against_the_accepted_range() -> None:
     inside = datetime(1, 1, 3, tzinfo=UTC)
     outside = datetime(1, 1, 2, 23, 59, 59, 999000, tzinfo=UTC)
-    assert unsupported_values(_put("starts_at", ScalarType.Timestamp, inside)) == []
-    [found] = unsupported_values(_put("starts_at", ScalarType.Timestamp, outside))
+    assert parse_change(_put("starts_at", ScalarType.Timestamp, inside)).unreadable == ()
+    [found] = unsupported_values(parse_change(_put("starts_at", ScalarType.Timestamp, outside)))
     assert found.key == "starts_at"
     assert found.what.startswith("timestamp")
