@@ -45,7 +45,7 @@ from live.session import (
     recheck_memberships,
 )
 from live.slow_requests import HEADER_SECONDS, header_deadline_protocol
-from live.snapshot_http import snapshot_endpoint
+from live.snapshot_http import snapshot_endpoint, snapshot_preflight
 from live.status import StatusBoard, watch_database
 from model.limits import DEFAULT_LIMITS, Limits
 from observability.metrics import Metrics
@@ -192,6 +192,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
+        Route("/projects/{project_id}/snapshot", snapshot_preflight, methods=["OPTIONS"]),
         WebSocketRoute("/sync", sync_endpoint),
     ]
     if admin_key is not None:

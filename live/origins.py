@@ -31,6 +31,32 @@ class OriginPolicy:
         return ANY_ORIGIN in self.allowed or normalize_origin(origin) in self.allowed
 
 
+def cors_headers(policy: OriginPolicy, origin: str | None) -> dict[str, str]:
+    """What lets a page from an allowed Origin read an HTTP answer (the snapshot): nothing
+    for no Origin (not a browser) or one not on the list, which the browser then blocks."""
+    if origin is None or not policy.allows(origin):
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": "ETag",
+        "Vary": "Origin",
+    }
+
+
+def preflight_headers(policy: OriginPolicy, origin: str | None) -> dict[str, str] | None:
+    """The answer to a browser's CORS preflight for a GET with a bearer token; None when the
+    Origin may not ask."""
+    headers = cors_headers(policy, origin)
+    if not headers:
+        return None
+    return {
+        **headers,
+        "Access-Control-Allow-Methods": "GET",
+        "Access-Control-Allow-Headers": "Authorization, If-None-Match",
+        "Access-Control-Max-Age": "600",
+    }
+
+
 def origins_from_env(environ: Mapping[str, str] = os.environ) -> list[str]:
     """``FIELDSYNC_ALLOWED_ORIGINS``: comma-separated, e.g. ``https://app.example.org``."""
     return [o for o in environ.get(ENV_VARIABLE, "").split(",") if o.strip()]

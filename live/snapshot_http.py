@@ -24,6 +24,7 @@ from starlette.types import Message, Send
 
 from auth.tokens import TokenError, TokenVerifier
 from live.feed import snapshot_conflict_frames
+from live.origins import cors_headers, preflight_headers
 from observability.metrics import Metrics
 from store.database import DatabasePool
 from store.errors import StoreError, UnknownProject
@@ -89,6 +90,21 @@ def _not_found() -> JSONResponse:
 
 
 async def snapshot_endpoint(request: Request) -> Response:
+    """The snapshot; a page from an allowed Origin may read every answer (CORS)."""
+    response = await _snapshot(request)
+    response.headers.update(cors_headers(request.app.state.origins, request.headers.get("origin")))
+    return response
+
+
+async def snapshot_preflight(request: Request) -> Response:
+    """A browser asks whether a page from its Origin may send the snapshot request."""
+    headers = preflight_headers(request.app.state.origins, request.headers.get("origin"))
+    if headers is None:
+        return Response(status_code=403)
+    return Response(status_code=204, headers=headers)
+
+
+async def _snapshot(request: Request) -> Response:
     verifier: TokenVerifier = request.app.state.verifier
     metrics: Metrics = request.app.state.metrics
     pool: DatabasePool = request.app.state.pool
