@@ -42,19 +42,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 
-from observability.logs import LOG_FORMATS, configure_logging
-from observability.native_output import capture_native_output
-from store import projects
-from store.database import (
+from fieldsync.observability.logs import LOG_FORMATS, configure_logging
+from fieldsync.observability.native_output import capture_native_output
+from fieldsync.store import projects
+from fieldsync.store.database import (
     close_pool,
     connect,
     create_pool,
     redact_url,
     resolve_database_url,
 )
-from store.embedded import data_dir_problem
-from store.errors import StoreError
-from store.migrations import check_schema, migrate
+from fieldsync.store.embedded import data_dir_problem
+from fieldsync.store.errors import StoreError
+from fieldsync.store.migrations import check_schema, migrate
 
 logger = logging.getLogger("fieldsync")
 
@@ -65,7 +65,9 @@ DEFAULT_PORT = 8000
 # Where a listening `serve` writes its address, so `demo` run with the same --data-dir
 # prints a command for the right server.
 SERVE_RECORD = "serve.json"
-EXAMPLE = Path(__file__).resolve().parent / "client-sdk" / "examples" / "offline_edit.py"
+EXAMPLE = (
+    Path(__file__).resolve().parent / "client-sdk" / "python" / "examples" / "offline_edit.py"
+)
 
 
 class CommandError(Exception):
@@ -337,8 +339,8 @@ def _parser() -> argparse.ArgumentParser:
 def write_contract(out: Path) -> int:
     """Regenerate ``out`` (``contract/``) from ``model/`` and ``sync/``; files the generators
     no longer make are removed, hand-written ones (README.md) are kept."""
-    from model.json_schema import entity_json_schema
-    from sync.vectors import protocol_description, vector_files
+    from fieldsync.model.json_schema import entity_json_schema
+    from fieldsync.sync.vectors import protocol_description, vector_files
 
     schema = json.dumps(entity_json_schema(), indent=2, ensure_ascii=False) + "\n"
     files = {
@@ -535,7 +537,7 @@ def _token_and_origin_options(args: argparse.Namespace) -> tuple[str, ...]:
 async def _serve(args: argparse.Namespace, url: str) -> int:
     await _migrate_now(url)
     if args.workers > 1:
-        from workers import WorkerPlan, run_workers
+        from fieldsync.workers import WorkerPlan, run_workers
 
         _load_secret(args.data_dir)  # created once here, not raced by the workers
         plan = WorkerPlan(
@@ -549,11 +551,11 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
         )
         return await run_workers(plan, url)
 
-    from auth.secret import load_secret
-    from auth.tokens import JwksVerifier, SecretVerifier, TokenVerifier
-    from live.origins import origins_from_env
-    from observability.metrics import Metrics
-    from server import create_app, uvicorn_config
+    from fieldsync.auth.secret import load_secret
+    from fieldsync.auth.tokens import JwksVerifier, SecretVerifier, TokenVerifier
+    from fieldsync.live.origins import origins_from_env
+    from fieldsync.observability.metrics import Metrics
+    from fieldsync.server import create_app, uvicorn_config
 
     verifier: TokenVerifier
     if args.jwks_url:
@@ -708,7 +710,7 @@ def _emit(args: argparse.Namespace, lines: Sequence[str], document: Mapping[str,
 def _load_secret(data_dir: Path, *, create: bool = True) -> bytes:
     """The token-signing secret; without ``create``, one that must exist already (a new
     random one would sign tokens no running server accepts)."""
-    from auth.secret import SECRET_FILE, load_secret
+    from fieldsync.auth.secret import SECRET_FILE, load_secret
 
     if not create and not os.environ.get("FIELDSYNC_SECRET"):
         path = data_dir / SECRET_FILE
@@ -726,7 +728,7 @@ def _load_secret(data_dir: Path, *, create: bool = True) -> bytes:
 
 def _issue(secret: bytes, user_id: uuid.UUID, ttl: int) -> tuple[str, str]:
     """A token for the user and its expiry as an ISO 8601 UTC timestamp."""
-    from auth.tokens import issue
+    from fieldsync.auth.tokens import issue
 
     issued = issue(secret, user_id, ttl)
     return issued.token, issued.expires_at
@@ -855,7 +857,7 @@ async def _token(args: argparse.Namespace, url: str) -> int:
 
 
 async def _demo(args: argparse.Namespace, url: str) -> int:
-    from store.demo import create_demo
+    from fieldsync.store.demo import create_demo
 
     secret = _load_secret(args.data_dir)  # a bad secret fails before anything is written
     pool = await create_pool(url, min_size=1, max_size=2)
@@ -962,12 +964,12 @@ def example_lines(
     lead = next(u for u in users if u["level"] == "lead")
     other = next(u for u in users if u is not lead)
     interpreter = shlex.quote(python)
-    script = "client-sdk/examples/offline_edit.py" if example is None else str(example)
+    script = "client-sdk/python/examples/offline_edit.py" if example is None else str(example)
     lines = ["", f"Edit offline with two clients and watch them merge (server {url}: {source}):"]
     if example is None:
         lines.append(f"  (from a checkout of the fieldsync repository, which has {script})")
     if not sdk_installed:
-        sdk = "./client-sdk" if example is None else str(example.parents[1])
+        sdk = "./client-sdk/python" if example is None else str(example.parents[1])
         lines += [
             "  This Python lacks the client SDK the example uses; install it first:",
             f"  {interpreter} -m pip install -e {shlex.quote(sdk)}",
@@ -983,7 +985,7 @@ def example_lines(
 
 
 async def _rebuild(args: argparse.Namespace, url: str) -> int:
-    from store.rebuild import rebuild_read_models
+    from fieldsync.store.rebuild import rebuild_read_models
 
     pool = await create_pool(url, min_size=1, max_size=2)
     try:

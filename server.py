@@ -25,16 +25,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from auth.tokens import SecretVerifier, TokenVerifier
-from live.admin_http import admin_routes
-from live.admission import DEFAULT_ADMISSION_LIMITS, Admission, AdmissionLimits, Refusal
-from live.feed import Hub
-from live.memory import trim_periodically
-from live.operations import healthz, metrics_endpoint, observed_connection
-from live.origins import OriginPolicy
-from live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
-from live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
-from live.session import (
+from fieldsync.auth.tokens import SecretVerifier, TokenVerifier
+from fieldsync.live.admin_http import admin_routes
+from fieldsync.live.admission import DEFAULT_ADMISSION_LIMITS, Admission, AdmissionLimits, Refusal
+from fieldsync.live.feed import Hub
+from fieldsync.live.memory import trim_periodically
+from fieldsync.live.operations import healthz, metrics_endpoint, observed_connection
+from fieldsync.live.origins import OriginPolicy
+from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
+from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
+from fieldsync.live.session import (
     HANDSHAKE_SECONDS,
     STALL_SECONDS,
     SyncServices,
@@ -44,18 +44,18 @@ from live.session import (
     membership_removed,
     recheck_memberships,
 )
-from live.slow_requests import HEADER_SECONDS, header_deadline_protocol
-from live.snapshot_http import snapshot_endpoint, snapshot_preflight
-from live.status import StatusBoard, watch_database
-from model.limits import DEFAULT_LIMITS, Limits
-from observability.metrics import Metrics
-from observability.request_ids import RequestIds
-from store.changelog import ChangeLog, LogSlice
-from store.database import close_pool, create_pool
-from store.errors import StoreError
-from store.migrations import check_schema
-from store.notifications import listen, listen_removals, notify, poll_heads
-from sync.errors import ErrorCode
+from fieldsync.live.slow_requests import HEADER_SECONDS, header_deadline_protocol
+from fieldsync.live.snapshot_http import snapshot_endpoint, snapshot_preflight
+from fieldsync.live.status import StatusBoard, watch_database
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.observability.metrics import Metrics
+from fieldsync.observability.request_ids import RequestIds
+from fieldsync.store.changelog import ChangeLog, LogSlice
+from fieldsync.store.database import close_pool, create_pool
+from fieldsync.store.errors import StoreError
+from fieldsync.store.migrations import check_schema
+from fieldsync.store.notifications import listen, listen_removals, notify, poll_heads
+from fieldsync.sync.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 

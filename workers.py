@@ -52,7 +52,7 @@ class WorkerPlan:
     def command(self, port: int) -> list[str]:
         """One worker: ``fieldsync serve`` on ``port``; the URL goes in the environment."""
         return [
-            sys.executable, "-m", "cli", "serve", "--worker",
+            sys.executable, "-m", "fieldsync.cli", "serve", "--worker",
             "--host", self.host, "--port", str(port),
             "--data-dir", str(self.data_dir),
             "--log-format", self.log_format, "--slow-ms", f"{self.slow_ms:g}",

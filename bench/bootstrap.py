@@ -47,9 +47,9 @@ from harness import (
     server_process,
 )
 
-from store.database import connect
-from sync.codec import decode_server, encode
-from sync.messages import (
+from fieldsync.store.database import connect
+from fieldsync.sync.codec import decode_server, encode
+from fieldsync.sync.messages import (
     Changes,
     Hello,
     ProjectCursor,

@@ -28,8 +28,8 @@ import websockets.asyncio.client
 from harness import database, make_project, server_process
 from websockets.exceptions import WebSocketException
 
-from sync.codec import encode
-from sync.messages import Hello
+from fieldsync.sync.codec import encode
+from fieldsync.sync.messages import Hello
 
 KINDS = ("garbage", "bad_token", "valid_then_garbage", "silent_close", "half_request")
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from churn import rss_mb
 from harness import SECRET, database, make_project
 
-from live.memory import heap_trimmer
+from fieldsync.live.memory import heap_trimmer
 from tests.live_server import free_port, start_server, stop_server
 
 HERE = Path(__file__).resolve().parent

@@ -59,8 +59,8 @@ from harness import (
 )
 from websockets.asyncio.client import ClientConnection
 
-from sync.codec import decode_server, encode
-from sync.messages import (
+from fieldsync.sync.codec import decode_server, encode
+from fieldsync.sync.messages import (
     Changes,
     EntityAccepted,
     EntityPush,

@@ -39,16 +39,16 @@ import websockets.asyncio.client
 from automerge.core import Document
 from websockets.asyncio.client import ClientConnection
 
-from auth.tokens import issue_token
-from model.merge import EntityChanges
-from model.writer import NoChange, create_entity, splice_text, update_entity
-from store.changelog import Accepted, ChangeLog
-from store.database import close_pool, connect, create_pool
-from store.embedded import embedded_postgres
-from store.migrations import migrate
-from store.projects import add_member, create_account, create_project, create_user
-from sync.codec import decode_server, encode
-from sync.messages import (
+from fieldsync.auth.tokens import issue_token
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.writer import NoChange, create_entity, splice_text, update_entity
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.database import close_pool, connect, create_pool
+from fieldsync.store.embedded import embedded_postgres
+from fieldsync.store.migrations import migrate
+from fieldsync.store.projects import add_member, create_account, create_project, create_user
+from fieldsync.sync.codec import decode_server, encode
+from fieldsync.sync.messages import (
     Hello,
     ProjectCursor,
     ServerMessage,
@@ -118,7 +118,7 @@ class ServerProcess:
         command = [
             sys.executable,
             "-c",
-            "import sys; from cli import main; sys.exit(main())",
+            "import sys; from fieldsync.cli import main; sys.exit(main())",
             "serve",
             "--host",
             "127.0.0.1",

@@ -31,13 +31,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model.merge import EntityChanges
-from model.writer import create_entity, splice_text, update_entity
-from store.changelog import Accepted, ChangeLog
-from store.database import close_pool, connect, create_pool
-from store.embedded import embedded_postgres
-from store.migrations import migrate
-from store.projects import create_account, create_project
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.writer import create_entity, splice_text, update_entity
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.database import close_pool, connect, create_pool
+from fieldsync.store.embedded import embedded_postgres
+from fieldsync.store.migrations import migrate
+from fieldsync.store.projects import create_account, create_project
 from tests.entities import (
     START,
     activity_values,

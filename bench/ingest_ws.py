@@ -46,9 +46,9 @@ from harness import (
 )
 from websockets.asyncio.client import ClientConnection
 
-from store.database import connect
-from sync.codec import decode_server, encode
-from sync.messages import EntityAccepted, EntityPush, ProjectCursor, Push, PushResult
+from fieldsync.store.database import connect
+from fieldsync.sync.codec import decode_server, encode
+from fieldsync.sync.messages import EntityAccepted, EntityPush, ProjectCursor, Push, PushResult
 
 ENTITIES = 1_000
 CHANGES_PER_ENTITY = 11

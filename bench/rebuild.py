@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import database
 
-from model.merge import EntityChanges
-from model.writer import create_entity, update_entity
-from store.changelog import Accepted, ChangeLog
-from store.database import close_pool, create_pool
-from store.projects import create_account, create_project
-from store.rebuild import rebuild_read_models
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.database import close_pool, create_pool
+from fieldsync.store.projects import create_account, create_project
+from fieldsync.store.rebuild import rebuild_read_models
 from tests.entities import (
     START,
     activity_values,

@@ -39,7 +39,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fieldsync_client import FieldsyncClient, Project
 from harness import (
     CpuUse,
     ServerProfile,
@@ -52,6 +51,7 @@ from harness import (
     server_process,
 )
 
+from fieldsync_client import FieldsyncClient, Project
 from tests.entities import START, activity_values, location_values, plan_values, role_values
 
 ENTITIES = 200

@@ -48,8 +48,15 @@ from harness import (
 )
 from websockets.asyncio.client import ClientConnection
 
-from sync.codec import decode_server, encode
-from sync.messages import Changes, EntityAccepted, EntityPush, ProjectCursor, Push, PushResult
+from fieldsync.sync.codec import decode_server, encode
+from fieldsync.sync.messages import (
+    Changes,
+    EntityAccepted,
+    EntityPush,
+    ProjectCursor,
+    Push,
+    PushResult,
+)
 from tests.live_server import free_port
 from tests.nginx import find_nginx, running_nginx
 

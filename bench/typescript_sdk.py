@@ -35,10 +35,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bootstrap import make_entities
-from fieldsync_client import FieldsyncClient
 from harness import database, make_project, seed, server_process
 from resync import _edit_round
 
+from fieldsync_client import FieldsyncClient
 from tests.typescript.node import DIST, PACKAGE, bundle, node
 
 EDITS = 1_000

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import combinations
 
-from conflict.records import Conflict, ConflictKind, make_conflict
+from fieldsync.conflict.records import Conflict, ConflictKind, make_conflict
 
 __all__ = [
     "ActivityRow",

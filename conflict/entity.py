@@ -38,14 +38,21 @@ from datetime import datetime
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict.history import ChangeInfo, History, LiveOp, winner_op
-from conflict.records import ChangeRef, Conflict, ConflictKind, Json, make_conflict, to_json
-from model.changeops import ChangeOps, OpId, decode_change_ops, parse_op_id
-from model.changes import ChangeFormatError, ChangeHeader
-from model.documents import AutomergeError, contained
-from model.entities import SCHEMAS
-from model.schema import EntitySchema, FieldKind
-from model.validation import inspect_document, timestamp_value
+from fieldsync.conflict.history import ChangeInfo, History, LiveOp, winner_op
+from fieldsync.conflict.records import (
+    ChangeRef,
+    Conflict,
+    ConflictKind,
+    Json,
+    make_conflict,
+    to_json,
+)
+from fieldsync.model.changeops import ChangeOps, OpId, decode_change_ops, parse_op_id
+from fieldsync.model.changes import ChangeFormatError, ChangeHeader
+from fieldsync.model.documents import AutomergeError, contained
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.schema import EntitySchema, FieldKind
+from fieldsync.model.validation import inspect_document, timestamp_value
 
 __all__ = [
     "EntityConflicts",

@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING
 
 from automerge.core import ROOT, Document
 
-from model.changeops import (
+from fieldsync.model.changeops import (
     ACTION_DELETE,
     ChangeOps,
     OpId,
     decode_change_ops,
     parse_op_id,
 )
-from model.changes import ChangeFormatError
-from model.documents import AutomergeError, contained
+from fieldsync.model.changes import ChangeFormatError
+from fieldsync.model.documents import AutomergeError, contained
 
 if TYPE_CHECKING:
     from automerge._automerge import Change  # not importable at run time

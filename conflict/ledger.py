@@ -27,20 +27,20 @@ from dataclasses import dataclass, replace
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict.cross import Row, row_from_values
-from conflict.entity import EntityConflicts, extends_linearly
-from conflict.records import (
+from fieldsync.conflict.cross import Row, row_from_values
+from fieldsync.conflict.entity import EntityConflicts, extends_linearly
+from fieldsync.conflict.records import (
     CROSS_ENTITY_KINDS,
     SINGLE_ENTITY_KINDS,
     Conflict,
     ConflictKind,
     Json,
 )
-from model.changes import ChangeHeader
-from model.documents import AutomergeError, contained, expected_heads
-from model.entities import SCHEMAS
-from model.schema import Field, FieldKind, is_valid_entity_id
-from model.validation import timestamp_value
+from fieldsync.model.changes import ChangeHeader
+from fieldsync.model.documents import AutomergeError, contained, expected_heads
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.schema import Field, FieldKind, is_valid_entity_id
+from fieldsync.model.validation import timestamp_value
 
 __all__ = [
     "OPEN",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
-from conflict.cross import ActivityRow, LocationRow, RoleRow, Row, SummoningRow
+from fieldsync.conflict.cross import ActivityRow, LocationRow, RoleRow, Row, SummoningRow
 
 __all__ = ["Lookups", "lookups_for"]
 

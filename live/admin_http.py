@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from auth.tokens import DEFAULT_TTL_SECONDS, TokenVerifier, issue
-from store import projects
-from store.database import DatabasePool
-from store.errors import StoreError, UnknownProject
+from fieldsync.auth.tokens import DEFAULT_TTL_SECONDS, TokenVerifier, issue
+from fieldsync.store import projects
+from fieldsync.store.database import DatabasePool
+from fieldsync.store.errors import StoreError, UnknownProject
 
 MIN_ADMIN_KEY_LENGTH = 32
 MAX_BODY_BYTES = 64 * 1024

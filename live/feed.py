@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 from uuid import UUID
 
-from conflict.ledger import ConflictRow
-from store.changelog import LoggedChange, LogSlice
-from store.conflicts import ConflictUpdate
-from store.errors import StoreError
-from sync.codec import encode
-from sync.messages import ChangeRecord, Changes, ConflictRecord, Conflicts
+from fieldsync.conflict.ledger import ConflictRow
+from fieldsync.store.changelog import LoggedChange, LogSlice
+from fieldsync.store.conflicts import ConflictUpdate
+from fieldsync.store.errors import StoreError
+from fieldsync.sync.codec import encode
+from fieldsync.sync.messages import ChangeRecord, Changes, ConflictRecord, Conflicts
 
 ReadSince = Callable[[UUID, int, int], Awaitable[LogSlice]]
 READ_BATCH = 500

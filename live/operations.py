@@ -9,9 +9,9 @@ import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from observability.logs import bind
-from observability.metrics import CONTENT_TYPE, Metrics
-from store.database import database_problem
+from fieldsync.observability.logs import bind
+from fieldsync.observability.metrics import CONTENT_TYPE, Metrics
+from fieldsync.store.database import database_problem
 
 
 async def healthz(request: Request) -> JSONResponse:

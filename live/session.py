@@ -20,27 +20,27 @@ from uuid import UUID
 
 import asyncpg
 
-from auth.tokens import TokenClaims, TokenError, TokenVerifier
-from live.admission import Admission, Ticket
-from live.feed import Hub, LiveSubscription, log_frames, snapshot_conflict_frames
-from live.outbox import DEFAULT_OUTBOX_LIMITS, Outbox, OutboxClosedError, OutboxLimits
-from live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
-from live.status import StatusBoard
-from model.limits import Limits
-from model.merge import EntityChanges
-from model.permissions import WRITE_LEVELS
-from observability.log_limits import LogLimiter
-from observability.logs import annotate
-from observability.metrics import Metrics
-from store.authorization import write_rule
-from store.changelog import Accepted, ChangeLog
-from store.errors import StoreError
-from store.projects import member_level, member_projects
-from store.snapshots import open_snapshot
-from sync.codec import encode
-from sync.connection import ConnectionState, ServerConnection
-from sync.errors import CloseCode, ErrorCode
-from sync.messages import (
+from fieldsync.auth.tokens import TokenClaims, TokenError, TokenVerifier
+from fieldsync.live.admission import Admission, Ticket
+from fieldsync.live.feed import Hub, LiveSubscription, log_frames, snapshot_conflict_frames
+from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, Outbox, OutboxClosedError, OutboxLimits
+from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
+from fieldsync.live.status import StatusBoard
+from fieldsync.model.limits import Limits
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.permissions import WRITE_LEVELS
+from fieldsync.observability.log_limits import LogLimiter
+from fieldsync.observability.logs import annotate
+from fieldsync.observability.metrics import Metrics
+from fieldsync.store.authorization import write_rule
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.errors import StoreError
+from fieldsync.store.projects import member_level, member_projects
+from fieldsync.store.snapshots import open_snapshot
+from fieldsync.sync.codec import encode
+from fieldsync.sync.connection import ConnectionState, ServerConnection
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import (
     EntityAccepted,
     EntityRejected,
     EntityResult,

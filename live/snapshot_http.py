@@ -22,16 +22,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Send
 
-from auth.tokens import TokenError, TokenVerifier
-from live.feed import snapshot_conflict_frames
-from live.origins import cors_headers, preflight_headers
-from observability.metrics import Metrics
-from store.database import DatabasePool
-from store.errors import StoreError, UnknownProject
-from store.projects import member_level
-from store.snapshots import open_snapshot
-from sync.codec import encode
-from sync.messages import SnapshotBegin, SnapshotEnd
+from fieldsync.auth.tokens import TokenError, TokenVerifier
+from fieldsync.live.feed import snapshot_conflict_frames
+from fieldsync.live.origins import cors_headers, preflight_headers
+from fieldsync.observability.metrics import Metrics
+from fieldsync.store.database import DatabasePool
+from fieldsync.store.errors import StoreError, UnknownProject
+from fieldsync.store.projects import member_level
+from fieldsync.store.snapshots import open_snapshot
+from fieldsync.sync.codec import encode
+from fieldsync.sync.messages import SnapshotBegin, SnapshotEnd
 
 MEDIA_TYPE = "application/x-fieldsync-snapshot+msgpack"
 FLUSH_BYTES = 256 * 1024

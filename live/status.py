@@ -14,10 +14,10 @@ import logging
 import weakref
 from collections.abc import Callable
 
-from live.outbox import Outbox, OutboxClosedError
-from store.database import DatabaseProbe
-from sync.codec import encode
-from sync.messages import Status
+from fieldsync.live.outbox import Outbox, OutboxClosedError
+from fieldsync.store.database import DatabaseProbe
+from fieldsync.sync.codec import encode
+from fieldsync.sync.messages import Status
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from model.changes import ChangeFormatError, ChangeHeader, parse_change
-from model.leb128 import LEB128Error, decode_sleb128, decode_uleb128
+from fieldsync.model.changes import ChangeFormatError, ChangeHeader, parse_change
+from fieldsync.model.leb128 import LEB128Error, decode_sleb128, decode_uleb128
 
 __all__ = [
     "ACTION_DELETE",

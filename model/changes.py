@@ -21,7 +21,7 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 
-from model.leb128 import LEB128Error, decode_sleb128, decode_uleb128, encode_uleb128
+from fieldsync.model.leb128 import LEB128Error, decode_sleb128, decode_uleb128, encode_uleb128
 
 __all__ = [
     "MAX_CHANGE_BYTES",

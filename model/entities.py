@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from model.schema import EntitySchema, Field, FieldKind
+from fieldsync.model.schema import EntitySchema, Field, FieldKind
 
 STRING, TEXT, FLOAT, BOOL = FieldKind.STRING, FieldKind.TEXT, FieldKind.FLOAT, FieldKind.BOOL
 TIMESTAMP, ENUM, REF = FieldKind.TIMESTAMP, FieldKind.ENUM, FieldKind.REF

@@ -23,12 +23,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from model.changes import TIMESTAMP_MAX_MS, TIMESTAMP_MIN_MS
-from model.entities import SCHEMAS
-from model.limits import DEFAULT_LIMITS
-from model.rejections import RejectCode
-from model.schema import ENTITY_ID_PATTERN, EntitySchema, Field, FieldKind
-from model.validation import MAX_LIST_ITEMS, MAX_VIOLATIONS, _expected
+from fieldsync.model.changes import TIMESTAMP_MAX_MS, TIMESTAMP_MIN_MS
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.limits import DEFAULT_LIMITS
+from fieldsync.model.rejections import RejectCode
+from fieldsync.model.schema import ENTITY_ID_PATTERN, EntitySchema, Field, FieldKind
+from fieldsync.model.validation import MAX_LIST_ITEMS, MAX_VIOLATIONS, _expected
 
 __all__ = ["AUTOMERGE_TYPES", "SCHEMA_ID", "entity_json_schema"]
 

@@ -14,15 +14,15 @@ from uuid import UUID
 
 from automerge.core import Document
 
-from model.changeops import UnsupportedValue, unsupported_values
-from model.changes import ChangeFormatError, ChangeHeader, parse_change
-from model.documents import AutomergeError, apply_changes, contained
-from model.entities import SCHEMAS
-from model.limits import Limits
-from model.rejections import RejectCode, Rejection
-from model.schema import is_valid_entity_id
-from model.validation import inspect_document
-from model.value_check import unsupported_value_rejection
+from fieldsync.model.changeops import UnsupportedValue, unsupported_values
+from fieldsync.model.changes import ChangeFormatError, ChangeHeader, parse_change
+from fieldsync.model.documents import AutomergeError, apply_changes, contained
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.limits import Limits
+from fieldsync.model.rejections import RejectCode, Rejection
+from fieldsync.model.schema import is_valid_entity_id
+from fieldsync.model.validation import inspect_document
+from fieldsync.model.value_check import unsupported_value_rejection
 
 MAX_VIOLATIONS_LISTED = 10
 """Schema violations listed in one rejection (the rest are counted): an answer stays small

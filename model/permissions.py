@@ -28,9 +28,9 @@ from enum import StrEnum
 
 from automerge.core import Document
 
-from model.entities import SCHEMAS
-from model.rejections import RejectCode, Rejection
-from model.validation import inspect_document
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.rejections import RejectCode, Rejection
+from fieldsync.model.validation import inspect_document
 
 DELETED = "deleted"
 

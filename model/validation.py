@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from automerge.core import ROOT, Document, ObjType, ScalarType, Value
 
-from model.schema import EntitySchema, Field, FieldKind, is_valid_entity_id
+from fieldsync.model.schema import EntitySchema, Field, FieldKind, is_valid_entity_id
 
 MAX_LIST_ITEMS = 10_000
 MAX_VIOLATIONS = 100

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 
 from automerge.core import ROOT, Document, ObjType
 
-from model.changeops import OpId, UnsupportedValue, created_objects, parse_op_id
-from model.changes import ChangeFormatError, ChangeHeader
-from model.documents import AutomergeError, contained
-from model.rejections import RejectCode, Rejection
+from fieldsync.model.changeops import OpId, UnsupportedValue, created_objects, parse_op_id
+from fieldsync.model.changes import ChangeFormatError, ChangeHeader
+from fieldsync.model.documents import AutomergeError, contained
+from fieldsync.model.rejections import RejectCode, Rejection
 
 UNKNOWN_FIELD = "?"
 _MAX_OBJECTS_WALKED = 100_000

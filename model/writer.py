@@ -22,9 +22,9 @@ from datetime import datetime
 from automerge._automerge import Transaction
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from model.entities import SCHEMAS
-from model.schema import EntitySchema, Field, FieldKind
-from model.text_diff import text_splices
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.schema import EntitySchema, Field, FieldKind
+from fieldsync.model.text_diff import text_splices
 
 # The Automerge scalar type each scalar field kind is written as.
 SCALAR_TYPES = {

@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from observability.fanout import LOCAL, REMOTE, FanoutClock
-from store.changelog import AppendResult, Rejected
-from sync.messages import Hello, Push
+from fieldsync.observability.fanout import LOCAL, REMOTE, FanoutClock
+from fieldsync.store.changelog import AppendResult, Rejected
+from fieldsync.sync.messages import Hello, Push
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 log = logging.getLogger("fieldsync.slow")

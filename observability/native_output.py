@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from observability.log_limits import LogLimiter
+from fieldsync.observability.log_limits import LogLimiter
 
 BURST_SECONDS = 0.05
 MAX_TEXT = 2_000

@@ -13,7 +13,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from observability.logs import bind
+from fieldsync.observability.logs import bind
 
 HEADER = "x-request-id"
 _SAFE = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from model.permissions import Level, Writer, check_write, may_write_everything
-from model.rejections import RejectCode, Rejection
-from store.changelog import Authorize, AuthorizeFactory
-from store.driver import translated
-from store.projects import member_level
+from fieldsync.model.permissions import Level, Writer, check_write, may_write_everything
+from fieldsync.model.rejections import RejectCode, Rejection
+from fieldsync.store.changelog import Authorize, AuthorizeFactory
+from fieldsync.store.driver import translated
+from fieldsync.store.projects import member_level
 
 _SUMMONED_TO = """
 SELECT DISTINCT activity_id FROM rm_summonings

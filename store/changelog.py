@@ -19,9 +19,9 @@ from uuid import UUID
 
 import asyncpg
 
-from model.documents import AutomergeError, load_document, save_document
-from model.limits import DEFAULT_LIMITS, Limits
-from model.merge import (
+from fieldsync.model.documents import AutomergeError, load_document, save_document
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.model.merge import (
     DecodedChanges,
     EntityChanges,
     Merged,
@@ -30,21 +30,21 @@ from model.merge import (
     keep_within_push_ops,
     merge_entity,
 )
-from model.permissions import WriteCheck, write_check
-from model.rejections import RejectCode, Rejection
-from store.compaction import should_compact
-from store.conflicts import (
+from fieldsync.model.permissions import WriteCheck, write_check
+from fieldsync.model.rejections import RejectCode, Rejection
+from fieldsync.store.compaction import should_compact
+from fieldsync.store.conflicts import (
     ConflictUpdate,
     EntityMerge,
     conflict_updates,
     plan_conflicts,
     write_conflicts,
 )
-from store.document_cache import CachedDocument, DocumentCache
-from store.driver import translated
-from store.errors import BatchTooLarge, StoreError, UnknownProject
-from store.hashes import find_logged
-from store.readmodels import read_model_row, upsert_read_models
+from fieldsync.store.document_cache import CachedDocument, DocumentCache
+from fieldsync.store.driver import translated
+from fieldsync.store.errors import BatchTooLarge, StoreError, UnknownProject
+from fieldsync.store.hashes import find_logged
+from fieldsync.store.readmodels import read_model_row, upsert_read_models
 
 
 @dataclass(frozen=True, slots=True)

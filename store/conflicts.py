@@ -20,7 +20,7 @@ from uuid import UUID
 
 from automerge.core import Document
 
-from conflict.cross import (
+from fieldsync.conflict.cross import (
     ActivityRow,
     LocationRow,
     ProjectRows,
@@ -31,8 +31,8 @@ from conflict.cross import (
     needed_rows,
     row_from_values,
 )
-from conflict.entity import entity_conflicts
-from conflict.ledger import (
+from fieldsync.conflict.entity import entity_conflicts
+from fieldsync.conflict.ledger import (
     OPEN,
     ROW_FIELDS,
     ConflictRow,
@@ -43,10 +43,10 @@ from conflict.ledger import (
     row_changes,
     rules_needed,
 )
-from conflict.neighbourhood import Lookups, lookups_for
-from model.changes import ChangeHeader
-from store.driver import translated
-from store.hashes import find_logged
+from fieldsync.conflict.neighbourhood import Lookups, lookups_for
+from fieldsync.model.changes import ChangeHeader
+from fieldsync.store.driver import translated
+from fieldsync.store.hashes import find_logged
 
 __all__ = [
     "ConflictUpdate",

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from store.driver import DRIVER_ERRORS, driver_error_name, driver_errors, translated
-from store.embedded import embedded_postgres
-from store.errors import DatabaseUnavailable, StoreError
+from fieldsync.store.driver import DRIVER_ERRORS, driver_error_name, driver_errors, translated
+from fieldsync.store.embedded import embedded_postgres
+from fieldsync.store.errors import DatabaseUnavailable, StoreError
 
 logger = logging.getLogger(__name__)
 

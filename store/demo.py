@@ -22,13 +22,13 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 
 import asyncpg
 
-from model.merge import EntityChanges
-from model.writer import create_entity
-from store.changelog import Accepted, ChangeLog
-from store.driver import translated
-from store.errors import StoreError
-from store.notifications import notify
-from store.projects import add_member, create_account, create_project, create_user
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.writer import create_entity
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.driver import translated
+from fieldsync.store.errors import StoreError
+from fieldsync.store.notifications import notify
+from fieldsync.store.projects import add_member, create_account, create_project, create_user
 
 PROJECT_NAME = "Alpine survey 2027"
 ACCOUNT_NAME = "Demo: Alpine Field Research"

@@ -26,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 
-from store.errors import DatabaseFailed, DatabaseUnavailable, StoreError
+from fieldsync.store.errors import DatabaseFailed, DatabaseUnavailable, StoreError
 
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from store.errors import DatabaseUnavailable
+from fieldsync.store.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 

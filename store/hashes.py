@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from store.driver import translated
+from fieldsync.store.driver import translated
 
 # One index probe per hash, forced by the LATERAL ... OFFSET 0: with "hash = ANY($2)" the
 # planner, whenever a project's rows are newer than the table statistics, scans the whole

@@ -19,8 +19,8 @@ from itertools import pairwise
 
 import asyncpg
 
-from store.driver import DRIVER_ERRORS, translate, translated
-from store.errors import SchemaOutdated, SchemaTooNew
+from fieldsync.store.driver import DRIVER_ERRORS, translate, translated
+from fieldsync.store.errors import SchemaOutdated, SchemaTooNew
 
 # Any fixed 64-bit key works; this is b"fsmigrat" read as a big-endian integer.
 MIGRATION_LOCK_KEY = 7382364513664917876
@@ -87,7 +87,7 @@ def pending(available: Iterable[Migration], applied: Set[int]) -> list[Migration
 # --- I/O ------------------------------------------------------------------------------
 
 
-def available_migrations(package: str = "migrations") -> list[Migration]:
+def available_migrations(package: str = "fieldsync.migrations") -> list[Migration]:
     """Every migration file shipped in ``package``, in version order."""
     found = []
     for entry in files(package).iterdir():

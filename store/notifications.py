@@ -23,8 +23,8 @@ from uuid import UUID
 
 import asyncpg
 
-from store.driver import driver_errors, translated
-from store.errors import StoreError
+from fieldsync.store.driver import driver_errors, translated
+from fieldsync.store.errors import StoreError
 
 CHANNEL = "fieldsync_log"
 MEMBERSHIP_CHANNEL = "fieldsync_membership"

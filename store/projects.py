@@ -23,9 +23,9 @@ from typing import Any
 
 import asyncpg
 
-from store.driver import translated
-from store.errors import StoreError, UnknownProject
-from store.notifications import notify_removal
+from fieldsync.store.driver import translated
+from fieldsync.store.errors import StoreError, UnknownProject
+from fieldsync.store.notifications import notify_removal
 
 LEVELS = ("lead", "specialist", "viewer")
 """Permission levels of project members, most powerful first."""

@@ -11,8 +11,8 @@ from functools import cache
 from typing import Any
 from uuid import UUID
 
-from model.projections import PROJECTIONS, Projection
-from store.driver import translated
+from fieldsync.model.projections import PROJECTIONS, Projection
+from fieldsync.store.driver import translated
 
 
 @cache

@@ -23,17 +23,17 @@ from uuid import UUID
 import asyncpg
 from automerge.core import Document
 
-from conflict.cross import Row, RowIndex, cross_entity_conflicts
-from conflict.entity import entity_conflicts
-from conflict.ledger import ROW_FIELDS, Ledger, plan_cross, plan_entity, row_changes
-from model.changes import ChangeHeader, parse_change
-from model.documents import contained, document_heads, load_document
-from model.entities import SCHEMAS
-from model.validation import inspect_document
-from store.conflicts import ConflictWrites, conflict_rows, write_conflicts
-from store.driver import translated
-from store.errors import UnknownProject
-from store.readmodels import read_model_row, read_model_tables, upsert_read_models
+from fieldsync.conflict.cross import Row, RowIndex, cross_entity_conflicts
+from fieldsync.conflict.entity import entity_conflicts
+from fieldsync.conflict.ledger import ROW_FIELDS, Ledger, plan_cross, plan_entity, row_changes
+from fieldsync.model.changes import ChangeHeader, parse_change
+from fieldsync.model.documents import contained, document_heads, load_document
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.validation import inspect_document
+from fieldsync.store.conflicts import ConflictWrites, conflict_rows, write_conflicts
+from fieldsync.store.driver import translated
+from fieldsync.store.errors import UnknownProject
+from fieldsync.store.readmodels import read_model_row, read_model_tables, upsert_read_models
 
 _BATCH_ROWS = 500
 

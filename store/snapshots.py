@@ -18,10 +18,10 @@ from uuid import UUID
 
 import asyncpg
 
-from conflict.ledger import ConflictRow
-from store.conflicts import conflict_rows
-from store.driver import driver_errors, translated
-from store.errors import UnknownProject
+from fieldsync.conflict.ledger import ConflictRow
+from fieldsync.store.conflicts import conflict_rows
+from fieldsync.store.driver import driver_errors, translated
+from fieldsync.store.errors import UnknownProject
 
 
 @dataclass(frozen=True, slots=True)

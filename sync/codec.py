@@ -25,9 +25,9 @@ from typing import Any, Final
 
 import msgpack
 
-from model.limits import DEFAULT_LIMITS, Limits
-from sync.errors import ErrorCode
-from sync.messages import (
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.sync.errors import ErrorCode
+from fieldsync.sync.messages import (
     CONFLICT_STATUSES,
     ChangeRecord,
     Changes,

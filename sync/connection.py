@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Generic, TypeVar
 
-from model.limits import DEFAULT_LIMITS, Limits
-from sync.codec import ProtocolViolation, decode_client, decode_server, encode
-from sync.errors import CloseCode, ErrorCode
-from sync.messages import (
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.sync.codec import ProtocolViolation, decode_client, decode_server, encode
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import (
     PROTOCOL_VERSIONS,
     ClientMessage,
     Error,

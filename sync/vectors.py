@@ -33,11 +33,11 @@ from typing import Any, Final
 
 import msgpack
 
-from model.limits import DEFAULT_LIMITS, Limits
-from sync import codec
-from sync.codec import ProtocolViolation, decode_client, decode_server, encode
-from sync.errors import CloseCode, ErrorCode
-from sync.messages import (
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.sync import codec
+from fieldsync.sync.codec import ProtocolViolation, decode_client, decode_server, encode
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import (
     CONFLICT_STATUSES,
     PROTOCOL_VERSIONS,
     SERVER_STATES,

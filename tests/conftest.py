@@ -31,11 +31,11 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from auth.tokens import issue_token
-from store.database import close_pool, connect, create_pool, with_database
-from store.embedded import embedded_postgres, pgdata_path
-from store.migrations import migrate
-from store.projects import add_member, create_account, create_project, create_user
+from fieldsync.auth.tokens import issue_token
+from fieldsync.store.database import close_pool, connect, create_pool, with_database
+from fieldsync.store.embedded import embedded_postgres, pgdata_path
+from fieldsync.store.migrations import migrate
+from fieldsync.store.projects import add_member, create_account, create_project, create_user
 from tests.live_server import TEST_SECRET, MemberFactory
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import uvicorn
 
-from live.slow_requests import HEADER_SECONDS
-from model.limits import DEFAULT_LIMITS, Limits
-from server import PING_INTERVAL_SECONDS, create_app, uvicorn_config
+from fieldsync.live.slow_requests import HEADER_SECONDS
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.server import PING_INTERVAL_SECONDS, create_app, uvicorn_config
 
 TEST_SECRET = b"test-secret-that-is-long-enough-for-hs256"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
-from store.database import connect
+from fieldsync.store.database import connect
 
 PROCESS_EXIT_TIMEOUT = 10.0
 

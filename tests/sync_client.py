@@ -11,10 +11,10 @@ from automerge.core import Document
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from model.changes import parse_change
-from model.documents import apply_changes, load_document
-from sync.codec import decode_server, encode
-from sync.messages import (
+from fieldsync.model.changes import parse_change
+from fieldsync.model.documents import apply_changes, load_document
+from fieldsync.sync.codec import decode_server, encode
+from fieldsync.sync.messages import (
     Changes,
     ClientMessage,
     ConflictRecord,

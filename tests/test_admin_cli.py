@@ -23,13 +23,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from auth.tokens import verify_token
-from cli import example_lines
-from store.projects import member_level
+from fieldsync.auth.tokens import verify_token
+from fieldsync.cli import example_lines
+from fieldsync.store.projects import member_level
 from tests.test_server_command import FIELDSYNC, serving
 
 SECRET = "admin-cli-test-secret-that-is-long-enough"
-EXAMPLE = Path(__file__).resolve().parents[1] / "client-sdk" / "examples" / "offline_edit.py"
+EXAMPLE = (
+    Path(__file__).resolve().parents[1] / "client-sdk" / "python" / "examples" / "offline_edit.py"
+)
 RUN_TIMEOUT = 60.0
 UUID_LINE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n\Z")
 
@@ -471,7 +473,7 @@ def test_the_example_command_says_how_to_install_the_sdk_it_needs() -> None:
     assert shlex.split(lines[install + 1]) == [
         python, "-m", "pip", "install", "-e", str(EXAMPLE.parents[1])
     ]
-    assert str(EXAMPLE.parents[1]).endswith("client-sdk")
+    assert str(EXAMPLE.parents[1]).endswith("client-sdk/python")
     installed = example_lines(
         demo, "ws://h:1/sync", "--server-url", python=python, example=EXAMPLE,
         sdk_installed=True,

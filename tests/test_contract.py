@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import main
+from fieldsync.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKED_IN = ROOT / "contract"

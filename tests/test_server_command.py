@@ -22,9 +22,9 @@ import asyncpg
 import httpx
 import pytest
 
-from store.database import connect
-from store.embedded import live_pids
-from store.projects import create_account
+from fieldsync.store.database import connect
+from fieldsync.store.embedded import live_pids
+from fieldsync.store.projects import create_account
 
 FIELDSYNC = Path(sys.executable).with_name("fieldsync")
 START_TIMEOUT = 60.0

@@ -9,8 +9,8 @@ import uuid
 import httpx
 import pytest
 
-from model.writer import create_entity, update_entity
-from sync.messages import EntityPush, ProjectCursor
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.sync.messages import EntityPush, ProjectCursor
 from tests.entities import location_values, new_id
 from tests.live.test_sync import push
 from tests.live_server import TEST_SECRET, MemberFactory

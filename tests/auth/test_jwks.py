@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from auth.tokens import JwksVerifier, TokenError, issue_token
-from sync.errors import CloseCode, ErrorCode
-from sync.messages import Error, Hello
+from fieldsync.auth.tokens import JwksVerifier, TokenError, issue_token
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import Error, Hello
 from tests.live_server import TEST_SECRET, running_server
 from tests.sync_client import SyncClient
 

@@ -11,8 +11,8 @@ import warnings
 import jwt
 import pytest
 
-from auth.secret import load_secret
-from auth.tokens import CLOCK_SKEW_SECONDS, TokenError, issue_token, verify_token
+from fieldsync.auth.secret import load_secret
+from fieldsync.auth.tokens import CLOCK_SKEW_SECONDS, TokenError, issue_token, verify_token
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 USER = uuid.UUID("2b1f0c8e-8d4e-4a43-9c3f-6e0a4c7d9b11")

@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 import pytest
 import uvicorn
-from fieldsync_client import FieldsyncClient, Project
 
-from model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync_client import FieldsyncClient, Project
 from tests.live_server import MemberFactory, free_port, start_server, stop_server
 
 ClientFactory = Callable[..., FieldsyncClient]

@@ -15,14 +15,14 @@ from pathlib import Path
 import asyncpg
 from automerge.core import Document
 
-from model.changes import parse_change
-from model.entities import SCHEMAS
-from model.limits import DEFAULT_LIMITS
-from model.merge import EntityChanges
-from model.validation import inspect_document
-from model.writer import create_entity
-from store.changelog import Accepted, ChangeLog
-from sync.messages import ProjectCursor
+from fieldsync.model.changes import parse_change
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.limits import DEFAULT_LIMITS
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.validation import inspect_document
+from fieldsync.model.writer import create_entity
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.sync.messages import ProjectCursor
 from tests.entities import activity_values
 from tests.sync_client import SyncClient
 

@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from fieldsync_client import BlockingClient, RemoteChanges, ValidationError
 
+from fieldsync_client import BlockingClient, RemoteChanges, ValidationError
 from tests.client.conftest import FAST_BACKOFF, ClientFactory, RestartableServer
 from tests.client.helpers import until
 from tests.entities import activity_values, plan_values

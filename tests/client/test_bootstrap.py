@@ -11,8 +11,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from fieldsync_client import FieldsyncClient, Project
 
+from fieldsync_client import FieldsyncClient, Project
 from tests.client.conftest import ClientFactory, RestartableServer
 from tests.client.helpers import (
     finish_worker,

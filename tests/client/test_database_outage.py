@@ -17,14 +17,14 @@ from typing import Any
 
 import httpx
 import pytest
-from fieldsync_client import Project
 
-from auth.tokens import issue_token
-from live.status import DATABASE_UNAVAILABLE
-from store.database import close_pool, connect, create_pool
-from store.migrations import migrate
-from store.projects import add_member, create_account, create_project, create_user
-from sync.messages import ProjectCursor, Status
+from fieldsync.auth.tokens import issue_token
+from fieldsync.live.status import DATABASE_UNAVAILABLE
+from fieldsync.store.database import close_pool, connect, create_pool
+from fieldsync.store.migrations import migrate
+from fieldsync.store.projects import add_member, create_account, create_project, create_user
+from fieldsync.sync.messages import ProjectCursor, Status
+from fieldsync_client import Project
 from tests.client.conftest import ClientFactory
 from tests.client.helpers import logged_hashes, server_documents, until
 from tests.entities import location_values

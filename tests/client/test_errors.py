@@ -7,14 +7,14 @@ import uuid
 
 import asyncpg
 import pytest
+
+from fieldsync.store.projects import add_member
 from fieldsync_client import (
     AuthError,
     ConnectionState,
     IncompatibleServer,
     ProjectUnavailable,
 )
-
-from store.projects import add_member
 from tests.client.conftest import ClientFactory, OnlineFactory, RestartableServer
 from tests.client.helpers import logged_hashes, until
 from tests.entities import plan_values

@@ -18,18 +18,18 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from fieldsync.model.leb128 import encode_uleb128
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.sync.codec import ProtocolViolation, encode
+from fieldsync.sync.connection import ClientConnection
+from fieldsync.sync.messages import ChangeRecord, SnapshotBegin, SnapshotEnd, Welcome
 from fieldsync_client import FieldsyncClient
 from fieldsync_client.bootstrap import SnapshotUnavailable, http_bootstrap
 from fieldsync_client.local_store import LocalStore
 from fieldsync_client.replica import ProjectReplica, RemoteDataError
 from fieldsync_client.snapshot_stream import SnapshotFormatError, SnapshotStream
-from websockets.asyncio.server import ServerConnection, serve
-
-from model.leb128 import encode_uleb128
-from model.limits import DEFAULT_LIMITS, Limits
-from sync.codec import ProtocolViolation, encode
-from sync.connection import ClientConnection
-from sync.messages import ChangeRecord, SnapshotBegin, SnapshotEnd, Welcome
 from tests.client.helpers import async_peak_allocation, peak_allocation, until
 
 MB = 1024 * 1024

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
-from model.limits import Limits
+from fieldsync.model.limits import Limits
 from tests.client.conftest import RestartableServer
 from tests.client.helpers import (
     finish_worker,

@@ -7,9 +7,9 @@ import asyncio
 import uuid
 
 import asyncpg
-from fieldsync_client import MembershipRemoved, ProjectUnavailable, RejectedChange
 
-from store.projects import remove_member
+from fieldsync.store.projects import remove_member
+from fieldsync_client import MembershipRemoved, ProjectUnavailable, RejectedChange
 from tests.client.conftest import ClientFactory, RestartableServer
 from tests.client.helpers import head_seq, until
 from tests.entities import location_values

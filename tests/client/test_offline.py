@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from automerge.core import Document
+
 from fieldsync_client import (
     ConnectionState,
     EntityNotFound,
@@ -16,7 +17,6 @@ from fieldsync_client import (
     StoreLocked,
     ValidationError,
 )
-
 from tests.client.conftest import ClientFactory
 from tests.client.helpers import until
 from tests.entities import START, activity_values, new_id, plan_values

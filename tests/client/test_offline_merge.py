@@ -13,8 +13,8 @@ import uuid
 
 import asyncpg
 import pytest
-from fieldsync_client import ConflictUpdate, ConnectionState, Project, RemoteChanges
 
+from fieldsync_client import ConflictUpdate, ConnectionState, Project, RemoteChanges
 from tests.client.conftest import ClientFactory, OnlineFactory, RestartableServer
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until, values_of
 from tests.entities import activity_values, plan_values

@@ -6,8 +6,8 @@ import uuid
 
 import asyncpg
 import pytest
-from fieldsync_client import ConnectionState, EntityNotFound, RejectedChange
 
+from fieldsync_client import ConnectionState, EntityNotFound, RejectedChange
 from tests.client.conftest import ClientFactory, OnlineFactory, RestartableServer
 from tests.client.helpers import logged_hashes, server_documents, until, values_of
 from tests.entities import location_values, new_id

@@ -11,8 +11,8 @@ import uuid
 from datetime import timedelta
 
 import asyncpg
-from fieldsync_client import Project
 
+from fieldsync_client import Project
 from tests.client.conftest import ClientFactory, OnlineFactory, RestartableServer
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until, values_of
 from tests.entities import START, activity_values, location_values

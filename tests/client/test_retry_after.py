@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from live.admission import AdmissionLimits
+from fieldsync.live.admission import AdmissionLimits
 from tests.client.conftest import ClientFactory
 from tests.live_server import MemberFactory, running_server
 from tests.sync_client import SyncClient

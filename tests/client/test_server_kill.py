@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-from fieldsync_client import FieldsyncClient, Project
 
+from fieldsync_client import FieldsyncClient, Project
 from tests.client.conftest import OnlineFactory
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until
 from tests.entities import location_values

@@ -7,9 +7,9 @@ import time
 import uuid
 
 import asyncpg
-from fieldsync_client import ConnectionState
 
-from model.limits import Limits
+from fieldsync.model.limits import Limits
+from fieldsync_client import ConnectionState
 from tests.client.conftest import ClientFactory, RestartableServer
 from tests.client.helpers import head_seq, logged_hashes, server_documents, until
 from tests.entities import location_values

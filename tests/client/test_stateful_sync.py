@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-from fieldsync_client import FieldsyncClient, Project
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -33,9 +32,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from auth.tokens import issue_token
-from store.database import close_pool, create_pool
-from store.projects import add_member, create_account, create_project, create_user
+from fieldsync.auth.tokens import issue_token
+from fieldsync.store.database import close_pool, create_pool
+from fieldsync.store.projects import add_member, create_account, create_project, create_user
+from fieldsync_client import FieldsyncClient, Project
 from tests.client.conftest import FAST_BACKOFF, RestartableServer
 from tests.client.helpers import logged_hashes, server_documents, values_of
 from tests.entities import START

@@ -6,12 +6,12 @@ import gzip
 
 import msgpack
 import pytest
+
+from fieldsync.sync.messages import SnapshotBegin, SnapshotEnd, SnapshotEntity
 from fieldsync_client.bootstrap import snapshot_url
 from fieldsync_client.http_get import HttpError, parse_chunk_size, parse_head
 from fieldsync_client.repair import HistoryChange, missing_hashes, with_ancestors
 from fieldsync_client.snapshot_stream import SnapshotFormatError, SnapshotStream
-
-from sync.messages import SnapshotBegin, SnapshotEnd, SnapshotEntity
 
 
 def _body(*records: dict[str, object]) -> bytes:

@@ -16,8 +16,8 @@ from automerge.core import ROOT, Document, ObjType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.text_diff import Splice, text_splices
-from model.writer import NoChange, create_entity, replace_text, update_entity
+from fieldsync.model.text_diff import Splice, text_splices
+from fieldsync.model.writer import NoChange, create_entity, replace_text, update_entity
 from tests.client.conftest import OnlineFactory, RestartableServer
 from tests.client.helpers import head_seq, server_documents, until, values_of
 from tests.entities import activity_values, plan_values

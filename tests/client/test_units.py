@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 from automerge.core import Document
+
+from fieldsync.model.changes import parse_change
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.sync.messages import ChangeRecord, ConflictRecord, SnapshotEntity
 from fieldsync_client.backoff import Backoff
 from fieldsync_client.errors import StoreError
 from fieldsync_client.local_store import LocalStore, OutboxEntry
 from fieldsync_client.push_plan import plan_push
 from fieldsync_client.replica import DEPENDS_ON_REJECTED, ProjectReplica, RemoteDataError
 from fieldsync_client.sync_loop import sync_url
-
-from model.changes import parse_change
-from model.writer import create_entity, update_entity
-from sync.messages import ChangeRecord, ConflictRecord, SnapshotEntity
 from tests.entities import activity_values, location_values, new_id
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

@@ -17,13 +17,20 @@ from datetime import datetime, timedelta
 
 from automerge.core import ROOT, Document, ObjType
 
-from conflict.cross import ProjectRows, Row, cross_entity_conflicts, needed_rows
-from conflict.entity import entity_conflicts
-from conflict.ledger import Ledger, plan_cross, plan_entity, row_at, row_changes, rules_needed
-from model.changes import ChangeHeader, parse_change
-from model.documents import expected_heads, load_document
-from model.limits import DEFAULT_LIMITS
-from model.merge import (
+from fieldsync.conflict.cross import ProjectRows, Row, cross_entity_conflicts, needed_rows
+from fieldsync.conflict.entity import entity_conflicts
+from fieldsync.conflict.ledger import (
+    Ledger,
+    plan_cross,
+    plan_entity,
+    row_at,
+    row_changes,
+    rules_needed,
+)
+from fieldsync.model.changes import ChangeHeader, parse_change
+from fieldsync.model.documents import expected_heads, load_document
+from fieldsync.model.limits import DEFAULT_LIMITS
+from fieldsync.model.merge import (
     DecodedChanges,
     EntityChanges,
     Merged,
@@ -31,8 +38,8 @@ from model.merge import (
     decode_entity_changes,
     merge_entity,
 )
-from model.rejections import Rejection
-from model.writer import create_entity, update_entity
+from fieldsync.model.rejections import Rejection
+from fieldsync.model.writer import create_entity, update_entity
 from tests.entities import START
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from model.changes import parse_change
-from model.writer import NoChange, splice_text
+from fieldsync.model.changes import parse_change
+from fieldsync.model.writer import NoChange, splice_text
 from tests.conflict.helpers import Device, Entity, at, create
 
 PLAN = "plan-1"

@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conflict.cross import (
+from fieldsync.conflict.cross import (
     DELETED_REFERENCE_RESOLUTION,
     ActivityRow,
     LocationRow,
@@ -19,10 +19,10 @@ from conflict.cross import (
     row_from_values,
     still_open,
 )
-from conflict.ledger import OPEN, RESOLVED, row_at, row_changes
-from conflict.records import Conflict, ConflictKind
-from model.entities import SCHEMAS
-from model.validation import inspect_document
+from fieldsync.conflict.ledger import OPEN, RESOLVED, row_at, row_changes
+from fieldsync.conflict.records import Conflict, ConflictKind
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.validation import inspect_document
 from tests.conflict.helpers import Device, ProjectSim, at, create, headers
 from tests.conflict.scenarios import Step, examples, play, project_entities, sessions
 

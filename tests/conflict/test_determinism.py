@@ -23,12 +23,12 @@ import random
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conflict.cross import ProjectRows, cross_entity_conflicts, row_from_values
-from conflict.entity import open_conflicts
-from conflict.ledger import OPEN, Ledger
-from conflict.records import SINGLE_ENTITY_KINDS, ConflictKind
-from model.entities import SCHEMAS
-from model.validation import inspect_document
+from fieldsync.conflict.cross import ProjectRows, cross_entity_conflicts, row_from_values
+from fieldsync.conflict.entity import open_conflicts
+from fieldsync.conflict.ledger import OPEN, Ledger
+from fieldsync.conflict.records import SINGLE_ENTITY_KINDS, ConflictKind
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.validation import inspect_document
 from tests.conflict.helpers import ProjectSim
 from tests.conflict.scenarios import (
     Session,

@@ -6,7 +6,7 @@ import json
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from conflict.entity import (
+from fieldsync.conflict.entity import (
     CONCURRENT_EDIT_RESOLUTION,
     EDIT_TO_DELETED_RESOLUTION,
     entity_conflicts,
@@ -14,10 +14,10 @@ from conflict.entity import (
     resolved_by,
     still_open,
 )
-from conflict.ledger import OPEN, RESOLVED
-from conflict.records import ChangeRef, Conflict, ConflictKind
-from model.changes import parse_change
-from model.writer import insert_list_item, splice_text
+from fieldsync.conflict.ledger import OPEN, RESOLVED
+from fieldsync.conflict.records import ChangeRef, Conflict, ConflictKind
+from fieldsync.model.changes import parse_change
+from fieldsync.model.writer import insert_list_item, splice_text
 from tests.conflict.helpers import (
     Device,
     Entity,

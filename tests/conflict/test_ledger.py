@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from conflict.entity import EntityConflicts, Resolution
-from conflict.ledger import OPEN, RESOLVED, ConflictRow, Ledger, plan_cross, plan_entity
-from conflict.records import ChangeRef, Conflict, ConflictKind, conflict_id, make_conflict
+from fieldsync.conflict.entity import EntityConflicts, Resolution
+from fieldsync.conflict.ledger import OPEN, RESOLVED, ConflictRow, Ledger, plan_cross, plan_entity
+from fieldsync.conflict.records import ChangeRef, Conflict, ConflictKind, conflict_id, make_conflict
 from tests.conflict.helpers import ProjectSim, at
 from tests.conflict.test_entity_rules import ACT, activity, devices
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conflict.cross import (
+from fieldsync.conflict.cross import (
     ActivityRow,
     LocationRow,
     ProjectRows,
@@ -16,7 +16,7 @@ from conflict.cross import (
     cross_entity_conflicts,
     needed_rows,
 )
-from conflict.neighbourhood import Lookups, lookups_for
+from fieldsync.conflict.neighbourhood import Lookups, lookups_for
 from tests.conflict.scenarios import examples
 from tests.conflict.test_cross_rules import project_rows
 

@@ -14,9 +14,9 @@ from collections import Counter
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from model.writer import create_entity
-from sync.codec import decode_server, encode
-from sync.messages import EntityPush, Error, Hello, Push, Welcome
+from fieldsync.model.writer import create_entity
+from fieldsync.sync.codec import decode_server, encode
+from fieldsync.sync.messages import EntityPush, Error, Hello, Push, Welcome
 from tests.entities import location_values, new_id
 
 

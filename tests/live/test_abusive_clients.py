@@ -18,14 +18,14 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from auth.tokens import SecretVerifier, TokenClaims
-from live.admission import AdmissionLimits
-from live.outbox import OutboxLimits
-from model.merge import MAX_VIOLATIONS_LISTED
-from observability.metrics import Metrics
-from sync.codec import encode
-from sync.errors import CloseCode, ErrorCode
-from sync.messages import (
+from fieldsync.auth.tokens import SecretVerifier, TokenClaims
+from fieldsync.live.admission import AdmissionLimits
+from fieldsync.live.outbox import OutboxLimits
+from fieldsync.model.merge import MAX_VIOLATIONS_LISTED
+from fieldsync.observability.metrics import Metrics
+from fieldsync.sync.codec import encode
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import (
     EntityPush,
     EntityRejected,
     Error,

@@ -9,10 +9,10 @@ import asyncpg
 import httpx
 import pytest
 
-from auth.tokens import verify_token
-from store.projects import member_level
-from sync.errors import ErrorCode
-from sync.messages import ProjectCursor, ProjectError
+from fieldsync.auth.tokens import verify_token
+from fieldsync.store.projects import member_level
+from fieldsync.sync.errors import ErrorCode
+from fieldsync.sync.messages import ProjectCursor, ProjectError
 from tests.live_server import TEST_SECRET, running_server
 from tests.sync_client import SyncClient
 
@@ -101,7 +101,7 @@ async def test_requests_without_the_admin_key_are_refused_and_change_nothing(
 
 
 async def test_a_user_token_is_not_an_admin_key(admin_server: str) -> None:
-    from auth.tokens import issue_token
+    from fieldsync.auth.tokens import issue_token
 
     token = issue_token(TEST_SECRET, uuid.uuid4())
     async with httpx.AsyncClient(base_url=f"http://{admin_server}/admin") as http:

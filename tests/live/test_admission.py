@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from live.admission import Admission, AdmissionLimits, Refusal, Ticket
+from fieldsync.live.admission import Admission, AdmissionLimits, Refusal, Ticket
 
 
 def test_caps_per_address_then_per_process_and_tickets_release_once() -> None:

@@ -12,13 +12,13 @@ import uuid
 import asyncpg
 import msgpack
 
-from auth.tokens import issue_token
-from live.outbox import OutboxLimits
-from model.limits import Limits
-from model.writer import create_entity, update_entity
-from store.projects import create_account, create_project
-from sync.errors import CloseCode, ErrorCode
-from sync.messages import (
+from fieldsync.auth.tokens import issue_token
+from fieldsync.live.outbox import OutboxLimits
+from fieldsync.model.limits import Limits
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.store.projects import create_account, create_project
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import (
     EntityAccepted,
     EntityPush,
     EntityRejected,

@@ -10,10 +10,10 @@ import uuid
 import httpx
 import msgpack
 
-from model.documents import load_document
-from model.writer import create_entity, update_entity
-from sync.codec import decode_server
-from sync.messages import ConflictRecord, Conflicts, EntityPush, ProjectCursor
+from fieldsync.model.documents import load_document
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.sync.codec import decode_server
+from fieldsync.sync.messages import ConflictRecord, Conflicts, EntityPush, ProjectCursor
 from tests.entities import activity_values, new_id
 from tests.live.test_sync import push
 from tests.live_server import MemberFactory, running_server

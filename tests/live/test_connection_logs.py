@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from observability.logs import JsonFormatter
-from observability.metrics import Metrics
-from sync.errors import CloseCode
-from sync.messages import Hello
+from fieldsync.observability.logs import JsonFormatter
+from fieldsync.observability.metrics import Metrics
+from fieldsync.sync.errors import CloseCode
+from fieldsync.sync.messages import Hello
 from tests.live_server import MemberFactory, running_server
 from tests.sync_client import SyncClient
 

@@ -39,15 +39,15 @@ import msgpack
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from auth.tokens import issue_token
-from live.rate_limit import RateLimit
-from model.changes import parse_change
-from model.writer import create_entity
-from store.database import close_pool, connect, create_pool
-from store.migrations import migrate
-from store.projects import add_member, create_account, create_project, create_user
-from sync.errors import ErrorCode
-from sync.messages import EntityAccepted, EntityPush, Error, Push, PushResult, Status
+from fieldsync.auth.tokens import issue_token
+from fieldsync.live.rate_limit import RateLimit
+from fieldsync.model.changes import parse_change
+from fieldsync.model.writer import create_entity
+from fieldsync.store.database import close_pool, connect, create_pool
+from fieldsync.store.migrations import migrate
+from fieldsync.store.projects import add_member, create_account, create_project, create_user
+from fieldsync.sync.errors import ErrorCode
+from fieldsync.sync.messages import EntityAccepted, EntityPush, Error, Push, PushResult, Status
 from tests.client.helpers import seed_activities
 from tests.entities import location_values, new_id
 from tests.live_server import TEST_SECRET, MemberFactory, running_server

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from observability.logs import JsonFormatter
-from sync.messages import EntityAccepted, EntityPush, EntityRejected
+from fieldsync.observability.logs import JsonFormatter
+from fieldsync.sync.messages import EntityAccepted, EntityPush, EntityRejected
 from tests.entities import new_id
 from tests.live.test_sync import push
 from tests.live_server import MemberFactory

@@ -10,9 +10,9 @@ import asyncpg
 import httpx
 import msgpack
 
-from model.writer import create_entity, update_entity
-from sync.errors import ErrorCode
-from sync.messages import (
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.sync.errors import ErrorCode
+from fieldsync.sync.messages import (
     EntityAccepted,
     EntityPush,
     EntityRejected,

@@ -12,11 +12,11 @@ import uuid
 import asyncpg
 from starlette.applications import Starlette
 
-from live.session import SyncServices, recheck_memberships
-from model.writer import create_entity
-from store.projects import add_member, remove_member
-from sync.errors import ErrorCode
-from sync.messages import (
+from fieldsync.live.session import SyncServices, recheck_memberships
+from fieldsync.model.writer import create_entity
+from fieldsync.store.projects import add_member, remove_member
+from fieldsync.sync.errors import ErrorCode
+from fieldsync.sync.messages import (
     Changes,
     EntityPush,
     EntityRejected,
@@ -67,7 +67,7 @@ async def test_a_removed_member_loses_the_live_stream_within_a_second(
 ) -> None:
     user, token = await member(project, "specialist")
     async with pool.acquire() as conn:
-        from store.projects import add_member
+        from fieldsync.store.projects import add_member
 
         await add_member(conn, other_project, user, "lead")
     _, lead_token = await member(project)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from live.outbox import Outbox, OutboxClosedError, OutboxLimits
+from fieldsync.live.outbox import Outbox, OutboxClosedError, OutboxLimits
 
 LIMITS = OutboxLimits(soft_bytes=100, hard_bytes=300, control_bytes=200)
 

@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 from automerge.core import Document
 
-from model.entities import SCHEMAS
-from model.writer import create_entity, update_entity
-from sync.errors import ErrorCode
-from sync.messages import (
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.sync.errors import ErrorCode
+from fieldsync.sync.messages import (
     EntityAccepted,
     EntityPush,
     EntityRejected,
@@ -100,7 +100,7 @@ def values_for(entity_type: str, plan_id: str, user_id: str | None = None) -> di
 
 
 async def _project_with_members(pool: asyncpg.Pool) -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
-    from store.projects import add_member, create_account, create_project, create_user
+    from fieldsync.store.projects import add_member, create_account, create_project, create_user
 
     async with pool.acquire() as conn:
         account = await create_account(conn, "Matrix account")
@@ -113,7 +113,7 @@ async def _project_with_members(pool: asyncpg.Pool) -> tuple[uuid.UUID, dict[str
 
 
 def token(user_id: uuid.UUID) -> str:
-    from auth.tokens import issue_token
+    from fieldsync.auth.tokens import issue_token
 
     return issue_token(TEST_SECRET, user_id)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from live.rate_limit import RateLimit, TokenBucket
+from fieldsync.live.rate_limit import RateLimit, TokenBucket
 
 
 def test_a_burst_then_the_sustained_rate() -> None:

@@ -19,11 +19,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from auth.tokens import issue_token
-from live.rate_limit import RateLimit
-from model.writer import create_entity
-from sync.errors import CloseCode, ErrorCode
-from sync.messages import (
+from fieldsync.auth.tokens import issue_token
+from fieldsync.live.rate_limit import RateLimit
+from fieldsync.model.writer import create_entity
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import (
     EntityAccepted,
     EntityPush,
     Error,

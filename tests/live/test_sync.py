@@ -9,8 +9,8 @@ import asyncpg
 import httpx
 import msgpack
 
-from model.writer import create_entity, splice_text, update_entity
-from sync.messages import (
+from fieldsync.model.writer import create_entity, splice_text, update_entity
+from fieldsync.sync.messages import (
     EntityAccepted,
     EntityPush,
     ProjectCursor,
@@ -167,7 +167,7 @@ async def test_http_snapshot_is_gzipped_and_cached_by_cursor(
 
 
 async def _other_project(pool: asyncpg.Pool) -> uuid.UUID:
-    from store.projects import create_account, create_project
+    from fieldsync.store.projects import create_account, create_project
 
     async with pool.acquire() as conn:
         return await create_project(conn, await create_account(conn, "elsewhere"), "elsewhere")

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from automerge._automerge import Transaction
 from automerge.core import ROOT, Document, ObjType, ScalarType, ScalarValue
 
-from model.schema import EntitySchema, Field, FieldKind
-from model.writer import SCALAR_TYPES
+from fieldsync.model.schema import EntitySchema, Field, FieldKind
+from fieldsync.model.writer import SCALAR_TYPES
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 END = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)

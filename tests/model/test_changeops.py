@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from automerge.core import ROOT, Document, ScalarType
 from hypothesis import given, settings
 
-from conflict.entity import root_conflict_flags
-from conflict.history import History
-from model.changeops import (
+from fieldsync.conflict.entity import root_conflict_flags
+from fieldsync.conflict.history import History
+from fieldsync.model.changeops import (
     ACTION_DELETE,
     ChangeOps,
     OpId,
@@ -20,8 +20,8 @@ from model.changeops import (
     parse_op_id,
     unsupported_values,
 )
-from model.changes import parse_change
-from model.writer import create_entity
+from fieldsync.model.changes import parse_change
+from fieldsync.model.writer import create_entity
 from tests.conflict.helpers import merged_doc
 from tests.conflict.scenarios import Step, activity_only, all_changes, examples, play, sessions
 from tests.entities import activity_values

@@ -9,10 +9,10 @@ from automerge.core import ROOT, Document, ScalarType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.changes import parse_change
-from model.entities import SCHEMAS
-from model.limits import DEFAULT_LIMITS
-from model.merge import (
+from fieldsync.model.changes import parse_change
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.limits import DEFAULT_LIMITS
+from fieldsync.model.merge import (
     MAX_VIOLATIONS_LISTED,
     DecodedChanges,
     EntityChanges,
@@ -22,8 +22,8 @@ from model.merge import (
     dependency_order,
     merge_entity,
 )
-from model.rejections import RejectCode, Rejection
-from model.writer import create_entity, splice_text, update_entity
+from fieldsync.model.rejections import RejectCode, Rejection
+from fieldsync.model.writer import create_entity, splice_text, update_entity
 from tests.entities import activity_values, new_id
 
 PROJECT = uuid.uuid4()

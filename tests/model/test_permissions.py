@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.entities import SCHEMAS
-from model.permissions import (
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.permissions import (
     RULES,
     Level,
     WriteCheck,
@@ -19,9 +19,9 @@ from model.permissions import (
     may_write_everything,
     write_check,
 )
-from model.rejections import RejectCode
-from model.validation import inspect_document
-from model.writer import create_entity, update_entity
+from fieldsync.model.rejections import RejectCode
+from fieldsync.model.validation import inspect_document
+from fieldsync.model.writer import create_entity, update_entity
 from tests.entities import activity_values, new_id
 
 ME = "11111111-1111-1111-1111-111111111111"

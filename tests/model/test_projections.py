@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from model.entities import SCHEMAS
-from model.projections import PROJECTIONS
-from model.validation import inspect_document
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.projections import PROJECTIONS
+from fieldsync.model.validation import inspect_document
 from tests.model.builders import (
     ACTIVITY_ID,
     END,

@@ -11,9 +11,9 @@ from automerge.core import ROOT, Document, ObjType, ScalarType, ScalarValue
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model.entities import ACTIVITY_STATUSES, SCHEMAS, SUMMONING_STATUSES
-from model.schema import EntitySchema, Field, FieldKind, is_valid_entity_id
-from model.validation import (
+from fieldsync.model.entities import ACTIVITY_STATUSES, SCHEMAS, SUMMONING_STATUSES
+from fieldsync.model.schema import EntitySchema, Field, FieldKind, is_valid_entity_id
+from fieldsync.model.validation import (
     MAX_LIST_ITEMS,
     MAX_VIOLATIONS,
     SchemaViolation,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from observability.log_limits import LogLimiter
+from fieldsync.observability.log_limits import LogLimiter
 
 
 def test_a_burst_passes_then_lines_are_left_out_and_counted() -> None:

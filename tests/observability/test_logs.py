@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from model.writer import create_entity, splice_text
-from observability.logs import JsonFormatter, TextFormatter, bind, record_fields
-from observability.metrics import Metrics
-from sync.messages import EntityPush, Hello, ProjectCursor, Welcome
+from fieldsync.model.writer import create_entity, splice_text
+from fieldsync.observability.logs import JsonFormatter, TextFormatter, bind, record_fields
+from fieldsync.observability.metrics import Metrics
+from fieldsync.sync.messages import EntityPush, Hello, ProjectCursor, Welcome
 from tests.entities import activity_values, new_id
 from tests.live.test_sync import push
 from tests.live_server import MemberFactory, running_server

@@ -7,11 +7,11 @@ import uuid
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.writer import create_entity, update_entity
-from observability.fanout import FanoutClock
-from observability.metrics import Metrics, frame_type
-from sync.codec import encode
-from sync.messages import (
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.observability.fanout import FanoutClock
+from fieldsync.observability.metrics import Metrics, frame_type
+from fieldsync.sync.codec import encode
+from fieldsync.sync.messages import (
     Changes,
     EntityAccepted,
     EntityPush,

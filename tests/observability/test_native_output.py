@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parent.parent.parent
 SCRIPT = r"""
 import time
 from automerge.core import Document
-from observability.logs import configure_logging
-from observability.native_output import capture_native_output
+from fieldsync.observability.logs import configure_logging
+from fieldsync.observability.native_output import capture_native_output
 from tests.model.test_changeops import _put, _with_unknown_value_type
 from automerge.core import ROOT, ScalarType
 

@@ -35,15 +35,21 @@ from typing import TextIO
 import asyncpg
 from automerge.core import Document
 
-from model.changes import parse_change
-from model.documents import load_document
-from model.entities import ACTIVITY_STATUSES, SUMMONING_STATUSES
-from model.merge import EntityChanges
-from model.writer import NoChange, create_entity, insert_list_item, splice_text, update_entity
-from store.changelog import Accepted, ChangeLog
-from store.database import close_pool, connect, create_pool, resolve_database_url
-from store.migrations import migrate
-from store.projects import create_account, create_project
+from fieldsync.model.changes import parse_change
+from fieldsync.model.documents import load_document
+from fieldsync.model.entities import ACTIVITY_STATUSES, SUMMONING_STATUSES
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.writer import (
+    NoChange,
+    create_entity,
+    insert_list_item,
+    splice_text,
+    update_entity,
+)
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.database import close_pool, connect, create_pool, resolve_database_url
+from fieldsync.store.migrations import migrate
+from fieldsync.store.projects import create_account, create_project
 from tests.entities import (
     activity_values,
     location_values,

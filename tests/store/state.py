@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from store.readmodels import read_model_tables
+from fieldsync.store.readmodels import read_model_tables
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ import uuid
 import asyncpg
 from automerge.core import Document
 
-from model.documents import load_document
-from model.merge import EntityChanges
-from model.writer import create_entity, splice_text, update_entity
-from store.changelog import Accepted, ChangeLog, Rejected
+from fieldsync.model.documents import load_document
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.writer import create_entity, splice_text, update_entity
+from fieldsync.store.changelog import Accepted, ChangeLog, Rejected
 from tests.entities import activity_values, location_values, new_id, plan_values
 from tests.store.state import project_state
 

@@ -13,10 +13,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from model.merge import EntityChanges
-from store.changelog import Accepted, ChangeLog
-from store.conflicts import conflict_updates
-from store.rebuild import rebuild_read_models
+from fieldsync.model.merge import EntityChanges
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.conflicts import conflict_updates
+from fieldsync.store.rebuild import rebuild_read_models
 from tests.conflict.helpers import Device, Entity, at, create
 from tests.store.state import project_state
 

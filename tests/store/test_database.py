@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from store.database import (
+from fieldsync.store.database import (
     connect,
     explicit_database_url,
     redact_url,
     resolve_database_url,
     with_database,
 )
-from store.embedded import SOCKET_PATH_LIMIT, embedded_postgres, socket_path_problem
-from store.errors import DatabaseUnavailable
+from fieldsync.store.embedded import SOCKET_PATH_LIMIT, embedded_postgres, socket_path_problem
+from fieldsync.store.errors import DatabaseUnavailable
 
 
 def test_flag_beats_environment_which_beats_embedded() -> None:

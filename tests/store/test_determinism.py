@@ -26,17 +26,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conflict.records import SINGLE_ENTITY_KINDS, ConflictKind
-from model.changes import parse_change
-from model.documents import load_document
-from model.entities import SCHEMAS
-from model.merge import EntityChanges
-from model.validation import inspect_document
-from store.changelog import Accepted, ChangeLog
-from store.database import close_pool, connect, create_pool
-from store.projects import create_account, create_project
-from store.readmodels import read_model_tables
-from store.rebuild import rebuild_read_models
+from fieldsync.conflict.records import SINGLE_ENTITY_KINDS, ConflictKind
+from fieldsync.model.changes import parse_change
+from fieldsync.model.documents import load_document
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.validation import inspect_document
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.database import close_pool, connect, create_pool
+from fieldsync.store.projects import create_account, create_project
+from fieldsync.store.readmodels import read_model_tables
+from fieldsync.store.rebuild import rebuild_read_models
 from tests.conflict.scenarios import (
     Session,
     Step,

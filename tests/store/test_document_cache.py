@@ -6,7 +6,7 @@ import uuid
 
 from automerge.core import Document
 
-from store.document_cache import CachedDocument, DocumentCache
+from fieldsync.store.document_cache import CachedDocument, DocumentCache
 
 PROJECT = uuid.uuid4()
 

@@ -20,17 +20,23 @@ import asyncpg.exceptions
 import asyncpg.exceptions._base
 import pytest
 
-import store
-from model.merge import EntityChanges
-from model.writer import create_entity
-from store.authorization import write_rule
-from store.changelog import Accepted, ChangeLog
-from store.database import DatabasePool, close_pool, connect, create_pool
-from store.driver import DRIVER_ERRORS, driver_errors, is_translated, translate, translated
-from store.errors import DatabaseFailed, DatabaseUnavailable, StoreError
-from store.notifications import notify
-from store.projects import member_level
-from store.snapshots import open_snapshot
+import fieldsync.store as store
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.writer import create_entity
+from fieldsync.store.authorization import write_rule
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.database import DatabasePool, close_pool, connect, create_pool
+from fieldsync.store.driver import (
+    DRIVER_ERRORS,
+    driver_errors,
+    is_translated,
+    translate,
+    translated,
+)
+from fieldsync.store.errors import DatabaseFailed, DatabaseUnavailable, StoreError
+from fieldsync.store.notifications import notify
+from fieldsync.store.projects import member_level
+from fieldsync.store.snapshots import open_snapshot
 from tests.entities import location_values, new_id
 from tests.postgres_process import terminate_holding_the_loop
 

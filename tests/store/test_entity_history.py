@@ -12,10 +12,10 @@ import uuid
 import asyncpg
 import pytest
 
-from model.merge import EntityChanges
-from model.rejections import RejectCode
-from model.writer import create_entity, update_entity
-from store.changelog import Accepted, ChangeLog, Rejected
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.rejections import RejectCode
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.store.changelog import Accepted, ChangeLog, Rejected
 from tests.entities import activity_values, new_id
 from tests.store.state import project_state
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from store.database import connect
-from store.errors import SchemaOutdated, SchemaTooNew
-from store.migrations import (
+from fieldsync.store.database import connect
+from fieldsync.store.errors import SchemaOutdated, SchemaTooNew
+from fieldsync.store.migrations import (
     MIGRATION_LOCK_KEY,
     Migration,
     available_migrations,

@@ -14,13 +14,13 @@ import asyncpg
 import pytest
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from model.changes import parse_change
-from model.limits import Limits
-from model.merge import EntityChanges
-from model.rejections import RejectCode
-from model.writer import create_entity, update_entity
-from store.changelog import Accepted, ChangeLog, Rejected
-from store.rebuild import rebuild_read_models
+from fieldsync.model.changes import parse_change
+from fieldsync.model.limits import Limits
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.rejections import RejectCode
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.store.changelog import Accepted, ChangeLog, Rejected
+from fieldsync.store.rebuild import rebuild_read_models
 from tests.entities import location_values, new_id
 from tests.store.state import project_state
 

@@ -7,8 +7,8 @@ import uuid
 import asyncpg
 import pytest
 
-from store.errors import UnknownProject
-from store.projects import (
+from fieldsync.store.errors import UnknownProject
+from fieldsync.store.projects import (
     InvalidValue,
     NotAMember,
     UnknownAccount,

@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 from automerge.core import Document
 
-from model.merge import EntityChanges
-from model.writer import (
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.writer import (
     NoChange,
     create_entity,
     insert_list_item,
@@ -22,8 +22,8 @@ from model.writer import (
     splice_text,
     update_entity,
 )
-from store.changelog import Accepted, ChangeLog
-from store.rebuild import rebuild_read_models
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.rebuild import rebuild_read_models
 from tests.entities import (
     activity_values,
     location_values,

@@ -15,12 +15,12 @@ import asyncpg
 import pytest
 from automerge.core import ROOT, Document, ScalarType
 
-from model.limits import Limits
-from model.merge import EntityChanges
-from model.rejections import RejectCode
-from model.writer import create_entity, update_entity
-from store.changelog import Accepted, ChangeLog, Rejected
-from store.errors import BatchTooLarge, UnknownProject
+from fieldsync.model.limits import Limits
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.rejections import RejectCode
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.store.changelog import Accepted, ChangeLog, Rejected
+from fieldsync.store.errors import BatchTooLarge, UnknownProject
 from tests.entities import activity_values, location_values, new_id
 from tests.store.state import project_state
 

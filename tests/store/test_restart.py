@@ -34,13 +34,13 @@ import asyncpg
 import psutil  # type: ignore[import-untyped]
 from automerge.core import Document
 
-from model.changes import parse_change
-from model.documents import load_document
-from model.merge import EntityChanges
-from store.changelog import Accepted, ChangeLog
-from store.database import close_pool, create_pool
-from store.embedded import embedded_postgres, pgdata_path
-from store.rebuild import rebuild_read_models
+from fieldsync.model.changes import parse_change
+from fieldsync.model.documents import load_document
+from fieldsync.model.merge import EntityChanges
+from fieldsync.store.changelog import Accepted, ChangeLog
+from fieldsync.store.database import close_pool, create_pool
+from fieldsync.store.embedded import embedded_postgres, pgdata_path
+from fieldsync.store.rebuild import rebuild_read_models
 from tests.postgres_process import (
     kill_postmaster,
     postmaster_pid,

@@ -10,13 +10,13 @@ import asyncpg
 import pytest
 from automerge.core import Document
 
-from model.changes import parse_change
-from model.documents import apply_changes
-from model.merge import EntityChanges
-from model.writer import create_entity, update_entity
-from store.changelog import ChangeLog
-from store.errors import UnknownProject
-from store.snapshots import open_snapshot
+from fieldsync.model.changes import parse_change
+from fieldsync.model.documents import apply_changes
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.writer import create_entity, update_entity
+from fieldsync.store.changelog import ChangeLog
+from fieldsync.store.errors import UnknownProject
+from fieldsync.store.snapshots import open_snapshot
 from tests.entities import location_values, new_id
 
 

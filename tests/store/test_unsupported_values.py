@@ -15,9 +15,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from model.merge import EntityChanges
-from model.rejections import RejectCode
-from store.changelog import Accepted, ChangeLog, Rejected
+from fieldsync.model.merge import EntityChanges
+from fieldsync.model.rejections import RejectCode
+from fieldsync.store.changelog import Accepted, ChangeLog, Rejected
 from tests.entities import new_id
 from tests.store.state import project_state
 

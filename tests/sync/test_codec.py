@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.limits import DEFAULT_LIMITS, Limits
-from sync.codec import (
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.sync.codec import (
     MAX_CLIENT_ID_CHARS,
     MAX_ENTITY_ID_CHARS,
     MAX_ENTITY_TYPE_CHARS,
@@ -27,8 +27,8 @@ from sync.codec import (
     encode,
     max_server_frame_bytes,
 )
-from sync.errors import ErrorCode
-from sync.messages import (
+from fieldsync.sync.errors import ErrorCode
+from fieldsync.sync.messages import (
     CONFLICT_STATUSES,
     ChangeRecord,
     Changes,

@@ -7,16 +7,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from model.limits import DEFAULT_LIMITS, Limits
-from sync.codec import decode_client, decode_server, encode
-from sync.connection import (
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.sync.codec import decode_client, decode_server, encode
+from fieldsync.sync.connection import (
     ClientConnection,
     ConnectionState,
     InvalidStateError,
     ServerConnection,
 )
-from sync.errors import CloseCode, ErrorCode
-from sync.messages import (
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import (
     PROTOCOL_VERSIONS,
     ChangeRecord,
     Changes,

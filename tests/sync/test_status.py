@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync.codec import ProtocolViolation, decode_client, decode_server, encode
-from sync.connection import ClientConnection, ConnectionState
-from sync.messages import Status, Welcome
+from fieldsync.sync.codec import ProtocolViolation, decode_client, decode_server, encode
+from fieldsync.sync.connection import ClientConnection, ConnectionState
+from fieldsync.sync.messages import Status, Welcome
 
 statuses = st.builds(Status, st.text(max_size=64), st.text(max_size=64), st.text(max_size=200))
 

@@ -15,9 +15,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from model.limits import DEFAULT_LIMITS
-from sync.codec import ProtocolViolation, decode_client, decode_server, encode
-from sync.vectors import to_json
+from fieldsync.model.limits import DEFAULT_LIMITS
+from fieldsync.sync.codec import ProtocolViolation, decode_client, decode_server, encode
+from fieldsync.sync.vectors import to_json
 
 VECTORS = Path(__file__).resolve().parents[2] / "contract" / "vectors"
 INDEX = json.loads((VECTORS / "index.json").read_text())["vectors"]

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from fieldsync_client import FieldsyncClient, Project
 
-from sync.messages import ProjectCursor
+from fieldsync.sync.messages import ProjectCursor
+from fieldsync_client import FieldsyncClient, Project
 from tests.client.conftest import ClientFactory, OnlineFactory, RestartableServer
 from tests.client.helpers import values_of
 from tests.live_server import MemberFactory

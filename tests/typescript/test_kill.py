@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from model.limits import Limits
+from fieldsync.model.limits import Limits
 from tests.client.conftest import RestartableServer
 from tests.client.helpers import logged_hashes, server_documents, values_of
 from tests.live_server import MemberFactory

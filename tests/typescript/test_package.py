@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from automerge.core import Document
 
-from model.entities import SCHEMAS
-from model.validation import inspect_document
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.validation import inspect_document
 from tests.typescript.conftest import TsFactory
 from tests.typescript.node import DIST, PACKAGE, build, node
 

@@ -24,10 +24,16 @@ from typing import Final
 
 import msgpack
 
-from model.limits import DEFAULT_LIMITS, Limits
-from model.schema import is_valid_entity_id
-from sync.codec import ProtocolViolation, decode_server
-from sync.messages import Conflicts, SnapshotBegin, SnapshotChunk, SnapshotEnd, SnapshotEntity
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.model.schema import is_valid_entity_id
+from fieldsync.sync.codec import ProtocolViolation, decode_server
+from fieldsync.sync.messages import (
+    Conflicts,
+    SnapshotBegin,
+    SnapshotChunk,
+    SnapshotEnd,
+    SnapshotEntity,
+)
 
 __all__ = ["SnapshotFormatError", "SnapshotRecord", "SnapshotStream"]
 

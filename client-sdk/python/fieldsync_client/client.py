@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.sync.codec import MAX_PROJECT_ID_CHARS
+from fieldsync.sync.messages import PROTOCOL_VERSIONS
 from fieldsync_client.backoff import Backoff
 from fieldsync_client.conflicts import ConflictUpdate
 from fieldsync_client.errors import ClientClosed, ProjectUnavailable, ValidationError
@@ -22,9 +25,6 @@ from fieldsync_client.project import Project
 from fieldsync_client.replica import ProjectReplica
 from fieldsync_client.status import ConnectionState, RemoteChanges, SyncStatus
 from fieldsync_client.sync_loop import SyncLoop, sync_url
-from model.limits import DEFAULT_LIMITS, Limits
-from sync.codec import MAX_PROJECT_ID_CHARS
-from sync.messages import PROTOCOL_VERSIONS
 
 __all__ = ["FieldsyncClient"]
 

@@ -13,6 +13,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from fieldsync.model.schema import is_valid_entity_id
+from fieldsync.model.writer import (
+    insert_list_item,
+    overwrite_field,
+    remove_list_item,
+    replace_text,
+    splice_text,
+    update_entity,
+)
 from fieldsync_client.conflicts import Conflict, ConflictUpdate
 from fieldsync_client.errors import (
     ClientClosed,
@@ -24,15 +33,6 @@ from fieldsync_client.listeners import Listeners
 from fieldsync_client.local_store import RejectedChange
 from fieldsync_client.replica import ProjectReplica
 from fieldsync_client.status import RemoteChanges
-from model.schema import is_valid_entity_id
-from model.writer import (
-    insert_list_item,
-    overwrite_field,
-    remove_list_item,
-    replace_text,
-    splice_text,
-    update_entity,
-)
 
 if TYPE_CHECKING:
     from fieldsync_client.client import FieldsyncClient

@@ -21,11 +21,8 @@ from typing import TypeVar
 
 from automerge.core import ROOT, Document, ScalarType
 
-from fieldsync_client.errors import EntityNotFound, ValidationError
-from fieldsync_client.local_store import LocalStore, OutboxEntry
-from fieldsync_client.repair import HistoryChange
-from model.changes import ChangeFormatError, parse_change
-from model.documents import (
+from fieldsync.model.changes import ChangeFormatError, parse_change
+from fieldsync.model.documents import (
     AutomergeError,
     apply_changes,
     contained,
@@ -33,11 +30,14 @@ from model.documents import (
     load_document,
     save_document,
 )
-from model.entities import SCHEMAS
-from model.limits import DEFAULT_LIMITS, Limits
-from model.validation import SchemaViolation, inspect_document
-from model.writer import NoChange, WriteError, create_entity
-from sync.messages import ChangeRecord, ConflictRecord, SnapshotEntity
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.model.validation import SchemaViolation, inspect_document
+from fieldsync.model.writer import NoChange, WriteError, create_entity
+from fieldsync.sync.messages import ChangeRecord, ConflictRecord, SnapshotEntity
+from fieldsync_client.errors import EntityNotFound, ValidationError
+from fieldsync_client.local_store import LocalStore, OutboxEntry
+from fieldsync_client.repair import HistoryChange
 
 __all__ = [
     "DEPENDS_ON_REJECTED",

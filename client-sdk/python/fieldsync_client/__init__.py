@@ -9,6 +9,7 @@ See ``README.md`` for offline behaviour and errors, and :mod:`fieldsync_client.b
 code that is not async.
 """
 
+from fieldsync.model.validation import SchemaViolation
 from fieldsync_client.blocking import BlockingClient, BlockingProject
 from fieldsync_client.client import FieldsyncClient
 from fieldsync_client.conflicts import Conflict, ConflictUpdate
@@ -30,7 +31,6 @@ from fieldsync_client.errors import (
 from fieldsync_client.local_store import RejectedChange
 from fieldsync_client.project import Project
 from fieldsync_client.status import ConnectionState, RemoteChanges, SyncStatus
-from model.validation import SchemaViolation
 
 __all__ = [
     "AuthError",

@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from fieldsync.sync.messages import ConflictRecord
 from fieldsync_client.conflicts import record_from_json, record_to_json, split
 from fieldsync_client.errors import StoreError, StoreLocked
-from sync.messages import ConflictRecord
 
 __all__ = [
     "SCHEMA_VERSION",

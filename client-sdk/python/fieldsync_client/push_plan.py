@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fieldsync.model.changes import ChangeFormatError, parse_change
 from fieldsync_client.local_store import OutboxEntry
-from model.changes import ChangeFormatError, parse_change
 
 __all__ = ["ENTITY_OVERHEAD_BYTES", "EntityBatch", "plan_push"]
 

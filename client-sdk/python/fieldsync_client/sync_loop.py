@@ -31,29 +31,12 @@ from websockets.asyncio.client import ClientConnection as WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from fieldsync_client.backoff import Backoff
-from fieldsync_client.bootstrap import SnapshotUnavailable, http_bootstrap
-from fieldsync_client.conflicts import Conflict, ConflictUpdate
-from fieldsync_client.errors import (
-    AuthError,
-    FieldsyncError,
-    IncompatibleServer,
-    MembershipRemoved,
-    Offline,
-    ProjectUnavailable,
-    ServerError,
-)
-from fieldsync_client.local_store import LocalStore, OutboxEntry
-from fieldsync_client.push_plan import EntityBatch, plan_push
-from fieldsync_client.repair import missing_hashes, with_ancestors
-from fieldsync_client.replica import ProjectReplica, RemoteDataError, RemoteOutcome
-from fieldsync_client.status import ConnectionState, RemoteChanges
-from model.limits import DEFAULT_LIMITS, Limits
-from sync.codec import MAX_HELLO_PROJECTS, max_server_frame_bytes
-from sync.connection import ClientConnection
-from sync.connection import ConnectionState as ProtocolState
-from sync.errors import CloseCode, ErrorCode
-from sync.messages import (
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.sync.codec import MAX_HELLO_PROJECTS, max_server_frame_bytes
+from fieldsync.sync.connection import ClientConnection
+from fieldsync.sync.connection import ConnectionState as ProtocolState
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import (
     PROTOCOL_VERSIONS,
     Changes,
     ConflictRecord,
@@ -75,6 +58,23 @@ from sync.messages import (
     Unsubscribe,
     Welcome,
 )
+from fieldsync_client.backoff import Backoff
+from fieldsync_client.bootstrap import SnapshotUnavailable, http_bootstrap
+from fieldsync_client.conflicts import Conflict, ConflictUpdate
+from fieldsync_client.errors import (
+    AuthError,
+    FieldsyncError,
+    IncompatibleServer,
+    MembershipRemoved,
+    Offline,
+    ProjectUnavailable,
+    ServerError,
+)
+from fieldsync_client.local_store import LocalStore, OutboxEntry
+from fieldsync_client.push_plan import EntityBatch, plan_push
+from fieldsync_client.repair import missing_hashes, with_ancestors
+from fieldsync_client.replica import ProjectReplica, RemoteDataError, RemoteOutcome
+from fieldsync_client.status import ConnectionState, RemoteChanges
 
 __all__ = ["SyncHost", "SyncLoop", "sync_url"]
 

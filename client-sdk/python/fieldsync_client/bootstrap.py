@@ -16,11 +16,11 @@ import logging
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.sync.messages import Conflicts, SnapshotEntity
 from fieldsync_client.http_get import HttpError, http_get
 from fieldsync_client.replica import ProjectReplica, RemoteOutcome
 from fieldsync_client.snapshot_stream import SnapshotFormatError, SnapshotStream
-from model.limits import DEFAULT_LIMITS, Limits
-from sync.messages import Conflicts, SnapshotEntity
 
 __all__ = ["PART_BYTES", "PART_ENTITIES", "SnapshotUnavailable", "http_bootstrap", "snapshot_url"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from model.validation import SchemaViolation
+from fieldsync.model.validation import SchemaViolation
 
 __all__ = [
     "AuthError",

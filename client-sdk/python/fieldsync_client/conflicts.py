@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from model.entities import SCHEMAS
-from model.schema import FieldKind
-from sync.messages import ConflictRecord
+from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.schema import FieldKind
+from fieldsync.sync.messages import ConflictRecord
 
 __all__ = ["Conflict", "ConflictUpdate", "record_from_json", "record_to_json"]
 
