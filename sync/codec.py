@@ -178,14 +178,15 @@ def _snapshot_begin(m: SnapshotBegin) -> dict[str, object]:
     }
 
 
+def _snapshot_entity(e: SnapshotEntity) -> dict[str, object]:
+    return {"entity_type": e.entity_type, "entity_id": e.entity_id, "document": e.document}
+
+
 def _snapshot_chunk(m: SnapshotChunk) -> dict[str, object]:
     return {
         "t": SnapshotChunk.TYPE,
         "project_id": m.project_id,
-        "entities": [
-            {"entity_type": e.entity_type, "entity_id": e.entity_id, "document": e.document}
-            for e in m.entities
-        ],
+        "entities": [_snapshot_entity(e) for e in m.entities],
     }
 
 
@@ -285,6 +286,12 @@ _ENCODERS: Final[dict[type[Any], Callable[[Any], dict[str, object]]]] = {
     Error: _error,
     Status: _status,
 }
+
+
+def encode_snapshot_entity(entity: SnapshotEntity) -> bytes:
+    """One entity record of the HTTP snapshot body: the map a ``snapshot_chunk`` holds."""
+    record: bytes = msgpack.packb(_snapshot_entity(entity), use_bin_type=True)
+    return record
 
 
 def encode(message: Message) -> bytes:
