@@ -31,7 +31,10 @@ The rules it keeps, so that no shell can break them:
 Frames come out as ``Outgoing``: the frame, its message type (what the metrics count) and its
 lane, which tells the shell how to queue it (``live.outbox``): ``BULK`` may wait for the
 client to read (snapshots, catch-up), ``LIVE`` is refused when the client is too far behind,
-``CONTROL`` (answers, errors, ``synced``) always goes.
+``CONTROL`` (answers, errors, ``synced``) always goes. Each method returns the frames it
+decided, to the caller, which queues them in that order: the shell's tasks (the reader, each
+project's stream, the live feed) never take each other's frames. Only what the handshake
+machine produces while reading frames comes out of ``data_to_send``.
 
 Frames meant for many clients are built once: ``prepare_changes`` and ``prepare_conflicts``
 encode a piece of the log for every live subscriber of a project, and ``deliver_live`` sends
@@ -43,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from uuid import UUID
 
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.sync.codec import encode, encode_snapshot_entity
@@ -84,6 +88,7 @@ __all__ = [
     "StreamState",
     "prepare_changes",
     "prepare_conflicts",
+    "project_key",
 ]
 
 SNAPSHOT_CHUNK_BYTES = 512 * 1024
@@ -260,18 +265,26 @@ class _Stream:
     chunk_bytes: int = 0
 
 
+def project_key(project_id: str) -> str:
+    """A project id as streams are keyed and frames name it: the canonical UUID form (a
+    client may write ``0B6F3C1E-…``), or the string itself when it is no UUID."""
+    try:
+        return str(UUID(project_id))
+    except ValueError:
+        return project_id
+
+
 class ServerProtocol:
     """One connection's protocol, server side: ``ServerConnection`` plus the streams.
 
-    Project ids are keyed as the client spelled them (the shell resolves and checks them;
-    answers name the project the way the client did).
+    Streams are keyed by ``project_key``; a ``project_error`` names the project the way the
+    client spelled it (its id may be no UUID at all).
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.connection = ServerConnection(limits)
         self._streams: dict[str, _Stream] = {}
         self._pushes: set[int] = set()  # received, not yet answered
-        self._out: list[Outgoing] = []
 
     # -- the connection -------------------------------------------------------------------
 
@@ -292,7 +305,8 @@ class ServerProtocol:
         return self.connection.state in (ConnectionState.CLOSING, ConnectionState.CLOSED)
 
     def receive_frame(self, frame: bytes | str) -> None:
-        """A frame from the client; what it means comes out of ``events_received``."""
+        """A frame from the client; what it means comes out of ``events_received``, the
+        answers the handshake machine gave it out of ``data_to_send``."""
         self.connection.receive_frame(frame)
 
     def events_received(self) -> list[ClientMessage]:
@@ -303,11 +317,15 @@ class ServerProtocol:
             if isinstance(event, Push):
                 self._pushes.add(event.push_id)
             elif isinstance(event, Unsubscribe):
-                self._streams.pop(event.project_id, None)
+                self._streams.pop(project_key(event.project_id), None)
         return events
 
     def refusals_received(self) -> list[ErrorCode]:
         return self.connection.refusals_received()
+
+    def data_to_send(self) -> list[Outgoing]:
+        """The handshake machine's frames (welcome, errors about frames, fatal errors)."""
+        return [Outgoing(kind, frame, Lane.CONTROL) for kind, frame in self.connection.outgoing()]
 
     def accept(self, welcome: Welcome) -> None:
         self.connection.accept(welcome)
@@ -319,95 +337,109 @@ class ServerProtocol:
         """A fatal condition the shell found (too slow, over the rate): error, then close."""
         self.connection.fail(code, message, close_code)
 
-    def data_to_send(self) -> list[Outgoing]:
-        """Every frame to write, in order, since the last call."""
-        queued = [
-            Outgoing(kind, frame, Lane.CONTROL) for kind, frame in self.connection.outgoing()
-        ]
-        if self._out:
-            queued.extend(self._out)
-            self._out = []
-        return queued
-
     # -- streams ----------------------------------------------------------------------------
 
     def stream_state(self, project: str) -> StreamState | None:
-        stream = self._streams.get(project)
+        stream = self._streams.get(project_key(project))
         return stream.state if stream is not None else None
 
     def cursor(self, project: str) -> int | None:
-        stream = self._streams.get(project)
+        stream = self._streams.get(project_key(project))
         return stream.cursor if stream is not None else None
 
-    def begin_snapshot(self, project: str, cursor: int, entity_count: int) -> None:
-        self._start(project, _Stream(StreamState.SNAPSHOT, cursor))
-        self._streams[project].snapshot = _SnapshotBracket(project, cursor, entity_count)
-        self._send(SnapshotBegin(project, cursor, entity_count), Lane.BULK)
+    def streams(self) -> list[str]:
+        return list(self._streams)
 
-    def snapshot_entities(self, project: str, entities: Sequence[SnapshotEntity]) -> None:
+    def begin_snapshot(self, project: str, cursor: int, entity_count: int) -> list[Outgoing]:
+        project = project_key(project)
+        if not self._start(project, _Stream(StreamState.SNAPSHOT, cursor)):
+            return []
+        self._streams[project].snapshot = _SnapshotBracket(project, cursor, entity_count)
+        return self._send(SnapshotBegin(project, cursor, entity_count), Lane.BULK)
+
+    def snapshot_entities(
+        self, project: str, entities: Sequence[SnapshotEntity]
+    ) -> list[Outgoing]:
         """Entities of the snapshot; they go out in chunks of about SNAPSHOT_CHUNK_BYTES."""
+        project = project_key(project)
         stream = self._stream(project, StreamState.SNAPSHOT)
         if stream is None:
-            return
+            return []
         assert stream.snapshot is not None
         stream.snapshot.add_entities(entities)
+        out: list[Outgoing] = []
         for entity in entities:
             stream.chunk.append(entity)
             stream.chunk_bytes += len(entity.document) + _ENTITY_OVERHEAD
             if stream.chunk_bytes >= SNAPSHOT_CHUNK_BYTES:
-                self._flush_chunk(project, stream)
+                out += self._flush_chunk(project, stream)
+        return out
 
-    def snapshot_conflicts(self, project: str, records: Sequence[ConflictRecord]) -> None:
+    def snapshot_conflicts(
+        self, project: str, records: Sequence[ConflictRecord]
+    ) -> list[Outgoing]:
         """Every conflict record of the project as of the snapshot's cursor."""
+        project = project_key(project)
         stream = self._stream(project, StreamState.SNAPSHOT)
         if stream is None:
-            return
+            return []
         assert stream.snapshot is not None
-        self._flush_chunk(project, stream)
+        out = self._flush_chunk(project, stream)
         stream.snapshot.add_conflicts()
-        for frame in prepare_conflicts(project, records):
-            self._out.append(Outgoing(Conflicts.TYPE, frame, Lane.BULK))
+        out += [
+            Outgoing(Conflicts.TYPE, frame, Lane.BULK)
+            for frame in prepare_conflicts(project, records)
+        ]
+        return out
 
-    def end_snapshot(self, project: str) -> None:
+    def end_snapshot(self, project: str) -> list[Outgoing]:
+        project = project_key(project)
         stream = self._stream(project, StreamState.SNAPSHOT)
         if stream is None:
-            return
+            return []
         assert stream.snapshot is not None
-        self._flush_chunk(project, stream)
+        out = self._flush_chunk(project, stream)
         stream.snapshot.finish()
         stream.snapshot = None
         stream.state = StreamState.CATCHING_UP
-        self._send(SnapshotEnd(project, stream.cursor), Lane.BULK)
+        return out + self._send(SnapshotEnd(project, stream.cursor), Lane.BULK)
 
     def resume(self, project: str, cursor: int) -> None:
         """The client holds the project up to ``cursor``: catch up from there, no snapshot."""
-        self._start(project, _Stream(StreamState.CATCHING_UP, cursor))
+        self._start(project_key(project), _Stream(StreamState.CATCHING_UP, cursor))
 
     def catch_up(
         self,
         project: str,
         changes: Sequence[ChangeRecord],
         conflicts: Sequence[ConflictUpdate] = (),
-    ) -> None:
+    ) -> list[Outgoing]:
         """Logged changes right after the client's cursor, with the conflict updates of the
         pushes they end; the updates go first."""
+        project = project_key(project)
         stream = self._stream(project, StreamState.CATCHING_UP)
         if stream is None or not changes:
-            return
+            return []
         self._check_follows(stream, changes[0].seq, project)
-        for frame in prepare_conflicts(project, _latest(conflicts)):
-            self._out.append(Outgoing(Conflicts.TYPE, frame, Lane.BULK))
-        for prepared in prepare_changes(project, changes):
-            self._out.append(Outgoing(Changes.TYPE, prepared.frame, Lane.BULK))
+        out = [
+            Outgoing(Conflicts.TYPE, frame, Lane.BULK)
+            for frame in prepare_conflicts(project, _latest(conflicts))
+        ]
+        out += [
+            Outgoing(Changes.TYPE, prepared.frame, Lane.BULK)
+            for prepared in prepare_changes(project, changes)
+        ]
         stream.cursor = changes[-1].seq
+        return out
 
-    def go_live(self, project: str) -> None:
+    def go_live(self, project: str) -> list[Outgoing]:
         """The catch-up reached the live feed: ``synced``, then live changes."""
+        project = project_key(project)
         stream = self._stream(project, StreamState.CATCHING_UP)
         if stream is None:
-            return
+            return []
         stream.state = StreamState.LIVE
-        self._send(Synced(project, stream.cursor), Lane.CONTROL)
+        return self._send(Synced(project, stream.cursor), Lane.CONTROL)
 
     def deliver_live(
         self,
@@ -418,6 +450,7 @@ class ServerProtocol:
         """A piece of the live feed for this client: what to queue on the LIVE lane now
         (nothing if it holds the piece already). Conflict updates of pushes it has not seen
         go first. The prepared frame is sent as is unless the client holds part of it."""
+        project = project_key(project)
         stream = self._streams.get(project)
         if stream is None or stream.state is not StreamState.LIVE or self.closing:
             return []
@@ -428,60 +461,64 @@ class ServerProtocol:
                 f"live changes of {project} from seq {prepared.first_seq} would leave a gap "
                 f"after {stream.cursor}"
             )
-        frames: list[Outgoing] = []
+        out: list[Outgoing] = []
         fresh = [u for u in conflicts if u.seq > stream.cursor]
         for frame in prepare_conflicts(project, _latest(fresh)):
-            frames.append(Outgoing(Conflicts.TYPE, frame, Lane.LIVE))
+            out.append(Outgoing(Conflicts.TYPE, frame, Lane.LIVE))
         frame = prepared.frame
         if prepared.first_seq <= stream.cursor:
             cut = tuple(r for r in prepared.records if r.seq > stream.cursor)
             frame = encode(Changes(project, cut))
-        frames.append(Outgoing(Changes.TYPE, frame, Lane.LIVE))
+        out.append(Outgoing(Changes.TYPE, frame, Lane.LIVE))
         stream.cursor = prepared.last_seq
-        return frames
+        return out
 
-    def end_stream(self, project: str, code: ErrorCode, message: str) -> None:
+    def end_stream(
+        self, project: str, code: ErrorCode, message: str, spelled: str | None = None
+    ) -> list[Outgoing]:
         """The project cannot be synced (unknown, not a member, removed, the log cannot be
-        read): ``project_error``, and nothing more for it until the client subscribes again."""
-        self._streams.pop(project, None)
-        self._send(ProjectError(project, code.value, message), Lane.CONTROL)
-
-    def streams(self) -> list[str]:
-        return list(self._streams)
+        read): ``project_error`` naming it as the client ``spelled`` it, and nothing more
+        for it until the client subscribes again."""
+        self._streams.pop(project_key(project), None)
+        return self._send(ProjectError(spelled or project, code.value, message), Lane.CONTROL)
 
     # -- pushes and status ----------------------------------------------------------------------
 
-    def answer_push(self, push_id: int, project: str, results: Sequence[EntityResult]) -> None:
+    def answer_push(
+        self, push_id: int, project: str, results: Sequence[EntityResult]
+    ) -> list[Outgoing]:
         """The push's transaction committed (or each entity was refused): its result."""
         self._take_push(push_id)
-        self._send(PushResult(push_id, project, tuple(results)), Lane.CONTROL)
+        return self._send(PushResult(push_id, project, tuple(results)), Lane.CONTROL)
 
-    def refuse_push(self, push_id: int, code: ErrorCode, message: str) -> None:
+    def refuse_push(self, push_id: int, code: ErrorCode, message: str) -> list[Outgoing]:
         """Nothing of the push was stored; the client may send it again (as the code says)."""
         self._take_push(push_id)
-        self._send(Error(code.value, message, push_id=push_id), Lane.CONTROL)
+        return self._send(Error(code.value, message, push_id=push_id), Lane.CONTROL)
 
-    def refuse_message(self, event: ClientMessage, code: ErrorCode, message: str) -> None:
+    def refuse_message(
+        self, event: ClientMessage, code: ErrorCode, message: str
+    ) -> list[Outgoing]:
         """A valid message that is not processed (over the rate): a non-fatal error naming
         the push it was, if it was one."""
         if isinstance(event, Push):
-            self.refuse_push(event.push_id, code, message)
-        else:
-            self._send(Error(code.value, message), Lane.CONTROL)
+            return self.refuse_push(event.push_id, code, message)
+        return self._send(Error(code.value, message), Lane.CONTROL)
 
-    def status(self, status: Status) -> None:
-        self._send(status, Lane.CONTROL)
+    def status(self, status: Status) -> list[Outgoing]:
+        return self._send(status, Lane.CONTROL)
 
     # -- inside -------------------------------------------------------------------------------
 
-    def _start(self, project: str, stream: _Stream) -> None:
+    def _start(self, project: str, stream: _Stream) -> bool:
         if self.closing:
-            return
+            return False
         if self.connection.state is not ConnectionState.OPEN:
             raise ProtocolMisuseError("a project stream before the handshake ended")
         if project in self._streams:
             raise ProtocolMisuseError(f"project {project} is streaming already")
         self._streams[project] = stream
+        return True
 
     def _stream(self, project: str, wanted: StreamState) -> _Stream | None:
         """The project's stream, which must be in ``wanted``; None when it has ended (an
@@ -502,19 +539,21 @@ class ServerProtocol:
                 f"changes of {project} from seq {first_seq}; the client holds {stream.cursor}"
             )
 
-    def _flush_chunk(self, project: str, stream: _Stream) -> None:
-        if stream.chunk:
-            self._send(SnapshotChunk(project, tuple(stream.chunk)), Lane.BULK)
-            stream.chunk, stream.chunk_bytes = [], 0
+    def _flush_chunk(self, project: str, stream: _Stream) -> list[Outgoing]:
+        if not stream.chunk:
+            return []
+        chunk = SnapshotChunk(project, tuple(stream.chunk))
+        stream.chunk, stream.chunk_bytes = [], 0
+        return self._send(chunk, Lane.BULK)
 
     def _take_push(self, push_id: int) -> None:
         if push_id not in self._pushes:
             raise ProtocolMisuseError(f"push {push_id} is not waiting for an answer")
         self._pushes.discard(push_id)
 
-    def _send(self, message: ServerMessage, lane: Lane) -> None:
+    def _send(self, message: ServerMessage, lane: Lane) -> list[Outgoing]:
         if self.closing:
-            return
+            return []
         if self.connection.state is not ConnectionState.OPEN:
             raise ProtocolMisuseError(f"cannot send {message.TYPE} before the handshake ended")
-        self._out.append(Outgoing(message.TYPE, encode(message), lane))
+        return [Outgoing(message.TYPE, encode(message), lane)]

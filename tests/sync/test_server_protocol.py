@@ -63,8 +63,8 @@ def opened() -> ServerProtocol:
     return protocol
 
 
-def sent(protocol: ServerProtocol) -> list[tuple[Lane, ServerMessage]]:
-    return [(o.lane, decode_server(o.frame)) for o in protocol.data_to_send()]
+def sent(outgoing: list[Outgoing]) -> list[tuple[Lane, ServerMessage]]:
+    return [(o.lane, decode_server(o.frame)) for o in outgoing]
 
 
 def messages(outgoing: list[Outgoing]) -> list[ServerMessage]:
@@ -90,16 +90,16 @@ def test_a_snapshot_goes_out_bracketed_chunked_with_its_conflicts_then_catch_up_
 ) -> None:
     protocol = opened()
     big = SNAPSHOT_CHUNK_BYTES // 2
-    protocol.begin_snapshot(P, 41, 3)
-    protocol.snapshot_entities(P, [entity(1, big), entity(2, big)])
-    protocol.snapshot_entities(P, [entity(3)])
-    protocol.snapshot_conflicts(P, [conflict("c1")])
-    protocol.end_snapshot(P)
+    frames = protocol.begin_snapshot(P, 41, 3)
+    frames += protocol.snapshot_entities(P, [entity(1, big), entity(2, big)])
+    frames += protocol.snapshot_entities(P, [entity(3)])
+    frames += protocol.snapshot_conflicts(P, [conflict("c1")])
+    frames += protocol.end_snapshot(P)
     assert protocol.stream_state(P) is StreamState.CATCHING_UP
-    protocol.catch_up(P, [record(42), record(43)])
-    protocol.go_live(P)
+    frames += protocol.catch_up(P, [record(42), record(43)])
+    frames += protocol.go_live(P)
 
-    out = sent(protocol)
+    out = sent(frames)
     kinds = [(lane, type(m)) for lane, m in out]
     assert kinds == [
         (Lane.BULK, SnapshotBegin),
@@ -150,8 +150,7 @@ def test_catch_up_starts_right_after_the_cursor_and_sends_conflict_updates_first
         ConflictUpdate(12, conflict("c2")),
         ConflictUpdate(12, conflict("c1", "resolved")),
     ]
-    protocol.catch_up(P, [record(11), record(12)], updates)
-    [(_, first), (_, second)] = sent(protocol)
+    [(_, first), (_, second)] = sent(protocol.catch_up(P, [record(11), record(12)], updates))
     assert first == Conflicts(P, (conflict("c2"), conflict("c1", "resolved")))  # latest, once
     assert isinstance(second, Changes)
     assert [c.seq for c in second.changes] == [11, 12]
@@ -160,10 +159,9 @@ def test_catch_up_starts_right_after_the_cursor_and_sends_conflict_updates_first
 def test_live_pieces_are_sent_once_cut_where_the_client_holds_part_and_never_with_a_gap() -> None:
     protocol = opened()
     protocol.resume(P, 10)
-    with pytest.raises(ProtocolMisuseError):  # live only after synced
-        protocol.catch_up(P, [record(12)])
-    protocol.go_live(P)
-    protocol.data_to_send()
+    [piece] = prepare_changes(P, [record(11)])
+    assert protocol.deliver_live(P, piece) == []  # live only after synced
+    assert sent(protocol.go_live(P)) == [(Lane.CONTROL, Synced(P, 10))]
 
     [whole] = prepare_changes(P, [record(11), record(12)])
     [out] = protocol.deliver_live(P, whole)
@@ -185,7 +183,6 @@ def test_live_conflict_updates_of_pushes_the_client_has_not_seen_go_first() -> N
     protocol = opened()
     protocol.resume(P, 10)
     protocol.go_live(P)
-    protocol.data_to_send()
     [piece] = prepare_changes(P, [record(10), record(11)])
     updates = [ConflictUpdate(10, conflict("old")), ConflictUpdate(11, conflict("new"))]
     out = messages(protocol.deliver_live(P, piece, updates))
@@ -197,13 +194,11 @@ def test_live_conflict_updates_of_pushes_the_client_has_not_seen_go_first() -> N
 def test_an_unsubscribe_ends_the_stream_and_work_still_under_way_sends_nothing() -> None:
     protocol = opened()
     protocol.begin_snapshot(P, 3, 1)
-    protocol.data_to_send()
-    protocol.receive_frame(encode(Unsubscribe(P)))
-    assert protocol.events_received() == [Unsubscribe(P)]
+    protocol.receive_frame(encode(Unsubscribe(P.upper())))  # any spelling of the id
+    assert protocol.events_received() == [Unsubscribe(P.upper())]
     assert protocol.stream_state(P) is None
-    protocol.snapshot_entities(P, [entity(1)])
-    protocol.end_snapshot(P)
-    assert protocol.data_to_send() == []
+    assert protocol.snapshot_entities(P, [entity(1)]) == []
+    assert protocol.end_snapshot(P) == []
     [piece] = prepare_changes(P, [record(4)])
     assert protocol.deliver_live(P, piece) == []
     protocol.resume(P, 3)  # subscribed again later: a new stream
@@ -215,13 +210,11 @@ def test_a_project_error_ends_the_stream_and_a_project_streams_once_at_a_time() 
     protocol.resume(P, 0)
     with pytest.raises(ProtocolMisuseError, match="streaming already"):
         protocol.begin_snapshot(P, 0, 0)
-    protocol.end_stream(P, ErrorCode.MEMBERSHIP_REMOVED, "removed")
-    assert sent(protocol) == [
-        (Lane.CONTROL, ProjectError(P, "membership_removed", "removed"))
-    ]
+    out = protocol.end_stream(P, ErrorCode.MEMBERSHIP_REMOVED, "removed", P.upper())
+    assert sent(out) == [(Lane.CONTROL, ProjectError(P.upper(), "membership_removed", "removed"))]
     assert protocol.streams() == []
-    protocol.end_stream(OTHER, ErrorCode.PROJECT_UNAVAILABLE, "no such project")
-    assert sent(protocol)[0][1] == ProjectError(OTHER, "project_unavailable", "no such project")
+    out = protocol.end_stream("not-a-uuid", ErrorCode.PROJECT_UNAVAILABLE, "no such project")
+    assert sent(out)[0][1] == ProjectError("not-a-uuid", "project_unavailable", "no such project")
 
 
 def test_streams_and_answers_need_an_open_connection() -> None:
@@ -240,10 +233,10 @@ def test_a_push_is_answered_once_by_result_or_refusal() -> None:
     for push_id in (1, 2, 3):
         protocol.receive_frame(encode(Push(push_id, P, ())))
     assert len(protocol.events_received()) == 3
-    protocol.answer_push(1, P, [EntityAccepted("act-1", (42,))])
-    protocol.refuse_push(2, ErrorCode.SERVER_UNAVAILABLE, "try again")
-    protocol.refuse_message(Push(3, P, ()), ErrorCode.RATE_LIMITED, "slow down")
-    out = [m for _, m in sent(protocol)]
+    frames = protocol.answer_push(1, P, [EntityAccepted("act-1", (42,))])
+    frames += protocol.refuse_push(2, ErrorCode.SERVER_UNAVAILABLE, "try again")
+    frames += protocol.refuse_message(Push(3, P, ()), ErrorCode.RATE_LIMITED, "slow down")
+    out = [m for _, m in sent(frames)]
     assert out == [
         PushResult(1, P, (EntityAccepted("act-1", (42,)),)),
         Error("server_unavailable", "try again", push_id=2),
@@ -253,8 +246,10 @@ def test_a_push_is_answered_once_by_result_or_refusal() -> None:
         protocol.answer_push(1, P, [])
     with pytest.raises(ProtocolMisuseError, match="push 9 is not waiting"):
         protocol.refuse_push(9, ErrorCode.FORBIDDEN, "no")
-    protocol.refuse_message(Subscribe(ProjectCursor(P, 0)), ErrorCode.RATE_LIMITED, "slow")
-    assert sent(protocol) == [(Lane.CONTROL, Error("rate_limited", "slow"))]
+    refused = protocol.refuse_message(
+        Subscribe(ProjectCursor(P, 0)), ErrorCode.RATE_LIMITED, "slow"
+    )
+    assert sent(refused) == [(Lane.CONTROL, Error("rate_limited", "slow"))]
 
 
 def test_after_a_fatal_error_nothing_more_goes_out_and_nothing_raises() -> None:
@@ -264,11 +259,11 @@ def test_after_a_fatal_error_nothing_more_goes_out_and_nothing_raises() -> None:
     protocol.events_received()
     protocol.fail(ErrorCode.TOO_SLOW, "resume from your cursor", CloseCode.TOO_SLOW)
     assert protocol.state is ConnectionState.CLOSING
-    protocol.catch_up(P, [record(1)])
-    protocol.go_live(P)
-    protocol.answer_push(1, P, [])
-    protocol.status(Status("ok"))
-    [(lane, error)] = sent(protocol)
+    assert protocol.catch_up(P, [record(1)]) == []
+    assert protocol.go_live(P) == []
+    assert protocol.answer_push(1, P, []) == []
+    assert protocol.status(Status("ok")) == []
+    [(lane, error)] = sent(protocol.data_to_send())
     assert (lane, error) == (Lane.CONTROL, Error("too_slow", "resume from your cursor", True))
     assert protocol.close_requested == (CloseCode.TOO_SLOW, "too_slow")
 
@@ -331,11 +326,10 @@ def test_catch_up_and_live_pieces_deliver_each_change_once_in_order(
         if not piece:
             continue
         if not live and index >= live_at:
-            protocol.go_live(P)
+            assert [o.kind for o in protocol.go_live(P)] == ["synced"]
             live = True
         if not live:
-            protocol.catch_up(P, piece)
-            take(protocol.data_to_send())
+            take(protocol.catch_up(P, piece))
             continue
         back = min(overlaps[index % 8], piece[0].seq - 1 - start)
         earlier = [record(s) for s in range(piece[0].seq - back, piece[0].seq)]
