@@ -131,6 +131,7 @@ class Metrics:
     def __init__(self, *, slow_ms: float = 500.0) -> None:
         self.slow_seconds = slow_ms / 1000
         self.registry = registry = CollectorRegistry()
+        self._sent_by_kind: dict[str, tuple[Counter, Counter]] = {}
         self.connections = Gauge(
             "fieldsync_connections_open", "Open sync WebSocket connections", registry=registry
         )
@@ -257,9 +258,18 @@ class Metrics:
             self.outbox_age.observe(message.outbox_age_ms / 1000)
 
     def sent(self, kind: str, size: int) -> None:
-        """A frame of message type ``kind`` and ``size`` bytes was queued for a client."""
-        self.messages_out.labels(kind).inc()
-        self.bytes_out.labels(kind).inc(size)
+        """A frame of message type ``kind`` and ``size`` bytes was queued for a client.
+
+        Called once per frame and client (fan-out): the labelled counters are looked up
+        once per message type, not per call."""
+        counters = self._sent_by_kind.get(kind)
+        if counters is None:
+            counters = self._sent_by_kind[kind] = (
+                self.messages_out.labels(kind),
+                self.bytes_out.labels(kind),
+            )
+        counters[0].inc()
+        counters[1].inc(size)
 
     def push_committed(self, started: float, push: Push, results: Sequence[AppendResult]) -> None:
         """A push's transaction committed; ``started`` is when it was handled (monotonic)."""

@@ -43,6 +43,7 @@ the same bytes unless this client already holds part of the piece.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -265,6 +266,7 @@ class _Stream:
     chunk_bytes: int = 0
 
 
+@functools.lru_cache(maxsize=4096)
 def project_key(project_id: str) -> str:
     """A project id as streams are keyed and frames name it: the canonical UUID form (a
     client may write ``0B6F3C1E-…``), or the string itself when it is no UUID."""
