@@ -331,7 +331,7 @@ class _Rules:
         edits.sort(key=lambda item: item[0].hash)
         names = sorted(set().union(*(touched for _, touched in edits)))
         current = self.values(heads)
-        return make_conflict(
+        conflict = make_conflict(
             ConflictKind.EDIT_TO_DELETED,
             [self.entity_id],
             ["deleted", *names],
@@ -339,6 +339,35 @@ class _Rules:
             [_ref(deletion), *(_ref(info) for info, _ in edits)],
             EDIT_TO_DELETED_RESOLUTION,
         )
+        involved = [deletion, *(info for info, _ in edits)]
+        if self.resolved_within(conflict, heads, involved):
+            return None
+        return conflict
+
+    def resolved_within(
+        self, conflict: Conflict, heads: Sequence[bytes], involved: Sequence[ChangeInfo]
+    ) -> bool:
+        """Whether a change within ``heads`` resolved ``conflict``, exactly as
+        ``resolved_by`` judges a change: it wrote ``deleted`` on a state that held the
+        conflict.
+
+        The key's winning op does not always tell: writing ``deleted`` again on a key that
+        holds two live ``true`` values makes Automerge delete only the loser, so the winner
+        (and its change, concurrent with the edits) stays, although the writer saw it all.
+        """
+        history = self.history
+        for info in history:
+            if not history.within(info.hash, heads) or not info.deps:
+                continue
+            if not all(history.precedes(change.hash, info.hash) for change in involved):
+                continue
+            ops = history.ops(info.hash)
+            if ops is None or "deleted" not in ops.keys_written():
+                continue
+            earlier = _safely(lambda: self.edit_to_deleted(list(info.deps)))  # noqa: B023
+            if earlier is not None and earlier.conflict_id == conflict.conflict_id:
+                return True
+        return False
 
     # -- conflicts a change removed ------------------------------------------------------
 

@@ -102,6 +102,12 @@ def check_same_outcome(session: Session, seeds: list[int]) -> list[ProjectSim]:
     return sims
 
 
+# d0 deletes the activity, then edits its title; d1 deletes it concurrently, syncs, and
+# deletes it again: Automerge then deletes only d0's losing `true`, so the winning value is
+# still d1's first, concurrent with the title edit. The record is resolved (d1 wrote
+# `deleted` having seen it), and the rules must not find it open in the final state.
+@example(case=(2, [(0, 0, 5, 0), (0, 0, 0, 0), (1, 0, 5, 0), (1, 0, 12, 0), (1, 0, 5, 0)]),
+         seeds=[0, 0, 0])
 @slow_settings(200)
 @given(sessions(devices=(2, 4), steps=16), st.lists(st.integers(0, 2**32), min_size=3, max_size=3))
 def test_activity_edits_in_any_order_give_identical_conflicts(
