@@ -23,6 +23,11 @@ class EntityBatch:
     entity_id: str
     entries: tuple[OutboxEntry, ...]
 
+    @property
+    def changes(self) -> tuple[bytes, ...]:
+        """What the push carries for the entity (``client_protocol.PushEntity``)."""
+        return tuple(entry.change for entry in self.entries)
+
 
 def plan_push(
     pending: Sequence[OutboxEntry],

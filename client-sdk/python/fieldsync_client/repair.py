@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["HistoryChange", "missing_hashes", "with_ancestors"]
+from fieldsync_client.local_store import OutboxEntry
+
+__all__ = ["REPAIR_ROW", "HistoryChange", "Repairs", "missing_hashes", "with_ancestors"]
+
+REPAIR_ROW = 0
+"""The outbox id of a change sent again to fill a gap: it has no outbox row."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +59,37 @@ def with_ancestors(
             picked.append(change)
     picked.reverse()
     return picked
+
+
+class Repairs:
+    """The changes to send again, per project and entity, before the project's outbox: each
+    entity's missing changes then go before its own. Kept for one connection (a new one
+    learns again from the server what it lacks)."""
+
+    def __init__(self) -> None:
+        self._planned: dict[str, dict[str, list[OutboxEntry]]] = {}
+
+    def entries(self, project_id: str) -> list[OutboxEntry]:
+        planned = self._planned.get(project_id, {})
+        return [entry for entries in planned.values() for entry in entries]
+
+    def plan(self, project_id: str, entity_id: str, entries: list[OutboxEntry]) -> None:
+        self._planned.setdefault(project_id, {})[entity_id] = entries
+
+    def logged(self, project_id: str, entity_id: str, hashes: set[bytes]) -> None:
+        """The server logged these changes of the entity: they need no resending."""
+        planned = self._planned.get(project_id)
+        if not planned or entity_id not in planned:
+            return
+        left = [entry for entry in planned[entity_id] if entry.hash not in hashes]
+        if left:
+            planned[entity_id] = left
+        else:
+            del planned[entity_id]
+
+    def drop(self, project_id: str, entity_id: str | None = None) -> None:
+        """Forget the entity's planned changes (its push was refused), or the project's."""
+        if entity_id is None:
+            self._planned.pop(project_id, None)
+        else:
+            self._planned.get(project_id, {}).pop(entity_id, None)

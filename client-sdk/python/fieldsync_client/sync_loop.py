@@ -1,14 +1,17 @@
 """The sync loop: one WebSocket to the server, reconnected by itself, for every open project.
 
-The protocol rules live in ``sync.connection.ClientConnection`` (sans I/O); this module is
-its I/O shell. A connection says hello with every open project's cursor. A project never
-bootstrapped first fetches its snapshot over HTTP (:mod:`fieldsync_client.bootstrap`) and
-then subscribes from the snapshot's cursor; if that fails, it subscribes with no cursor and
-gets the snapshot over the WebSocket. Snapshots are stored chunk by chunk and their cursor
-set at the end; logged changes are stored with the new cursor in one transaction. The loop
-pushes the outbox: one push in flight per project, sized by the limits the server announces
-in ``welcome``. A push whose result never came is simply sent again on the next connection:
-the server recognises changes by hash and answers with their original seqs.
+The protocol lives in ``sync.client_protocol.ClientProtocol`` (no I/O): the projects'
+streams, their ordering rules, the pushes waiting for an answer. This module is its pump:
+it writes the protocol's frames, feeds it what the server sends, and turns its events into
+storage and what the app sees. A connection says hello with every open project's cursor. A
+project never bootstrapped first fetches its snapshot over HTTP
+(:mod:`fieldsync_client.bootstrap`) when the protocol asks, and then subscribes from the
+snapshot's cursor; if that fails, it gets the snapshot over the WebSocket. Snapshots are
+stored chunk by chunk and their cursor set at the end; logged changes are stored with the
+new cursor in one transaction. The loop pushes the outbox: one push in flight per project,
+sized by the protocol's push budget. A push whose result never came is simply sent again on
+the next connection: the server recognises changes by hash and answers with their original
+seqs.
 
 When the connection drops, the loop waits a backoff delay (full jitter) and tries again. It
 stops trying only when the server refuses the token (until ``set_token``) or speaks no
@@ -19,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -32,32 +33,28 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
-from fieldsync.sync.codec import MAX_HELLO_PROJECTS, max_server_frame_bytes
-from fieldsync.sync.connection import ClientConnection
-from fieldsync.sync.connection import ConnectionState as ProtocolState
-from fieldsync.sync.errors import CloseCode, ErrorCode
-from fieldsync.sync.messages import (
-    PROTOCOL_VERSIONS,
-    Changes,
-    ConflictRecord,
-    Conflicts,
-    EntityAccepted,
-    EntityPush,
-    Error,
-    ProjectCursor,
-    ProjectError,
-    Push,
-    PushResult,
-    ServerMessage,
-    SnapshotBegin,
-    SnapshotChunk,
-    SnapshotEnd,
-    Status,
-    Subscribe,
-    Synced,
-    Unsubscribe,
-    Welcome,
+from fieldsync.sync.client_protocol import (
+    ChangesReceived,
+    ClientEvent,
+    ClientProtocol,
+    ConflictsChanged,
+    CursorAhead,
+    ErrorReceived,
+    ProjectFailed,
+    ProjectLive,
+    ProtocolFailure,
+    PushAnswered,
+    PushRefused,
+    ServerStatus,
+    SnapshotEntities,
+    SnapshotFinished,
+    SnapshotStarted,
+    SnapshotWanted,
+    Welcomed,
 )
+from fieldsync.sync.codec import max_server_frame_bytes
+from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.messages import PROTOCOL_VERSIONS, ConflictRecord, EntityAccepted, ProjectCursor
 from fieldsync_client.backoff import Backoff
 from fieldsync_client.bootstrap import SnapshotUnavailable, http_bootstrap
 from fieldsync_client.conflicts import Conflict, ConflictUpdate
@@ -72,7 +69,7 @@ from fieldsync_client.errors import (
 )
 from fieldsync_client.local_store import LocalStore, OutboxEntry
 from fieldsync_client.push_plan import EntityBatch, plan_push
-from fieldsync_client.repair import missing_hashes, with_ancestors
+from fieldsync_client.repair import REPAIR_ROW, Repairs, missing_hashes, with_ancestors
 from fieldsync_client.replica import ProjectReplica, RemoteDataError, RemoteOutcome
 from fieldsync_client.status import ConnectionState, RemoteChanges
 
@@ -82,16 +79,7 @@ log = logging.getLogger("fieldsync_client")
 
 PLAN_ROWS = 20_000  # outbox rows read to plan one push
 _AUTH_CODES = frozenset({ErrorCode.INVALID_TOKEN.value, ErrorCode.TOKEN_EXPIRED.value})
-_RETRYABLE_PUSH = frozenset(
-    {
-        ErrorCode.SERVER_UNAVAILABLE.value,
-        ErrorCode.INTERNAL_ERROR.value,
-        ErrorCode.RATE_LIMITED.value,
-    }
-)
-_TOO_BIG_PUSH = frozenset({ErrorCode.TOO_MANY_ENTITIES.value, ErrorCode.FRAME_TOO_LARGE.value})
 _MISSING_DEPENDENCIES = "missing_dependencies"
-REPAIR_ROW = 0  # the outbox id of a change sent again to fill a gap (no outbox row)
 
 
 def sync_url(url: str) -> str:
@@ -124,12 +112,6 @@ class SyncHost(Protocol):
     def project_failed(self, project_id: str, error: ProjectUnavailable) -> None: ...
 
     def state_changed(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _InFlight:
-    project_id: str
-    batches: tuple[EntityBatch, ...]
 
 
 def _now() -> datetime:
@@ -181,13 +163,9 @@ class SyncLoop:
         self.state = ConnectionState.STOPPED
         self.last_error: FieldsyncError | None = None
         self.halted: FieldsyncError | None = None  # AuthError or IncompatibleServer
-        self.live: set[str] = set()  # projects caught up on the current connection
         self.failed: dict[str, ProjectUnavailable] = {}
         self.server_problem: str | None = None  # from the server's latest status message
         self.synced_at: dict[str, datetime] = {}
-        # The highest seq the server gave a change of ours, per project: caught up means
-        # holding at least that (our own changes come back after their push_result).
-        self.acknowledged_seq: dict[str, int] = {}
         self.connections = 0  # connection attempts so far
         self._idle: set[str] = set()
         self._session: _Session | None = None
@@ -231,8 +209,6 @@ class SyncLoop:
             self._session.subscribe(project_id)
 
     def project_removed(self, project_id: str) -> None:
-        self.live.discard(project_id)
-        self.acknowledged_seq.pop(project_id, None)
         self.failed.pop(project_id, None)
         if self._session is not None:
             self._session.unsubscribe(project_id)
@@ -242,11 +218,16 @@ class SyncLoop:
             self._session.push(project_id)
         self.check_idle()
 
+    @property
+    def live(self) -> frozenset[str]:
+        """The projects caught up on the current connection."""
+        return frozenset() if self._session is None else self._session.protocol.live_projects()
+
     def pushes_in_flight(self) -> int:
-        return 0 if self._session is None else len(self._session.in_flight)
+        return 0 if self._session is None else self._session.protocol.pushes_in_flight()
 
     def pushing(self, project_id: str) -> bool:
-        return self._session is not None and project_id in self._session.pushing
+        return self._session is not None and self._session.protocol.pushing(project_id)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -283,7 +264,6 @@ class SyncLoop:
                 self.error(FieldsyncError(f"sync failed: {_describe(exc)}"))
             finally:
                 self._session = None
-                self.live.clear()
                 self._idle.clear()
             if self._stopping:
                 break
@@ -318,9 +298,12 @@ class SyncLoop:
         self.host.state_changed()
 
     def caught_up(self, project_id: str, replica: ProjectReplica) -> bool:
-        """Live, and holding every change of ours the server has acknowledged."""
-        acknowledged = self.acknowledged_seq.get(project_id, 0)
-        return project_id in self.live and (replica.cursor or 0) >= acknowledged
+        """Live, and holding every change of ours the server has acknowledged (the stored
+        cursor, not the protocol's: caught up means stored)."""
+        session = self._session
+        if session is None or project_id not in session.protocol.live_projects():
+            return False
+        return (replica.cursor or 0) >= session.protocol.acknowledged_seq(project_id)
 
     def check_idle(self) -> None:
         """Note the projects that are caught up with nothing waiting: they are synced now."""
@@ -343,102 +326,84 @@ class SyncLoop:
 
 
 class _Session:
-    """One WebSocket connection: from hello until it closes."""
+    """One WebSocket connection, from hello until it closes: the pump between the socket,
+    the protocol and the local store."""
 
     def __init__(self, loop: SyncLoop, ws: WebSocket) -> None:
         self.loop = loop
         self.host = loop.host
         self.ws = ws
-        self.conn = ClientConnection(loop.limits)
-        self.subscribed: set[str] = set()
-        self.snapshots: dict[str, RemoteOutcome] = {}  # WebSocket snapshots under way
-        self.snapshot_conflicts: dict[str, list[ConflictRecord]] = {}  # stored at their end
-        self.bootstrapping: dict[str, asyncio.Task[None]] = {}  # HTTP snapshots under way
-        self.http_failed: set[str] = set()  # use the WebSocket snapshot on this connection
-        # Changes the server said it lacks, per project and entity, sent before the outbox.
-        self.repairs: dict[str, dict[str, list[OutboxEntry]]] = {}
-        self.in_flight: dict[int, _InFlight] = {}
-        self.pushing: set[str] = set()
-        self.server_limits = DEFAULT_LIMITS
-        self.shrink = 1  # pushes are cut to 1/shrink of the limits after a too-big refusal
+        self.protocol: ClientProtocol[EntityBatch] = ClientProtocol(
+            loop.limits, http_snapshots=loop.http_snapshots
+        )
+        self.repairs = Repairs()
         self.retry = Backoff(loop.backoff.base, loop.backoff.cap)
-        self._next_push_id = 1
+        # What storing each WebSocket snapshot under way changed, reported at its end.
+        self._snapshots: dict[str, RemoteOutcome] = {}
+        self._fetches: dict[str, asyncio.Task[None]] = {}  # HTTP snapshots under way
         self._timers: list[asyncio.TimerHandle] = []
         self._outgoing = asyncio.Event()
+        self._pumping = False
         self._closed = False
 
     async def run(self) -> None:
         replicas = self.host.replicas()
-        # Projects that bootstrap over HTTP subscribe once their snapshot is stored.
-        wanted = [
-            ProjectCursor(pid, r.cursor)
-            for pid, r in replicas.items()
-            if not self._wants_http(pid, r)
-        ]
-        hello = wanted[:MAX_HELLO_PROJECTS]
         oldest = self.host.store.oldest_pending_at(replicas)
         age = None if oldest is None else max(0, int((_now() - oldest).total_seconds() * 1000))
-        self.conn.hello(
+        self.protocol.hello(
             self.loop.token,
             self.loop.client_id,
-            hello,
+            [ProjectCursor(pid, r.cursor) for pid, r in replicas.items()],
             outbox_age_ms=age,
             versions=self.loop.versions,
         )
-        self.subscribed = {p.project_id for p in hello}
         writer = asyncio.get_running_loop().create_task(self._write())
         self._outgoing.set()
         try:
-            while self.conn.state not in (ProtocolState.CLOSING, ProtocolState.CLOSED):
+            while not self.protocol.closing:
                 try:
                     frame = await self.ws.recv()
                 except ConnectionClosed as closed:
                     self._closed_by_server(closed)
                     break
-                self.conn.receive_frame(frame)
-                for event in self.conn.events_received():
-                    self._handle(event)
-                self._outgoing.set()
+                self.protocol.receive_frame(frame)
+                self._pump()
                 self.loop.check_idle()
                 self.host.state_changed()
-            if self.conn.failure is not None:
-                self.loop.error(
-                    FieldsyncError(f"the server broke the protocol: {self.conn.failure.message}")
-                )
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, OSError):
                 await writer
-            for task in list(self.bootstrapping.values()):
+            for task in list(self._fetches.values()):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             for timer in self._timers:
                 timer.cancel()
-            requested = self.conn.close_requested or (CloseCode.NORMAL, "")
+            requested = self.protocol.close_requested or (CloseCode.NORMAL, "")
             await self.close(*requested)
 
     async def close(self, code: int, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
-        self.conn.close(CloseCode(code), reason)
+        self.protocol.close(CloseCode(code), reason)
         with contextlib.suppress(ConnectionClosed, OSError):
-            for frame in self.conn.data_to_send():
+            for frame in self.protocol.data_to_send():
                 await self.ws.send(frame)
         with contextlib.suppress(ConnectionClosed, OSError):
             await self.ws.close(code, reason)
-        self.conn.connection_closed()
+        self.protocol.connection_closed()
 
     async def _write(self) -> None:
         while True:
             await self._outgoing.wait()
             self._outgoing.clear()
-            for frame in self.conn.data_to_send():
+            for frame in self.protocol.data_to_send():
                 await self.ws.send(frame)
 
     def _closed_by_server(self, closed: ConnectionClosed) -> None:
-        self.conn.connection_closed()
+        self.protocol.connection_closed()
         received = closed.rcvd
         code = received.code if received is not None else None
         reason = received.reason if received is not None else ""
@@ -450,80 +415,94 @@ class _Session:
             what = f"code {code}" if code is not None else "no close frame"
             self.loop.error(Offline(f"the server closed the connection ({what}) {reason}".strip()))
 
+    def _pump(self) -> None:
+        """Act on everything the protocol has to say, then let the writer send. Re-entrant
+        calls (an action that calls the protocol) leave their events to the outer loop."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while events := self.protocol.events_received():
+                for event in events:
+                    try:
+                        self._handle(event)
+                    except RemoteDataError as exc:
+                        self._fail(str(exc))
+                        break
+        finally:
+            self._pumping = False
+            self._outgoing.set()
+
     def _fail(self, message: str) -> None:
-        """Our copy and the server's stream disagree: drop the connection and resume."""
+        """What came cannot be stored: drop the connection and resume from the stored cursor
+        (what the protocol says next is no longer acted on)."""
         log.warning("resyncing: %s", message)
         self.loop.error(FieldsyncError(message))
-        self.conn.close(CloseCode.NORMAL, "resuming from the stored cursor")
+        self.protocol.close(CloseCode.NORMAL, "resuming from the stored cursor")
+        self.protocol.events_received()
 
-    # --- messages from the server ---------------------------------------------------------
+    # --- what the protocol says -----------------------------------------------------------
 
-    def _handle(self, message: ServerMessage) -> None:
-        try:
-            self._dispatch(message)
-        except RemoteDataError as exc:
-            self._fail(str(exc))
-
-    def _dispatch(self, message: ServerMessage) -> None:
-        if isinstance(message, Welcome):
-            self._welcome(message)
-        elif isinstance(message, SnapshotBegin):
-            if message.project_id in self.subscribed:
-                self.snapshots[message.project_id] = RemoteOutcome()
-                self.snapshot_conflicts[message.project_id] = []
-        elif isinstance(message, SnapshotChunk):
-            self._snapshot_chunk(message)
-        elif isinstance(message, SnapshotEnd):
-            self._snapshot_end(message)
-        elif isinstance(message, Changes):
-            self._changes(message)
-        elif isinstance(message, Conflicts):
-            self._conflicts(message)
-        elif isinstance(message, Synced):
-            self._synced(message)
-        elif isinstance(message, PushResult):
-            self._push_result(message)
-        elif isinstance(message, ProjectError):
-            self._project_error(message)
-        elif isinstance(message, Error):
-            self._error(message)
-        elif isinstance(message, Status):
-            self.loop.server_problem = None if message.state == "ok" else message.code or "degraded"
+    def _handle(self, event: ClientEvent[EntityBatch]) -> None:
+        if isinstance(event, Welcomed):
+            self.loop.welcomed()
+            for project_id in self.host.replicas():
+                self.push(project_id)
+        elif isinstance(event, SnapshotWanted):
+            self._fetch(event.project_id)
+        elif isinstance(event, SnapshotStarted):
+            self._snapshots[event.project_id] = RemoteOutcome()
+        elif isinstance(event, SnapshotEntities):
+            self._snapshot_entities(event)
+        elif isinstance(event, SnapshotFinished):
+            self._snapshot_finished(event)
+        elif isinstance(event, ChangesReceived):
+            self._changes(event)
+        elif isinstance(event, ConflictsChanged):
+            self._conflicts(event)
+        elif isinstance(event, ProjectLive):
+            if self.loop.failed.pop(event.project_id, None) is not None:
+                self.push(event.project_id)  # refused until now: its outbox waited
+        elif isinstance(event, CursorAhead):
+            # The server's log is behind our cursor (restored from a backup?): the protocol
+            # asked for a snapshot, which is merged with what we hold.
+            log.warning("project %s: %s; bootstrapping again", event.project_id, event.message)
+            self._snapshots.pop(event.project_id, None)
+        elif isinstance(event, ProjectFailed):
+            self._project_failed(event)
+        elif isinstance(event, PushAnswered):
+            self._push_answered(event)
+        elif isinstance(event, PushRefused):
+            self._push_refused(event)
+        elif isinstance(event, ErrorReceived):
+            self._error(event)
+        elif isinstance(event, ServerStatus):
+            self.loop.server_problem = event.problem
+        elif isinstance(event, ProtocolFailure):
+            log.warning("the server broke the protocol: %s", event.message)
+            self.loop.error(FieldsyncError(f"the server broke the protocol: {event.message}"))
 
     def _replica(self, project_id: str) -> ProjectReplica | None:
-        if project_id not in self.subscribed:
-            return None  # unsubscribed: frames already on their way are ignored
         return self.host.replicas().get(project_id)
 
-    def _welcome(self, welcome: Welcome) -> None:
-        known = {name: value for name, value in welcome.limits.items() if value > 0}
-        fields = {field.name for field in dataclasses.fields(Limits)}
-        # A limit the server does not announce (an older server) keeps its default.
-        self.server_limits = Limits(**{k: v for k, v in known.items() if k in fields})
-        self.loop.welcomed()
-        for project_id in self.host.replicas():
-            self.subscribe(project_id)
-            self.push(project_id)
-
-    def _snapshot_chunk(self, chunk: SnapshotChunk) -> None:
+    def _snapshot_entities(self, event: SnapshotEntities) -> None:
         """Store the chunk now: a snapshot is never held in memory as a whole."""
-        outcome = self.snapshots.get(chunk.project_id)
-        replica = self._replica(chunk.project_id)
+        outcome = self._snapshots.get(event.project_id)
+        replica = self._replica(event.project_id)
         if outcome is None or replica is None:
             return
-        part = replica.store_snapshot_part(chunk.entities)
+        part = replica.store_snapshot_part(event.entities)
         outcome.changed |= part.changed
         outcome.rejected.extend(part.rejected)
 
-    def _snapshot_end(self, end: SnapshotEnd) -> None:
-        outcome = self.snapshots.pop(end.project_id, None)
-        conflicts = self.snapshot_conflicts.pop(end.project_id, [])
-        replica = self._replica(end.project_id)
+    def _snapshot_finished(self, event: SnapshotFinished) -> None:
+        outcome = self._snapshots.pop(event.project_id, None)
+        replica = self._replica(event.project_id)
         if outcome is None or replica is None:
             return
-        removed = replica.finish_snapshot(end.cursor, conflicts)
-        self._report(end.project_id, outcome, end.cursor, snapshot=True)
-        self._snapshot_conflicts(end.project_id, conflicts, removed)
+        removed = replica.finish_snapshot(event.cursor, event.conflicts)
+        self._report(event.project_id, outcome, event.cursor, snapshot=True)
+        self._snapshot_conflicts(event.project_id, event.conflicts, removed)
 
     def _snapshot_conflicts(
         self, project_id: str, records: Sequence[ConflictRecord], removed: Sequence[str]
@@ -537,33 +516,23 @@ class _Session:
             )
         )
 
-    def _conflicts(self, message: Conflicts) -> None:
-        staged = self.snapshot_conflicts.get(message.project_id)
-        if staged is not None:
-            staged.extend(message.conflicts)  # stored with the snapshot it belongs to
-            return
-        replica = self._replica(message.project_id)
+    def _conflicts(self, event: ConflictsChanged) -> None:
+        replica = self._replica(event.project_id)
         if replica is None:
             return
-        removed = replica.apply_conflicts(message.conflicts)
-        kept = [r for r in message.conflicts if r.status != "removed"]
+        removed = replica.apply_conflicts(event.conflicts)
+        kept = [r for r in event.conflicts if r.status != "removed"]
         self.host.conflicts_changed(
-            ConflictUpdate(
-                message.project_id,
-                tuple(Conflict.of(r) for r in kept),
-                tuple(removed),
-            )
+            ConflictUpdate(event.project_id, tuple(Conflict.of(r) for r in kept), tuple(removed))
         )
 
-    def _changes(self, message: Changes) -> None:
-        replica = self._replica(message.project_id)
+    def _changes(self, event: ChangesReceived) -> None:
+        replica = self._replica(event.project_id)
         if replica is None:
             return
-        if message.project_id in self.snapshots:
-            raise RemoteDataError("changes arrived in the middle of a snapshot")
-        outcome = replica.apply_remote(message.changes)
+        outcome = replica.apply_remote(event.changes)
         cursor = replica.cursor if replica.cursor is not None else 0
-        self._report(message.project_id, outcome, cursor, snapshot=False)
+        self._report(event.project_id, outcome, cursor, snapshot=False)
 
     def _report(self, project_id: str, outcome: RemoteOutcome, cursor: int, snapshot: bool) -> None:
         if outcome.rejected:
@@ -573,49 +542,26 @@ class _Session:
                 RemoteChanges(project_id, frozenset(outcome.changed), cursor, snapshot)
             )
 
-    def _synced(self, synced: Synced) -> None:
-        replica = self._replica(synced.project_id)
-        if replica is None:
+    def _project_failed(self, event: ProjectFailed) -> None:
+        project_id = event.project_id
+        self._snapshots.pop(project_id, None)
+        if self._replica(project_id) is None:
             return
-        if replica.cursor != synced.cursor:
-            raise RemoteDataError(
-                f"the server says we hold seq {synced.cursor} of {synced.project_id}, "
-                f"we hold {replica.cursor}"
-            )
-        self.loop.live.add(synced.project_id)
-        if self.loop.failed.pop(synced.project_id, None) is not None:
-            self.push(synced.project_id)  # refused until now: its outbox waited
-
-    def _project_error(self, error: ProjectError) -> None:
-        project_id = error.project_id
-        replica = self._replica(project_id)
-        if replica is None:
-            return
-        self.snapshots.pop(project_id, None)
-        self.snapshot_conflicts.pop(project_id, None)
-        if error.code == ErrorCode.CURSOR_AHEAD.value:
-            # The server's log is behind our cursor (restored from a backup?): bootstrap
-            # again; the snapshot is merged with what we hold.
-            log.warning("project %s: %s; bootstrapping again", project_id, error.message)
-            self.loop.acknowledged_seq.pop(project_id, None)  # seqs of the other history
-            self.conn.send(Subscribe(ProjectCursor(project_id, None)))
-            return
-        self.subscribed.discard(project_id)
-        if error.code == ErrorCode.MEMBERSHIP_REMOVED.value:
-            self._membership_removed(project_id, error.message)
-        elif error.code == ErrorCode.PROJECT_UNAVAILABLE.value:
-            failure = ProjectUnavailable(project_id, error.code, error.message)
-            self.loop.failed[project_id] = failure
-            self.loop.error(failure)
-            self.host.project_failed(project_id, failure)
+        if event.code == ErrorCode.MEMBERSHIP_REMOVED.value:
+            self._membership_removed(project_id, event.message)
+        elif event.code == ErrorCode.PROJECT_UNAVAILABLE.value:
+            self._unavailable(project_id, event.code, event.message)
         else:  # server_unavailable, or a code from a newer server: try again later
-            self.loop.error(ServerError(error.code, error.message))
+            self.loop.error(ServerError(event.code, event.message))
             self._later(lambda: self.subscribe(project_id))
 
-    def _error(self, error: Error) -> None:
-        if error.push_id is not None and error.push_id in self.in_flight:
-            self._push_refused(self.in_flight.pop(error.push_id), error)
-            return
+    def _unavailable(self, project_id: str, code: str, message: str) -> None:
+        failure = ProjectUnavailable(project_id, code, message)
+        self.loop.failed[project_id] = failure
+        self.loop.error(failure)
+        self.host.project_failed(project_id, failure)
+
+    def _error(self, error: ErrorReceived) -> None:
         if error.code in _AUTH_CODES:
             self.loop.halt(AuthError(error.code, error.message))
         elif error.code == ErrorCode.UNSUPPORTED_VERSION.value:
@@ -623,45 +569,34 @@ class _Session:
         else:
             self.loop.error(ServerError(error.code, error.message))
 
-    # --- subscriptions and pushes ---------------------------------------------------------
+    # --- what the app wants ---------------------------------------------------------------
 
     def subscribe(self, project_id: str) -> None:
         replica = self.host.replicas().get(project_id)
-        if self.conn.state is not ProtocolState.OPEN or replica is None:
-            return
-        if project_id in self.subscribed or project_id in self.bootstrapping:
-            return
-        if self._wants_http(project_id, replica):
-            task = asyncio.get_running_loop().create_task(self._bootstrap(project_id, replica))
-            self.bootstrapping[project_id] = task
-            return
-        self.subscribed.add(project_id)
-        self.conn.send(Subscribe(ProjectCursor(project_id, replica.cursor)))
-        self._outgoing.set()
+        if replica is not None:
+            self.protocol.subscribe(project_id, replica.cursor)
+            self._pump()
 
     def unsubscribe(self, project_id: str) -> None:
-        if project_id in self.subscribed and self.conn.state is ProtocolState.OPEN:
-            self.conn.send(Unsubscribe(project_id))
-            self._outgoing.set()
-        self.subscribed.discard(project_id)
-        self.snapshots.pop(project_id, None)
-        self.snapshot_conflicts.pop(project_id, None)
-        self.repairs.pop(project_id, None)
-        task = self.bootstrapping.pop(project_id, None)
+        self.protocol.unsubscribe(project_id)
+        self._snapshots.pop(project_id, None)
+        self.repairs.drop(project_id)
+        task = self._fetches.pop(project_id, None)
         if task is not None:
             task.cancel()
+        self._pump()
 
-    def _wants_http(self, project_id: str, replica: ProjectReplica) -> bool:
-        """A first snapshot comes over HTTP, unless that already failed on this connection."""
-        return (
-            self.loop.http_snapshots
-            and replica.cursor is None
-            and project_id not in self.http_failed
-        )
+    def _fetch(self, project_id: str) -> None:
+        replica = self._replica(project_id)
+        if replica is None:  # closed meanwhile
+            self.protocol.unsubscribe(project_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._bootstrap(project_id, replica))
+        self._fetches[project_id] = task
 
     async def _bootstrap(self, project_id: str, replica: ProjectReplica) -> None:
-        """Store the project's HTTP snapshot, then subscribe from its cursor (or, if the
-        snapshot could not be had, subscribe with no cursor: a WebSocket snapshot)."""
+        """Store the project's HTTP snapshot, then let the protocol subscribe from its
+        cursor (or, if the snapshot could not be had, ask for it over the WebSocket)."""
         try:
             outcome = await http_bootstrap(
                 self.loop.url,
@@ -672,13 +607,16 @@ class _Session:
             )
         except (SnapshotUnavailable, RemoteDataError) as exc:
             log.info("project %s: no HTTP snapshot (%s); using the WebSocket", project_id, exc)
-            self.http_failed.add(project_id)
+            self.protocol.snapshot_fetch_failed(project_id)
         else:
-            self._report(project_id, outcome, replica.cursor or 0, snapshot=True)
+            cursor = replica.cursor if replica.cursor is not None else 0
+            self._report(project_id, outcome, cursor, snapshot=True)
             self._snapshot_conflicts(project_id, outcome.conflicts, outcome.conflicts_removed)
+            self.protocol.snapshot_fetched(project_id, cursor)
         finally:
-            self.bootstrapping.pop(project_id, None)
-        self.subscribe(project_id)
+            if self._fetches.get(project_id) is asyncio.current_task():
+                del self._fetches[project_id]
+        self._pump()
         self.host.state_changed()
 
     def _later(self, action: Callable[[], object]) -> None:
@@ -686,64 +624,47 @@ class _Session:
 
     def push(self, project_id: str) -> None:
         """Send the project's oldest pending changes, unless a push of it is in flight."""
-        if self.conn.state is not ProtocolState.OPEN or project_id in self.pushing:
+        if not self.protocol.open or self.protocol.pushing(project_id):
             return
         if project_id in self.loop.failed or project_id not in self.host.replicas():
             return
         pending = self.host.store.pending_changes(project_id, limit=PLAN_ROWS)
-        repairs = self.repairs.get(project_id)
-        if repairs:  # first, so that each entity's missing changes go before its own
-            pending = [entry for entries in repairs.values() for entry in entries] + pending
+        # Repairs first, so that each entity's missing changes go before its own.
+        pending = self.repairs.entries(project_id) + pending
         if not pending:
             return
-        limits = self.server_limits
+        budget = self.protocol.push_budget()
         batches = plan_push(
             pending,
-            max_entities=max(1, limits.max_entities_per_batch // self.shrink),
-            max_changes_per_entity=max(1, limits.max_changes_per_entity // self.shrink),
-            max_bytes=max(1, limits.max_frame_bytes // self.shrink),
-            max_ops=max(1, limits.max_ops_per_push // self.shrink),
+            max_entities=budget.max_entities,
+            max_changes_per_entity=budget.max_changes_per_entity,
+            max_bytes=budget.max_bytes,
+            max_ops=budget.max_ops,
         )
-        push_id = self._next_push_id
-        self._next_push_id += 1
-        entities = tuple(
-            EntityPush(b.entity_type, b.entity_id, tuple(e.change for e in b.entries))
-            for b in batches
-        )
-        self.conn.send(Push(push_id, project_id, entities))
-        self.in_flight[push_id] = _InFlight(project_id, tuple(batches))
-        self.pushing.add(project_id)
+        self.protocol.push(project_id, batches)
         self._outgoing.set()
 
-    def _push_result(self, result: PushResult) -> None:
-        flight = self.in_flight.pop(result.push_id, None)
-        if flight is None:
-            return
-        project_id = flight.project_id
-        self.pushing.discard(project_id)
-        replica = self.host.replicas().get(project_id)
+    # --- push answers ---------------------------------------------------------------------
+
+    def _push_answered(self, answered: PushAnswered[EntityBatch]) -> None:
+        project_id = answered.project_id
+        replica = self._replica(project_id)
         if replica is None:
             return
-        batches = {batch.entity_id: batch for batch in flight.batches}
         acknowledged: list[int] = []
         rejected: list[int] = []
-        for entity in result.results:
-            batch = batches.pop(entity.entity_id, None)
-            if batch is None:
-                continue
+        for batch, entity in answered.answers:
             ids = [entry.id for entry in batch.entries if entry.id != REPAIR_ROW]
             if isinstance(entity, EntityAccepted):
                 acknowledged.extend(ids)
-                self._repaired(project_id, batch)
-                if entity.seqs:
-                    seq = max(self.loop.acknowledged_seq.get(project_id, 0), *entity.seqs)
-                    self.loop.acknowledged_seq[project_id] = seq
+                sent = {entry.hash for entry in batch.entries if entry.id == REPAIR_ROW}
+                self.repairs.logged(project_id, batch.entity_id, sent)
             elif entity.code == _MISSING_DEPENDENCIES and self._repair(
                 project_id, replica, batch, entity.details
             ):
                 continue  # its changes stay pending; the next push brings what was missing
             else:
-                self.repairs.get(project_id, {}).pop(entity.entity_id, None)
+                self.repairs.drop(project_id, entity.entity_id)
                 rejected.extend(
                     replica.reject(
                         entity.entity_id, ids, entity.code, entity.message, entity.details
@@ -754,7 +675,6 @@ class _Session:
                 self.host.store.acknowledge(acknowledged)
         if rejected:
             self.host.changes_rejected(project_id, rejected)
-        self.shrink = 1
         self.push(project_id)
 
     def _repair(
@@ -791,20 +711,8 @@ class _Session:
             batch.entity_id,
             len(entries),
         )
-        self.repairs.setdefault(project_id, {})[batch.entity_id] = entries
+        self.repairs.plan(project_id, batch.entity_id, entries)
         return True
-
-    def _repaired(self, project_id: str, batch: EntityBatch) -> None:
-        """The server logged what this batch carried: those changes need no resending."""
-        repairs = self.repairs.get(project_id)
-        if not repairs or batch.entity_id not in repairs:
-            return
-        sent = {entry.hash for entry in batch.entries if entry.id == REPAIR_ROW}
-        left = [entry for entry in repairs[batch.entity_id] if entry.hash not in sent]
-        if left:
-            repairs[batch.entity_id] = left
-        else:
-            del repairs[batch.entity_id]
 
     def _membership_removed(self, project_id: str, message: str) -> None:
         """Removed from the project: stop syncing it and reject its outbox, which the server
@@ -815,19 +723,13 @@ class _Session:
         """
         code = ErrorCode.MEMBERSHIP_REMOVED.value
         failure = MembershipRemoved(project_id, code, message)
-        self.subscribed.discard(project_id)
-        self.snapshots.pop(project_id, None)
-        self.snapshot_conflicts.pop(project_id, None)
-        self.loop.live.discard(project_id)
+        self.protocol.unsubscribe(project_id)  # after a refused push it may still stream
+        self._snapshots.pop(project_id, None)
         self.loop.failed[project_id] = failure
-        replica = self.host.replicas().get(project_id)
+        replica = self._replica(project_id)
         if replica is not None:
             flying = {
-                entry.id
-                for flight in self.in_flight.values()
-                if flight.project_id == project_id
-                for batch in flight.batches
-                for entry in batch.entries
+                entry.id for batch in self.protocol.in_flight(project_id) for entry in batch.entries
             }
             by_entity: dict[str, list[int]] = {}
             for entry in self.host.store.pending_changes(project_id):
@@ -841,39 +743,33 @@ class _Session:
         self.loop.error(failure)
         self.host.project_failed(project_id, failure)
 
-    def _push_refused(self, flight: _InFlight, error: Error) -> None:
+    def _push_refused(self, refused: PushRefused[EntityBatch]) -> None:
         """The whole push was refused before any entity was looked at."""
-        project_id = flight.project_id
-        self.pushing.discard(project_id)
-        replica = self.host.replicas().get(project_id)
+        project_id = refused.project_id
+        replica = self._replica(project_id)
         if replica is None:
             return
-        changes = sum(len(batch.entries) for batch in flight.batches)
-        if error.code in _RETRYABLE_PUSH:
-            self.loop.error(ServerError(error.code, error.message))
+        if refused.retry:
+            self.loop.error(ServerError(refused.code, refused.message))
             self._later(lambda: self.push(project_id))
-        elif error.code == ErrorCode.MEMBERSHIP_REMOVED.value:
-            self._membership_removed(project_id, error.message)
-        elif error.code == ErrorCode.PROJECT_UNAVAILABLE.value:
-            failure = ProjectUnavailable(project_id, error.code, error.message)
-            self.loop.failed[project_id] = failure
-            self.loop.error(failure)
-            self.host.project_failed(project_id, failure)
-        elif error.code in _TOO_BIG_PUSH and changes > 1:
-            self.shrink *= 2
-            self.push(project_id)
+        elif refused.code == ErrorCode.MEMBERSHIP_REMOVED.value:
+            self._membership_removed(project_id, refused.message)
+        elif refused.code == ErrorCode.PROJECT_UNAVAILABLE.value:
+            self._unavailable(project_id, refused.code, refused.message)
+        elif refused.split:
+            self.push(project_id)  # the protocol cut the budget
         else:  # forbidden, or a push the server cannot take at all: never retried
             rejected: list[int] = []
-            for batch in flight.batches:
+            for batch in refused.carried:
                 rejected.extend(
                     replica.reject(
                         batch.entity_id,
                         [entry.id for entry in batch.entries],
-                        error.code,
-                        error.message,
+                        refused.code,
+                        refused.message,
                         {},
                     )
                 )
-            self.loop.error(ServerError(error.code, error.message))
+            self.loop.error(ServerError(refused.code, refused.message))
             if rejected:
                 self.host.changes_rejected(project_id, rejected)

@@ -12,6 +12,8 @@ export interface EntityBatch {
   readonly entityType: string;
   readonly entityId: string;
   readonly entries: readonly Sendable[];
+  /** The entries' changes: what a push carries for the entity (`PushEntity`). */
+  readonly changes: readonly Uint8Array[];
 }
 
 /** How many ops a change holds; the server bounds a push by ops too (`max_ops_per_push`). */
@@ -55,7 +57,7 @@ export function planPush(
       extraOps += costOps;
     }
     if (taken.length === 0) break;
-    batches.push({ entityType: taken[0]!.entityType, entityId, entries: taken });
+    batches.push({ entityType: taken[0]!.entityType, entityId, entries: taken, changes: taken.map((e) => e.change) });
     size += extra;
     ops += extraOps;
     if (taken.length < Math.min(entries.length, maxChangesPerEntity)) break; // the frame is full

@@ -1,8 +1,10 @@
 /**
  * The sync loop: one WebSocket to the server, reconnected by itself, for every open project.
  *
- * The protocol rules live in `ClientConnection` (no I/O); this module is its I/O shell, the
- * port of the Python SDK's `sync_loop.py`. A connection says hello with every open project's
+ * The protocol lives in `ClientProtocol` (no I/O): the projects' streams, their ordering
+ * rules, the pushes waiting for an answer. This module is its pump, the port of the Python
+ * SDK's `sync_loop.py`: it writes the protocol's frames, feeds it what the server sends and
+ * turns its events into storage and what the app sees. A connection says hello with every open project's
  * cursor. A project never bootstrapped first fetches its snapshot over HTTP and then
  * subscribes from the snapshot's cursor; if that fails (no CORS, an old server, a proxy),
  * it subscribes with no cursor and gets the snapshot over the WebSocket. Snapshots are
@@ -16,9 +18,9 @@
  * protocol version in common, or when the app pauses it.
  */
 import { Backoff } from "./backoff.js";
+import { ClientProtocol, type ClientEvent } from "./client-protocol.js";
 import { maxServerFrameBytes } from "./codec/codec.js";
 import { Conflict, type ConflictUpdate } from "./conflicts.js";
-import { ClientConnection } from "./connection.js";
 import {
   AuthError,
   FieldsyncError,
@@ -31,21 +33,12 @@ import {
 } from "./errors.js";
 import {
   CLOSE_CODES,
-  DECODER_BOUNDS,
-  DEFAULT_LIMITS,
-  PROTOCOL_VERSIONS,
-  type Changes,
+  type ChangeRecord,
   type ConflictRecord,
-  type Conflicts,
-  type Error as ErrorMessage,
+  type EntityResult,
   type Limits,
-  type ProjectError,
-  type PushResult,
-  type ServerMessage,
-  type SnapshotChunk,
   type SnapshotEnd,
-  type Synced,
-  type Welcome,
+  type SnapshotEntity,
 } from "./generated/protocol.js";
 import { missingHashes, planPush, withAncestors, type EntityBatch, type Sendable } from "./push-plan.js";
 import { changeOpCount, latest, RemoteDataError, type ProjectReplica, type RemoteOutcome } from "./replica.js";
@@ -100,8 +93,6 @@ export interface SyncOptions {
 }
 
 const AUTH_CODES = new Set(["invalid_token", "token_expired"]);
-const RETRYABLE_PUSH = new Set(["server_unavailable", "internal_error", "rate_limited"]);
-const TOO_BIG_PUSH = new Set(["too_many_entities", "frame_too_large"]);
 const MAX_AUTH_RETRIES = 3; // refreshed tokens refused in a row before sync stops
 const PART_ENTITIES = 500;
 const PART_BYTES = 4 * 1024 * 1024;
@@ -132,22 +123,13 @@ function describe(error: unknown): string {
   return text.length <= 200 ? text : `${text.slice(0, 200)}...`;
 }
 
-interface InFlight {
-  readonly projectId: string;
-  readonly batches: readonly EntityBatch[];
-}
-
 export class SyncLoop {
   state: ConnectionStatus = "stopped";
   lastError: FieldsyncError | null = null;
   halted: FieldsyncError | null = null;
   serverProblem: string | null = null;
-  readonly live = new Set<string>();
   readonly failed = new Map<string, ProjectUnavailable>();
   readonly syncedAt = new Map<string, number>();
-  /** The highest seq the server gave a change of ours, per project: caught up means
-   * holding at least that (our own changes come back after their push_result). */
-  readonly acknowledgedSeq = new Map<string, number>();
   connections = 0;
   token: TokenSource;
   private session: Session | null = null;
@@ -202,7 +184,7 @@ export class SyncLoop {
   }
 
   pushesInFlight(): number {
-    return this.session?.inFlight.size ?? 0;
+    return this.session?.protocol.pushesInFlight() ?? 0;
   }
 
   private async run(): Promise<void> {
@@ -218,7 +200,6 @@ export class SyncLoop {
           this.error(error instanceof FieldsyncError ? error : new FieldsyncError(`sync failed: ${describe(error)}`));
         } finally {
           this.session = null;
-          this.live.clear();
           this.idle.clear();
         }
         if (!this.running) break;
@@ -268,12 +249,19 @@ export class SyncLoop {
     this.setState("online");
   }
 
+  /** The projects caught up on the current connection. */
+  get live(): ReadonlySet<string> {
+    return this.session?.protocol.liveProjects() ?? new Set();
+  }
+
   caughtUp(projectId: string, replica: ProjectReplica): boolean {
-    return this.live.has(projectId) && (replica.cursor ?? 0) >= (this.acknowledgedSeq.get(projectId) ?? 0);
+    const protocol = this.session?.protocol;
+    if (protocol === undefined || !protocol.liveProjects().has(projectId)) return false;
+    return (replica.cursor ?? 0) >= protocol.acknowledgedSeq(projectId); // stored, not just received
   }
 
   pushing(projectId: string): boolean {
-    return this.session?.pushing.has(projectId) ?? false;
+    return this.session?.protocol.pushing(projectId) ?? false;
   }
 
   /** Note the projects that are caught up with nothing waiting: they are synced now. */
@@ -294,34 +282,29 @@ export class SyncLoop {
   }
 }
 
-/** One WebSocket connection: from hello until it closes. */
+/** One WebSocket connection, from hello until it closes: the pump between the socket, the
+ * protocol (`ClientProtocol`) and the replicas. */
 class Session {
-  readonly conn: ClientConnection;
-  readonly inFlight = new Map<number, InFlight>();
-  readonly pushing = new Set<string>();
-  private readonly subscribed = new Set<string>();
-  private readonly snapshots = new Map<string, RemoteOutcome>();
-  private readonly snapshotConflicts = new Map<string, ConflictRecord[]>();
-  private readonly bootstrapping = new Set<string>();
-  private readonly httpFailed = new Set<string>();
+  readonly protocol: ClientProtocol<EntityBatch>;
   /** Changes the server said it lacks, per project and entity, sent before the outbox. */
   private readonly repairs = new Map<string, Map<string, Sendable[]>>();
-  private serverLimits: Limits = DEFAULT_LIMITS;
-  private shrink = 1;
+  /** What storing each WebSocket snapshot under way changed, reported at its end. */
+  private readonly snapshots = new Map<string, RemoteOutcome>();
   private readonly retry: Backoff;
-  private nextPushId = 1;
   private readonly timers = new Set<ReturnType<typeof setTimeout>>();
   private socket: SocketLike | null = null;
   private inbox: Uint8Array[] = [];
   private processing = false;
   private closed = false;
+  private stopped = false; // what came could not be stored: nothing more is acted on
   private socketError: string | null = null;
   private finish: (() => void) | null = null;
   private readonly host: SyncHost;
 
   constructor(readonly loop: SyncLoop, readonly token: string) {
     this.host = loop.host;
-    this.conn = new ClientConnection(loop.options.limits);
+    const { limits, httpSnapshots, fetch } = loop.options;
+    this.protocol = new ClientProtocol<EntityBatch>(limits, httpSnapshots && fetch !== undefined);
     this.retry = new Backoff(loop.options.backoff.baseMs, loop.options.backoff.capMs);
   }
 
@@ -340,7 +323,7 @@ class Session {
       this.socket = socket;
       socket.binaryType = "arraybuffer";
       const timeout = setTimeout(() => {
-        if (this.conn.state === "awaiting_hello") {
+        if (this.protocol.state === "awaiting_hello") {
           this.loop.error(new Offline(`no connection to ${url} within ${connectTimeoutMs} ms`));
           this.end();
         }
@@ -371,29 +354,27 @@ class Session {
 
   private hello(): void {
     const replicas = this.host.replicas();
-    const wanted = [...replicas].filter(([id, r]) => !this.wantsHttp(id, r)).map(([id, r]) => ({ project_id: id, cursor: r.cursor }));
-    const hello = wanted.slice(0, DECODER_BOUNDS.max_hello_projects);
     let oldest: number | null = null;
     for (const replica of replicas.values()) {
       for (const row of replica.pending) oldest = oldest === null ? row.createdAt : Math.min(oldest, row.createdAt);
     }
-    this.conn.hello(this.token, this.loop.options.clientId, hello, oldest === null ? null : Math.max(0, Date.now() - oldest), this.loop.options.versions);
-    for (const p of hello) this.subscribed.add(p.project_id);
+    const projects = [...replicas].map(([id, r]) => ({ project_id: id, cursor: r.cursor }));
+    this.protocol.hello(this.token, this.loop.options.clientId, projects, oldest === null ? null : Math.max(0, Date.now() - oldest), this.loop.options.versions);
     this.flush();
   }
 
   private flush(): void {
     const socket = this.socket;
     if (socket === null) return;
-    for (const frame of this.conn.dataToSend()) {
+    for (const frame of this.protocol.dataToSend()) {
       try {
         socket.send(frame);
       } catch {
         break; // the close event follows
       }
     }
-    if (this.conn.closeRequested !== null && !this.closed) {
-      const [code, reason] = this.conn.closeRequested;
+    if (this.protocol.closeRequested !== null && !this.closed) {
+      const [code, reason] = this.protocol.closeRequested;
       this.close(code, reason);
     }
   }
@@ -401,7 +382,7 @@ class Session {
   close(code: number, reason: string): void {
     if (this.closed) return;
     this.closed = true;
-    this.conn.close(code, reason);
+    this.protocol.close(code, reason);
     try {
       this.socket?.close(code === CLOSE_CODES.NORMAL || code >= 3000 ? code : CLOSE_CODES.NORMAL, reason);
     } catch {
@@ -414,7 +395,7 @@ class Session {
   private end(): void {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
-    this.conn.connectionClosed();
+    this.protocol.connectionClosed();
     if (this.socket !== null) {
       this.socket.onmessage = null;
       this.socket.onclose = null;
@@ -423,9 +404,6 @@ class Session {
       } catch {
         // gone
       }
-    }
-    if (this.conn.failure !== null) {
-      this.loop.error(new ProtocolError(this.conn.failure.code, `the server broke the protocol: ${this.conn.failure.message}`));
     }
     const finish = this.finish;
     this.finish = null;
@@ -445,25 +423,34 @@ class Session {
     }
   }
 
-  /** Handle received frames one at a time, in order (handlers write to storage). */
-  private async process(textFrame: boolean): Promise<void> {
+  /** Feed received frames to the protocol one at a time and act on what it says, in order
+   * (handlers write to storage); events from the app's intents are taken here too. */
+  private async process(textFrame = false): Promise<void> {
     if (textFrame) {
-      this.conn.receiveFrame("text frame");
+      this.protocol.receiveFrame("text frame");
       this.inbox = [];
     }
     if (this.processing) return;
     this.processing = true;
     try {
-      while (this.inbox.length > 0 && !this.closed) {
-        this.conn.receiveFrame(this.inbox.shift()!);
-        for (const event of this.conn.eventsReceived()) {
+      // Events the protocol has already produced are acted on even once the connection is
+      // closing (a fatal error, a protocol failure); no frame is fed to it after that.
+      while (!this.stopped) {
+        let events = this.protocol.eventsReceived();
+        if (events.length === 0) {
+          const frame = this.closed ? undefined : this.inbox.shift();
+          if (frame === undefined) break;
+          this.protocol.receiveFrame(frame);
+          events = this.protocol.eventsReceived();
+        }
+        for (const event of events) {
           try {
-            await this.dispatch(event);
+            await this.handle(event);
           } catch (error) {
             if (error instanceof RemoteDataError) this.fail(error.message);
             else this.fail(`sync failed: ${describe(error)}`);
           }
-          if (this.closed) break;
+          if (this.stopped) break;
         }
         this.flush();
         await this.loop.checkIdle();
@@ -475,69 +462,74 @@ class Session {
     this.flush();
   }
 
-  /** Our copy and the server's stream disagree: drop the connection and resume. */
+  /** What came cannot be stored: drop the connection and resume from the stored cursor
+   * (what the protocol says next is no longer acted on). */
   private fail(message: string): void {
+    this.stopped = true;
     this.loop.error(new FieldsyncError(message));
     this.close(CLOSE_CODES.NORMAL, "resuming from the stored cursor");
   }
 
   private replica(projectId: string): ProjectReplica | undefined {
-    if (!this.subscribed.has(projectId)) return undefined; // unsubscribed: ignore what was on its way
     return this.host.replicas().get(projectId);
   }
 
-  private async dispatch(message: ServerMessage): Promise<void> {
-    switch (message.t) {
-      case "welcome": return this.welcome(message);
-      case "snapshot_begin":
-        if (this.subscribed.has(message.project_id)) {
-          this.snapshots.set(message.project_id, { changed: new Set(), rejected: [] });
-          this.snapshotConflicts.set(message.project_id, []);
-        }
+  private async handle(event: ClientEvent<EntityBatch>): Promise<void> {
+    switch (event.type) {
+      case "welcomed":
+        this.loop.welcomed();
+        for (const projectId of this.host.replicas().keys()) this.push(projectId);
         return;
-      case "snapshot_chunk": return this.snapshotChunk(message);
-      case "snapshot_end": return this.snapshotEnd(message);
-      case "changes": return this.changes(message);
-      case "conflicts": return this.conflicts(message);
-      case "synced": return this.synced(message);
-      case "push_result": return this.pushResult(message);
-      case "project_error": return this.projectError(message);
-      case "error": return this.error(message);
-      case "status":
-        this.loop.serverProblem = message.state === "ok" ? null : message.code || "degraded";
+      case "snapshot_wanted": return this.fetch(event.projectId);
+      case "snapshot_started":
+        this.snapshots.set(event.projectId, { changed: new Set(), rejected: [] });
+        return;
+      case "snapshot_entities": return this.snapshotEntities(event.projectId, event.entities);
+      case "snapshot_finished": return this.snapshotFinished(event.projectId, event.cursor, event.conflicts);
+      case "changes_received": return this.changes(event.projectId, event.changes);
+      case "conflicts_changed": return this.conflicts(event.projectId, event.conflicts);
+      case "project_live":
+        if (this.loop.failed.delete(event.projectId)) this.push(event.projectId); // its outbox waited
+        return;
+      case "cursor_ahead":
+        // The server's log is behind our cursor (restored from a backup?): the protocol asked
+        // for a snapshot, which is merged with what we hold.
+        this.snapshots.delete(event.projectId);
+        return;
+      case "project_failed": return this.projectFailed(event.projectId, event.code, event.message);
+      case "push_answered": return this.pushAnswered(event.projectId, event.answers);
+      case "push_refused": return this.pushRefused(event);
+      case "error_received":
+        if (AUTH_CODES.has(event.code)) this.loop.authRefused(new AuthError(event.code, event.message));
+        else if (event.code === "unsupported_version") this.loop.halt(new IncompatibleServer(event.code, event.message));
+        else this.loop.error(new ServerError(event.code, event.message));
+        return;
+      case "server_status":
+        this.loop.serverProblem = event.problem;
+        return;
+      case "protocol_failure":
+        this.loop.error(new ProtocolError(event.code, `the server broke the protocol: ${event.message}`));
         return;
     }
   }
 
-  private welcome(welcome: Welcome): void {
-    const known = Object.fromEntries(Object.entries(welcome.limits).filter(([k, v]) => v > 0 && k in DEFAULT_LIMITS));
-    this.serverLimits = { ...DEFAULT_LIMITS, ...known };
-    this.loop.welcomed();
-    for (const projectId of this.host.replicas().keys()) {
-      this.subscribe(projectId);
-      this.push(projectId);
-    }
-  }
-
-  private async snapshotChunk(chunk: SnapshotChunk): Promise<void> {
-    const outcome = this.snapshots.get(chunk.project_id);
-    const replica = this.replica(chunk.project_id);
+  private async snapshotEntities(projectId: string, entities: readonly SnapshotEntity[]): Promise<void> {
+    const outcome = this.snapshots.get(projectId);
+    const replica = this.replica(projectId);
     if (outcome === undefined || replica === undefined) return;
-    const part = await replica.run(() => replica.storeSnapshotPart(chunk.entities));
+    const part = await replica.run(() => replica.storeSnapshotPart(entities));
     for (const id of part.changed) outcome.changed.add(id);
     outcome.rejected.push(...part.rejected);
   }
 
-  private async snapshotEnd(end: SnapshotEnd): Promise<void> {
-    const outcome = this.snapshots.get(end.project_id);
-    const conflicts = this.snapshotConflicts.get(end.project_id) ?? [];
-    this.snapshots.delete(end.project_id);
-    this.snapshotConflicts.delete(end.project_id);
-    const replica = this.replica(end.project_id);
+  private async snapshotFinished(projectId: string, cursor: number, conflicts: readonly ConflictRecord[]): Promise<void> {
+    const outcome = this.snapshots.get(projectId);
+    this.snapshots.delete(projectId);
+    const replica = this.replica(projectId);
     if (outcome === undefined || replica === undefined) return;
-    const removed = await replica.run(() => replica.finishSnapshot(end.cursor, conflicts));
-    this.report(end.project_id, outcome, end.cursor, true);
-    this.snapshotConflictsDone(end.project_id, conflicts, removed);
+    const removed = await replica.run(() => replica.finishSnapshot(cursor, conflicts));
+    this.report(projectId, outcome, cursor, true);
+    this.snapshotConflictsDone(projectId, conflicts, removed);
   }
 
   private snapshotConflictsDone(projectId: string, records: readonly ConflictRecord[], removed: readonly string[]): void {
@@ -545,27 +537,21 @@ class Session {
     this.host.conflictsChanged({ projectId, changed: kept.map((r) => new Conflict(r)), removed, snapshot: true });
   }
 
-  private async conflicts(message: Conflicts): Promise<void> {
-    const staged = this.snapshotConflicts.get(message.project_id);
-    if (staged !== undefined) {
-      staged.push(...message.conflicts); // stored with the snapshot they belong to
-      return;
-    }
-    const replica = this.replica(message.project_id);
+  private async conflicts(projectId: string, records: readonly ConflictRecord[]): Promise<void> {
+    const replica = this.replica(projectId);
     if (replica === undefined) return;
-    const removed = await replica.run(() => replica.applyConflicts(message.conflicts));
-    const kept = latest(message.conflicts).filter((r) => r.status !== "removed");
+    const removed = await replica.run(() => replica.applyConflicts(records));
+    const kept = latest(records).filter((r) => r.status !== "removed");
     if (kept.length || removed.length) {
-      this.host.conflictsChanged({ projectId: message.project_id, changed: kept.map((r) => new Conflict(r)), removed, snapshot: false });
+      this.host.conflictsChanged({ projectId, changed: kept.map((r) => new Conflict(r)), removed, snapshot: false });
     }
   }
 
-  private async changes(message: Changes): Promise<void> {
-    const replica = this.replica(message.project_id);
+  private async changes(projectId: string, changes: readonly ChangeRecord[]): Promise<void> {
+    const replica = this.replica(projectId);
     if (replica === undefined) return;
-    if (this.snapshots.has(message.project_id)) throw new RemoteDataError("changes arrived in the middle of a snapshot");
-    const outcome = await replica.run(() => replica.applyRemote(message.changes));
-    this.report(message.project_id, outcome, replica.cursor ?? 0, false);
+    const outcome = await replica.run(() => replica.applyRemote(changes));
+    this.report(projectId, outcome, replica.cursor ?? 0, false);
   }
 
   private report(projectId: string, outcome: RemoteOutcome, cursor: number, snapshot: boolean): void {
@@ -573,77 +559,40 @@ class Session {
     if (outcome.changed.size) this.host.remoteChanged({ projectId, entityIds: outcome.changed, cursor, snapshot });
   }
 
-  private synced(synced: Synced): void {
-    const replica = this.replica(synced.project_id);
-    if (replica === undefined) return;
-    if (replica.cursor !== synced.cursor) {
-      throw new RemoteDataError(`the server says we hold seq ${synced.cursor} of ${synced.project_id}, we hold ${replica.cursor}`);
-    }
-    this.loop.live.add(synced.project_id);
-    if (this.loop.failed.delete(synced.project_id)) this.push(synced.project_id);
-  }
-
-  private async projectError(error: ProjectError): Promise<void> {
-    const projectId = error.project_id;
-    const replica = this.replica(projectId);
-    if (replica === undefined) return;
+  private async projectFailed(projectId: string, code: string, message: string): Promise<void> {
     this.snapshots.delete(projectId);
-    this.snapshotConflicts.delete(projectId);
-    if (error.code === "cursor_ahead") {
-      // The server's log is behind our cursor (restored from a backup?): bootstrap again;
-      // the snapshot is merged with what we hold.
-      this.loop.acknowledgedSeq.delete(projectId);
-      this.conn.send({ t: "subscribe", project: { project_id: projectId, cursor: null } });
-      return;
-    }
-    this.subscribed.delete(projectId);
-    if (error.code === "membership_removed") await this.membershipRemoved(projectId, error.message);
-    else if (error.code === "project_unavailable") this.projectFailed(projectId, new ProjectUnavailable(projectId, error.code, error.message));
+    if (this.replica(projectId) === undefined) return;
+    if (code === "membership_removed") await this.membershipRemoved(projectId, message);
+    else if (code === "project_unavailable") this.projectUnavailable(projectId, new ProjectUnavailable(projectId, code, message));
     else {
       // server_unavailable, or a code from a newer server: try again later
-      this.loop.error(new ServerError(error.code, error.message));
+      this.loop.error(new ServerError(code, message));
       this.later(() => this.subscribe(projectId));
     }
   }
 
-  private projectFailed(projectId: string, failure: ProjectUnavailable): void {
+  private projectUnavailable(projectId: string, failure: ProjectUnavailable): void {
     this.loop.failed.set(projectId, failure);
     this.loop.error(failure);
   }
 
-  private async error(error: ErrorMessage): Promise<void> {
-    const flight = error.push_id === null ? undefined : this.inFlight.get(error.push_id);
-    if (flight !== undefined) {
-      this.inFlight.delete(error.push_id!);
-      return this.pushRefused(flight, error);
-    }
-    if (AUTH_CODES.has(error.code)) this.loop.authRefused(new AuthError(error.code, error.message));
-    else if (error.code === "unsupported_version") this.loop.halt(new IncompatibleServer(error.code, error.message));
-    else this.loop.error(new ServerError(error.code, error.message));
-  }
-
-  // --- subscriptions and pushes ---------------------------------------------------------------
+  // --- what the app wants ---------------------------------------------------------------------
 
   subscribe(projectId: string): void {
     const replica = this.host.replicas().get(projectId);
-    if (this.conn.state !== "open" || replica === undefined) return;
-    if (this.subscribed.has(projectId) || this.bootstrapping.has(projectId)) return;
-    if (this.wantsHttp(projectId, replica)) {
-      this.bootstrapping.add(projectId);
-      void this.httpBootstrap(projectId, replica);
-      return;
-    }
-    this.subscribed.add(projectId);
-    this.conn.send({ t: "subscribe", project: { project_id: projectId, cursor: replica.cursor } });
-    this.flush();
+    if (replica === undefined) return;
+    this.protocol.subscribe(projectId, replica.cursor);
+    void this.process();
   }
 
-  private wantsHttp(projectId: string, replica: ProjectReplica): boolean {
-    return this.loop.options.httpSnapshots && this.loop.options.fetch !== undefined && replica.cursor === null && !this.httpFailed.has(projectId);
+  private fetch(projectId: string): void {
+    const replica = this.replica(projectId);
+    if (replica === undefined) this.protocol.unsubscribe(projectId); // closed meanwhile
+    else void this.httpBootstrap(projectId, replica);
   }
 
-  /** Store the project's HTTP snapshot, then subscribe from its cursor (or, if it could not
-   * be had, subscribe with no cursor: a WebSocket snapshot). */
+  /** Store the project's HTTP snapshot, then let the protocol subscribe from its cursor (or,
+   * if it could not be had, ask for it over the WebSocket). */
   private async httpBootstrap(projectId: string, replica: ProjectReplica): Promise<void> {
     try {
       const outcome: RemoteOutcome = { changed: new Set(), rejected: [] };
@@ -651,15 +600,14 @@ class Session {
       const removed = await replica.run(() => replica.finishSnapshot(end.cursor, conflicts));
       this.report(projectId, outcome, end.cursor, true);
       this.snapshotConflictsDone(projectId, conflicts, removed);
+      this.protocol.snapshotFetched(projectId, end.cursor);
     } catch {
       // No CORS for this page, an older server, a proxy, a broken body: whatever it was,
       // the WebSocket snapshot comes next and reports problems the usual way.
-      this.httpFailed.add(projectId);
-    } finally {
-      this.bootstrapping.delete(projectId);
+      this.protocol.snapshotFetchFailed(projectId);
     }
     if (this.closed) return;
-    this.subscribe(projectId);
+    void this.process();
     this.host.stateChanged();
   }
 
@@ -718,53 +666,28 @@ class Session {
 
   /** Send the project's oldest pending changes, unless a push of it is in flight. */
   push(projectId: string): void {
-    if (this.conn.state !== "open" || this.pushing.has(projectId)) return;
+    if (!this.protocol.open || this.protocol.pushing(projectId)) return;
     const replica = this.host.replicas().get(projectId);
     if (this.loop.failed.has(projectId) || replica === undefined) return;
     const repairs = this.repairs.get(projectId);
     const pending: Sendable[] = [...(repairs ? [...repairs.values()].flat() : []), ...replica.pending];
     if (pending.length === 0) return;
-    const limits = this.serverLimits;
-    const batches = planPush(
-      pending,
-      Math.max(1, Math.floor(limits.max_entities_per_batch / this.shrink)),
-      Math.max(1, Math.floor(limits.max_changes_per_entity / this.shrink)),
-      Math.max(1, Math.floor(limits.max_frame_bytes / this.shrink)),
-      Math.max(1, Math.floor(limits.max_ops_per_push / this.shrink)),
-      changeOpCount,
-    );
-    const pushId = this.nextPushId++;
-    this.conn.send({
-      t: "push",
-      push_id: pushId,
-      project_id: projectId,
-      entities: batches.map((b) => ({ entity_type: b.entityType, entity_id: b.entityId, changes: b.entries.map((e) => e.change) })),
-    });
-    this.inFlight.set(pushId, { projectId, batches });
-    this.pushing.add(projectId);
+    const budget = this.protocol.pushBudget();
+    const batches = planPush(pending, budget.maxEntities, budget.maxChangesPerEntity, budget.maxBytes, budget.maxOps, changeOpCount);
+    this.protocol.push(projectId, batches);
     this.flush();
   }
 
-  private async pushResult(result: PushResult): Promise<void> {
-    const flight = this.inFlight.get(result.push_id);
-    if (flight === undefined) return;
-    this.inFlight.delete(result.push_id);
-    const projectId = flight.projectId;
-    this.pushing.delete(projectId);
+  private async pushAnswered(projectId: string, answers: readonly (readonly [EntityBatch, EntityResult])[]): Promise<void> {
     const replica = this.host.replicas().get(projectId);
     if (replica === undefined) return;
-    const batches = new Map(flight.batches.map((b) => [b.entityId, b]));
     const acknowledged: number[] = [];
     const rejected: number[] = [];
-    for (const entity of result.results) {
-      const batch = batches.get(entity.entity_id);
-      if (batch === undefined) continue;
-      batches.delete(entity.entity_id);
+    for (const [batch, entity] of answers) {
       const ids = batch.entries.filter((e) => e.id !== 0).map((e) => e.id);
       if (entity.ok) {
         acknowledged.push(...ids);
         this.repaired(projectId, batch);
-        if (entity.seqs.length) this.loop.acknowledgedSeq.set(projectId, Math.max(this.loop.acknowledgedSeq.get(projectId) ?? 0, ...entity.seqs));
       } else if (entity.code === "missing_dependencies" && (await this.repair(projectId, replica, batch, entity.details))) {
         continue; // its changes stay pending; the next push brings what was missing
       } else {
@@ -774,7 +697,6 @@ class Session {
     }
     if (acknowledged.length) await replica.run(() => replica.acknowledge(acknowledged));
     if (rejected.length) this.host.changesRejected(projectId, rejected);
-    this.shrink = 1;
     this.push(projectId);
   }
 
@@ -809,12 +731,12 @@ class Session {
    * never log. Changes in a push still in flight wait for that push's answer. */
   private async membershipRemoved(projectId: string, message: string): Promise<void> {
     const failure = new MembershipRemoved(projectId, "membership_removed", message);
-    this.subscribed.delete(projectId);
-    this.loop.live.delete(projectId);
+    this.protocol.unsubscribe(projectId); // after a refused push it may still stream
+    this.snapshots.delete(projectId);
     this.loop.failed.set(projectId, failure);
     const replica = this.host.replicas().get(projectId);
     if (replica !== undefined) {
-      const flying = new Set([...this.inFlight.values()].filter((f) => f.projectId === projectId).flatMap((f) => f.batches.flatMap((b) => b.entries.map((e) => e.id))));
+      const flying = new Set(this.protocol.inFlight(projectId).flatMap((b) => b.entries.map((e) => e.id)));
       const byEntity = new Map<string, number[]>();
       for (const row of replica.pending) {
         if (flying.has(row.id)) continue;
@@ -828,30 +750,27 @@ class Session {
   }
 
   /** The whole push was refused before any entity was looked at. */
-  private async pushRefused(flight: InFlight, error: ErrorMessage): Promise<void> {
-    const projectId = flight.projectId;
-    this.pushing.delete(projectId);
+  private async pushRefused(refused: Extract<ClientEvent<EntityBatch>, { type: "push_refused" }>): Promise<void> {
+    const projectId = refused.projectId;
     const replica = this.host.replicas().get(projectId);
     if (replica === undefined) return;
-    const changes = flight.batches.reduce((n, b) => n + b.entries.length, 0);
-    if (RETRYABLE_PUSH.has(error.code)) {
-      this.loop.error(new ServerError(error.code, error.message));
+    if (refused.retry) {
+      this.loop.error(new ServerError(refused.code, refused.message));
       this.later(() => this.push(projectId));
-    } else if (error.code === "membership_removed") {
-      await this.membershipRemoved(projectId, error.message);
-    } else if (error.code === "project_unavailable") {
-      this.projectFailed(projectId, new ProjectUnavailable(projectId, error.code, error.message));
-    } else if (TOO_BIG_PUSH.has(error.code) && changes > 1) {
-      this.shrink *= 2;
-      this.push(projectId);
+    } else if (refused.code === "membership_removed") {
+      await this.membershipRemoved(projectId, refused.message);
+    } else if (refused.code === "project_unavailable") {
+      this.projectUnavailable(projectId, new ProjectUnavailable(projectId, refused.code, refused.message));
+    } else if (refused.split) {
+      this.push(projectId); // the protocol cut the budget
     } else {
       // forbidden, or a push the server cannot take at all: never retried
       const rejected: number[] = [];
-      for (const batch of flight.batches) {
+      for (const batch of refused.carried) {
         const ids = batch.entries.filter((e) => e.id !== 0).map((e) => e.id);
-        rejected.push(...(await replica.run(() => replica.reject(batch.entityId, ids, error.code, error.message, {}))));
+        rejected.push(...(await replica.run(() => replica.reject(batch.entityId, ids, refused.code, refused.message, {}))));
       }
-      this.loop.error(new ServerError(error.code, error.message));
+      this.loop.error(new ServerError(refused.code, refused.message));
       if (rejected.length) this.host.changesRejected(projectId, rejected);
     }
   }
