@@ -410,16 +410,17 @@ def _frame_bytes(frame: object, max_bytes: int, *, client: bool) -> bytes:
         )
     if not frame:
         raise malformed("the frame is empty")
-    try:
-        kind, count, _ = scan.head(frame, 0)
-    except scan.Incomplete:
-        raise malformed("the frame ends inside a value") from None
-    except scan.Unreadable as exc:
-        raise malformed(exc.message) from None
+    kind = scan.kind(frame[0])
+    if kind == scan.INVALID:
+        raise malformed("byte 0: 0xc1 is not msgpack")
     if kind == scan.EXT:
         raise malformed(f"byte 0: {EXTENSIONS}")
     if kind != scan.MAP:
         raise malformed(f"a frame must hold one msgpack map, got {scan.KIND_NAMES[kind]}")
+    try:
+        count = scan.head(frame, 0)[1]
+    except scan.Incomplete:
+        raise malformed("the frame ends inside a value") from None
     if count > MAX_MESSAGE_KEYS:
         raise ProtocolViolation(
             ErrorCode.INVALID_MESSAGE, f"a message has at most {MAX_MESSAGE_KEYS} keys"

@@ -4,10 +4,11 @@ msgspec refuses a frame with its own message, in its own terms (``Expected `int`
 at `$.versions[0]```). ``explain`` turns that into the protocol's ``ProtocolViolation``:
 the error code the peer is told and a message naming the field's path from the message
 type and what was found there (``hello.versions[0]: must be >= 0, got -1``), read from the
-frame's headers by ``sync.scan``. A key repeated in a map, which msgspec lets through, is
-reported first (``check_repeated_keys`` for a frame msgspec accepted), as an extension value
-is: both are faults of the msgpack before they are faults of the message. A broken push
-still names its push id when it can be read, so the client knows which push gets no result.
+frame's headers by ``sync.scan``. Of several faults, the first in byte order is named, as
+a reader going through the frame would meet them: msgspec's, or a key repeated in a map or
+an extension value in free-form details, which msgspec lets through (``check_repeated_keys``
+finds a repeated key in a frame msgspec accepted). A broken push still names its push id
+when it can be read, so the client knows which push gets no result.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Union, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 import msgspec
 from msgspec import UnsetType
@@ -160,7 +161,6 @@ def _structural(found: scan.Finding, schema: Schema, root: str) -> ProtocolViola
     return _repeated(schema, root, found.path, found.key)
 
 
-_MALFORMED: Final = ErrorCode.MALFORMED_FRAME
 EXTENSIONS: Final = "msgpack extension types are not used by this protocol"
 _WHERE: Final = re.compile(r"(`key` in )?`(\$[^`]*)`")
 _STEP: Final = re.compile(r"\.([A-Za-z_]\w*)|\[(\d+)\]|\[(\.\.\.)\]")
@@ -176,89 +176,194 @@ def render(path: tuple[str | int, ...]) -> str:
 
 
 def explain(data: bytes, schema: Schema, exc: Exception) -> ProtocolViolation:
-    """What is wrong with a frame msgspec refused: a repeated key or an extension value
-    comes first, as msgpack-level faults; then whatever msgspec found."""
+    """What is wrong with a frame msgspec refused: the first fault in byte order, whether
+    msgspec found it or it is a repeated key or an extension value msgspec did not look
+    for (with the message type unknown, only what msgspec says about ``"t"``)."""
     root = schema.root or _type_name(data, schema)
-    violation = None
-    if root is not None:
+    violation, at = _translate(data, schema, root, exc)
+    if root is None:  # msgspec looked for "t" over keys it did not read as str
+        violation = _bad_key(data, at) or violation
+    else:
         found = scan.first_finding(data)
-        if found is not None:
+        if found is not None and found.at < at:
             violation = _structural(found, schema, root)
-    if violation is None:
-        violation = _translate(data, schema, root, exc)
     if root == Push.TYPE and violation.push_id is None:
         violation.push_id = readable_push_id(data)
     return violation
 
 
-def _translate(data: bytes, schema: Schema, root: str | None, exc: Exception) -> ProtocolViolation:
+def _translate(
+    data: bytes, schema: Schema, root: str | None, exc: Exception
+) -> tuple[ProtocolViolation, int]:
+    """msgspec's refusal in this protocol's words, and the byte where msgspec found it (the
+    frame's length where it does not say)."""
+    end = len(data)
     if isinstance(exc, RecursionError):
-        return malformed("values are nested too deeply")
+        return malformed("values are nested too deeply"), end
     if isinstance(exc, ExtensionValue):
-        return malformed(EXTENSIONS)  # scan found none: it could not read that far
+        return malformed(EXTENSIONS), end  # scan found none: it could not read that far
     text = str(exc)
     if isinstance(exc, msgspec.ValidationError):
         return _validation(data, schema, root, text)
+    byte = re.search(r"\(byte (\d+)\)", text)
+    at = int(byte[1]) if byte else end
     if text.startswith("Input data was truncated"):
-        return malformed("the frame ends inside a value")
-    if found := re.search(r"trailing characters \(byte (\d+)\)", text):
-        return malformed(f"{len(data) - int(found[1])} bytes follow the message")
-    if found := re.search(r"invalid opcode .*\(byte (\d+)\)", text):
-        return malformed(f"byte {found[1]}: 0xc1 is not msgpack")
+        return malformed("the frame ends inside a value"), end
+    if "trailing characters" in text:
+        return malformed(f"{end - at} bytes follow the message"), at
+    if "invalid opcode" in text:
+        return malformed(f"byte {at}: 0xc1 is not msgpack"), at
     if "UTF-8" in text:
-        return malformed("a string is not valid UTF-8")
+        return malformed("a string is not valid UTF-8"), at
     if "hashable" in text:
-        return malformed("map keys must be strings")
-    return malformed(f"not valid msgpack: {text}")
+        return malformed("map keys must be strings"), at
+    return malformed(f"not valid msgpack: {text}"), at
 
 
-def _validation(data: bytes, schema: Schema, root: str | None, text: str) -> ProtocolViolation:
-    """msgspec's ``ValidationError`` in this protocol's words, with the value found."""
+def _validation(
+    data: bytes, schema: Schema, root: str | None, text: str
+) -> tuple[ProtocolViolation, int]:
+    """msgspec's ``ValidationError`` in this protocol's words, with the value found, and
+    where: the value's first byte, or the key's for a key, the map's end for a missing
+    field."""
     what, _, where = text.rpartition(" - at ")
     at = _WHERE.fullmatch(where)
     path: tuple[str | int, ...] = ()
     if at is None:  # at the top level msgspec names no place
         what = text
-    elif at[1]:
-        kind = re.search(r"got `([^`]*)`", what)
-        return malformed(f"map keys must be strings, got {_kind(kind[1] if kind else '?')}")
     else:
         path = _resolve(data, schema, root, _steps(at[2]))
+        if at[1]:
+            kind = re.search(r"got `([^`]*)`", what)
+            key_at = _key_at(data, path, None)
+            if kind and kind[1] == "ext":
+                return malformed(f"byte {key_at}: {EXTENSIONS}"), key_at
+            message = f"map keys must be strings, got {_kind(kind[1] if kind else '?')}"
+            return malformed(message), key_at
     if root is None and (path == ("t",) or (not path and what.endswith("field `t`"))):
-        return _type_refusal(data, schema, what, path)  # the type itself could not be read
+        return _type_refusal(data, schema, what, path), len(data)  # no type: nothing else
     root = root or "message"
     place = f"{root}{render(path)}"
-    span = scan.locate(data, path)
+    span = _refused_value(data, schema, root, path)
+    first = span[0] if span else len(data)
     found = _found(data, span)
     invalid = ErrorCode.INVALID_MESSAGE
     if match := re.fullmatch(r"Object missing required field `(.*)`", what, re.S):
-        return ProtocolViolation(invalid, f"{place}: missing field {match[1]!r}")
+        message = f"{place}: missing field {match[1]!r}"
+        return ProtocolViolation(invalid, message), span[1] if span else len(data)
     if match := re.fullmatch(r"Object contains unknown field `(.*)`", what, re.S):
         record = _type_at(schema, root, path)
         names = ", ".join(_field_types(record)) if record is not None else ""
-        return ProtocolViolation(
-            invalid, f"{place}: unexpected field {match[1][:64]!r} (fields: {names})"
-        )
+        message = f"{place}: unexpected field {match[1][:64]!r} (fields: {names})"
+        return ProtocolViolation(invalid, message), _key_at(data, path, match[1])
     if match := re.fullmatch(r"Expected `([^`]*)`, got `([^`]*)`", what):
         if match[2] == "ext":
-            return malformed(f"byte {span[0]}: {EXTENSIONS}" if span else EXTENSIONS)
-        return ProtocolViolation(
-            invalid, f"{place}: expected {_kind(match[1])}, got {_kind(match[2])}"
-        )
+            return malformed(f"byte {span[0]}: {EXTENSIONS}" if span else EXTENSIONS), first
+        message = f"{place}: expected {_kind(match[1])}, got {_kind(match[2])}"
+        return ProtocolViolation(invalid, message), first
     if match := re.fullmatch(r"Expected `int` >= (\d+)", what):
-        return ProtocolViolation(invalid, f"{place}: must be >= {match[1]}{found}")
+        return ProtocolViolation(invalid, f"{place}: must be >= {match[1]}{found}"), first
     if re.fullmatch(r"Expected `int` <= \d+", what):
-        return ProtocolViolation(invalid, f"{place}: must fit in a signed 64-bit integer{found}")
+        message = f"{place}: must fit in a signed 64-bit integer{found}"
+        return ProtocolViolation(invalid, message), first
     if match := re.fullmatch(r"Expected `(str|array|object)` of length <= (\d+)", what):
         if match[1] == "str":
-            return ProtocolViolation(invalid, f"{place}: at most {match[2]} characters{found}")
+            message = f"{place}: at most {match[2]} characters{found}"
+            return ProtocolViolation(invalid, message), first
         if root == Push.TYPE and path == ("entities",):
-            return ProtocolViolation(
-                ErrorCode.TOO_MANY_ENTITIES,
-                f"{place}: at most {match[2]} entities per push{found}",
-            )
-        return ProtocolViolation(invalid, f"{place}: at most {match[2]} items{found}")
-    return ProtocolViolation(invalid, f"{place}: {what}")
+            message = f"{place}: at most {match[2]} entities per push{found}"
+            return ProtocolViolation(ErrorCode.TOO_MANY_ENTITIES, message), first
+        return ProtocolViolation(invalid, f"{place}: at most {match[2]} items{found}"), first
+    return ProtocolViolation(invalid, f"{place}: {what}"), first
+
+
+def _bad_key(data: bytes, before: int) -> ProtocolViolation | None:
+    """A top-level key before byte ``before`` that is not a valid str, said as such."""
+    try:
+        for key, key_start, _, _ in scan.map_items(data, 0, MAX_MESSAGE_KEYS):
+            if key_start >= before:
+                return None
+            if key is None:
+                kind = scan.kind(data[key_start])
+                if kind == scan.STR:
+                    return malformed("a string is not valid UTF-8")
+                if kind == scan.EXT:
+                    return malformed(f"byte {key_start}: {EXTENSIONS}")
+                return malformed(f"map keys must be strings, got {scan.KIND_NAMES[kind]}")
+    except (scan.Incomplete, scan.Unreadable):
+        pass
+    return None
+
+
+def _refused_value(
+    data: bytes, schema: Schema, root: str, path: tuple[str | int, ...]
+) -> tuple[int, int] | None:
+    """Where the value msgspec refused at ``path`` starts and ends. msgspec reads every
+    value of a repeated key and reports the first fault, so along the path a repeated
+    key leads to its first value that the field's type refuses."""
+    start: int | None = 0
+    try:
+        for depth, step in enumerate(path):
+            assert start is not None
+            if isinstance(step, int):
+                start = scan.item_start(data, start, step)
+            else:
+                found = _values_of(data, start, step)
+                start = found[0] if found else None
+                if len(found) > 1:
+                    start = _first_refused(data, schema, root, path[: depth + 1], found)
+            if start is None:
+                return None
+        assert start is not None
+        return start, scan.value_end(data, start)
+    except (scan.Incomplete, scan.Unreadable):
+        return None
+
+
+def _values_of(data: bytes, start: int, key: str) -> list[int]:
+    """Where each value of ``key`` starts in the map at ``start``, as far as it can be read."""
+    found = []
+    try:
+        for name, value in scan.keys(data, start):
+            if name == key:
+                found.append(value)
+    except (scan.Incomplete, scan.Unreadable):
+        pass
+    return found
+
+
+def _first_refused(
+    data: bytes, schema: Schema, root: str, path: tuple[str | int, ...], starts: list[int]
+) -> int:
+    """Of the values a repeated key at ``path`` has, the first its type refuses."""
+    hint = Literal[root] if path == ("t",) else _type_at(schema, root, path, unwrap=False)
+    if hint is None:
+        return starts[0]
+    for start in starts:
+        try:
+            msgspec.msgpack.decode(data[start : scan.value_end(data, start)], type=hint)
+        except (msgspec.DecodeError, scan.Incomplete, scan.Unreadable, RecursionError):
+            return start
+    return starts[0]
+
+
+def _key_at(data: bytes, path: tuple[str | int, ...], key: str | None) -> int:
+    """Where ``key`` is in the map at ``path``; for None, the first key that is not a
+    str (which may be where the bytes stop being readable)."""
+    start = scan.start_of(data, path)
+    if start is None:
+        return len(data)
+    following = len(data)
+    try:
+        following = scan.head(data, start)[2]
+        for name, key_start, _, end in scan.map_items(data, start):
+            if name == key:
+                return key_start
+            following = end
+    except (scan.Incomplete, scan.Unreadable):
+        if key is None:
+            return following
+    return len(data)
 
 
 def _found(data: bytes, span: tuple[int, int] | None) -> str:
@@ -343,7 +448,7 @@ def _unwrap(hint: Any) -> Any:
             return hint
 
 
-def _type_at(schema: Schema, root: str, path: tuple[str | int, ...]) -> Any:
+def _type_at(schema: Schema, root: str, path: tuple[str | int, ...], *, unwrap: bool = True) -> Any:
     """The type of the value at ``path`` in a message of type ``root``, for naming the
     fields of a record or finding a dict's value type; None if the path leads nowhere."""
     hint: Any = schema.types.get(root)
@@ -358,7 +463,7 @@ def _type_at(schema: Schema, root: str, path: tuple[str | int, ...]) -> Any:
             hint = get_args(hint)[-1] if get_origin(hint) is dict else get_args(hint)[0]
         else:
             return None
-    return _unwrap(hint) if hint is not None else None
+    return _unwrap(hint) if hint is not None and unwrap else hint
 
 
 def _decoded(data: bytes, span: tuple[int, int] | None) -> object:

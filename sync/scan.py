@@ -34,8 +34,12 @@ __all__ = [
     "ValueEnd",
     "first_finding",
     "head",
+    "item_start",
+    "keys",
+    "kind",
     "locate",
     "map_items",
+    "start_of",
     "value_end",
 ]
 
@@ -88,6 +92,11 @@ def _table() -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
 
 
 _KIND, _WIDTH, _FIXED = _table()
+
+
+def kind(first: int) -> int:
+    """The kind of value a first byte starts (``INVALID`` for ``0xc1``)."""
+    return _KIND[first]
 
 
 def head(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, int]:
@@ -207,40 +216,72 @@ def map_items(
     if kind != MAP:
         return
     for _ in range(min(count, most)):
-        key_kind, length, start = head(buf, at)
-        key_end = value_end(buf, at)
-        key = None
-        if key_kind == STR:
-            try:
-                key = buf[start : start + length].decode()
-            except UnicodeDecodeError:
-                key = None
-        end = value_end(buf, key_end)
-        yield key, at, key_end, end
+        key, value_start = _key(buf, at)
+        end = value_end(buf, value_start)
+        yield key, at, value_start, end
         at = end
 
 
-def locate(buf: bytes, path: tuple[str | int, ...]) -> tuple[int, int] | None:
+def _key(buf: bytes, pos: int) -> tuple[str | None, int]:
+    """The map key at ``pos`` (None if it is not a valid str), and where its value starts."""
+    kind, length, start = head(buf, pos)
+    end = value_end(buf, pos)
+    if kind != STR:
+        return None, end
+    try:
+        return buf[start : start + length].decode(), end
+    except UnicodeDecodeError:
+        return None, end
+
+
+def start_of(buf: bytes, path: tuple[str | int, ...]) -> int | None:
     """Where the value at ``path`` (map keys and array indexes from the top-level value)
-    starts and ends; for a repeated key, its first value. None if it cannot be found
-    within ``MAX_STEPS`` values stepped over."""
-    start = 0
+    starts; for a repeated key, its first value. None if it cannot be found within
+    ``MAX_STEPS`` values stepped over."""
+    start: int | None = 0
     try:
         for part in path:
+            assert start is not None
             if isinstance(part, int):
-                kind, count, at = head(buf, start)
-                if kind != ARRAY or part >= count or part > MAX_STEPS:
-                    return None
-                for _ in range(part):
-                    at = value_end(buf, at)
-                start = at
+                start = item_start(buf, start, part)
             else:
-                for key, _, value_start, _ in map_items(buf, start):
-                    if key == part:
-                        start = value_start
-                        break
-                else:
-                    return None
+                start = next((v for k, v in keys(buf, start) if k == part), None)
+            if start is None:
+                return None
+    except (Incomplete, Unreadable):
+        return None
+    return start
+
+
+def item_start(buf: bytes, pos: int, index: int) -> int | None:
+    """Where item ``index`` of the array at ``pos`` starts (None: no such item, or it is
+    past ``MAX_STEPS``)."""
+    kind, count, at = head(buf, pos)
+    if kind != ARRAY or index >= count or index > MAX_STEPS:
+        return None
+    for _ in range(index):
+        at = value_end(buf, at)
+    return at
+
+
+def keys(buf: bytes, pos: int) -> Iterator[tuple[str | None, int]]:
+    """The keys of the map at ``pos`` and where each one's value starts, stepping over the
+    values in between but never computing the end of the last one asked for."""
+    kind, count, at = head(buf, pos)
+    if kind != MAP:
+        return
+    for _ in range(min(count, MAX_STEPS)):
+        key, value_start = _key(buf, at)
+        yield key, value_start
+        at = value_end(buf, value_start)
+
+
+def locate(buf: bytes, path: tuple[str | int, ...]) -> tuple[int, int] | None:
+    """Where the value at ``path`` starts and ends (see ``start_of``), if it is all there."""
+    start = start_of(buf, path)
+    if start is None:
+        return None
+    try:
         return start, value_end(buf, start)
     except (Incomplete, Unreadable):
         return None
@@ -291,6 +332,8 @@ def first_finding(buf: bytes) -> Finding | None:
                 elif parent.left % 2:  # a key: its value follows
                     parent.step = "?"
                     if kind == STR:
+                        if start + length > len(buf):
+                            return None
                         key = buf[start : start + length]
                         if key in parent.keys:
                             path = tuple(o.step for o in opened[:-1])

@@ -197,3 +197,45 @@ def test_a_server_frame_of_many_records_not_in_canonical_form_decodes() -> None:
     tree = msgpack.unpackb(encode(changes))
     tree["changes"] = [dict(reversed(record.items())) for record in tree["changes"]]
     assert decode_server(packed(tree)) == changes
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "message"),
+    [
+        (  # an unknown field before an extension value
+            pairs(("t", "synced"), ("seq", 1), ("raw", packed("cursor") + b"\xd4\x01\x00")),
+            ErrorCode.INVALID_MESSAGE,
+            "synced: unexpected field 'seq' (fields: project_id, cursor)",
+        ),
+        (  # an extension value before an unknown field
+            pairs(("t", "synced"), ("raw", packed("cursor") + b"\xd4\x01\x00"), ("seq", 1)),
+            ErrorCode.MALFORMED_FRAME,
+            "byte 17: msgpack extension types are not used by this protocol",
+        ),
+        (  # a repeated field whose first value is wrong
+            pairs(("t", "synced"), ("project_id", 1), ("project_id", "p"), ("cursor", 1)),
+            ErrorCode.INVALID_MESSAGE,
+            "synced.project_id: expected str, got int",
+        ),
+        (  # a repeated field whose second value is wrong
+            pairs(("t", "synced"), ("project_id", "p"), ("project_id", 1), ("cursor", 1)),
+            ErrorCode.INVALID_MESSAGE,
+            "synced: field 'project_id' appears twice",
+        ),
+        (  # "t" again, naming another type
+            pairs(("t", "synced"), ("project_id", "p"), ("t", "welcome"), ("cursor", 1)),
+            ErrorCode.INVALID_MESSAGE,
+            "synced: key 't' appears twice",
+        ),
+        (  # a key that is not UTF-8, in a map cut short, before "t" was found
+            b"\x82\xa2\xef3\x01",
+            ErrorCode.MALFORMED_FRAME,
+            "a string is not valid UTF-8",
+        ),
+    ],
+)
+def test_of_several_faults_the_first_in_byte_order_is_named(
+    frame: bytes, code: ErrorCode, message: str
+) -> None:
+    refused = refusal(frame, decode_server)
+    assert (refused.code, refused.message) == (code, message)
