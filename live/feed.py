@@ -4,8 +4,12 @@ A feed knows the last seq it has dispatched (``head``). Changes committed in thi
 arrive directly (``committed``); other processes' commits arrive as pointers (``poke``, from
 PostgreSQL NOTIFY or the periodic head check), and the feed reads them from the log by
 cursor, so a lost notification costs latency, never data. A subscriber goes live only once
-its own catch-up from the log has reached the feed's head (``try_go_live``), and every
-delivery is filtered by the subscriber's cursor, so nothing is missed or sent twice.
+its own catch-up from the log has reached the feed's head (``try_go_live``).
+
+Each dispatched piece is encoded once (``sync.server_protocol.prepare_changes``) and handed to
+every subscriber; each connection's protocol sends it as is, cuts what its client already
+holds, and refuses a gap. This module also turns the store's rows into wire records, in one
+place (``wire_changes``, ``wire_conflicts``, ``wire_updates``).
 """
 
 from __future__ import annotations
@@ -17,20 +21,45 @@ from typing import Protocol
 from uuid import UUID
 
 from fieldsync.conflict.ledger import ConflictRow
+from fieldsync.store import conflicts as stored
 from fieldsync.store.changelog import LoggedChange, LogSlice
-from fieldsync.store.conflicts import ConflictUpdate
 from fieldsync.store.errors import StoreError
-from fieldsync.sync.codec import encode
-from fieldsync.sync.messages import ChangeRecord, Changes, ConflictRecord, Conflicts
+from fieldsync.sync.messages import ChangeRecord, ConflictRecord
+from fieldsync.sync.server_protocol import ConflictUpdate, PreparedChanges, prepare_changes
 
 ReadSince = Callable[[UUID, int, int], Awaitable[LogSlice]]
 READ_BATCH = 500
-# A Changes frame stays well under the protocol's frame limit whatever the change sizes.
-FRAME_BUDGET_BYTES = 1024 * 1024
-# A conflict record is at most a few tens of KiB (strings in it are cut at 4,096 chars).
-CONFLICTS_PER_FRAME = 100
 
 log = logging.getLogger(__name__)
+
+
+def wire_changes(changes: Iterable[LoggedChange]) -> list[ChangeRecord]:
+    return [ChangeRecord(c.seq, c.entity_type, c.entity_id, c.change) for c in changes]
+
+
+def wire_conflict(conflict_id: str, row: ConflictRow | None) -> ConflictRecord:
+    """The wire form of a conflicts read-model row; None: the row was removed."""
+    if row is None:
+        return ConflictRecord(conflict_id, "removed")
+    return ConflictRecord(
+        row.conflict_id,
+        row.status,
+        row.kind,
+        row.entity_ids,
+        row.fields,
+        row.opened_seq,
+        row.resolved_seq,
+        dict(row.details),
+    )
+
+
+def wire_conflicts(rows: Iterable[ConflictRow]) -> list[ConflictRecord]:
+    """A snapshot's conflict records (WebSocket and HTTP)."""
+    return [wire_conflict(row.conflict_id, row) for row in rows]
+
+
+def wire_updates(updates: Iterable[stored.ConflictUpdate]) -> list[ConflictUpdate]:
+    return [ConflictUpdate(u.seq, wire_conflict(u.conflict_id, u.row)) for u in updates]
 
 
 class FeedObserver(Protocol):
@@ -54,122 +83,23 @@ UNOBSERVED = _Unobserved()
 
 
 class LiveSubscription:
-    """One connection's interest in one project; ``deliver`` is called by the feed."""
+    """One connection's interest in one project, as the feed sees it: where the client is
+    (``cursor``) and how to hand it a piece (``deliver``). The connection's protocol keeps
+    the cursor; this only asks it."""
 
     def __init__(
         self,
         project_id: UUID,
-        cursor: int,
-        send_live: Callable[[bytes], bool],
-        on_overflow: Callable[[], None],
+        cursor: Callable[[], int],
+        deliver: Callable[[PreparedChanges, Sequence[ConflictUpdate]], None],
     ) -> None:
         self.project_id = project_id
-        self.cursor = cursor
-        self._send_live = send_live
-        self._on_overflow = on_overflow
-        self.overflowed = False
+        self._cursor = cursor
+        self.deliver = deliver
 
-    def deliver(self, records: Sequence[ChangeRecord], frame: bytes) -> None:
-        if self.overflowed or not records or records[-1].seq <= self.cursor:
-            return
-        if records[0].seq <= self.cursor:
-            fresh = tuple(r for r in records if r.seq > self.cursor)
-            frame = encode(Changes(str(self.project_id), fresh))
-            records = fresh
-        if self._send_live(frame):
-            self.cursor = records[-1].seq
-        else:
-            self._overflow()
-
-    def deliver_conflicts(self, frames: Sequence[bytes]) -> None:
-        """Conflict updates of the changes this subscription is sent next."""
-        for frame in frames:
-            if self.overflowed:
-                return
-            if not self._send_live(frame):
-                self._overflow()
-
-    def _overflow(self) -> None:
-        self.overflowed = True
-        self._on_overflow()
-
-
-def change_records(changes: Iterable[LoggedChange]) -> tuple[ChangeRecord, ...]:
-    return tuple(ChangeRecord(c.seq, c.entity_type, c.entity_id, c.change) for c in changes)
-
-
-def change_frames(
-    project_id: UUID, changes: Sequence[LoggedChange]
-) -> list[tuple[tuple[ChangeRecord, ...], bytes]]:
-    """Changes as consecutive Changes frames of at most about FRAME_BUDGET_BYTES each."""
-    frames = []
-    batch: list[LoggedChange] = []
-    size = 0
-    for change in changes:
-        if batch and size + len(change.change) > FRAME_BUDGET_BYTES:
-            frames.append(_frame(project_id, batch))
-            batch, size = [], 0
-        batch.append(change)
-        size += len(change.change) + 64
-    if batch:
-        frames.append(_frame(project_id, batch))
-    return frames
-
-
-def _frame(
-    project_id: UUID, changes: Sequence[LoggedChange]
-) -> tuple[tuple[ChangeRecord, ...], bytes]:
-    records = change_records(changes)
-    return records, encode(Changes(str(project_id), records))
-
-
-def conflict_record(conflict_id: str, row: ConflictRow | None) -> ConflictRecord:
-    """The wire form of a conflicts read-model row; None: the row was removed."""
-    if row is None:
-        return ConflictRecord(conflict_id, "removed")
-    return ConflictRecord(
-        row.conflict_id,
-        row.status,
-        row.kind,
-        row.entity_ids,
-        row.fields,
-        row.opened_seq,
-        row.resolved_seq,
-        dict(row.details),
-    )
-
-
-def conflict_frames(project_id: UUID, records: Sequence[ConflictRecord]) -> list[bytes]:
-    """Conflicts frames of at most CONFLICTS_PER_FRAME records each."""
-    return [
-        encode(Conflicts(str(project_id), tuple(records[i : i + CONFLICTS_PER_FRAME])))
-        for i in range(0, len(records), CONFLICTS_PER_FRAME)
-    ]
-
-
-def snapshot_conflict_frames(project_id: UUID, rows: Iterable[ConflictRow]) -> list[bytes]:
-    """Every conflict record of a snapshot, as Conflicts frames (WebSocket and HTTP)."""
-    return conflict_frames(project_id, [conflict_record(row.conflict_id, row) for row in rows])
-
-
-def update_frames(project_id: UUID, updates: Sequence[ConflictUpdate]) -> list[bytes]:
-    """Conflict updates as frames; a record updated twice is sent once, in its latest state."""
-    latest: dict[str, ConflictRecord] = {}
-    for update in updates:
-        latest.pop(update.conflict_id, None)
-        latest[update.conflict_id] = conflict_record(update.conflict_id, update.row)
-    return conflict_frames(project_id, list(latest.values()))
-
-
-def log_frames(project_id: UUID, piece: LogSlice) -> list[bytes]:
-    """A slice of the log as it goes to a client: its conflict updates, then its changes.
-
-    Conflicts go first so that a client which stores each message in its own transaction
-    never holds a cursor past a conflict update it has not stored: if it stops between the
-    two, it resumes from the old cursor and receives both again.
-    """
-    changes = [frame for _, frame in change_frames(project_id, piece.changes)]
-    return update_frames(project_id, piece.conflicts) + changes
+    @property
+    def cursor(self) -> int:
+        return self._cursor()
 
 
 class ProjectFeed:
@@ -177,6 +107,7 @@ class ProjectFeed:
         self, project_id: UUID, read_since: ReadSince, observer: FeedObserver = UNOBSERVED
     ) -> None:
         self.project_id = project_id
+        self._name = str(project_id)
         self._observer = observer
         self.head: int | None = None  # unknown until the first subscriber goes live
         self.subscribers: set[LiveSubscription] = set()
@@ -184,12 +115,17 @@ class ProjectFeed:
         self._wanted = 0
         self._reader: asyncio.Task[None] | None = None
 
+    def can_go_live(self, cursor: int) -> bool:
+        """Whether a catch-up that reached ``cursor`` has reached what the feed dispatched."""
+        return self.head is None or cursor >= self.head
+
     def try_go_live(self, subscription: LiveSubscription) -> bool:
         """Go live if the subscription's catch-up has reached what the feed dispatched."""
-        if self.head is not None and subscription.cursor < self.head:
+        cursor = subscription.cursor
+        if not self.can_go_live(cursor):
             return False
         if self.head is None:
-            self.head = subscription.cursor
+            self.head = cursor
         self.subscribers.add(subscription)
         self._maybe_read()
         return True
@@ -246,19 +182,14 @@ class ProjectFeed:
         if not fresh:
             return
         self.head = fresh[-1].seq
+        updates = wire_updates(piece.conflicts)
         subscribers = list(self.subscribers)
-        updates = [u for u in piece.conflicts if u.seq > start]
-        frames = update_frames(self.project_id, updates) if updates else []
-        for subscription in subscribers if frames else ():
-            if subscription.cursor <= start:
-                subscription.deliver_conflicts(frames)
-            else:
-                # It read part of this slice during its catch-up, updates included.
-                own = [u for u in updates if u.seq > subscription.cursor]
-                subscription.deliver_conflicts(update_frames(self.project_id, own))
-        for records, frame in change_frames(self.project_id, fresh):
+        for index, prepared in enumerate(prepare_changes(self._name, wire_changes(fresh))):
+            # The conflict updates go before the first changes; each connection keeps those
+            # of pushes its client has not seen.
+            with_updates = updates if index == 0 else ()
             for subscription in subscribers:
-                subscription.deliver(records, frame)
+                subscription.deliver(prepared, with_updates)
         self._observer.dispatched(self.project_id, self.head)
 
 

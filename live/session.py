@@ -1,9 +1,16 @@
-"""One sync connection: pumps frames between a WebSocket and the protocol core.
+"""One sync connection: a pump between a WebSocket and the protocol (``ServerProtocol``).
 
-The core (``sync.connection.ServerConnection``) decides what every incoming frame means and
-what to answer; this shell only does the waiting: verifying the token, reading the log and
-snapshots, appending pushes, and writing queued frames to the socket from one writer task,
-so the order of frames on the wire is the order they were queued.
+The protocol decides what every incoming frame means, which frames go out and in which
+order; this shell only does the waiting: verifying the token, reading membership, the log
+and snapshots, appending pushes, queueing the protocol's frames on the connection's send
+queue (``live.outbox``) by their lane, and writing that queue to the socket from one writer
+task, so the order of frames on the wire is the order they were queued.
+
+Three kinds of tasks call the protocol: the reader (this class's ``run``), one task per
+project being snapshotted or caught up, and the live feed (``live.feed``), which hands each
+piece of the log to every live subscriber. Each queues the frames its own call returned,
+at once: a project's ``synced`` is queued in the same step as the feed learns the project
+is live, so no live change can come before it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -22,7 +29,7 @@ import asyncpg
 
 from fieldsync.auth.tokens import TokenClaims, TokenError, TokenVerifier
 from fieldsync.live.admission import Admission, Ticket
-from fieldsync.live.feed import Hub, LiveSubscription, log_frames, snapshot_conflict_frames
+from fieldsync.live.feed import Hub, LiveSubscription, wire_changes, wire_conflicts, wire_updates
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, Outbox, OutboxClosedError, OutboxLimits
 from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
 from fieldsync.live.status import StatusBoard
@@ -37,33 +44,35 @@ from fieldsync.store.changelog import Accepted, ChangeLog
 from fieldsync.store.errors import StoreError
 from fieldsync.store.projects import member_level, member_projects
 from fieldsync.store.snapshots import open_snapshot
-from fieldsync.sync.codec import encode
-from fieldsync.sync.connection import ConnectionState, ServerConnection
+from fieldsync.sync.connection import ConnectionState
 from fieldsync.sync.errors import CloseCode, ErrorCode
 from fieldsync.sync.messages import (
+    ClientMessage,
     EntityAccepted,
     EntityRejected,
     EntityResult,
-    Error,
     Hello,
     ProjectCursor,
-    ProjectError,
     Push,
-    PushResult,
-    SnapshotBegin,
-    SnapshotChunk,
-    SnapshotEnd,
     SnapshotEntity,
+    Status,
     Subscribe,
-    Synced,
     Unsubscribe,
     Welcome,
+)
+from fieldsync.sync.server_protocol import (
+    ConflictUpdate,
+    Lane,
+    Outgoing,
+    PreparedChanges,
+    ProtocolMisuseError,
+    ServerProtocol,
 )
 
 log = logging.getLogger("fieldsync.connections")
 
-SNAPSHOT_CHUNK_BYTES = 512 * 1024
 CATCH_UP_BATCH = 500
+SNAPSHOT_READ_BATCH = 200  # entities handed to the protocol at a time
 CLOSE_GRACE_SECONDS = 10.0
 # A client refused for its rate waits this long for the refusal: a reconnect loop stalls.
 RATE_PENALTY_SECONDS = 1.0
@@ -75,6 +84,7 @@ HANDSHAKE_SECONDS = 10.0
 STALL_SECONDS = 30.0
 NOT_A_MEMBER = "no such project, or you are not a member of it"
 REMOVED = "you are no longer a member of this project"
+DATABASE_DOWN = "the server cannot reach its database; try again later"
 
 
 def connection_log_limiter(on_suppressed: Callable[[str], None] | None = None) -> LogLimiter:
@@ -143,7 +153,7 @@ class Transport:
 
 
 class SyncSession:
-    """One connection: the protocol core, the send queue, and the tasks that stream projects.
+    """One connection: the protocol, the send queue, and the tasks that stream projects.
 
     ``ticket`` is the connection's place among the unauthenticated ones
     (``live.admission``); it is given back once the hello is accepted, or when the
@@ -162,11 +172,11 @@ class SyncSession:
         self._transport = transport
         self._ticket = ticket
         self._address = address
-        self._protocol = ServerConnection(services.limits)
+        self._protocol = ServerProtocol(services.limits)
         self._outbox = Outbox(services.outbox_limits, services.metrics.send_queues)
         self._user_id: UUID | None = None
         self._client_id: str | None = None
-        self._subscriptions: dict[UUID, asyncio.Task[None]] = {}
+        self._streams: dict[UUID, asyncio.Task[None]] = {}  # snapshot or catch-up under way
         self._live: dict[UUID, LiveSubscription] = {}
         self._names: dict[UUID, str] = {}  # project ids as the client spelled them
         self._member_of: set[UUID] = set()  # membership confirmed on this connection
@@ -187,10 +197,12 @@ class SyncSession:
         """This connection's id, as ``welcome`` tells the client (and logs name it)."""
         return self._session_id
 
+    # -- the pump ---------------------------------------------------------------------------
+
     async def run(self) -> None:
         writer = self._writer = asyncio.create_task(self._write_frames())
         try:
-            while self._protocol.state not in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            while not self._protocol.closing:
                 frame = await self._next_frame()
                 if frame is None:
                     break
@@ -198,15 +210,16 @@ class SyncSession:
                 self._protocol.receive_frame(frame)
                 self._count_refusals()
                 for event in self._protocol.events_received():
+                    self._services.metrics.received(event)
                     if limited:
                         self._rate_limited(event)
                     else:
                         await self._handle(event)
-                self._flush()
+                self._queue(self._protocol.data_to_send())
         finally:
             if self._next is not None:
                 self._next.cancel()
-            for task in self._subscriptions.values():
+            for task in self._streams.values():
                 task.cancel()
             for subscription in self._live.values():
                 self._services.hub.leave(subscription)
@@ -214,7 +227,7 @@ class SyncSession:
                 self._forget_user(self._user_id)
             if self._ticket is not None:
                 self._ticket.release()
-            self._flush()
+            self._queue(self._protocol.data_to_send())
             self._outbox.close()
             with contextlib.suppress(Exception):
                 if self._drop:
@@ -245,12 +258,46 @@ class SyncSession:
                 async with asyncio.timeout(self._services.stall_seconds):
                     await self._outbox.wait_for_room()
             except TimeoutError:
-                self._too_slow("it has not read its answers for "
-                               f"{self._services.stall_seconds:g} s")
+                self._too_slow(
+                    f"it has not read its answers for {self._services.stall_seconds:g} s"
+                )
                 return None
-        if self._protocol.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+        if self._protocol.closing:
             return None
         return await self._transport.receive()
+
+    def _queue(self, frames: Sequence[Outgoing]) -> None:
+        """Queue frames that never wait: answers, errors, ``synced``, status, live changes.
+        A frame that no longer fits means the client does not read: it is too slow."""
+        for out in frames:
+            try:
+                if out.lane is Lane.LIVE:
+                    queued = self._outbox.put_live(out.frame)
+                else:
+                    queued = self._outbox.put_control(out.frame)
+            except OutboxClosedError:
+                return
+            if not queued:
+                self._too_slow(f"its {out.kind} frames no longer fit in its send queue")
+                return
+            self._services.metrics.sent(out.kind, len(out.frame))
+
+    async def _queue_bulk(self, frames: Sequence[Outgoing]) -> None:
+        """Queue a stream's frames in order; bulk ones wait while the client's queue is full
+        (a slow reader slows its own snapshot). Raises OutboxClosedError once closed."""
+        for out in frames:
+            if out.lane is Lane.BULK:
+                await self._outbox.put_bulk(out.frame)
+                self._services.metrics.sent(out.kind, len(out.frame))
+            else:
+                self._queue((out,))
+
+    async def _write_frames(self) -> None:
+        try:
+            while True:
+                await self._transport.send(await self._outbox.get())
+        except OutboxClosedError:
+            return
 
     def _handshake_timed_out(self) -> None:
         self._protocol.fail(
@@ -263,6 +310,8 @@ class SyncSession:
         for code in self._protocol.refusals_received():
             self._bad_frames += 1
             self._services.metrics.frame_refused(code.value)
+
+    # -- log lines --------------------------------------------------------------------------
 
     def _log_limited(self, level: int, event: str, message: str, **fields: object) -> None:
         """One line that a client can cause, within the log rate (``LogLimiter``)."""
@@ -301,6 +350,8 @@ class SyncSession:
             **fields,
         )
 
+    # -- the user's rate ---------------------------------------------------------------------
+
     def _forget_user(self, user_id: UUID) -> None:
         services = self._services
         sessions = services.sessions.get(user_id, set())
@@ -329,7 +380,7 @@ class SyncSession:
             return True
         return False
 
-    def _rate_limited(self, event: object) -> None:
+    def _rate_limited(self, event: ClientMessage) -> None:
         """Refuse a message over the rate; close once the client plainly will not slow down."""
         self._strikes += 1
         limit = self._services.rate_limit
@@ -344,49 +395,31 @@ class SyncSession:
             )
             self._drop = True
             return
-        self._protocol.send(
-            Error(
-                ErrorCode.RATE_LIMITED.value,
+        self._queue(
+            self._protocol.refuse_message(
+                event,
+                ErrorCode.RATE_LIMITED,
                 f"over the rate limit of {limit.rate:g} messages per second per user; "
                 "this message was not processed: send it again later",
-                push_id=event.push_id if isinstance(event, Push) else None,
             )
         )
 
-    def _flush(self) -> None:
-        for frame in self._protocol.data_to_send():
-            try:
-                queued = self._outbox.put_control(frame)
-            except OutboxClosedError:
-                continue
-            if not queued:
-                self._too_slow("its answers no longer fit in its send queue")
-                return
+    # -- events -------------------------------------------------------------------------------
 
-    async def _write_frames(self) -> None:
-        try:
-            while True:
-                frame = await self._outbox.get()
-                self._services.metrics.sent(frame)
-                await self._transport.send(frame)
-        except OutboxClosedError:
-            return
-
-    async def _handle(self, event: object) -> None:
-        self._services.metrics.received(event)
+    async def _handle(self, event: ClientMessage) -> None:
         try:
             if isinstance(event, Hello):
                 await self._hello(event)
             elif isinstance(event, Subscribe):
                 await self._subscribe(event.project)
             elif isinstance(event, Unsubscribe):
-                self._unsubscribe(event.project_id)
+                self._unsubscribed(event.project_id)
             elif isinstance(event, Push):
                 await self._push(event)
         except StoreError as exc:
             self._database_failed(event, exc)
 
-    def _database_failed(self, event: object, exc: StoreError) -> None:
+    def _database_failed(self, event: ClientMessage, exc: StoreError) -> None:
         """The database failed while handling ``event``: the connection stays, the client is
         told what did not happen (and retries it)."""
         self._log_limited(
@@ -394,26 +427,29 @@ class SyncSession:
             "database_unavailable",
             f"database unavailable while handling {type(event).__name__}: {exc}",
         )
-        message = "the server cannot reach its database; try again later"
         if isinstance(event, Push):
             self._services.metrics.push_refused(ErrorCode.SERVER_UNAVAILABLE.value)
-            self._protocol.send(
-                Error(ErrorCode.SERVER_UNAVAILABLE.value, message, push_id=event.push_id)
+            self._queue(
+                self._protocol.refuse_push(
+                    event.push_id, ErrorCode.SERVER_UNAVAILABLE, DATABASE_DOWN
+                )
             )
             return
-        wanted = event.projects if isinstance(event, Hello) else ()
+        wanted: Sequence[ProjectCursor] = event.projects if isinstance(event, Hello) else ()
         if isinstance(event, Subscribe):
             wanted = (event.project,)
         for project in wanted:
             with contextlib.suppress(ValueError):
-                if UUID(project.project_id) in self._subscriptions:
+                if UUID(project.project_id) in self._streams or UUID(
+                    project.project_id
+                ) in self._live:
                     continue
-            self._project_error(project.project_id, ErrorCode.SERVER_UNAVAILABLE, message)
+            self._project_error(project.project_id, ErrorCode.SERVER_UNAVAILABLE, DATABASE_DOWN)
 
     async def _verify_before_next_frame(self, token: str) -> TokenClaims | None:
         """Check the token while reading on: a frame that arrives before the welcome is sent
-        is a handshake violation (the protocol core answers it), and the whole handshake must
-        end by the deadline. None when the handshake ended here; raises TokenError."""
+        is a handshake violation (the protocol answers it), and the whole handshake must end
+        by the deadline. None when the handshake ended here; raises TokenError."""
         verifying = asyncio.ensure_future(self._services.verifier.verify(token))
         reading = asyncio.ensure_future(self._transport.receive())
         try:
@@ -496,19 +532,24 @@ class SyncSession:
             version=self._protocol.version,
             projects=len(hello.projects),
         )
-        limits = self._services.limits
         self._protocol.accept(
             Welcome(
                 version=self._protocol.version or 1,
                 user_id=str(claims.user_id),
                 session_id=self._session_id,
-                limits=dataclasses.asdict(limits),
+                limits=dataclasses.asdict(self._services.limits),
             )
         )
-        self._flush()
-        self._services.status.watch(self._outbox)
+        self._queue(self._protocol.data_to_send())
+        self._services.status.watch(self)
         for project in hello.projects:
             await self._subscribe(project)
+
+    def status_changed(self, status: Status) -> None:
+        """The server's status changed (``live.status``): tell the client."""
+        self._queue(self._protocol.status(status))
+
+    # -- membership ----------------------------------------------------------------------------
 
     async def _level(self, project_id: str) -> tuple[UUID, str] | None:
         """The caller's level in the project; None for unknown and forbidden alike."""
@@ -532,9 +573,8 @@ class SyncSession:
                 return ErrorCode.MEMBERSHIP_REMOVED, REMOVED
         return ErrorCode.PROJECT_UNAVAILABLE, NOT_A_MEMBER
 
-    def _project_error(self, project_id: str, code: ErrorCode, message: str) -> None:
-        self._protocol.send(ProjectError(project_id, code.value, message))
-        self._flush()
+    def _project_error(self, spelled: str, code: ErrorCode, message: str) -> None:
+        self._queue(self._protocol.end_stream(spelled, code, message, spelled))
 
     def membership_removed(self, project: UUID) -> None:
         """The user was taken out of ``project``: stop its stream, say why, refuse pushes."""
@@ -547,7 +587,7 @@ class SyncSession:
 
     async def recheck_memberships(self) -> None:
         """End the streams of projects the user is no longer a member of (one query)."""
-        streamed = list(self._subscriptions)
+        streamed = list(self._streams.keys() | self._live.keys())
         if self._user_id is None or not streamed:
             return
         async with self._services.pool.acquire() as conn:
@@ -556,32 +596,34 @@ class SyncSession:
             if project not in still:
                 self.membership_removed(project)
 
+    # -- project streams -----------------------------------------------------------------------
+
     async def _subscribe(self, wanted: ProjectCursor) -> None:
         access = await self._level(wanted.project_id)
         if access is None:
             self._project_error(wanted.project_id, *self._refusal(wanted.project_id))
             return
         project, _ = access
-        if project in self._subscriptions:
+        if project in self._streams or project in self._live:
             return  # already syncing it
         self._names[project] = wanted.project_id
         task = asyncio.create_task(self._sync_project(project, wanted))
-        self._subscriptions[project] = task
+        self._streams[project] = task
 
         def finished(done: asyncio.Task[None]) -> None:
-            # A subscription that ended without going live may be asked for again.
-            if project not in self._live and self._subscriptions.get(project) is done:
-                del self._subscriptions[project]
+            if self._streams.get(project) is done:
+                del self._streams[project]
 
         task.add_done_callback(finished)
 
-    def _unsubscribe(self, project_id: str) -> None:
+    def _unsubscribed(self, project_id: str) -> None:
+        """The protocol has ended the stream; stop the work for it."""
         with contextlib.suppress(ValueError):
             self._stop_stream(UUID(project_id))
 
     def _stop_stream(self, project: UUID) -> bool:
         """End the project's snapshot, catch-up or live stream; False if there was none."""
-        task = self._subscriptions.pop(project, None)
+        task = self._streams.pop(project, None)
         if task is not None:
             task.cancel()
         subscription = self._live.pop(project, None)
@@ -591,39 +633,44 @@ class SyncSession:
 
     async def _sync_project(self, project: UUID, wanted: ProjectCursor) -> None:
         """Snapshot (if asked), catch up from the log, then go live."""
+        name = str(project)
         try:
-            cursor = wanted.cursor
-            if cursor is None:
-                cursor = await self._send_snapshot(project)
+            if wanted.cursor is None:
+                await self._send_snapshot(project)
             else:
                 head = await self._services.changelog.head(project)
-                if cursor > head:
+                if wanted.cursor > head:
                     self._project_error(
                         wanted.project_id,
                         ErrorCode.CURSOR_AHEAD,
-                        f"cursor {cursor} is beyond the project's head {head}",
+                        f"cursor {wanted.cursor} is beyond the project's head {head}",
                     )
                     return
-            subscription = LiveSubscription(
-                project,
-                cursor,
-                self._outbox.put_live,
-                lambda: self._too_slow("a live change no longer fit in its send queue"),
-            )
+                self._protocol.resume(name, wanted.cursor)
             feed = self._services.hub.feed(project)
             while True:
-                piece = await self._services.changelog.read_since(
-                    project, subscription.cursor, CATCH_UP_BATCH
-                )
-                if piece.last_seq is not None:
-                    for frame in log_frames(project, piece):
-                        await self._outbox.put_bulk(frame)
-                    subscription.cursor = piece.last_seq
+                cursor = self._protocol.cursor(name)
+                if cursor is None:
+                    return  # the stream ended meanwhile (an unsubscribe)
+                piece = await self._services.changelog.read_since(project, cursor, CATCH_UP_BATCH)
+                if piece.changes:
+                    await self._queue_bulk(
+                        self._protocol.catch_up(
+                            name, wire_changes(piece.changes), wire_updates(piece.conflicts)
+                        )
+                    )
                     continue
-                if feed.try_go_live(subscription):
+                if feed.can_go_live(cursor):
                     break
+            # One step, no await: synced is queued before the feed can hand over a change.
+            subscription = LiveSubscription(
+                project,
+                lambda: self._protocol.cursor(name) or 0,
+                lambda prepared, updates: self._deliver(name, prepared, updates),
+            )
+            self._queue(self._protocol.go_live(name))
+            feed.try_go_live(subscription)
             self._live[project] = subscription
-            self._outbox.put_control(encode(Synced(str(project), subscription.cursor)))
             # A commit whose notification came before this feed existed is picked up here.
             feed.poke(await self._services.changelog.head(project))
         except (OutboxClosedError, asyncio.CancelledError):
@@ -633,33 +680,46 @@ class SyncSession:
                 logging.WARNING,
                 "project_sync_failed",
                 f"syncing project {project} failed: {exc}",
-                project_id=str(project),
+                project_id=name,
             )
             self._project_error(
-                str(project), ErrorCode.SERVER_UNAVAILABLE, "the server could not read the log"
+                self._names.get(project, name),
+                ErrorCode.SERVER_UNAVAILABLE,
+                "the server could not read the log",
             )
 
-    async def _send_snapshot(self, project: UUID) -> int:
+    async def _send_snapshot(self, project: UUID) -> None:
+        name = str(project)
         async with open_snapshot(self._services.pool, project) as snapshot:
             count = await snapshot.count()
-            await self._outbox.put_bulk(encode(SnapshotBegin(str(project), snapshot.cursor, count)))
-            chunk: list[SnapshotEntity] = []
-            size = 0
+            await self._queue_bulk(self._protocol.begin_snapshot(name, snapshot.cursor, count))
+            batch: list[SnapshotEntity] = []
             async for entity in snapshot.entities():
-                chunk.append(SnapshotEntity(entity.entity_type, entity.entity_id, entity.document))
-                size += len(entity.document) + 128
-                if size >= SNAPSHOT_CHUNK_BYTES:
-                    await self._outbox.put_bulk(encode(SnapshotChunk(str(project), tuple(chunk))))
-                    chunk, size = [], 0
-            if chunk:
-                await self._outbox.put_bulk(encode(SnapshotChunk(str(project), tuple(chunk))))
-            for frame in snapshot_conflict_frames(project, await snapshot.conflicts()):
-                await self._outbox.put_bulk(frame)
-            await self._outbox.put_bulk(encode(SnapshotEnd(str(project), snapshot.cursor)))
+                batch.append(SnapshotEntity(entity.entity_type, entity.entity_id, entity.document))
+                if len(batch) >= SNAPSHOT_READ_BATCH:
+                    await self._queue_bulk(self._protocol.snapshot_entities(name, batch))
+                    batch = []
+            await self._queue_bulk(self._protocol.snapshot_entities(name, batch))
+            records = wire_conflicts(await snapshot.conflicts())
+            await self._queue_bulk(self._protocol.snapshot_conflicts(name, records))
+            await self._queue_bulk(self._protocol.end_snapshot(name))
             self._services.metrics.snapshot_served(
                 "websocket", project, snapshot.document_bytes, snapshot.started
             )
-            return snapshot.cursor
+
+    def _deliver(
+        self, project: str, prepared: PreparedChanges, updates: Sequence[ConflictUpdate]
+    ) -> None:
+        """The live feed hands this client a piece of the log."""
+        try:
+            frames = self._protocol.deliver_live(project, prepared, updates)
+        except ProtocolMisuseError:
+            # A gap would mean a change this client never gets: resuming from its cursor
+            # is always right, so end the connection that way rather than lose one.
+            log.exception("live delivery out of order for project %s", project)
+            self._too_slow("the live feed skipped changes")
+            return
+        self._queue(frames)
 
     def _too_slow(self, why: str) -> None:
         """The client does not take what is sent to it (a live frame or an answer did not fit,
@@ -678,7 +738,7 @@ class SyncSession:
             "you fell too far behind; reconnect and resume from your last cursor",
             CloseCode.TOO_SLOW,
         )
-        self._flush()
+        self._queue(self._protocol.data_to_send())
         self._outbox.close()
         self._closer = asyncio.get_running_loop().create_task(self._close_when_flushed())
 
@@ -689,22 +749,22 @@ class SyncSession:
         # Closing also wakes the reader, so the session ends even if the client is silent.
         await self._transport.close(int(CloseCode.TOO_SLOW), "too slow: resume from your cursor")
 
+    # -- pushes -------------------------------------------------------------------------------
+
     async def _push(self, push: Push) -> None:
         started = time.monotonic()
         access = await self._level(push.project_id)
         if access is None:
             code, message = self._refusal(push.project_id)
             self._services.metrics.push_refused(code.value)
-            self._protocol.send(Error(code.value, message, push_id=push.push_id))
+            self._queue(self._protocol.refuse_push(push.push_id, code, message))
             return
         project, level = access
         if level not in WRITE_LEVELS:
             self._services.metrics.push_refused(ErrorCode.FORBIDDEN.value)
-            self._protocol.send(
-                Error(
-                    ErrorCode.FORBIDDEN.value,
-                    f"a {level} may not change this project",
-                    push_id=push.push_id,
+            self._queue(
+                self._protocol.refuse_push(
+                    push.push_id, ErrorCode.FORBIDDEN, f"a {level} may not change this project"
                 )
             )
             return
@@ -722,12 +782,12 @@ class SyncSession:
                 project_id=str(project),
             )
             self._services.metrics.push_refused(ErrorCode.SERVER_UNAVAILABLE.value)
-            self._protocol.send(
-                Error(
-                    ErrorCode.SERVER_UNAVAILABLE.value,
+            self._queue(
+                self._protocol.refuse_push(
+                    push.push_id,
+                    ErrorCode.SERVER_UNAVAILABLE,
                     "the database failed during this push; it may or may not be stored: "
                     "send it again (a retry returns the same seqs)",
-                    push_id=push.push_id,
                 )
             )
             return
@@ -746,4 +806,4 @@ class SyncSession:
                         dict(rejection.details),
                     )
                 )
-        self._protocol.send(PushResult(push.push_id, push.project_id, tuple(entity_results)))
+        self._queue(self._protocol.answer_push(push.push_id, push.project_id, entity_results))

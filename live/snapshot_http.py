@@ -16,22 +16,21 @@ import zlib
 from collections.abc import AsyncIterator
 from uuid import UUID
 
-import msgpack
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Send
 
 from fieldsync.auth.tokens import TokenError, TokenVerifier
-from fieldsync.live.feed import snapshot_conflict_frames
+from fieldsync.live.feed import wire_conflicts
 from fieldsync.live.origins import cors_headers, preflight_headers
 from fieldsync.observability.metrics import Metrics
 from fieldsync.store.database import DatabasePool
 from fieldsync.store.errors import StoreError, UnknownProject
 from fieldsync.store.projects import member_level
 from fieldsync.store.snapshots import open_snapshot
-from fieldsync.sync.codec import encode
-from fieldsync.sync.messages import SnapshotBegin, SnapshotEnd
+from fieldsync.sync.messages import SnapshotEntity
+from fieldsync.sync.server_protocol import SnapshotWriter
 
 MEDIA_TYPE = "application/x-fieldsync-snapshot+msgpack"
 FLUSH_BYTES = 256 * 1024
@@ -168,23 +167,19 @@ async def _snapshot(request: Request) -> Response:
             return compressor.compress(data) if compressor else data
 
         try:
-            count = await snapshot.count()
-            buffer.append(encode(SnapshotBegin(str(project_id), snapshot.cursor, count)))
+            writer = SnapshotWriter(str(project_id), snapshot.cursor, await snapshot.count())
+            buffer.append(writer.begin())
             async for entity in snapshot.entities():
-                record = msgpack.packb(
-                    {
-                        "entity_type": entity.entity_type,
-                        "entity_id": entity.entity_id,
-                        "document": entity.document,
-                    }
+                record = writer.entity(
+                    SnapshotEntity(entity.entity_type, entity.entity_id, entity.document)
                 )
                 buffer.append(record)
                 size += len(record)
                 if size >= FLUSH_BYTES:
                     yield emit(b"".join(buffer))
                     buffer, size = [], 0
-            buffer.extend(snapshot_conflict_frames(project_id, await snapshot.conflicts()))
-            buffer.append(encode(SnapshotEnd(str(project_id), snapshot.cursor)))
+            buffer.extend(writer.conflicts(wire_conflicts(await snapshot.conflicts())))
+            buffer.append(writer.end())
             tail = emit(b"".join(buffer))
             yield tail + compressor.flush() if compressor else tail
             metrics.snapshot_served("http", project_id, snapshot.document_bytes, snapshot.started)

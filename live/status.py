@@ -9,14 +9,12 @@ is back. ``watch_database`` asks the database at a steady interval and drives th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections.abc import Callable
+from typing import Protocol
 
-from fieldsync.live.outbox import Outbox, OutboxClosedError
 from fieldsync.store.database import DatabaseProbe
-from fieldsync.sync.codec import encode
 from fieldsync.sync.messages import Status
 
 log = logging.getLogger(__name__)
@@ -34,19 +32,25 @@ def database_down(reason: str) -> Status:
     )
 
 
+class StatusListener(Protocol):
+    """A connection that tells its client the server's status (``live.session``)."""
+
+    def status_changed(self, status: Status) -> None: ...
+
+
 class StatusBoard:
-    """The current status, and the send queues of the connections that hear about it."""
+    """The current status, and the connections that hear about it."""
 
     def __init__(self) -> None:
         self.current = OK
-        self._queues: weakref.WeakSet[Outbox] = weakref.WeakSet()
+        self._listeners: weakref.WeakSet[StatusListener] = weakref.WeakSet()
 
-    def watch(self, outbox: Outbox) -> None:
+    def watch(self, listener: StatusListener) -> None:
         """A connection was welcomed: it hears every change from now on (and the current
         status at once, unless all is well)."""
-        self._queues.add(outbox)
+        self._listeners.add(listener)
         if self.current != OK:
-            _tell(outbox, encode(self.current))
+            listener.status_changed(self.current)
 
     def database(self, problem: str | None) -> bool:
         """Record the database's state; True if that changed the status (and it was sent)."""
@@ -54,16 +58,9 @@ class StatusBoard:
         if (status == OK) == (self.current == OK):
             return False
         self.current = status
-        frame = encode(status)
-        for outbox in list(self._queues):
-            _tell(outbox, frame)
+        for listener in list(self._listeners):
+            listener.status_changed(status)
         return True
-
-
-def _tell(outbox: Outbox, frame: bytes) -> None:
-    if not outbox.closed:
-        with contextlib.suppress(OutboxClosedError):
-            outbox.put_control(frame)
 
 
 async def watch_database(

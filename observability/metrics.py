@@ -56,30 +56,6 @@ def _reason_label(reason: str) -> str:
     return found.group(0) if found else "other"
 
 
-def frame_type(frame: bytes) -> str:
-    """The ``"t"`` of a frame this server encoded, read from its first bytes.
-
-    ``sync.codec.encode`` writes a map whose first key is ``"t"``; reading the type back
-    from the bytes lets the single writer of a connection count every kind of message
-    without the senders knowing about metrics.
-    """
-    first = frame[0] if frame else 0
-    start = 1 if 0x80 <= first <= 0x8F else 3 if first == 0xDE else -1
-    if start < 0 or frame[start : start + 2] != b"\xa1t":
-        return "unknown"
-    head = frame[start + 2] if len(frame) > start + 2 else 0
-    if 0xA0 <= head <= 0xBF:
-        size, at = head & 0x1F, start + 3
-    elif head == 0xD9 and len(frame) > start + 3:
-        size, at = frame[start + 3], start + 4
-    else:
-        return "unknown"
-    try:
-        return frame[at : at + size].decode("ascii")
-    except UnicodeDecodeError:
-        return "unknown"
-
-
 class SendQueue(Sized, Protocol):
     """What the send-queue metrics read of a connection's queue (``live.outbox.Outbox``)."""
 
@@ -155,6 +131,7 @@ class Metrics:
     def __init__(self, *, slow_ms: float = 500.0) -> None:
         self.slow_seconds = slow_ms / 1000
         self.registry = registry = CollectorRegistry()
+        self._sent_by_kind: dict[str, tuple[Counter, Counter]] = {}
         self.connections = Gauge(
             "fieldsync_connections_open", "Open sync WebSocket connections", registry=registry
         )
@@ -280,10 +257,19 @@ class Metrics:
         if isinstance(message, Hello) and message.outbox_age_ms is not None:
             self.outbox_age.observe(message.outbox_age_ms / 1000)
 
-    def sent(self, frame: bytes) -> None:
-        kind = frame_type(frame)
-        self.messages_out.labels(kind).inc()
-        self.bytes_out.labels(kind).inc(len(frame))
+    def sent(self, kind: str, size: int) -> None:
+        """A frame of message type ``kind`` and ``size`` bytes was queued for a client.
+
+        Called once per frame and client (fan-out): the labelled counters are looked up
+        once per message type, not per call."""
+        counters = self._sent_by_kind.get(kind)
+        if counters is None:
+            counters = self._sent_by_kind[kind] = (
+                self.messages_out.labels(kind),
+                self.bytes_out.labels(kind),
+            )
+        counters[0].inc()
+        counters[1].inc(size)
 
     def push_committed(self, started: float, push: Push, results: Sequence[AppendResult]) -> None:
         """A push's transaction committed; ``started`` is when it was handled (monotonic)."""

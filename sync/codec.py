@@ -124,7 +124,7 @@ __all__ = [
     "decode_server",
     "decode_snapshot_record",
     "encode",
-    "encode_snapshot_record",
+    "encode_snapshot_entity",
     "max_server_frame_bytes",
 ]
 
@@ -211,9 +211,10 @@ def encode(message: Message) -> bytes:
     return _ENCODER.encode(message)
 
 
-def encode_snapshot_record(record: SnapshotRecord) -> bytes:
-    """One record of the HTTP snapshot body: a message, or an entity's map (no ``"t"``)."""
-    return _ENCODER.encode(record)
+def encode_snapshot_entity(entity: SnapshotEntity) -> bytes:
+    """One entity record of the HTTP snapshot body: the map a ``snapshot_chunk`` holds (the
+    body's other records are messages, written by ``encode``)."""
+    return _ENCODER.encode(entity)
 
 
 # --- what a decoded message must still be checked for --------------------------------------

@@ -78,13 +78,18 @@ class _Connection(Generic[E]):
         self.state = ConnectionState.AWAITING_HELLO
         self.close_requested: tuple[CloseCode, str] | None = None
         self.version: int | None = None  # the negotiated protocol version, once known
-        self._outgoing: list[bytes] = []
+        self._outgoing: list[tuple[str, bytes]] = []  # (message type, frame)
         self._events: list[E] = []
 
     def data_to_send(self) -> list[bytes]:
         """Frames to write, in order; each call returns only the frames queued since."""
-        frames, self._outgoing = self._outgoing, []
-        return frames
+        return [frame for _, frame in self.outgoing()]
+
+    def outgoing(self) -> list[tuple[str, bytes]]:
+        """``data_to_send``, each frame with its message type (for counting what was sent
+        without reading frames back)."""
+        queued, self._outgoing = self._outgoing, []
+        return queued
 
     def events_received(self) -> list[E]:
         """Valid messages from the peer, in order; each call returns only the new ones."""
@@ -102,7 +107,7 @@ class _Connection(Generic[E]):
         self._outgoing.clear()
 
     def _queue(self, message: ServerMessage | ClientMessage) -> None:
-        self._outgoing.append(encode(message))
+        self._outgoing.append((message.TYPE, encode(message)))
 
     def _request_close(self, code: CloseCode, reason: str) -> None:
         self.state = ConnectionState.CLOSING

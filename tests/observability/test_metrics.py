@@ -9,20 +9,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fieldsync.model.writer import create_entity, update_entity
 from fieldsync.observability.fanout import FanoutClock
-from fieldsync.observability.metrics import Metrics, frame_type
-from fieldsync.sync.codec import encode
+from fieldsync.observability.metrics import Metrics
 from fieldsync.sync.messages import (
-    Changes,
     EntityAccepted,
     EntityPush,
     EntityRejected,
     Error,
     Hello,
-    Message,
     ProjectCursor,
     Push,
-    Status,
-    Synced,
     Welcome,
 )
 from tests.entities import location_values, new_id
@@ -51,20 +46,6 @@ async def scrape(base: str) -> Samples:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return samples(response.text)
-
-
-def test_frame_type_reads_the_type_of_every_encoded_message() -> None:
-    messages: list[Message] = [
-        Welcome(1, "u", "s", {}),
-        Synced("p", 3),
-        Changes("p", ()),
-        Error("too_slow", "x" * 300, True),
-        Status("degraded", "database_unavailable", "down"),
-        Hello((1,), "t", "c"),
-    ]
-    for message in messages:
-        assert frame_type(encode(message)) == message.TYPE
-    assert frame_type(b"") == frame_type(b"\x91\x01") == frame_type(b"\x81\xa1x\xa1y") == "unknown"
 
 
 def test_fanout_clock_pairs_marks_with_dispatches() -> None:
