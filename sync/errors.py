@@ -1,4 +1,5 @@
-"""Protocol error codes and WebSocket close codes; their values go on the wire.
+"""Protocol error codes and WebSocket close codes, whose values go on the wire, and
+``ProtocolViolation``, what every decoder raises for a frame it refuses.
 
 Entity-level refusals inside a PushResult use ``model.rejections.RejectCode`` instead.
 """
@@ -6,6 +7,8 @@ Entity-level refusals inside a PushResult use ``model.rejections.RejectCode`` in
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+
+from fieldsync.sync.messages import Error
 
 
 class ErrorCode(StrEnum):
@@ -50,3 +53,19 @@ class CloseCode(IntEnum):
     UNSUPPORTED_VERSION = 4002
     TOO_SLOW = 4008  # the client fell behind: reconnect and resume from its own cursor
     TOO_MANY_CONNECTIONS = 4029
+
+
+class ProtocolViolation(Exception):  # noqa: N818 (the peer violated the protocol)
+    """A frame the peer sent is not a valid message; tell it ``code`` and ``message``."""
+
+    def __init__(self, code: ErrorCode, message: str, push_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.push_id = push_id
+
+    def to_error(self, *, fatal: bool = False) -> Error:
+        return Error(self.code.value, self.message, fatal, self.push_id)
+
+    def __repr__(self) -> str:
+        return f"ProtocolViolation({self.code!r}, {self.message!r}, push_id={self.push_id!r})"

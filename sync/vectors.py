@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgpack
+import msgspec
 
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.sync import codec
@@ -100,8 +100,7 @@ class Vector:
 
 
 def _pack(value: object) -> bytes:
-    packed: bytes = msgpack.packb(value, use_bin_type=True)
-    return packed
+    return msgspec.msgpack.encode(value)
 
 
 def _map(*pairs: tuple[object, object]) -> bytes:
@@ -124,7 +123,8 @@ def _map_header(count: int) -> bytes:
 
 def _fields(message: Message) -> list[tuple[str, object]]:
     """The message's map as encode writes it, as pairs in order."""
-    return list(msgpack.unpackb(encode(message), raw=False).items())
+    decoded: dict[str, object] = msgspec.msgpack.decode(encode(message))
+    return list(decoded.items())
 
 
 def _reordered(message: Message) -> bytes:
@@ -715,7 +715,7 @@ def to_json(value: object) -> object:
 
 def _message_json(message: Message) -> object:
     """Every field of the message, as the canonical encoding holds it."""
-    return to_json(msgpack.unpackb(encode(message), raw=False))
+    return to_json(msgspec.msgpack.decode(encode(message)))
 
 
 def _dumps(value: object) -> bytes:
@@ -816,7 +816,7 @@ def _type(hint: Any) -> dict[str, object]:
         return {"type": "array", "items": _type(args[0])}
     if origin is dict:
         return {"type": "map", "values": _type(args[1])}
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
         return {"type": "record", "record": hint.__name__}
     raise TypeError(f"no wire type for {hint!r}")
 
@@ -824,11 +824,11 @@ def _type(hint: Any) -> dict[str, object]:
 def _describe(cls: type[Any]) -> dict[str, object]:
     hints = typing.get_type_hints(cls)
     fields = []
-    for f in dataclasses.fields(cls):
+    for f in msgspec.structs.fields(cls):
         entry: dict[str, object] = {"name": f.name, **_type(hints[f.name])}
-        if f.default is not dataclasses.MISSING:
+        if f.default is not msgspec.NODEFAULT:
             entry["default"] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
+        elif f.default_factory is not msgspec.NODEFAULT:
             entry["default"] = to_json(f.default_factory())
         fields.append(entry)
     out: dict[str, object] = {"fields": fields}

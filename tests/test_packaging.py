@@ -96,7 +96,7 @@ def test_the_server_wheel_holds_one_package_and_server_dependencies_only_as_an_e
     assert not any(n.startswith(("fieldsync/tests", "fieldsync/bench")) for n in names)
     requires = _metadata(wheel).get_all("Requires-Dist") or []
     base = [r for r in requires if "extra ==" not in r]
-    assert sorted(re.split(r"[<>=!~ ;\[]", r)[0] for r in base) == ["automerge", "msgpack"]
+    assert sorted(re.split(r"[<>=!~ ;\[]", r)[0] for r in base) == ["automerge", "msgspec"]
     for dependency in ("asyncpg", "starlette", "uvicorn", "pgserver"):
         [line] = [r for r in requires if r.startswith(dependency)]
         assert 'extra == "server"' in line
