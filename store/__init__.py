@@ -1,1 +1,2 @@
-"""PostgreSQL I/O shell: connections, migrations, the change log and read models."""
+"""Storage behind narrow ports (``store.ports``): the PostgreSQL implementation, the
+in-memory one, and the pure planning both share. See docs/storage.md."""

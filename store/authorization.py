@@ -2,30 +2,31 @@
 
 ``ChangeLog.append`` calls the factory under the project's lock, in the appending
 transaction, so the level and the summonings it reads are exactly those the merge is
-checked against: a summoning deleted, or a member demoted, a moment earlier counts.
+checked against: a summoning deleted, or a member demoted, a moment earlier counts. The
+rule itself is ``store.append_plan.writer_rule`` (shared with the in-memory storage).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
-from fieldsync.model.permissions import Level, Writer, check_write, may_write_everything
-from fieldsync.model.rejections import RejectCode, Rejection
-from fieldsync.store.changelog import Authorize, AuthorizeFactory
+from fieldsync.model.permissions import Level, Writer
+from fieldsync.store.append_plan import REMOVED, Authorize, writer_rule
 from fieldsync.store.driver import translated
 from fieldsync.store.projects import member_level
+
+__all__ = ["REMOVED", "AuthorizeFactory", "load_writer", "write_rule"]
+
+AuthorizeFactory = Callable[[Any], Awaitable[Authorize | None]]
+"""Called once per append, under the project's lock, with the transaction's connection;
+None means the writer may write everything (nothing is checked per entity)."""
 
 _SUMMONED_TO = """
 SELECT DISTINCT activity_id FROM rm_summonings
 WHERE project_id = $1 AND user_id = $2 AND NOT deleted
 """
-
-
-REMOVED = Rejection(
-    RejectCode.MEMBERSHIP_REMOVED,
-    "you are no longer a member of this project (removed while this push was on its way)",
-)
 
 
 @translated("reading the writer's membership")
@@ -45,11 +46,6 @@ def write_rule(project_id: UUID, user_id: UUID) -> AuthorizeFactory:
     """The ``authorize`` argument of ``ChangeLog.append`` for this user's pushes."""
 
     async def factory(conn: Any) -> Authorize | None:
-        writer = await load_writer(conn, project_id, user_id)
-        if writer is None:
-            return lambda check: REMOVED
-        if may_write_everything(writer.level):
-            return None  # no entity needs its values compared
-        return lambda check: check_write(writer, check)
+        return writer_rule(await load_writer(conn, project_id, user_id))
 
     return factory

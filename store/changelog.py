@@ -1,18 +1,18 @@
-"""The change log: appending entity changes, reading them back by cursor.
+"""The change log on PostgreSQL: appending entity changes, reading them back by cursor.
 
 One push is one transaction. It first locks the project's ``log_heads`` row: every appender
 of a project queues there, so seqs are handed out in commit order and a reader that has seen
 seq N can never later find a smaller seq it missed (a global sequence would let a slow
 transaction commit seq 5 after a fast one committed seq 6). Under that lock the store reads
-the entities' current state, merges in pure code (``model.merge``), then writes the log, the
-document cache and the read models, and commits. Results go back only after the commit.
+the entities' current state, decides in pure code (``store.append_plan``, the same for the
+in-memory storage), then writes the log, the document cache and the read models, and
+commits. Results go back only after the commit.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -21,83 +21,51 @@ import asyncpg
 
 from fieldsync.model.documents import AutomergeError, load_document, save_document
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
-from fieldsync.model.merge import (
-    DecodedChanges,
-    EntityChanges,
-    Merged,
-    StoredEntity,
-    decode_entity_changes,
-    keep_within_push_ops,
-    merge_entity,
+from fieldsync.model.merge import DecodedChanges, EntityChanges, StoredEntity
+from fieldsync.model.rejections import Rejection
+from fieldsync.store.append_plan import (
+    Authorize,
+    CommitObservers,
+    OnCommit,
+    SeqPlan,
+    asked_hashes,
+    assign_seqs,
+    authorize_all,
+    decoded_only,
+    entity_merges,
+    index_logged,
+    merge_batch,
+    prepare_batch,
+    results,
+    tell_observers,
 )
-from fieldsync.model.permissions import WriteCheck, write_check
-from fieldsync.model.rejections import RejectCode, Rejection
+from fieldsync.store.authorization import AuthorizeFactory, write_rule
 from fieldsync.store.compaction import should_compact
-from fieldsync.store.conflicts import (
-    ConflictUpdate,
-    EntityMerge,
-    conflict_updates,
-    plan_conflicts,
-    write_conflicts,
-)
+from fieldsync.store.conflicts import conflict_updates, plan_conflicts, write_conflicts
 from fieldsync.store.document_cache import CachedDocument, DocumentCache
 from fieldsync.store.driver import translated
-from fieldsync.store.errors import BatchTooLarge, StoreError, UnknownProject
+from fieldsync.store.errors import StoreError, UnknownProject
 from fieldsync.store.hashes import find_logged
 from fieldsync.store.readmodels import read_model_row, upsert_read_models
+from fieldsync.store.records import (
+    Accepted,
+    AppendResult,
+    LoggedChange,
+    LogSlice,
+    Rejected,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """Every change of the entity is in the log; ``seqs`` follows the input order."""
-
-    entity_id: str
-    seqs: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """None of the entity's changes were logged."""
-
-    entity_id: str
-    rejection: Rejection
-
-
-AppendResult = Accepted | Rejected
-
-
-Authorize = Callable[[WriteCheck], Rejection | None]
-"""Decides whether one merged entity may be written; a Rejection replaces the merge."""
-
-AuthorizeFactory = Callable[[Any], Awaitable[Authorize | None]]
-"""Called once per append, under the project's lock, with the transaction's connection;
-None means the writer may write everything (nothing is checked per entity)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedChange:
-    seq: int
-    entity_type: str
-    entity_id: str
-    hash: bytes
-    change: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class LogSlice:
-    """Consecutive logged changes and the conflict updates of the transactions they end."""
-
-    changes: Sequence[LoggedChange]
-    conflicts: Sequence[ConflictUpdate] = ()
-
-    @property
-    def last_seq(self) -> int | None:
-        return self.changes[-1].seq if self.changes else None
-
-
-OnCommit = Callable[[UUID, LogSlice], None]
-
-log = logging.getLogger(__name__)
+__all__ = [
+    "Accepted",
+    "AppendResult",
+    "Authorize",
+    "AuthorizeFactory",
+    "ChangeLog",
+    "LogSlice",
+    "LoggedChange",
+    "OnCommit",
+    "Rejected",
+]
 
 _LOCK_HEAD = "SELECT head_seq FROM log_heads WHERE project_id = $1 FOR UPDATE"
 
@@ -156,7 +124,7 @@ class _StoredRow:
 
 
 class ChangeLog:
-    """Append and read entity changes; the narrow storage interface the protocol uses."""
+    """Append and read entity changes (``store.ports.ChangeLogPort``) on PostgreSQL."""
 
     def __init__(
         self,
@@ -169,14 +137,12 @@ class ChangeLog:
         on_commit: OnCommit | None = None,
     ) -> None:
         """``on_commit`` hears, right after each commit, the changes it newly logged and
-        the conflict rows it changed."""
+        the conflict rows it changed; ``on_append`` (project, new head, changes appended)
+        and ``on_conflicts_found`` are for the metrics."""
         self._pool = pool
         self._limits = limits
         self._cache = DocumentCache(cache_size)
-        self._on_commit = on_commit
-        # Hears (project, new head, changes appended) after each commit: for the metrics.
-        self._on_append = on_append
-        self._on_conflicts_found = on_conflicts_found
+        self._observers = CommitObservers(on_append, on_conflicts_found, on_commit)
 
     @property
     def limits(self) -> Limits:
@@ -189,12 +155,15 @@ class ChangeLog:
         batch: Sequence[EntityChanges],
         sender: str,
         *,
+        as_member: UUID | None = None,
         authorize: AuthorizeFactory | None = None,
     ) -> list[AppendResult]:
         """Append each entity's changes all-or-nothing; one result per item, in order.
 
-        ``authorize``, if given, is asked under the lock for the sender's write rule, which
-        then sees every entity whose merge logs new changes (values before and after).
+        ``as_member``: the member pushing, whose write rule (their level and summonings,
+        read under the lock) then sees every entity whose merge logs new changes (values
+        before and after); None appends without a rule. ``authorize`` is the same hook
+        at its lowest level (a factory given the transaction's connection), for tests.
 
         Results are returned only after the transaction committed. Raises UnknownProject,
         BatchTooLarge, or another StoreError when the database fails (DatabaseUnavailable
@@ -202,18 +171,16 @@ class ChangeLog:
         have dropped after the commit); sending the same changes again is always safe and
         returns their seqs.
         """
+        if as_member is not None:
+            if authorize is not None:
+                raise ValueError("give as_member or authorize, not both")
+            authorize = write_rule(project_id, as_member)
         if not batch:
             return []  # nothing to log: no lock, no transaction
-        if len(batch) > self._limits.max_entities_per_batch:
-            raise BatchTooLarge(len(batch), self._limits.max_entities_per_batch)
-        decoded = [decode_entity_changes(item, self._limits) for item in batch]
-        _reject_repeated_entities(batch, decoded)
-        keep_within_push_ops(decoded, self._limits)
+        decoded = prepare_batch(batch, self._limits)
         for attempt in range(2):
             try:
-                return await self._append_locked(
-                    project_id, batch, decoded, sender, authorize
-                )
+                return await self._append_locked(project_id, batch, decoded, sender, authorize)
             except asyncpg.UniqueViolationError:
                 # Another project created one of these entity ids concurrently; the retry
                 # sees its row and rejects the entity as belonging to another project.
@@ -233,60 +200,24 @@ class ChangeLog:
             head = await conn.fetchval(_LOCK_HEAD, project_id)
             if head is None:
                 raise UnknownProject(project_id)
-            valid = [d for d in decoded if isinstance(d, DecodedChanges)]
+            valid = decoded_only(decoded)
             stored = await self._stored_entities(conn, project_id, valid)
-            logged, owners = await _logged_hashes(conn, project_id, valid)
-            outcomes: list[Merged | Rejection] = []
-            for item in decoded:
-                if isinstance(item, Rejection):
-                    outcomes.append(item)
-                    continue
-                row = stored.get(item.entity_id)
-                outcome = merge_entity(
-                    project_id,
-                    item,
-                    row.entity if row else None,
-                    logged.get(item.entity_id, {}),
-                    self._limits,
-                    _owned_elsewhere(item, owners),
-                )
-                if isinstance(outcome, Merged):
-                    # Taken by this entity: a later entity of the push may not log them too.
-                    for change in outcome.new_changes:
-                        owners[change.hash] = item.entity_id
-                outcomes.append(outcome)
+            logged, owners = index_logged(
+                await find_logged(conn, project_id, asked_hashes(valid)) if valid else []
+            )
+            outcomes = merge_batch(project_id, decoded, stored, logged, owners, self._limits)
             rule = await authorize(conn) if authorize is not None else None
             if rule is not None:
-                outcomes = [_authorized(o, stored, rule) for o in outcomes]
-            writes = _plan_writes(project_id, head, outcomes, stored, sender)
-            conflicts = await plan_conflicts(
-                conn, project_id, _entity_merges(outcomes, stored, writes), sender
-            )
+                outcomes = authorize_all(outcomes, stored, rule)
+            plan = assign_seqs(head, outcomes)
+            writes = _plan_writes(project_id, plan, stored, sender)
+            conflicts = await plan_conflicts(conn, project_id, entity_merges(plan, stored), sender)
             await _write(conn, project_id, writes)
-            await write_conflicts(conn, project_id, conflicts, writes.head)
+            await write_conflicts(conn, project_id, conflicts, plan.head)
         for entity_id, cached in writes.cache_updates:
             self._cache.put(project_id, entity_id, cached)
-        if self._on_append is not None:
-            self._on_append(project_id, writes.head, len(writes.change_rows))
-        if self._on_conflicts_found is not None and conflicts.opened:
-            self._on_conflicts_found(conflicts.opened)
-        if self._on_commit is not None and writes.change_rows:
-            updates = [
-                *(ConflictUpdate(writes.head, key, None) for key in conflicts.deletes),
-                *(ConflictUpdate(writes.head, row.conflict_id, row) for row in conflicts.upserts),
-            ]
-            try:
-                self._on_commit(
-                    project_id, LogSlice([_logged(row) for row in writes.change_rows], updates)
-                )
-            except Exception:
-                # The changes are committed; a failing listener must not turn that into an
-                # error for the pusher. Live readers also find them by cursor.
-                log.exception("on_commit hook failed for project %s", project_id)
-        return [
-            _result(item.entity_id, outcome, writes.seqs)
-            for item, outcome in zip(batch, outcomes, strict=True)
-        ]
+        tell_observers(self._observers, project_id, plan, conflicts)
+        return results(batch, outcomes, plan.seqs)
 
     async def _stored_entities(
         self, conn: Any, project_id: UUID, valid: Sequence[DecodedChanges]
@@ -363,71 +294,11 @@ class ChangeLog:
         return int(head)
 
 
-def _authorized(
-    outcome: Merged | Rejection, stored: dict[str, _StoredRow], rule: Authorize
-) -> Merged | Rejection:
-    if isinstance(outcome, Rejection) or not outcome.new_changes:
-        return outcome
-    entity_id = outcome.decoded.entity_id
-    row = stored.get(entity_id)
-    entity_type = outcome.decoded.entity_type
-    if row is not None and row.values is not None:
-        check = WriteCheck(entity_type, entity_id, row.values, outcome.values)
-    else:
-        before = row.entity.document if row is not None else None
-        check = write_check(entity_type, entity_id, before, outcome.values)
-    refused = rule(check)
-    return outcome if refused is None else refused
-
-
-def _reject_repeated_entities(
-    batch: Sequence[EntityChanges], decoded: list[DecodedChanges | Rejection]
-) -> None:
-    """An entity named twice in one batch keeps its first change set only."""
-    seen: set[str] = set()
-    for index, item in enumerate(batch):
-        if item.entity_id in seen:
-            decoded[index] = Rejection(
-                RejectCode.DUPLICATE_ENTITY,
-                f"entity {item.entity_id} appears more than once in this push; "
-                "send all of its changes in one change set",
-            )
-        seen.add(item.entity_id)
-
-
-async def _logged_hashes(
-    conn: Any, project_id: UUID, valid: Sequence[DecodedChanges]
-) -> tuple[dict[str, dict[bytes, int]], dict[bytes, str]]:
-    """Which of the pushed hashes and their deps the log holds: per entity, hash -> seq;
-    and for all of them, hash -> the entity that owns it (a hash is unique in a project)."""
-    asked = {c.hash for d in valid for c in d.unique} | {
-        dep for d in valid for c in d.unique for dep in c.deps
-    }
-    if not asked:
-        return {}, {}
-    rows = await find_logged(conn, project_id, list(asked))
-    logged: dict[str, dict[bytes, int]] = defaultdict(dict)
-    owners: dict[bytes, str] = {}
-    for r in rows:
-        logged[r["entity_id"]][r["hash"]] = r["seq"]
-        owners.setdefault(r["hash"], r["entity_id"])
-    return logged, owners
-
-
-def _owned_elsewhere(item: DecodedChanges, owners: Mapping[bytes, str]) -> dict[bytes, str]:
-    """The hashes ``item`` names (its changes and their deps) owned by other entities."""
-    named = {c.hash for c in item.unique} | {dep for c in item.unique for dep in c.deps}
-    return {
-        h: owner for h in named if (owner := owners.get(h)) is not None and owner != item.entity_id
-    }
-
-
 @dataclass(slots=True)
 class _Writes:
     """Everything one append transaction writes, planned before any write is issued."""
 
     head: int
-    seqs: dict[tuple[str, bytes], int]
     change_rows: list[tuple[object, ...]]
     new_documents: list[tuple[object, ...]]
     updated_documents: list[tuple[object, ...]]
@@ -436,30 +307,18 @@ class _Writes:
 
 
 def _plan_writes(
-    project_id: UUID,
-    head: int,
-    outcomes: Sequence[Merged | Rejection],
-    stored: dict[str, _StoredRow],
-    sender: str,
+    project_id: UUID, plan: SeqPlan, stored: Mapping[str, _StoredRow], sender: str
 ) -> _Writes:
-    writes = _Writes(head, {}, [], [], [], defaultdict(list), [])
-    for outcome in outcomes:
-        if isinstance(outcome, Rejection):
-            continue
-        entity_id = outcome.decoded.entity_id
-        entity_type = outcome.decoded.entity_type
-        for h, seq in outcome.logged_seqs.items():
-            writes.seqs[(entity_id, h)] = seq
-        if not outcome.new_changes:
-            continue
-        assert outcome.document is not None
-        for change in outcome.new_changes:
-            writes.head += 1
-            writes.seqs[(entity_id, change.hash)] = writes.head
+    writes = _Writes(plan.head, [], [], [], defaultdict(list), [])
+    for logged in plan.entities:
+        merged = logged.merged
+        entity_id, entity_type = logged.entity_id, logged.entity_type
+        assert merged.document is not None
+        for change, seq in zip(merged.new_changes, logged.seqs, strict=True):
             writes.change_rows.append(
                 (
                     project_id,
-                    writes.head,
+                    seq,
                     entity_type,
                     entity_id,
                     change.hash,
@@ -469,16 +328,16 @@ def _plan_writes(
                     sender,
                 )
             )
-        version = writes.head
-        new_bytes = b"".join(c.data for c in outcome.new_changes)
-        count = len(outcome.new_changes)
-        ops = sum(c.op_count for c in outcome.new_changes)
-        heads = list(outcome.heads)
+        version = logged.version
+        new_bytes = b"".join(c.data for c in merged.new_changes)
+        count = len(merged.new_changes)
+        ops = sum(c.op_count for c in merged.new_changes)
+        heads = list(merged.heads)
         row = stored.get(entity_id)
         if row is None:
             # Saved at once: a saved document loads about twice as fast as its change chunks,
             # and for a new (small) document saving costs a few microseconds.
-            saved = save_document(outcome.document)
+            saved = save_document(merged.document)
             size = len(saved)
             writes.new_documents.append(
                 (project_id, entity_id, entity_type, heads, saved, b"", 0, count, version, ops)
@@ -490,17 +349,17 @@ def _plan_writes(
                 row.tail_changes + count,
                 row.change_count + count,
             )
-            saved = save_document(outcome.document) if compact else b""
+            saved = save_document(merged.document) if compact else b""
             tail = b"" if compact else new_bytes
             size = len(saved) if compact else row.saved_bytes + row.tail_bytes + len(new_bytes)
             writes.updated_documents.append(
                 (project_id, entity_id, heads, compact, saved, tail, count, version, ops)
             )
         writes.read_models[entity_type].append(
-            read_model_row(project_id, entity_type, entity_id, outcome.values, version)
+            read_model_row(project_id, entity_type, entity_id, merged.values, version)
         )
         writes.cache_updates.append(
-            (entity_id, CachedDocument(version, outcome.document, size, outcome.values))
+            (entity_id, CachedDocument(version, merged.document, size, merged.values))
         )
     return writes
 
@@ -515,44 +374,3 @@ async def _write(conn: Any, project_id: UUID, writes: _Writes) -> None:
         await conn.executemany(_UPDATE_DOCUMENT, writes.updated_documents)
     await upsert_read_models(conn, writes.read_models)
     await conn.execute(_SET_HEAD, project_id, writes.head)
-
-
-def _entity_merges(
-    outcomes: Sequence[Merged | Rejection],
-    stored: dict[str, _StoredRow],
-    writes: _Writes,
-) -> list[EntityMerge]:
-    """The entities that logged new changes, in log order, for the conflict rules."""
-    merges = []
-    for outcome in outcomes:
-        if isinstance(outcome, Rejection) or not outcome.new_changes:
-            continue
-        assert outcome.document is not None
-        entity_id = outcome.decoded.entity_id
-        row = stored.get(entity_id)
-        merges.append(
-            EntityMerge(
-                outcome.decoded.entity_type,
-                entity_id,
-                outcome.document,
-                row.entity.heads if row is not None else (),
-                row.values if row is not None else None,
-                outcome.new_changes,
-                [writes.seqs[(entity_id, c.hash)] for c in outcome.new_changes],
-                outcome.values,
-            )
-        )
-    return merges
-
-
-def _logged(row: tuple[Any, ...]) -> LoggedChange:
-    _, seq, entity_type, entity_id, hash_, _, _, data, _ = row
-    return LoggedChange(seq, entity_type, entity_id, hash_, data)
-
-
-def _result(
-    entity_id: str, outcome: Merged | Rejection, seqs: dict[tuple[str, bytes], int]
-) -> AppendResult:
-    if isinstance(outcome, Rejection):
-        return Rejected(entity_id, outcome)
-    return Accepted(entity_id, tuple(seqs[(entity_id, h)] for h in outcome.decoded.hash_per_input))

@@ -1,52 +1,29 @@
-"""The conflicts read model inside the append transaction: the I/O shell around ``conflict/``.
+"""The conflicts read model inside the append transaction, on PostgreSQL: the SQL around
+``store.conflict_plan``.
 
-After a push's entities are merged and their seqs planned, the store runs the rules
-(``docs/conflicts.md``, "Wiring into the store"): the single-entity rules on each merged
-document, the cross-entity rules at every logged change that moves an entity's row, over
-the committed rows of its neighbourhood (read by key, see ``conflict.neighbourhood``)
-overlaid with the rows this push has produced so far. The rows those plans produce are
-written in the same transaction as the log, and every conflict id touched is recorded in
-``conflict_feed`` at the push's last seq, so that conflict updates reach clients with the
-changes that caused them, by cursor, in every server process.
+The rules and the bookkeeping are decided in ``store.conflict_plan`` (shared with the
+in-memory storage); this module reads what they ask for (conflict rows by entity, logged
+changes by hash, read-model rows by key) and writes the rows those plans produce, in the
+same transaction as the log. Every conflict id touched is recorded in ``conflict_feed`` at
+the push's last seq, so that conflict updates reach clients with the changes that caused
+them, by cursor, in every server process.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from automerge.core import Document
-
-from fieldsync.conflict.cross import (
-    ActivityRow,
-    LocationRow,
-    ProjectRows,
-    RoleRow,
-    Row,
-    SummoningRow,
-    cross_entity_conflicts,
-    needed_rows,
-    row_from_values,
-)
-from fieldsync.conflict.entity import entity_conflicts
-from fieldsync.conflict.ledger import (
-    OPEN,
-    ROW_FIELDS,
-    ConflictRow,
-    Ledger,
-    plan_cross,
-    plan_entity,
-    row_at,
-    row_changes,
-    rules_needed,
-)
-from fieldsync.conflict.neighbourhood import Lookups, lookups_for
-from fieldsync.model.changes import ChangeHeader
+from fieldsync.conflict.cross import ActivityRow, LocationRow, RoleRow, Row, SummoningRow
+from fieldsync.conflict.ledger import ConflictRow
+from fieldsync.conflict.neighbourhood import Lookups
+from fieldsync.store import conflict_plan
+from fieldsync.store.conflict_plan import ConflictWrites, EntityMerge
 from fieldsync.store.driver import translated
 from fieldsync.store.hashes import find_logged
+from fieldsync.store.records import ConflictUpdate, LoggedHash
 
 __all__ = [
     "ConflictUpdate",
@@ -57,46 +34,6 @@ __all__ = [
     "plan_conflicts",
     "write_conflicts",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class EntityMerge:
-    """One entity a push changed: its merged document and the changes it newly logged."""
-
-    entity_type: str
-    entity_id: str
-    document: Document
-    heads_before: Sequence[bytes]
-    values_before: Mapping[str, object] | None  # known when the document was cached
-    new_changes: Sequence[ChangeHeader]
-    seqs: Sequence[int]
-    values: Mapping[str, object]  # the merged document's validated values
-
-
-@dataclass(frozen=True, slots=True)
-class ConflictUpdate:
-    """A conflict as changed by the transaction whose changes end at ``seq``.
-
-    ``row`` is the row's state (the latest, when read back from the database), or None when
-    the row was removed (a concurrent edit widened it into another conflict).
-    """
-
-    seq: int
-    conflict_id: str
-    row: ConflictRow | None
-
-
-@dataclass(slots=True)
-class ConflictWrites:
-    """Rows to insert or replace, and ids to delete, in ``rm_conflicts``."""
-
-    upserts: list[ConflictRow] = field(default_factory=list)
-    deletes: list[str] = field(default_factory=list)
-    opened: list[str] = field(default_factory=list)  # kinds of the conflicts found open now
-
-    @property
-    def touched(self) -> list[str]:
-        return sorted({row.conflict_id for row in self.upserts} | set(self.deletes))
 
 
 _COLUMNS = "conflict_id, kind, entity_ids, fields, details, status, opened_seq, resolved_seq"
@@ -157,23 +94,7 @@ async def plan_conflicts(
     conn: Any, project_id: UUID, merges: Sequence[EntityMerge], sender: str
 ) -> ConflictWrites:
     """The ``rm_conflicts`` writes for one push, its entities in log order."""
-    if not merges:
-        return ConflictWrites()
-    ids = [m.entity_id for m in merges]
-    initial = {row.conflict_id: row for row in await _rows(conn, _NAMING, project_id, ids)}
-    ledger = Ledger(initial.values())
-    await _single_entity(conn, project_id, merges, sender, ledger)
-    await _cross_entity(conn, project_id, merges, ledger)
-    writes = ConflictWrites()
-    for key in sorted(ledger.rows):
-        row = ledger.rows[key]
-        earlier = initial.get(key)
-        if earlier != row:
-            writes.upserts.append(row)
-            if row.status == OPEN and (earlier is None or earlier.status != OPEN):
-                writes.opened.append(row.kind)
-    writes.deletes = sorted(set(initial) - set(ledger.rows))
-    return writes
+    return await conflict_plan.plan_conflicts(_Reader(conn, project_id), merges, sender)
 
 
 @translated("writing conflict records")
@@ -208,89 +129,21 @@ async def conflict_updates(
     ]
 
 
-async def _single_entity(
-    conn: Any,
-    project_id: UUID,
-    merges: Sequence[EntityMerge],
-    sender: str,
-    ledger: Ledger,
-) -> None:
-    checked = [
-        m
-        for m in merges
-        if rules_needed(m.heads_before, m.new_changes, ledger.entity_rows(m.entity_id))
-    ]
-    results = [
-        entity_conflicts(m.entity_type, m.entity_id, None, m.document, m.new_changes)
-        for m in checked
-    ]
-    seq_of: dict[str, int] = {}
-    users: dict[str, str] = {}
-    for merge in merges:
-        for header, seq in zip(merge.new_changes, merge.seqs, strict=True):
-            seq_of[header.hash.hex()] = seq
-            users[header.hash.hex()] = sender
-    named = {
-        ref.hash
-        for result in results
-        for conflict in (*result.open, *(r.conflict for r in result.resolved))
-        for ref in conflict.changes
-    } | {r.change.hex() for result in results for r in result.resolved}
-    older = sorted(named - set(seq_of))
-    if older:
-        for r in await find_logged(conn, project_id, [bytes.fromhex(h) for h in older]):
-            seq_of[r["hash"].hex()] = r["seq"]
-            users[r["hash"].hex()] = r["sender"]
-    for merge, result in zip(checked, results, strict=True):
-        ledger.apply(plan_entity(result, ledger.entity_rows(merge.entity_id), seq_of), users)
+class _Reader:
+    """What the rules read, from the appending transaction's connection."""
 
+    def __init__(self, conn: Any, project_id: UUID) -> None:
+        self._conn = conn
+        self._project_id = project_id
 
-async def _cross_entity(
-    conn: Any, project_id: UUID, merges: Sequence[EntityMerge], ledger: Ledger
-) -> None:
-    steps: list[tuple[int, str, Row]] = []
-    for merge in merges:
-        if merge.entity_type not in ROW_FIELDS:
-            continue
-        if not merge.heads_before:
-            before = None
-        elif merge.values_before is not None:
-            before = row_from_values(merge.entity_type, merge.entity_id, merge.values_before)
-        else:
-            before = row_at(merge.entity_type, merge.entity_id, merge.document, merge.heads_before)
-        for index, row in row_changes(
-            merge.entity_type,
-            merge.entity_id,
-            merge.document,
-            merge.heads_before,
-            merge.new_changes,
-            before,
-            row_from_values(merge.entity_type, merge.entity_id, merge.values),
-        ):
-            steps.append((merge.seqs[index], merge.entity_id, row))
-    if not steps:
-        return
-    view = await _neighbourhood(conn, project_id, {e for _, e, _ in steps}, [r for *_, r in steps])
-    for seq, entity_id, row in steps:
-        view[entity_id] = row
-        neighbourhood = needed_rows(ProjectRows.of(view.values()), [entity_id])
-        found = cross_entity_conflicts(neighbourhood, [entity_id])
-        ledger.apply(plan_cross(found, ledger.cross_rows([entity_id]), seq))
+    async def rows_naming(self, entity_ids: Sequence[str]) -> list[ConflictRow]:
+        return await _rows(self._conn, _NAMING, self._project_id, list(entity_ids))
 
+    async def logged(self, hashes: Sequence[bytes]) -> list[LoggedHash]:
+        return await find_logged(self._conn, self._project_id, hashes)
 
-async def _neighbourhood(
-    conn: Any, project_id: UUID, centres: set[str], versions: Sequence[Row]
-) -> dict[str, Row]:
-    """The committed rows around ``centres``, read by key until nothing new is asked."""
-    known: dict[str, Row] = {}
-    done = Lookups()
-    while True:
-        keys = lookups_for(centres, [*known.values(), *versions]) - done
-        if not keys:
-            return known
-        done = done | keys
-        for row in await _read_rows(conn, project_id, keys):
-            known[row.entity_id] = row
+    async def rows(self, keys: Lookups) -> list[Row]:
+        return await _read_rows(self._conn, self._project_id, keys)
 
 
 async def _read_rows(conn: Any, project_id: UUID, keys: Lookups) -> list[Row]:

@@ -10,11 +10,22 @@ the driver's errors are turned into them)::
     ├── SchemaTooNew            the database was migrated by newer code than this
     ├── SchemaOutdated          the database lacks migrations this code needs
     ├── UnknownProject          no such project (or it has no change log)
-    └── BatchTooLarge           a push names more entities than the limit allows
+    ├── BatchTooLarge           a push names more entities than the limit allows
+    └── AdminError              an account, user, project or membership request that
+        │                       cannot be done as asked (nothing was written)
+        ├── UnknownAccount
+        ├── UnknownUser
+        ├── DuplicateEmail
+        ├── NotAMember
+        └── InvalidValue        a name, email, level or page size that is not acceptable
+
+Every storage implementation (``store.postgres``, ``store.memory``) raises these and only
+these; ``store.ports`` names which operation raises which.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -71,3 +82,36 @@ class BatchTooLarge(StoreError):  # noqa: N818 (names read as states)
         self.entities = entities
         self.limit = limit
         super().__init__(f"a push of {entities} entities exceeds the limit of {limit}")
+
+
+class AdminError(StoreError):
+    """An account, user, project or membership request that cannot be done as asked."""
+
+
+class UnknownAccount(AdminError):  # noqa: N818 (names read as states)
+    def __init__(self, account_id: uuid.UUID) -> None:
+        self.account_id = account_id
+        super().__init__(f"unknown account {account_id}")
+
+
+class UnknownUser(AdminError):  # noqa: N818 (names read as states)
+    def __init__(self, user_id: uuid.UUID) -> None:
+        self.user_id = user_id
+        super().__init__(f"unknown user {user_id}")
+
+
+class DuplicateEmail(AdminError):  # noqa: N818 (names read as states)
+    def __init__(self, email: str) -> None:
+        self.email = email
+        super().__init__(f"a user with email {email} already exists")
+
+
+class NotAMember(AdminError):  # noqa: N818 (names read as states)
+    def __init__(self, project_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        self.project_id = project_id
+        self.user_id = user_id
+        super().__init__(f"user {user_id} is not a member of project {project_id}")
+
+
+class InvalidValue(AdminError):  # noqa: N818 (names read as states)
+    """A name, email or level that is not acceptable; nothing was written."""

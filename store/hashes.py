@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from fieldsync.store.driver import translated
+from fieldsync.store.records import LoggedHash
 
 # One index probe per hash, forced by the LATERAL ... OFFSET 0: with "hash = ANY($2)" the
 # planner, whenever a project's rows are newer than the table statistics, scans the whole
@@ -21,8 +22,13 @@ CROSS JOIN LATERAL (
 
 
 @translated("looking changes up by hash")
-async def find_logged(conn: Any, project_id: UUID, hashes: Sequence[bytes]) -> list[Any]:
-    """Records (hash, entity_id, seq, sender) for those of ``hashes`` the log holds."""
+async def find_logged(
+    conn: Any, project_id: UUID, hashes: Sequence[bytes]
+) -> list[LoggedHash]:
+    """Where the log holds those of ``hashes`` it holds."""
     if not hashes:
         return []
-    return list(await conn.fetch(_LOGGED_HASHES, project_id, list(hashes)))
+    return [
+        LoggedHash(r["hash"], r["entity_id"], r["seq"], r["sender"])
+        for r in await conn.fetch(_LOGGED_HASHES, project_id, list(hashes))
+    ]

@@ -1,5 +1,5 @@
-"""Telling other server processes that a project's log grew (pointers, never payloads), and
-that a member was removed from a project.
+"""Telling other server processes, through PostgreSQL, that a project's log grew (pointers,
+never payloads), and that a member was removed from a project.
 
 A NOTIFY inside the appending transaction would take PostgreSQL's cluster-wide notify lock
 and hold it through commit, serialising every writer; so the pointer (project and head seq)
@@ -23,15 +23,14 @@ from uuid import UUID
 
 import asyncpg
 
+from fieldsync.store import heads
 from fieldsync.store.driver import driver_errors, translated
 from fieldsync.store.errors import StoreError
+from fieldsync.store.ports import PointerHandler, RemovalHandler
 
 CHANNEL = "fieldsync_log"
 MEMBERSHIP_CHANNEL = "fieldsync_membership"
 log = logging.getLogger(__name__)
-
-PointerHandler = Callable[[UUID, int], None]
-RemovalHandler = Callable[[UUID, UUID], None]
 
 
 def encode_pointer(project_id: UUID, seq: int) -> str:
@@ -143,6 +142,16 @@ async def _listen(
 
 
 @translated("checking log heads")
+async def read_heads(pool: asyncpg.Pool, projects: Sequence[UUID]) -> dict[UUID, int]:
+    """The head seqs of those of ``projects`` that exist."""
+    rows = await pool.fetch(
+        "SELECT project_id, head_seq FROM log_heads WHERE project_id = ANY($1::uuid[])",
+        list(projects),
+    )
+    return {row["project_id"]: row["head_seq"] for row in rows}
+
+
+@translated("checking log heads")
 async def poll_heads(
     pool: asyncpg.Pool,
     projects: Callable[[], Sequence[UUID]],
@@ -155,20 +164,6 @@ async def poll_heads(
 
     This is what makes missed notifications harmless.
     """
-    while True:
-        await asyncio.sleep(interval)
-        watched = list(projects())
-        if not watched:
-            continue
-        try:
-            with driver_errors("checking log heads"):
-                rows = await pool.fetch(
-                    "SELECT project_id, head_seq FROM log_heads "
-                    "WHERE project_id = ANY($1::uuid[])",
-                    watched,
-                )
-        except StoreError as exc:
-            log.warning("%s", exc, extra={"event": "head_check_failed"})
-            continue
-        for row in rows:
-            on_pointer(row["project_id"], row["head_seq"])
+    await heads.poll_heads(
+        lambda watched: read_heads(pool, watched), projects, on_pointer, interval=interval
+    )

@@ -14,75 +14,71 @@ subclass whose message says what is wrong; an unknown project raises
 
 from __future__ import annotations
 
-import re
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from datetime import datetime
-from typing import Any
+from collections.abc import Sequence
 
 import asyncpg
 
+from fieldsync.store.accounts import (
+    LEVELS,
+    MAX_NAME_LENGTH,
+    AccountRow,
+    MemberRow,
+    ProjectDetail,
+    ProjectRow,
+    Row,
+    UserRow,
+    check_level,
+    check_limit,
+    row_json,
+    valid_email,
+    valid_name,
+)
 from fieldsync.store.driver import translated
-from fieldsync.store.errors import StoreError, UnknownProject
+from fieldsync.store.errors import (
+    AdminError,
+    DuplicateEmail,
+    InvalidValue,
+    NotAMember,
+    UnknownAccount,
+    UnknownProject,
+    UnknownUser,
+)
 from fieldsync.store.notifications import notify_removal
 
-LEVELS = ("lead", "specialist", "viewer")
-"""Permission levels of project members, most powerful first."""
-
-MAX_NAME_LENGTH = 200
-
-# Deliberately loose: one @ with something on both sides and no whitespace.
-_EMAIL = re.compile(r"\A[^@\s]+@[^@\s]+\Z")
-
-
-class AdminError(StoreError):
-    """An account, user, project or membership request that cannot be done as asked."""
-
-
-class UnknownAccount(AdminError):  # noqa: N818 (names read as states)
-    def __init__(self, account_id: uuid.UUID) -> None:
-        self.account_id = account_id
-        super().__init__(f"unknown account {account_id}")
-
-
-class UnknownUser(AdminError):  # noqa: N818 (names read as states)
-    def __init__(self, user_id: uuid.UUID) -> None:
-        self.user_id = user_id
-        super().__init__(f"unknown user {user_id}")
-
-
-class DuplicateEmail(AdminError):  # noqa: N818 (names read as states)
-    def __init__(self, email: str) -> None:
-        self.email = email
-        super().__init__(f"a user with email {email} already exists")
-
-
-class NotAMember(AdminError):  # noqa: N818 (names read as states)
-    def __init__(self, project_id: uuid.UUID, user_id: uuid.UUID) -> None:
-        self.project_id = project_id
-        self.user_id = user_id
-        super().__init__(f"user {user_id} is not a member of project {project_id}")
-
-
-class InvalidValue(AdminError):  # noqa: N818 (names read as states)
-    """A name, email or level that is not acceptable; nothing was written."""
-
-
-def _name(value: str, what: str) -> str:
-    name = value.strip()
-    if not name:
-        raise InvalidValue(f"the {what} name must not be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidValue(f"the {what} name is longer than {MAX_NAME_LENGTH} characters")
-    return name
-
-
-def check_level(level: str) -> str:
-    """``level`` if it is one of :data:`LEVELS`, else InvalidValue."""
-    if level not in LEVELS:
-        raise InvalidValue(f"unknown level {level!r}: use one of {', '.join(LEVELS)}")
-    return level
+__all__ = [
+    "LEVELS",
+    "MAX_NAME_LENGTH",
+    "AccountRow",
+    "AdminError",
+    "DuplicateEmail",
+    "InvalidValue",
+    "MemberRow",
+    "NotAMember",
+    "ProjectDetail",
+    "ProjectRow",
+    "Row",
+    "UnknownAccount",
+    "UnknownUser",
+    "UserRow",
+    "add_member",
+    "check_level",
+    "create_account",
+    "create_project",
+    "create_user",
+    "list_accounts",
+    "list_members",
+    "list_projects",
+    "list_users",
+    "member_level",
+    "member_projects",
+    "remove_member",
+    "require_account",
+    "require_project",
+    "require_user",
+    "row_json",
+    "show_project",
+]
 
 
 @translated("looking the account up")
@@ -109,7 +105,7 @@ async def create_account(conn: asyncpg.Connection, name: str) -> uuid.UUID:
     await conn.execute(
         "INSERT INTO accounts (account_id, name) VALUES ($1, $2)",
         account_id,
-        _name(name, "account"),
+        valid_name(name, "account"),
     )
     return account_id
 
@@ -118,7 +114,7 @@ async def create_account(conn: asyncpg.Connection, name: str) -> uuid.UUID:
 async def create_project(conn: asyncpg.Connection, account_id: uuid.UUID, name: str) -> uuid.UUID:
     """A new project of ``account_id`` with an empty change log (head seq 0)."""
     project_id = uuid.uuid4()
-    project_name = _name(name, "project")
+    project_name = valid_name(name, "project")
     async with conn.transaction():
         await require_account(conn, account_id)
         await conn.execute(
@@ -145,10 +141,8 @@ async def create_user(
     Emails are compared case-insensitively: ``Ana@x.org`` is taken once ``ana@x.org`` is.
     """
     user_id = uuid.uuid4()
-    name = _name(display_name, "user")
-    address = None if email is None else email.strip()
-    if address is not None and not _EMAIL.match(address):
-        raise InvalidValue(f"{email!r} is not an email address")
+    name = valid_name(display_name, "user")
+    address = valid_email(email)
     async with conn.transaction():
         if account_id is not None:
             await require_account(conn, account_id)
@@ -258,85 +252,12 @@ async def member_level(
 # order (created_at, id), so consecutive pages never overlap.
 
 
-@dataclass(frozen=True, slots=True)
-class AccountRow:
-    account_id: uuid.UUID
-    name: str
-    created_at: datetime
-    projects: int
-    users: int
-
-
-@dataclass(frozen=True, slots=True)
-class UserRow:
-    user_id: uuid.UUID
-    name: str
-    email: str | None
-    account_id: uuid.UUID | None
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectRow:
-    project_id: uuid.UUID
-    name: str
-    account_id: uuid.UUID
-    created_at: datetime
-    head_seq: int
-    members: int
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectDetail:
-    """One project, its account's name and how many members it has at each level."""
-
-    project_id: uuid.UUID
-    name: str
-    account_id: uuid.UUID
-    account_name: str
-    created_at: datetime
-    head_seq: int
-    members: Mapping[str, int]  # level: count, every level present
-
-
-@dataclass(frozen=True, slots=True)
-class MemberRow:
-    user_id: uuid.UUID
-    name: str
-    email: str | None
-    level: str
-    added_at: datetime
-
-
-Row = AccountRow | UserRow | ProjectRow | ProjectDetail | MemberRow
-
-
-def row_json(row: Row) -> dict[str, Any]:
-    """The row as JSON-ready values (ids and times as strings), for the CLI and the API."""
-    document: dict[str, Any] = {}
-    for field in fields(row):
-        value = getattr(row, field.name)
-        if isinstance(value, uuid.UUID):
-            value = str(value)
-        elif isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, Mapping):
-            value = dict(value)
-        document[field.name] = value
-    return document
-
-
-def _check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise InvalidValue(f"limit must be at least 1, got {limit}")
-
-
 @translated("listing accounts")
 async def list_accounts(
     conn: asyncpg.Connection, *, after: uuid.UUID | None = None, limit: int | None = None
 ) -> list[AccountRow]:
     """Accounts in creation order, with how many projects and users each has."""
-    _check_limit(limit)
+    check_limit(limit)
     if after is not None:
         await require_account(conn, after)
     rows = await conn.fetch(
@@ -365,7 +286,7 @@ async def list_users(
     limit: int | None = None,
 ) -> list[UserRow]:
     """Users in creation order; only those of ``account_id`` if given (it must exist)."""
-    _check_limit(limit)
+    check_limit(limit)
     if account_id is not None:
         await require_account(conn, account_id)
     if after is not None:
@@ -403,7 +324,7 @@ async def list_projects(
 ) -> list[ProjectRow]:
     """Projects in creation order with their log head and member count; only those of
     ``account_id`` if given (it must exist)."""
-    _check_limit(limit)
+    check_limit(limit)
     if account_id is not None:
         await require_account(conn, account_id)
     if after is not None:
@@ -456,7 +377,7 @@ async def list_members(
     limit: int | None = None,
 ) -> list[MemberRow]:
     """The project's members in the order they were added (``after``: a member's user id)."""
-    _check_limit(limit)
+    check_limit(limit)
     await require_project(conn, project_id)
     if after is not None and await member_level(conn, project_id, after) is None:
         raise NotAMember(project_id, after)

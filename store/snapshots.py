@@ -1,5 +1,5 @@
-"""A consistent snapshot of a project: every entity document, and every conflict record, as
-of exactly one seq.
+"""A consistent snapshot of a project on PostgreSQL: every entity document, and every
+conflict record, as of exactly one seq.
 
 The snapshot runs in one REPEATABLE READ, read-only transaction: the head seq and every
 ``documents`` row come from the same database snapshot, and appenders update both in the
@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -22,16 +21,9 @@ from fieldsync.conflict.ledger import ConflictRow
 from fieldsync.store.conflicts import conflict_rows
 from fieldsync.store.driver import driver_errors, translated
 from fieldsync.store.errors import UnknownProject
+from fieldsync.store.records import SnapshotEntity
 
-
-@dataclass(frozen=True, slots=True)
-class SnapshotEntity:
-    entity_type: str
-    entity_id: str
-    version: int
-    heads: tuple[bytes, ...]
-    document: bytes  # Automerge bytes: Document.load() gives the entity's document
-
+__all__ = ["Snapshot", "SnapshotEntity", "open_snapshot"]
 
 _ENTITIES = """
 SELECT entity_type, entity_id, version, heads, saved || tail AS document
@@ -40,7 +32,8 @@ FROM documents WHERE project_id = $1 ORDER BY entity_id
 
 
 class Snapshot:
-    """Entities of one project at ``cursor``; valid only inside ``open_snapshot``."""
+    """Entities of one project at ``cursor`` (``store.ports.Snapshot``); valid only inside
+    ``open_snapshot``."""
 
     def __init__(self, conn: Any, project_id: UUID, cursor: int) -> None:
         self._conn = conn

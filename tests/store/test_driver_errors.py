@@ -39,6 +39,7 @@ from fieldsync.store.projects import member_level
 from fieldsync.store.snapshots import open_snapshot
 from tests.entities import location_values, new_id
 from tests.postgres_process import terminate_holding_the_loop
+from tests.test_layers import STORAGE_NEUTRAL
 
 
 def _asyncpg_exception_classes() -> list[type[BaseException]]:
@@ -138,9 +139,13 @@ async def test_translated_lets_everything_else_through() -> None:
 
 
 def _store_functions() -> dict[str, Any]:
-    """Every public function and method defined in ``store/``, by qualified name."""
+    """Every public function and method defined in the PostgreSQL storage (the modules of
+    ``store/`` but the storage-neutral ones, which reach no driver: tests/test_layers.py),
+    by qualified name."""
     found: dict[str, Any] = {}
     for info in pkgutil.iter_modules(store.__path__):
+        if f"fieldsync.store.{info.name}" in STORAGE_NEUTRAL:
+            continue
         module = importlib.import_module(f"store.{info.name}")
         for name, value in vars(module).items():
             if name.startswith("_") or getattr(value, "__module__", None) != module.__name__:

@@ -1,0 +1,307 @@
+"""The storage ports: what the server's shells need from storage, and nothing more.
+
+The shells (``live/``, ``server.py``, ``cli.py``) receive a :class:`Storage` and use it only
+through these interfaces, named by what the server does with them, not by tables:
+
+- :class:`ChangeLogPort`: append a push, read the log by cursor, the head.
+- :class:`MembershipPort`: may this user enter this project, at which level.
+- :class:`SnapshotPort`: one project's documents and conflict records at one cursor.
+- :class:`NotificationPort`: tell other processes of a new head; hear theirs, and of
+  membership removals; check heads periodically (what makes a lost notice harmless).
+- :class:`HealthPort`: can storage serve right now, and why not.
+- :class:`AdminPort`: the server-managed rows (accounts, users, projects, members).
+- :class:`MaintenancePort`: schema migrations and rebuilding read models from the log.
+
+Two implementations satisfy them: ``store.postgres.PostgresStorage`` (the production one,
+the only code that talks to a database driver) and ``store.memory.MemoryStorage`` (pure
+Python, for tests and for running the server without a database). One contract suite
+(``tests/store/contract``) runs against both. Everything crossing a port is a record of
+``store.records`` or ``store.accounts`` (never a driver's row, never a connection), and
+every failure is a ``store.errors.StoreError``: ``DatabaseUnavailable`` when storage cannot
+serve now (a retry later may succeed), ``DatabaseFailed`` when it refused the operation,
+and the specific errors each method names. See ``docs/storage.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+from uuid import UUID
+
+from fieldsync.conflict.ledger import ConflictRow
+from fieldsync.model.limits import DEFAULT_LIMITS, Limits
+from fieldsync.model.merge import EntityChanges
+from fieldsync.store.accounts import AccountRow, MemberRow, ProjectDetail, ProjectRow, UserRow
+from fieldsync.store.append_plan import OnCommit
+from fieldsync.store.records import AppendResult, LogSlice, RebuildReport, SnapshotEntity
+
+PointerHandler = Callable[[UUID, int], None]
+"""Hears that a project's log reaches at least a seq (project, seq)."""
+
+RemovalHandler = Callable[[UUID, UUID], None]
+"""Hears that a user was taken out of a project (project, user)."""
+
+
+class ChangeLogPort(Protocol):
+    """The change log of every project: the truth the rest is derived from."""
+
+    @property
+    def limits(self) -> Limits: ...
+
+    async def append(
+        self,
+        project_id: UUID,
+        batch: Sequence[EntityChanges],
+        sender: str,
+        *,
+        as_member: UUID | None = None,
+    ) -> list[AppendResult]:
+        """Append each entity's changes all-or-nothing; one result per item, in order.
+
+        Seqs are gapless per project and become visible in order. A change already logged
+        keeps its original seq (a retry appends nothing). ``as_member``: the member
+        pushing, whose write rule (level, summonings) is read in the same transaction and
+        applied to every entity that would log new changes; None applies no rule.
+        Answers only after the commit. Raises UnknownProject, BatchTooLarge, or another
+        StoreError (then the outcome is unknown and sending the same changes again is
+        safe).
+        """
+        ...
+
+    async def read_since(self, project_id: UUID, cursor: int, limit: int = 1_000) -> LogSlice:
+        """Logged changes with seq > cursor, in seq order, at most ``limit``, with the
+        conflict updates of the transactions they end (UnknownProject is not raised: an
+        unknown project has an empty log)."""
+        ...
+
+    async def head(self, project_id: UUID) -> int:
+        """The project's latest seq (0 before its first change); UnknownProject."""
+        ...
+
+
+class MembershipPort(Protocol):
+    """Who may enter a project, as storage says now."""
+
+    async def level(self, project_id: UUID, user_id: UUID) -> str | None:
+        """The user's level in the project, or None (not a member, or no such project)."""
+        ...
+
+    async def still_member_of(self, user_id: UUID, project_ids: Sequence[UUID]) -> set[UUID]:
+        """Those of ``project_ids`` the user is a member of."""
+        ...
+
+
+class Snapshot(Protocol):
+    """One project's entities and conflict records as of exactly ``cursor``; valid only
+    while its context is open."""
+
+    @property
+    def project_id(self) -> UUID: ...
+
+    @property
+    def cursor(self) -> int: ...
+
+    @property
+    def started(self) -> float:
+        """When it was opened (``time.monotonic``), for the snapshot metrics."""
+        ...
+
+    @property
+    def document_bytes(self) -> int:
+        """Document bytes of the entities read so far."""
+        ...
+
+    async def count(self) -> int: ...
+
+    def entities(self, prefetch: int = 128) -> AsyncIterator[SnapshotEntity]:
+        """Every entity, in entity-id order (streamed: memory stays bounded)."""
+        ...
+
+    async def conflicts(self) -> list[ConflictRow]:
+        """Every conflict record (open and resolved), by id."""
+        ...
+
+
+class SnapshotPort(Protocol):
+    def open(self, project_id: UUID) -> AbstractAsyncContextManager[Snapshot]:
+        """Hold a consistent view of ``project_id`` while the caller streams it;
+        UnknownProject on entering."""
+        ...
+
+
+class NotificationPort(Protocol):
+    """Pointers between server processes sharing one storage: never payloads, so a lost
+    one delays delivery until the next head check but loses nothing."""
+
+    async def notify_head(self, project_id: UUID, seq: int) -> None:
+        """Tell every process (this one too) that the project's log reaches ``seq``."""
+        ...
+
+    async def listen_heads(self, on_pointer: PointerHandler) -> None:
+        """Deliver every head pointer until cancelled, reconnecting by itself."""
+        ...
+
+    async def listen_removals(
+        self, on_removed: RemovalHandler, *, on_connected: Callable[[], None] | None = None
+    ) -> None:
+        """Deliver every membership removal until cancelled. ``on_connected`` runs each
+        time listening (re)starts, after which no removal is missed."""
+        ...
+
+    async def poll_heads(
+        self,
+        projects: Callable[[], Sequence[UUID]],
+        on_pointer: PointerHandler,
+        *,
+        interval: float,
+    ) -> None:
+        """Every ``interval`` seconds report the heads of the projects ``projects()`` names,
+        until cancelled (a failed check is one log line, and the next one tries again)."""
+        ...
+
+
+class Probe(Protocol):
+    """A health check with resources of its own (a busy storage must not look down)."""
+
+    async def problem(self, within: float) -> str | None:
+        """Why storage cannot serve now, or None when it can (never fails)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class HealthPort(Protocol):
+    async def problem(self, within: float) -> str | None:
+        """Why storage cannot serve requests now, as the request path sees it (an answer
+        must come within ``within`` seconds), or None (never fails)."""
+        ...
+
+    def probe(self) -> Probe:
+        """A new probe of its own, for a periodic watch; the caller closes it."""
+        ...
+
+
+class AdminPort(Protocol):
+    """Accounts, users, projects and members: created through the server's API, never
+    edited offline. Refusals are ``store.errors.AdminError``s (UnknownProject for an
+    unknown project); lists come in creation order, a page at a time (``after``: the last
+    id of the previous page, which must exist; ``limit`` None: every row)."""
+
+    async def create_account(self, name: str) -> UUID: ...
+
+    async def create_user(
+        self, display_name: str, account_id: UUID | None = None, email: str | None = None
+    ) -> UUID:
+        """A new user; emails are unique among users, compared case-insensitively."""
+        ...
+
+    async def create_project(self, account_id: UUID, name: str) -> UUID:
+        """A new project of ``account_id`` with an empty change log (head seq 0)."""
+        ...
+
+    async def add_member(self, project_id: UUID, user_id: UUID, level: str) -> str | None:
+        """Make the user a member at ``level`` (a member gets the new level); the level
+        they had before, or None."""
+        ...
+
+    async def remove_member(self, project_id: UUID, user_id: UUID) -> str:
+        """Take the user out (every process hears of it when it commits); the level they
+        had. NotAMember when there is nobody to remove."""
+        ...
+
+    async def require_user(self, user_id: UUID) -> None:
+        """UnknownUser unless the user exists."""
+        ...
+
+    async def list_accounts(
+        self, *, after: UUID | None = None, limit: int | None = None
+    ) -> list[AccountRow]: ...
+
+    async def list_users(
+        self,
+        *,
+        account_id: UUID | None = None,
+        after: UUID | None = None,
+        limit: int | None = None,
+    ) -> list[UserRow]: ...
+
+    async def list_projects(
+        self,
+        *,
+        account_id: UUID | None = None,
+        after: UUID | None = None,
+        limit: int | None = None,
+    ) -> list[ProjectRow]: ...
+
+    async def show_project(self, project_id: UUID) -> ProjectDetail: ...
+
+    async def list_members(
+        self, project_id: UUID, *, after: UUID | None = None, limit: int | None = None
+    ) -> list[MemberRow]: ...
+
+
+class MaintenancePort(Protocol):
+    async def migrate(self) -> list[int]:
+        """Apply every pending schema migration; the versions applied (empty: up to date)."""
+        ...
+
+    async def check_schema(self) -> None:
+        """SchemaTooNew or SchemaOutdated unless storage matches this code exactly."""
+        ...
+
+    async def rebuild_read_models(self, project_id: UUID | None) -> RebuildReport:
+        """Recompute one project's (or every project's) read models and conflict records
+        from the log alone."""
+        ...
+
+
+class PoolGauges(Protocol):
+    """Connection counts, for the metrics (a storage without connections has none)."""
+
+    def get_size(self) -> int: ...
+
+    def get_idle_size(self) -> int: ...
+
+    def get_max_size(self) -> int: ...
+
+
+class Storage(Protocol):
+    """Every port of one storage. The shells receive this, never a connection or a pool."""
+
+    @property
+    def membership(self) -> MembershipPort: ...
+
+    @property
+    def snapshots(self) -> SnapshotPort: ...
+
+    @property
+    def notifications(self) -> NotificationPort: ...
+
+    @property
+    def health(self) -> HealthPort: ...
+
+    @property
+    def admin(self) -> AdminPort: ...
+
+    @property
+    def maintenance(self) -> MaintenancePort: ...
+
+    @property
+    def pool_gauges(self) -> PoolGauges | None: ...
+
+    def change_log(
+        self,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        on_commit: OnCommit | None = None,
+        on_append: Callable[[UUID, int, int], None] | None = None,
+        on_conflicts_found: Callable[[Sequence[str]], None] | None = None,
+    ) -> ChangeLogPort:
+        """This process's change log (with its own document cache), whose commits it
+        hears: ``on_commit`` for the live fan-out, the others for the metrics."""
+        ...
+
+    async def close(self) -> None:
+        """Release what it holds (connections); graceful, never fails."""
+        ...

@@ -1,0 +1,128 @@
+"""The records that cross the storage ports: what an append answers, what the log and a
+snapshot hold, what a rebuild reports.
+
+Every storage implementation returns these and only these (never a driver's row type), so
+the shells above ``store/`` depend on this module and ``store.ports``, not on a database.
+Pure data: no I/O, no driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fieldsync.conflict.ledger import ConflictRow
+from fieldsync.model.rejections import Rejection
+
+__all__ = [
+    "Accepted",
+    "AppendResult",
+    "ConflictUpdate",
+    "LogSlice",
+    "LoggedChange",
+    "LoggedHash",
+    "RebuildReport",
+    "Rejected",
+    "SnapshotEntity",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Every change of the entity is in the log; ``seqs`` follows the input order."""
+
+    entity_id: str
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """None of the entity's changes were logged."""
+
+    entity_id: str
+    rejection: Rejection
+
+
+AppendResult = Accepted | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedChange:
+    seq: int
+    entity_type: str
+    entity_id: str
+    hash: bytes
+    change: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedHash:
+    """Where the log holds a change: its entity, seq and who sent it."""
+
+    hash: bytes
+    entity_id: str
+    seq: int
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictUpdate:
+    """A conflict as changed by the transaction whose changes end at ``seq``.
+
+    ``row`` is the row's state (the latest, when read back from storage), or None when the
+    row was removed (a concurrent edit widened it into another conflict).
+    """
+
+    seq: int
+    conflict_id: str
+    row: ConflictRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogSlice:
+    """Consecutive logged changes and the conflict updates of the transactions they end."""
+
+    changes: Sequence[LoggedChange]
+    conflicts: Sequence[ConflictUpdate] = ()
+
+    @property
+    def last_seq(self) -> int | None:
+        return self.changes[-1].seq if self.changes else None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEntity:
+    entity_type: str
+    entity_id: str
+    version: int
+    heads: tuple[bytes, ...]
+    document: bytes  # Automerge bytes: Document.load() gives the entity's document
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    projects: int = 0
+    entities: int = 0
+    changes: int = 0
+    conflicts: int = 0
+    conflicts_rewritten: list[str] = field(default_factory=list)
+    cache_mismatches: list[str] = field(default_factory=list)
+    invalid_documents: list[str] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return not self.cache_mismatches and not self.invalid_documents
+
+    def __str__(self) -> str:
+        text = (
+            f"rebuilt read models of {self.projects} projects: {self.entities} entities "
+            f"from {self.changes} changes"
+        )
+        if self.cache_mismatches:
+            text += f"; cached documents differing from the log: {self.cache_mismatches}"
+        text += f"; {self.conflicts} conflict records"
+        if self.conflicts_rewritten:
+            text += f", of which rewritten (they differed from the log): {self.conflicts_rewritten}"
+        if self.invalid_documents:
+            text += f"; logged documents failing their schema: {self.invalid_documents}"
+        return text
