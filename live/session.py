@@ -25,8 +25,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
-import asyncpg
-
 from fieldsync.auth.tokens import TokenClaims, TokenError, TokenVerifier
 from fieldsync.live.admission import Admission, Ticket
 from fieldsync.live.feed import Hub, LiveSubscription, wire_changes, wire_conflicts, wire_updates
@@ -39,11 +37,9 @@ from fieldsync.model.permissions import WRITE_LEVELS
 from fieldsync.observability.log_limits import LogLimiter
 from fieldsync.observability.logs import annotate
 from fieldsync.observability.metrics import Metrics
-from fieldsync.store.authorization import write_rule
-from fieldsync.store.changelog import Accepted, ChangeLog
 from fieldsync.store.errors import StoreError
-from fieldsync.store.projects import member_level, member_projects
-from fieldsync.store.snapshots import open_snapshot
+from fieldsync.store.ports import ChangeLogPort, MembershipPort, SnapshotPort
+from fieldsync.store.records import Accepted
 from fieldsync.sync.connection import ConnectionState
 from fieldsync.sync.errors import CloseCode, ErrorCode
 from fieldsync.sync.messages import (
@@ -102,8 +98,9 @@ def connection_log_limiter(on_suppressed: Callable[[str], None] | None = None) -
 class SyncServices:
     """What a session needs from the app, created once in the lifespan."""
 
-    pool: asyncpg.Pool
-    changelog: ChangeLog
+    membership: MembershipPort
+    snapshots: SnapshotPort
+    changelog: ChangeLogPort
     hub: Hub
     verifier: TokenVerifier
     limits: Limits
@@ -558,8 +555,7 @@ class SyncSession:
         except ValueError:
             return None
         assert self._user_id is not None
-        async with self._services.pool.acquire() as conn:
-            level = await member_level(conn, project, self._user_id)
+        level = await self._services.membership.level(project, self._user_id)
         if level is None:
             return None
         self._member_of.add(project)
@@ -590,8 +586,7 @@ class SyncSession:
         streamed = list(self._streams.keys() | self._live.keys())
         if self._user_id is None or not streamed:
             return
-        async with self._services.pool.acquire() as conn:
-            still = await member_projects(conn, self._user_id, streamed)
+        still = await self._services.membership.still_member_of(self._user_id, streamed)
         for project in streamed:
             if project not in still:
                 self.membership_removed(project)
@@ -690,7 +685,7 @@ class SyncSession:
 
     async def _send_snapshot(self, project: UUID) -> None:
         name = str(project)
-        async with open_snapshot(self._services.pool, project) as snapshot:
+        async with self._services.snapshots.open(project) as snapshot:
             count = await snapshot.count()
             await self._queue_bulk(self._protocol.begin_snapshot(name, snapshot.cursor, count))
             batch: list[SnapshotEntity] = []
@@ -772,7 +767,7 @@ class SyncSession:
         try:
             assert self._user_id is not None
             results = await self._services.changelog.append(
-                project, batch, str(self._user_id), authorize=write_rule(project, self._user_id)
+                project, batch, str(self._user_id), as_member=self._user_id
             )
         except StoreError as exc:
             self._log_limited(
