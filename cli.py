@@ -3,8 +3,9 @@
 The admin commands (``account``, ``user``, ``project``, ``member``, ``token``, ``demo``) are
 for scripts as much as for people: they print the created id on stdout (one per line), a
 table for ``list``, or one JSON document with ``--json``; on success stderr stays empty, and
-a refusal is one line on stderr with exit status 1. The work itself is in
-``store.projects`` and ``store.demo``.
+a refusal is one line on stderr with exit status 1. The work itself is done by the
+storage's ports (``store.ports``: the admin and maintenance ports, on PostgreSQL through
+``store.postgres``) and ``store.demo``.
 
 Every command checks its arguments (and ``serve`` its ports) before it touches a database,
 and only ``serve`` and ``migrate`` may create an embedded one: any other command pointed at
@@ -12,8 +13,8 @@ a data directory without a cluster says so instead of leaving a new, empty one b
 
 ``serve`` checks that it can listen, migrates, then runs uvicorn. On Ctrl-C or SIGTERM,
 shutdown runs in layers, each waiting for the one above: uvicorn stops accepting and lets
-in-flight requests finish, the app's lifespan closes the pool (which waits for borrowed
-connections, so open transactions end), and only then does the embedded PostgreSQL (if
+in-flight requests finish, the app's lifespan closes the storage (whose pool waits for
+borrowed connections, so open transactions end), and only then does the embedded PostgreSQL (if
 any) stop.
 """
 
@@ -44,17 +45,12 @@ import uvicorn
 
 from fieldsync.observability.logs import LOG_FORMATS, configure_logging
 from fieldsync.observability.native_output import capture_native_output
-from fieldsync.store import projects
-from fieldsync.store.database import (
-    close_pool,
-    connect,
-    create_pool,
-    redact_url,
-    resolve_database_url,
-)
+from fieldsync.store.accounts import LEVELS, row_json
+from fieldsync.store.database import redact_url, resolve_database_url
 from fieldsync.store.embedded import data_dir_problem
 from fieldsync.store.errors import StoreError
-from fieldsync.store.migrations import check_schema, migrate
+from fieldsync.store.ports import Storage
+from fieldsync.store.postgres import PostgresStorage
 
 logger = logging.getLogger("fieldsync")
 
@@ -274,9 +270,9 @@ def _parser() -> argparse.ArgumentParser:
     member_add.add_argument(
         "--level",
         required=True,
-        choices=projects.LEVELS,
+        choices=LEVELS,
         metavar="LEVEL",
-        help=" | ".join(projects.LEVELS),
+        help=" | ".join(LEVELS),
     )
     member_add.set_defaults(run=_member_add)
     member_remove.set_defaults(run=_member_remove)
@@ -507,11 +503,8 @@ def _configure_logging(quiet: bool = False) -> None:
 
 
 async def _migrate_now(url: str) -> None:
-    conn = await connect(url)
-    try:
-        applied = await migrate(conn)
-    finally:
-        await conn.close()
+    async with await PostgresStorage.open(url, min_size=1, max_size=1) as storage:
+        applied = await storage.maintenance.migrate()
     if applied:
         logger.info("applied migrations %s", ", ".join(f"{v:04d}" for v in applied))
     else:
@@ -689,14 +682,11 @@ def served_url(data_dir: Path) -> str | None:
 
 
 @asynccontextmanager
-async def _admin_connection(url: str) -> AsyncIterator[Any]:
-    """A connection to a database whose schema matches this code."""
-    conn = await connect(url)
-    try:
-        await check_schema(conn)
-        yield conn
-    finally:
-        await conn.close()
+async def _admin_storage(url: str) -> AsyncIterator[Storage]:
+    """The storage at ``url``, whose schema matches this code."""
+    async with await PostgresStorage.open(url, min_size=1, max_size=2) as storage:
+        await storage.maintenance.check_schema()
+        yield storage
 
 
 def _emit(args: argparse.Namespace, lines: Sequence[str], document: Mapping[str, Any]) -> None:
@@ -735,29 +725,29 @@ def _issue(secret: bytes, user_id: uuid.UUID, ttl: int) -> tuple[str, str]:
 
 
 async def _account_create(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        account_id = await projects.create_account(conn, args.name)
+    async with _admin_storage(url) as storage:
+        account_id = await storage.admin.create_account(args.name)
     _emit(args, [str(account_id)], {"account_id": str(account_id)})
     return 0
 
 
 async def _user_create(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        user_id = await projects.create_user(conn, args.name, args.account, args.email)
+    async with _admin_storage(url) as storage:
+        user_id = await storage.admin.create_user(args.name, args.account, args.email)
     _emit(args, [str(user_id)], {"user_id": str(user_id)})
     return 0
 
 
 async def _project_create(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        project_id = await projects.create_project(conn, args.account, args.name)
+    async with _admin_storage(url) as storage:
+        project_id = await storage.admin.create_project(args.account, args.name)
     _emit(args, [str(project_id)], {"project_id": str(project_id)})
     return 0
 
 
 async def _member_add(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        previous = await projects.add_member(conn, args.project, args.user, args.level)
+    async with _admin_storage(url) as storage:
+        previous = await storage.admin.add_member(args.project, args.user, args.level)
     document = {
         "project_id": str(args.project),
         "user_id": str(args.user),
@@ -769,8 +759,8 @@ async def _member_add(args: argparse.Namespace, url: str) -> int:
 
 
 async def _member_remove(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        level = await projects.remove_member(conn, args.project, args.user)
+    async with _admin_storage(url) as storage:
+        level = await storage.admin.remove_member(args.project, args.user)
     document = {"project_id": str(args.project), "user_id": str(args.user), "removed_level": level}
     _emit(args, [], document)
     return 0
@@ -794,36 +784,36 @@ def _when(moment: Any) -> str:
 
 
 async def _account_list(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        rows = await projects.list_accounts(conn)
+    async with _admin_storage(url) as storage:
+        rows = await storage.admin.list_accounts()
     table = [(r.account_id, _plain(r.name), r.projects, r.users, _when(r.created_at))
              for r in rows]  # fmt: skip
     header = ("ACCOUNT ID", "NAME", "PROJECTS", "USERS", "CREATED (UTC)")
-    _emit(args, _table(header, table), {"accounts": [projects.row_json(r) for r in rows]})
+    _emit(args, _table(header, table), {"accounts": [row_json(r) for r in rows]})
     return 0
 
 
 async def _user_list(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        rows = await projects.list_users(conn, account_id=args.account)
+    async with _admin_storage(url) as storage:
+        rows = await storage.admin.list_users(account_id=args.account)
     table = [(r.user_id, _plain(r.name), _plain(r.email), r.account_id or "-") for r in rows]
     header = ("USER ID", "NAME", "EMAIL", "ACCOUNT ID")
-    _emit(args, _table(header, table), {"users": [projects.row_json(r) for r in rows]})
+    _emit(args, _table(header, table), {"users": [row_json(r) for r in rows]})
     return 0
 
 
 async def _project_list(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        rows = await projects.list_projects(conn, account_id=args.account)
+    async with _admin_storage(url) as storage:
+        rows = await storage.admin.list_projects(account_id=args.account)
     table = [(r.project_id, _plain(r.name), r.account_id, r.members, r.head_seq) for r in rows]
     header = ("PROJECT ID", "NAME", "ACCOUNT ID", "MEMBERS", "HEAD SEQ")
-    _emit(args, _table(header, table), {"projects": [projects.row_json(r) for r in rows]})
+    _emit(args, _table(header, table), {"projects": [row_json(r) for r in rows]})
     return 0
 
 
 async def _project_show(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        project = await projects.show_project(conn, args.project_id)
+    async with _admin_storage(url) as storage:
+        project = await storage.admin.show_project(args.project_id)
     members = ", ".join(f"{level} {n}" for level, n in project.members.items())
     lines = [
         f"Project \"{_plain(project.name)}\"",
@@ -833,24 +823,24 @@ async def _project_show(args: argparse.Namespace, url: str) -> int:
         f"  log head    seq {project.head_seq}",
         f"  members     {members}  (fieldsync member list --project {project.project_id})",
     ]
-    _emit(args, lines, projects.row_json(project))
+    _emit(args, lines, row_json(project))
     return 0
 
 
 async def _member_list(args: argparse.Namespace, url: str) -> int:
-    async with _admin_connection(url) as conn:
-        rows = await projects.list_members(conn, args.project)
+    async with _admin_storage(url) as storage:
+        rows = await storage.admin.list_members(args.project)
     table = [(r.user_id, r.level, _plain(r.name), _plain(r.email)) for r in rows]
     header = ("USER ID", "LEVEL", "NAME", "EMAIL")
-    document = {"project_id": str(args.project), "members": [projects.row_json(r) for r in rows]}
+    document = {"project_id": str(args.project), "members": [row_json(r) for r in rows]}
     _emit(args, _table(header, table), document)
     return 0
 
 
 async def _token(args: argparse.Namespace, url: str) -> int:
     secret = _load_secret(args.data_dir, create=False)
-    async with _admin_connection(url) as conn:
-        await projects.require_user(conn, args.user)
+    async with _admin_storage(url) as storage:
+        await storage.admin.require_user(args.user)
     token, expires = _issue(secret, args.user, args.ttl)
     _emit(args, [token], {"user_id": str(args.user), "token": token, "expires_at": expires})
     return 0
@@ -860,13 +850,8 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
     from fieldsync.store.demo import create_demo
 
     secret = _load_secret(args.data_dir)  # a bad secret fails before anything is written
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        async with pool.acquire() as conn:
-            await check_schema(conn)
-        demo = await create_demo(pool)
-    finally:
-        await close_pool(pool)
+    async with _admin_storage(url) as storage:
+        demo = await create_demo(storage)
     users = []
     for user in demo.users:
         token, expires = _issue(secret, user.user_id, args.ttl)
@@ -985,15 +970,8 @@ def example_lines(
 
 
 async def _rebuild(args: argparse.Namespace, url: str) -> int:
-    from fieldsync.store.rebuild import rebuild_read_models
-
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        async with pool.acquire() as conn:
-            await check_schema(conn)
-        report = await rebuild_read_models(pool, args.project)
-    finally:
-        await close_pool(pool)
+    async with _admin_storage(url) as storage:
+        report = await storage.maintenance.rebuild_read_models(args.project)
     print(report)
     return 0
 

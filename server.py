@@ -1,10 +1,13 @@
 """The HTTP/WebSocket shell: a Starlette app whose resources live in its lifespan.
 
-The lifespan creates the pool, the change log, the hub of live feeds, the notification
-listener, the periodic head check and the database watch, and hands them to routes through
-``app.state``: no module globals, so tests can run several apps (several "processes") side
-by side, each with its own metrics registry. At shutdown uvicorn first lets in-flight
-requests finish, then the lifespan closes the pool.
+The app works on a storage (``store.ports.Storage``): PostgreSQL opened from a database URL
+(``store.postgres``), or any storage it is given, such as ``store.memory.MemoryStorage``.
+The lifespan opens it, then creates this process's change log, the hub of live feeds, the
+notification listeners, the periodic head check and the storage watch, and hands them to
+routes through ``app.state``: no module globals, so tests can run several apps (several
+"processes") side by side, each with its own metrics registry. At shutdown uvicorn first
+lets in-flight requests finish, then the lifespan closes the storage it opened (a storage
+it was given stays open: whoever made it closes it).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -50,11 +52,10 @@ from fieldsync.live.status import StatusBoard, watch_database
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.observability.metrics import Metrics
 from fieldsync.observability.request_ids import RequestIds
-from fieldsync.store.changelog import ChangeLog, LogSlice
-from fieldsync.store.database import close_pool, create_pool
 from fieldsync.store.errors import StoreError
-from fieldsync.store.migrations import check_schema
-from fieldsync.store.notifications import listen, listen_removals, notify, poll_heads
+from fieldsync.store.ports import ChangeLogPort, NotificationPort, Storage
+from fieldsync.store.postgres import PostgresStorage
+from fieldsync.store.records import LogSlice
 from fieldsync.sync.errors import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ DATABASE_CHECK_SECONDS = 1.0
 
 
 def create_app(
-    database_url: str,
+    database_url: str | None = None,
     *,
+    storage: Storage | None = None,
     secret: bytes | None = None,
     verifier: TokenVerifier | None = None,
     allowed_origins: Iterable[str] = (),
@@ -88,12 +90,17 @@ def create_app(
 ) -> Starlette:
     """The application; it refuses to start on a database whose schema does not match.
 
-    Tokens are checked by ``verifier``, or else with HS256 and ``secret`` (one of the two is
-    required). ``allowed_origins`` lists the browser Origins that may open the WebSocket
-    (``*`` for any; clients that send no Origin are always let in). ``admin_key`` enables
-    the HTTP admin API under ``/admin`` (see docs/admin.md); without it there is none.
-    Once started it stays up whatever the database does: see ``live.status``.
+    It works on ``storage`` if given (which it leaves open), else on PostgreSQL at
+    ``database_url`` (a pool of ``pool_min_size`` to ``pool_max_size`` connections, closed
+    at shutdown); one of the two is required. Tokens are checked by ``verifier``, or else
+    with HS256 and ``secret`` (one of the two is required). ``allowed_origins`` lists the
+    browser Origins that may open the WebSocket (``*`` for any; clients that send no Origin
+    are always let in). ``admin_key`` enables the HTTP admin API under ``/admin`` (see
+    docs/admin.md); without it there is none. Once started it stays up whatever the
+    database does: see ``live.status``.
     """
+    if (database_url is None) == (storage is None):
+        raise ValueError("create_app needs a database URL or a storage (one of the two)")
     if verifier is None:
         if secret is None:
             raise ValueError("create_app needs a secret or a verifier")
@@ -107,37 +114,45 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await create_pool(database_url, pool_min_size, pool_max_size)
+        if storage is not None:
+            store: Storage = storage
+        else:
+            assert database_url is not None
+            store = await PostgresStorage.open(
+                database_url, min_size=pool_min_size, max_size=pool_max_size
+            )
         background: set[asyncio.Task[None]] = set()
         try:
-            async with pool.acquire() as conn:
-                await check_schema(conn)
+            await store.maintenance.check_schema()
             hub = Hub(lambda project, cursor, n: changelog.read_since(project, cursor, n))
 
             def committed(project_id: UUID, piece: LogSlice) -> None:
                 # Fan out on the next loop turn, so the pusher's ack is queued (and its
                 # writer woken) before the writers of every subscriber.
                 asyncio.get_running_loop().call_soon(hub.committed, project_id, piece)
-                task = asyncio.create_task(_notify_quietly(pool, project_id, piece.changes[-1].seq))
+                task = asyncio.create_task(
+                    _notify_quietly(store.notifications, project_id, piece.changes[-1].seq)
+                )
                 background.add(task)
                 task.add_done_callback(background.discard)
 
-            changelog = ChangeLog(
-                pool,
+            changelog: ChangeLogPort = store.change_log(
                 limits=limits,
                 on_commit=committed,
                 on_append=metrics.appended,
                 on_conflicts_found=metrics.conflicts_found,
             )
             hub.observer = metrics
-            metrics.watch_pool(pool)
+            if store.pool_gauges is not None:
+                metrics.watch_pool(store.pool_gauges)
             metrics.database_up.set(1)
-            app.state.pool = pool
+            app.state.storage = store
             app.state.health_timeout = health_timeout
             app.state.verifier = token_verifier
             app.state.origins = origins
             sync = app.state.sync = SyncServices(
-                pool,
+                store.membership,
+                store.snapshots,
                 changelog,
                 hub,
                 token_verifier,
@@ -151,14 +166,17 @@ def create_app(
                 admission=admission,
                 log_limiter=connection_log_limiter(metrics.log_line_suppressed),
             )
+            notifications = store.notifications
             workers = [
                 asyncio.create_task(trim_periodically()),
                 asyncio.create_task(
-                    poll_heads(pool, hub.watched_projects, hub.poke, interval=head_poll_seconds)
+                    notifications.poll_heads(
+                        hub.watched_projects, hub.poke, interval=head_poll_seconds
+                    )
                 ),
                 asyncio.create_task(
                     watch_database(
-                        database_url,
+                        store.health.probe(),
                         status,
                         lambda up: metrics.database_up.set(1 if up else 0),
                         interval=database_check_seconds,
@@ -167,11 +185,10 @@ def create_app(
                 ),
             ]
             if listen_for_notifications:
-                workers.append(asyncio.create_task(listen(database_url, hub.poke)))
+                workers.append(asyncio.create_task(notifications.listen_heads(hub.poke)))
                 workers.append(
                     asyncio.create_task(
-                        listen_removals(
-                            database_url,
+                        notifications.listen_removals(
                             lambda project, user: membership_removed(sync, project, user),
                             on_connected=lambda: _keep(background, recheck_memberships(sync)),
                         )
@@ -186,7 +203,8 @@ def create_app(
                     with contextlib.suppress(asyncio.CancelledError):
                         await worker
         finally:
-            await close_pool(pool)
+            if storage is None:
+                await store.close()
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
@@ -207,10 +225,10 @@ def _keep(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
     task.add_done_callback(tasks.discard)
 
 
-async def _notify_quietly(pool: asyncpg.Pool, project_id: UUID, seq: int) -> None:
+async def _notify_quietly(notifications: NotificationPort, project_id: UUID, seq: int) -> None:
     # Other processes also find the change by their periodic head check.
     try:
-        await notify(pool, project_id, seq)
+        await notifications.notify_head(project_id, seq)
     except StoreError as exc:
         log.warning("%s", exc, extra={"event": "notify_failed", "project_id": str(project_id)})
 

@@ -1,12 +1,13 @@
 """The HTTP admin API under ``/admin``: the admin commands' operations as JSON endpoints.
 
-Every operation is the same function the ``fieldsync`` command calls (``store.projects``,
-``auth.tokens.issue``); this module only authenticates, parses JSON and maps refusals to
-status codes. Lists come a page at a time (``limit``, at most :data:`MAX_PAGE`; ``after``
-the last id of the previous page, which the answer gives as ``next``), so no answer grows
-without bound. It is authenticated by an admin key (``Authorization: Bearer <key>``),
-compared in constant time, and separate from user tokens: a stolen user token never reaches
-it, and the key is never logged. See ``docs/admin.md``.
+Every operation is the same one the ``fieldsync`` command calls (the storage's admin port,
+``store.ports.AdminPort``, and ``auth.tokens.issue``); this module only authenticates,
+parses JSON and maps refusals to status codes. Lists come a page at a time (``limit``, at
+most :data:`MAX_PAGE`; ``after`` the last id of the previous page, which the answer gives
+as ``next``), so no answer grows without bound. It is authenticated by an admin key
+(``Authorization: Bearer <key>``), compared in constant time, and separate from user
+tokens: a stolen user token never reaches it, and the key is never logged. See
+``docs/admin.md``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from fieldsync.auth.tokens import DEFAULT_TTL_SECONDS, TokenVerifier, issue
-from fieldsync.store import projects
-from fieldsync.store.database import DatabasePool
-from fieldsync.store.errors import StoreError, UnknownProject
+from fieldsync.store.accounts import Row, row_json
+from fieldsync.store.errors import (
+    DuplicateEmail,
+    InvalidValue,
+    NotAMember,
+    StoreError,
+    UnknownAccount,
+    UnknownProject,
+    UnknownUser,
+)
+from fieldsync.store.ports import AdminPort, Storage
 
 MIN_ADMIN_KEY_LENGTH = 32
 MAX_BODY_BYTES = 64 * 1024
@@ -45,17 +54,17 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 def _refusal(exc: StoreError) -> JSONResponse:
     """The admin error as a status and a code that names it."""
-    if isinstance(exc, projects.UnknownAccount):
+    if isinstance(exc, UnknownAccount):
         return _error(404, "unknown_account", str(exc))
-    if isinstance(exc, projects.UnknownUser):
+    if isinstance(exc, UnknownUser):
         return _error(404, "unknown_user", str(exc))
     if isinstance(exc, UnknownProject):
         return _error(404, "unknown_project", f"unknown project {exc.project_id}")
-    if isinstance(exc, projects.NotAMember):
+    if isinstance(exc, NotAMember):
         return _error(404, "not_a_member", str(exc))
-    if isinstance(exc, projects.DuplicateEmail):
+    if isinstance(exc, DuplicateEmail):
         return _error(409, "duplicate_email", str(exc))
-    if isinstance(exc, projects.InvalidValue):
+    if isinstance(exc, InvalidValue):
         return _error(400, "invalid_value", str(exc))
     return _error(503, "server_unavailable", "the database failed; nothing may have been done")
 
@@ -124,10 +133,10 @@ def _limit(query: Mapping[str, str]) -> int:
 _PAGE = ("after", "limit")
 
 
-def _page(name: str, rows: Sequence[projects.Row], limit: int, key: str) -> JSONResponse:
+def _page(name: str, rows: Sequence[Row], limit: int, key: str) -> JSONResponse:
     """One page of ``rows`` (fetched with one extra to tell whether more follow)."""
     shown = rows[:limit]
-    documents = [projects.row_json(row) for row in shown]
+    documents = [row_json(row) for row in shown]
     following = documents[-1][key] if len(rows) > limit else None
     return JSONResponse({name: documents, "next": following})
 
@@ -150,15 +159,14 @@ def _guarded(key: str, handler: Handler) -> Handler:
     return endpoint
 
 
-def _pool(request: Request) -> DatabasePool:
-    pool: DatabasePool = request.app.state.pool
-    return pool
+def _admin(request: Request) -> AdminPort:
+    storage: Storage = request.app.state.storage
+    return storage.admin
 
 
 async def create_account(request: Request) -> Response:
     body = await _body(request, {"name": (str, True)})
-    async with _pool(request).acquire() as conn:
-        account_id = await projects.create_account(conn, body["name"])
+    account_id = await _admin(request).create_account(body["name"])
     return JSONResponse({"account_id": str(account_id)}, status_code=201)
 
 
@@ -168,16 +176,14 @@ async def create_user(request: Request) -> Response:
     )
     account = body.get("account_id")
     account_id = None if account is None else _uuid(account, "account_id")
-    async with _pool(request).acquire() as conn:
-        user_id = await projects.create_user(conn, body["name"], account_id, body.get("email"))
+    user_id = await _admin(request).create_user(body["name"], account_id, body.get("email"))
     return JSONResponse({"user_id": str(user_id)}, status_code=201)
 
 
 async def create_project(request: Request) -> Response:
     body = await _body(request, {"account_id": (str, True), "name": (str, True)})
     account_id = _uuid(body["account_id"], "account_id")
-    async with _pool(request).acquire() as conn:
-        project_id = await projects.create_project(conn, account_id, body["name"])
+    project_id = await _admin(request).create_project(account_id, body["name"])
     return JSONResponse({"project_id": str(project_id)}, status_code=201)
 
 
@@ -191,8 +197,7 @@ def _member_path(request: Request) -> tuple[uuid.UUID, uuid.UUID]:
 async def add_member(request: Request) -> Response:
     project_id, user_id = _member_path(request)
     body = await _body(request, {"level": (str, True)})
-    async with _pool(request).acquire() as conn:
-        previous = await projects.add_member(conn, project_id, user_id, body["level"])
+    previous = await _admin(request).add_member(project_id, user_id, body["level"])
     return JSONResponse(
         {
             "project_id": str(project_id),
@@ -205,8 +210,7 @@ async def add_member(request: Request) -> Response:
 
 async def remove_member(request: Request) -> Response:
     project_id, user_id = _member_path(request)
-    async with _pool(request).acquire() as conn:
-        level = await projects.remove_member(conn, project_id, user_id)
+    level = await _admin(request).remove_member(project_id, user_id)
     return JSONResponse(
         {"project_id": str(project_id), "user_id": str(user_id), "removed_level": level}
     )
@@ -223,8 +227,7 @@ async def issue_token(request: Request) -> Response:
         return _error(
             409, "tokens_external", "this server checks tokens of an identity provider (JWKS)"
         )
-    async with _pool(request).acquire() as conn:
-        await projects.require_user(conn, user_id)
+    await _admin(request).require_user(user_id)
     issued = issue(verifier.secret, user_id, ttl)
     return JSONResponse(
         {"user_id": str(user_id), "token": issued.token, "expires_at": issued.expires_at},
@@ -235,36 +238,31 @@ async def issue_token(request: Request) -> Response:
 async def list_accounts(request: Request) -> Response:
     query = _query(request, _PAGE)
     limit = _limit(query)
-    async with _pool(request).acquire() as conn:
-        rows = await projects.list_accounts(
-            conn, after=_optional_uuid(query, "after"), limit=limit + 1
-        )
+    rows = await _admin(request).list_accounts(
+        after=_optional_uuid(query, "after"), limit=limit + 1
+    )
     return _page("accounts", rows, limit, "account_id")
 
 
 async def list_users(request: Request) -> Response:
     query = _query(request, ("account_id", *_PAGE))
     limit = _limit(query)
-    async with _pool(request).acquire() as conn:
-        rows = await projects.list_users(
-            conn,
-            account_id=_optional_uuid(query, "account_id"),
-            after=_optional_uuid(query, "after"),
-            limit=limit + 1,
-        )
+    rows = await _admin(request).list_users(
+        account_id=_optional_uuid(query, "account_id"),
+        after=_optional_uuid(query, "after"),
+        limit=limit + 1,
+    )
     return _page("users", rows, limit, "user_id")
 
 
 async def list_projects(request: Request) -> Response:
     query = _query(request, ("account_id", *_PAGE))
     limit = _limit(query)
-    async with _pool(request).acquire() as conn:
-        rows = await projects.list_projects(
-            conn,
-            account_id=_optional_uuid(query, "account_id"),
-            after=_optional_uuid(query, "after"),
-            limit=limit + 1,
-        )
+    rows = await _admin(request).list_projects(
+        account_id=_optional_uuid(query, "account_id"),
+        after=_optional_uuid(query, "after"),
+        limit=limit + 1,
+    )
     return _page("projects", rows, limit, "project_id")
 
 
@@ -275,19 +273,17 @@ def _project_path(request: Request) -> uuid.UUID:
 async def show_project(request: Request) -> Response:
     project_id = _project_path(request)
     _query(request, ())
-    async with _pool(request).acquire() as conn:
-        project = await projects.show_project(conn, project_id)
-    return JSONResponse(projects.row_json(project))
+    project = await _admin(request).show_project(project_id)
+    return JSONResponse(row_json(project))
 
 
 async def list_members(request: Request) -> Response:
     project_id = _project_path(request)
     query = _query(request, _PAGE)
     limit = _limit(query)
-    async with _pool(request).acquire() as conn:
-        rows = await projects.list_members(
-            conn, project_id, after=_optional_uuid(query, "after"), limit=limit + 1
-        )
+    rows = await _admin(request).list_members(
+        project_id, after=_optional_uuid(query, "after"), limit=limit + 1
+    )
     return _page("members", rows, limit, "user_id")
 
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from fieldsync.observability.logs import bind
 from fieldsync.observability.metrics import CONTENT_TYPE, Metrics
-from fieldsync.store.database import database_problem
+from fieldsync.store.ports import Storage
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """200 only if the database answers ``SELECT 1`` in time: load balancers act on this.
-    Otherwise 503 with the reason; the server itself stays up and recovers by itself."""
-    pool: asyncpg.Pool = request.app.state.pool
-    problem = await database_problem(pool, request.app.state.health_timeout)
+    """200 only if storage answers in time (the database ``SELECT 1``): load balancers act
+    on this. Otherwise 503 with the reason; the server itself stays up and recovers by
+    itself."""
+    storage: Storage = request.app.state.storage
+    problem = await storage.health.problem(request.app.state.health_timeout)
     if problem is not None:
         return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
     return JSONResponse({"status": "ok"})

@@ -1,12 +1,13 @@
 """``GET /projects/{id}/snapshot``: a project's documents at one cursor, streamed and gzipped.
 
 The body is a sequence of msgpack maps (begin, one per entity, the project's conflict records
-as ``conflicts`` protocol messages, end) read from one
-repeatable-read transaction through a server-side cursor and compressed as it goes, so
-memory stays bounded however large the project is. The ETag names the project and cursor:
-a client that already holds this cursor gets 304 and no body. If the database fails once
-the body has begun, the response is abandoned: the connection is closed before the body's
-end, so no client or cache can take the truncated snapshot for a whole one.
+as ``conflicts`` protocol messages, end) read from one consistent view of storage (on
+PostgreSQL one repeatable-read transaction read through a server-side cursor) and
+compressed as it goes, so memory stays bounded however large the project is. The ETag names
+the project and cursor: a client that already holds this cursor gets 304 and no body. If
+storage fails once the body has begun, the response is abandoned: the connection is closed
+before the body's end, so no client or cache can take the truncated snapshot for a whole
+one.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from fieldsync.auth.tokens import TokenError, TokenVerifier
 from fieldsync.live.feed import wire_conflicts
 from fieldsync.live.origins import cors_headers, preflight_headers
 from fieldsync.observability.metrics import Metrics
-from fieldsync.store.database import DatabasePool
 from fieldsync.store.errors import StoreError, UnknownProject
-from fieldsync.store.projects import member_level
-from fieldsync.store.snapshots import open_snapshot
+from fieldsync.store.ports import Storage
 from fieldsync.sync.messages import SnapshotEntity
 from fieldsync.sync.server_protocol import SnapshotWriter
 
@@ -106,7 +105,7 @@ async def snapshot_preflight(request: Request) -> Response:
 async def _snapshot(request: Request) -> Response:
     verifier: TokenVerifier = request.app.state.verifier
     metrics: Metrics = request.app.state.metrics
-    pool: DatabasePool = request.app.state.pool
+    storage: Storage = request.app.state.storage
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return JSONResponse(
@@ -127,11 +126,10 @@ async def _snapshot(request: Request) -> Response:
         project_id = UUID(request.path_params["project_id"])
     except ValueError:
         return _not_found()
-    context = open_snapshot(pool, project_id)
+    context = storage.snapshots.open(project_id)
     try:
-        async with pool.acquire() as conn:
-            if await member_level(conn, project_id, claims.user_id) is None:
-                return _not_found()
+        if await storage.membership.level(project_id, claims.user_id) is None:
+            return _not_found()
         snapshot = await context.__aenter__()
     except UnknownProject:
         return _not_found()

@@ -3,7 +3,8 @@
 While the database cannot be reached the server stays up: connections stay open, pushes get
 ``server_unavailable`` (clients keep their changes and retry), and every connection is told
 once, by a ``status`` message, that the server is degraded and why; then once more when it
-is back. ``watch_database`` asks the database at a steady interval and drives the board.
+is back. ``watch_database`` asks storage's health probe (``store.ports.Probe``) at a steady
+interval and drives the board.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol
 
-from fieldsync.store.database import DatabaseProbe
+from fieldsync.store.ports import Probe
 from fieldsync.sync.messages import Status
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,16 @@ class StatusBoard:
 
 
 async def watch_database(
-    url: str,
+    probe: Probe,
     board: StatusBoard,
     on_change: Callable[[bool], None],
     *,
     interval: float,
     within: float,
 ) -> None:
-    """Every ``interval`` seconds, check the database (it must answer within ``within``);
-    on each change of state update the board and call ``on_change(up)``. Runs until
-    cancelled."""
-    probe = DatabaseProbe(url)
+    """Every ``interval`` seconds, ask ``probe`` (the database must answer within
+    ``within``); on each change of state update the board and call ``on_change(up)``. Runs
+    until cancelled, then closes the probe."""
     try:
         await _watch(probe, board, on_change, interval, within)
     finally:
@@ -82,7 +82,7 @@ async def watch_database(
 
 
 async def _watch(
-    probe: DatabaseProbe,
+    probe: Probe,
     board: StatusBoard,
     on_change: Callable[[bool], None],
     interval: float,

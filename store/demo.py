@@ -2,7 +2,8 @@
 
 ``create_demo`` makes the server-managed rows (an account, the project "Alpine survey 2027",
 a lead and two specialists as its members), then writes the project's content the way a
-client would: as Automerge changes appended to the change log, sent by the lead. The read
+client would: as Automerge changes appended to the change log, sent by the lead. It works
+through the storage ports, so it runs on any storage. The read
 models are therefore filled by the same code path as for any other push, and every client
 that opens the project gets it through its snapshot.
 
@@ -20,15 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 
-import asyncpg
-
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.writer import create_entity
-from fieldsync.store.changelog import Accepted, ChangeLog
-from fieldsync.store.driver import translated
 from fieldsync.store.errors import StoreError
-from fieldsync.store.notifications import notify
-from fieldsync.store.projects import add_member, create_account, create_project, create_user
+from fieldsync.store.ports import Storage
+from fieldsync.store.records import Accepted
 
 PROJECT_NAME = "Alpine survey 2027"
 ACCOUNT_NAME = "Demo: Alpine Field Research"
@@ -267,26 +264,25 @@ def demo_entities(user_ids: Sequence[uuid.UUID]) -> list[SeedEntity]:
 # --- writing it -------------------------------------------------------------------------
 
 
-@translated("creating the demo")
-async def create_demo(pool: asyncpg.Pool) -> Demo:
+async def create_demo(storage: Storage) -> Demo:
     """Create the demo account, users, project and content; returns what was made."""
     tag = secrets.token_hex(3)  # keeps emails unique when the demo is created again
-    async with pool.acquire() as conn, conn.transaction():
-        account_id = await create_account(conn, ACCOUNT_NAME)
-        project_id = await create_project(conn, account_id, PROJECT_NAME)
-        users = []
-        for person in PEOPLE:
-            email = f"{person.email_local}+demo-{tag}@example.org"
-            user_id = await create_user(conn, person.name, account_id, email)
-            await add_member(conn, project_id, user_id, person.level)
-            users.append(DemoUser(user_id, person.name, email, person.level))
+    admin = storage.admin
+    account_id = await admin.create_account(ACCOUNT_NAME)
+    project_id = await admin.create_project(account_id, PROJECT_NAME)
+    users = []
+    for person in PEOPLE:
+        email = f"{person.email_local}+demo-{tag}@example.org"
+        user_id = await admin.create_user(person.name, account_id, email)
+        await admin.add_member(project_id, user_id, person.level)
+        users.append(DemoUser(user_id, person.name, email, person.level))
 
     entities = demo_entities([u.user_id for u in users])
     batch = []
     for entity in entities:
         _, change = create_entity(entity.entity_type, entity.values)
         batch.append(EntityChanges(entity.entity_type, entity.entity_id, [change]))
-    changelog = ChangeLog(pool)
+    changelog = storage.change_log()
     results = await changelog.append(project_id, batch, sender=str(users[0].user_id))
     for entity, result in zip(entities, results, strict=True):
         if not isinstance(result, Accepted):
@@ -298,7 +294,7 @@ async def create_demo(pool: asyncpg.Pool) -> Demo:
     # A running server learns of the new log head at once; if this fails it finds the head
     # by its periodic check, so the demo is not failed for it.
     with contextlib.suppress(StoreError):
-        await notify(pool, project_id, head)
+        await storage.notifications.notify_head(project_id, head)
     return Demo(
         account_id=account_id,
         project_id=project_id,

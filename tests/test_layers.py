@@ -30,6 +30,7 @@ STORAGE_NEUTRAL = frozenset(
         "append_plan",
         "compaction",
         "conflict_plan",
+        "demo",
         "document_cache",
         "errors",
         "heads",
@@ -181,6 +182,17 @@ def test_the_walk_sees_the_package() -> None:
     assert "asyncpg" in imports("fieldsync.store.changelog")
     assert "fieldsync.store.heads" in imports("fieldsync.store.notifications")
     assert "fieldsync.store.changelog" in reachable("fieldsync.live.feed")
+
+
+def test_only_the_postgresql_storage_imports_a_database_driver() -> None:
+    importers = _direct_driver_importers()
+    assert "fieldsync.store.changelog" in importers  # the walk finds them
+    outside = {
+        module: sorted(drivers)
+        for module, drivers in importers.items()
+        if not _within(module, ["fieldsync.store"]) or module in STORAGE_NEUTRAL
+    }
+    assert outside == {}
 
 
 def test_storage_neutral_modules_never_reach_a_driver() -> None:
