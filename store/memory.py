@@ -67,6 +67,11 @@ class MemoryStorage:
         self.admin = MemoryAdmin(self._db)
         self.maintenance = MemoryMaintenance(self._db)
 
+    @property
+    def state(self) -> Database:
+        """Everything it holds, for tests to inspect (as they read PostgreSQL's tables)."""
+        return self._db
+
     def change_log(
         self,
         *,

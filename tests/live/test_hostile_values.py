@@ -20,7 +20,7 @@ from fieldsync.sync.messages import EntityAccepted, EntityPush, EntityRejected
 from tests.entities import new_id
 from tests.live.test_sync import push
 from tests.live_server import MemberFactory
-from tests.store.test_unsupported_values import BASE, FIXTURES, REFUSED, edit
+from tests.store.contract.test_unsupported_values import BASE, FIXTURES, REFUSED, edit
 from tests.sync_client import SyncClient
 
 

@@ -1,8 +1,7 @@
-"""An entity's history has one root, and a change belongs to one entity.
+"""A change hash is unique in a project's log, enforced by PostgreSQL itself as well.
 
-A client that pushes another entity's changes under its own entity (its creation change, a
-later edit of it, or a change built on it) must be refused: otherwise the change is logged
-twice and Automerge merges the other entity's content into this one.
+The append path refuses a change logged under another entity (``tests/store/contract/
+test_entity_history.py``, on every storage); this is the database's own constraint under it.
 """
 
 from __future__ import annotations
@@ -13,11 +12,9 @@ import asyncpg
 import pytest
 
 from fieldsync.model.merge import EntityChanges
-from fieldsync.model.rejections import RejectCode
-from fieldsync.model.writer import create_entity, update_entity
-from fieldsync.store.changelog import Accepted, ChangeLog, Rejected
+from fieldsync.model.writer import create_entity
+from fieldsync.store.changelog import Accepted, ChangeLog
 from tests.entities import activity_values, new_id
-from tests.store.state import project_state
 
 
 @pytest.fixture
@@ -31,103 +28,6 @@ async def created(log: ChangeLog, project: uuid.UUID) -> tuple[str, bytes, objec
     [result] = await log.append(project, [EntityChanges("activity", entity, [first])], "u")
     assert isinstance(result, Accepted)
     return entity, first, doc
-
-
-async def refused(
-    log: ChangeLog, project: uuid.UUID, entity: str, changes: list[bytes]
-) -> Rejected:
-    [result] = await log.append(project, [EntityChanges("activity", entity, changes)], "u")
-    assert isinstance(result, Rejected), result
-    return result
-
-
-async def test_another_entitys_creation_change_is_refused_under_a_new_entity(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
-) -> None:
-    x, x_root, _ = await created(log, project)
-    before = await project_state(pool, project)
-    y = new_id()
-    result = await refused(log, project, y, [x_root])
-    assert result.rejection.code is RejectCode.FOREIGN_CHANGE
-    assert result.rejection.details["entity_id"] == x
-    assert result.rejection.details["index"] == 0
-    assert await project_state(pool, project) == before
-
-
-async def test_another_entitys_creation_change_is_refused_under_an_existing_entity(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
-) -> None:
-    x, x_root, _ = await created(log, project)
-    y, _, _ = await created(log, project)
-    before = await project_state(pool, project)
-    result = await refused(log, project, y, [x_root])
-    assert result.rejection.code is RejectCode.FOREIGN_CHANGE
-    assert result.rejection.details["entity_id"] == x
-    assert await project_state(pool, project) == before
-
-
-async def test_a_change_built_on_another_entity_is_refused(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
-) -> None:
-    x, _, x_doc = await created(log, project)
-    y, _, _ = await created(log, project)
-    edit_of_x = update_entity(x_doc, "activity", {"title": "taken over"})  # type: ignore[arg-type]
-    before = await project_state(pool, project)
-    result = await refused(log, project, y, [edit_of_x])
-    assert result.rejection.code is RejectCode.FOREIGN_CHANGE
-    assert result.rejection.details["entity_id"] == x
-    assert await project_state(pool, project) == before
-    # The edit is still fine where it belongs.
-    [ok] = await log.append(project, [EntityChanges("activity", x, [edit_of_x])], "u")
-    assert isinstance(ok, Accepted)
-
-
-async def test_a_second_root_is_refused_for_an_existing_entity(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
-) -> None:
-    y, _, _ = await created(log, project)
-    _, unrelated_root = create_entity("activity", activity_values(new_id()))
-    before = await project_state(pool, project)
-    result = await refused(log, project, y, [unrelated_root])
-    assert result.rejection.code is RejectCode.UNRELATED_HISTORY
-    assert await project_state(pool, project) == before
-
-
-async def test_two_roots_for_a_new_entity_are_refused(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
-) -> None:
-    _, root_a = create_entity("activity", activity_values(new_id()))
-    _, root_b = create_entity("activity", activity_values(new_id()))
-    before = await project_state(pool, project)
-    result = await refused(log, project, new_id(), [root_a, root_b])
-    assert result.rejection.code is RejectCode.UNRELATED_HISTORY
-    assert result.rejection.details["index"] == 1
-    assert await project_state(pool, project) == before
-
-
-async def test_one_push_cannot_log_a_change_under_two_entities(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
-) -> None:
-    _, root = create_entity("activity", activity_values(new_id()))
-    first, second = new_id(), new_id()
-    results = await log.append(
-        project,
-        [EntityChanges("activity", first, [root]), EntityChanges("activity", second, [root])],
-        "u",
-    )
-    assert results[0] == Accepted(first, (1,))
-    assert isinstance(results[1], Rejected)
-    assert results[1].rejection.code is RejectCode.FOREIGN_CHANGE
-    assert results[1].rejection.details["entity_id"] == first
-
-
-async def test_a_retry_under_the_right_entity_still_returns_its_seq(
-    log: ChangeLog, project: uuid.UUID
-) -> None:
-    x, x_root, _ = await created(log, project)
-    assert await log.append(project, [EntityChanges("activity", x, [x_root])], "u") == [
-        Accepted(x, (1,))
-    ]
 
 
 async def test_the_database_refuses_one_hash_under_two_entities(

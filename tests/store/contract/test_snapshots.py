@@ -6,7 +6,6 @@ import asyncio
 import uuid
 from collections import defaultdict
 
-import asyncpg
 import pytest
 from automerge.core import Document
 
@@ -14,16 +13,14 @@ from fieldsync.model.changes import parse_change
 from fieldsync.model.documents import apply_changes
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.writer import create_entity, update_entity
-from fieldsync.store.changelog import ChangeLog
 from fieldsync.store.errors import UnknownProject
-from fieldsync.store.snapshots import open_snapshot
+from fieldsync.store.ports import ChangeLogPort, Storage
 from tests.entities import location_values, new_id
 
 
 async def test_snapshot_taken_during_appends_plus_pull_equals_the_final_state(
-    pool: asyncpg.Pool, project: uuid.UUID
+    storage: Storage, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
-    log = ChangeLog(pool)
     entities = {new_id(): create_entity("location", location_values(i)) for i in range(12)}
     await log.append(
         project, [EntityChanges("location", e, [c]) for e, (_, c) in entities.items()], "u"
@@ -41,7 +38,7 @@ async def test_snapshot_taken_during_appends_plus_pull_equals_the_final_state(
     appending = asyncio.create_task(keep_appending())
     snapshots: list[tuple[int, dict[str, Document]]] = []
     while not appending.done():
-        async with open_snapshot(pool, project) as snapshot:
+        async with storage.snapshots.open(project) as snapshot:
             docs = {}
             async for entity in snapshot.entities(prefetch=5):
                 docs[entity.entity_id] = Document.load(entity.document)
@@ -73,7 +70,53 @@ async def test_snapshot_taken_during_appends_plus_pull_equals_the_final_state(
             assert sorted(docs[entity_id].get_heads()) == sorted(original.get_heads())
 
 
-async def test_snapshot_of_an_unknown_project(pool: asyncpg.Pool) -> None:
+async def test_snapshot_of_an_unknown_project(storage: Storage) -> None:
     with pytest.raises(UnknownProject):
-        async with open_snapshot(pool, uuid.uuid4()):
+        async with storage.snapshots.open(uuid.uuid4()):
             pass
+
+
+async def test_a_snapshot_stays_at_its_cursor_while_changes_commit(
+    storage: Storage, log: ChangeLogPort, project: uuid.UUID
+) -> None:
+    """Documents, count and conflict records all as of the cursor, whatever commits while
+    it is open (a new entity, an edit, a conflict opening)."""
+    entity = new_id()
+    doc, created = create_entity("location", location_values())
+    ana, ben = doc.fork(), doc.fork()
+    await log.append(project, [EntityChanges("location", entity, [created])], "u")
+    await log.append(
+        project,
+        [EntityChanges("location", entity, [update_entity(ana, "location", {"name": "North"})])],
+        "ana",
+    )
+    async with storage.snapshots.open(project) as snapshot:
+        assert snapshot.project_id == project
+        assert snapshot.cursor == 2
+        later = update_entity(ben, "location", {"name": "South"})  # concurrent: a conflict
+        _, other = create_entity("location", location_values(2))
+        await log.append(
+            project,
+            [
+                EntityChanges("location", entity, [later]),
+                EntityChanges("location", new_id(), [other]),
+            ],
+            "ben",
+        )
+        assert await log.head(project) == 4
+        assert await snapshot.count() == 1
+        entities = [e async for e in snapshot.entities(prefetch=1)]
+        assert await snapshot.conflicts() == []
+    assert [e.entity_id for e in entities] == [entity]
+    [seen] = entities
+    assert (seen.entity_type, seen.version) == ("location", 2)
+    assert sorted(Document.load(seen.document).get_heads()) == sorted(ana.get_heads())
+    assert sorted(seen.heads) == sorted(ana.get_heads())
+    assert snapshot.document_bytes == len(seen.document)
+
+    async with storage.snapshots.open(project) as snapshot:
+        assert snapshot.cursor == 4
+        assert await snapshot.count() == 2
+        [conflict] = await snapshot.conflicts()
+    assert (conflict.kind, conflict.status, conflict.opened_seq) == ("concurrent_edit", "open", 3)
+    assert conflict.entity_ids == (entity,)

@@ -1,25 +1,26 @@
-"""Appending changes: acceptance, idempotency, ordering and concurrency on a real PostgreSQL."""
+"""Appending changes: acceptance, idempotency, ordering and concurrency, on every storage."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 
-import asyncpg
+import pytest
 from automerge.core import Document
 
 from fieldsync.model.documents import load_document
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.writer import create_entity, splice_text, update_entity
-from fieldsync.store.changelog import Accepted, ChangeLog, Rejected
+from fieldsync.store.errors import UnknownProject
+from fieldsync.store.ports import ChangeLogPort, Storage
+from fieldsync.store.records import Accepted, Rejected
 from tests.entities import activity_values, location_values, new_id, plan_values
-from tests.store.state import project_state
+from tests.store.contract.inspect import Inspector
 
 
 async def test_new_entity_is_logged_cached_and_projected(
-    pool: asyncpg.Pool, project: uuid.UUID
+    storage: Storage, inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
-    log = ChangeLog(pool)
     plan_id, activity_id = new_id(), new_id()
     _, plan_change = create_entity("plan", plan_values())
     doc, created = create_entity("activity", activity_values(plan_id))
@@ -42,30 +43,22 @@ async def test_new_entity_is_logged_cached_and_projected(
         (2, activity_id, created),
         (3, activity_id, edited),
     ]
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT title, status, tasks_total, tasks_done, deleted, last_seq "
-            "FROM rm_activities WHERE project_id = $1 AND entity_id = $2",
-            project,
-            activity_id,
-        )
-        cached = await conn.fetchrow(
-            "SELECT saved || tail AS document, heads FROM documents WHERE entity_id = $1",
-            activity_id,
-        )
-        sender = await conn.fetchval(
-            "SELECT DISTINCT sender FROM changes WHERE project_id = $1", project
-        )
-    assert tuple(row) == ("Core sampling, day 1", "planned", 2, 1, False, 3)
-    assert sorted(load_document(cached["document"]).get_heads()) == sorted(doc.get_heads())
-    assert sorted(cached["heads"]) == sorted(doc.get_heads())
-    assert sender == "user-1"
+    row = await inspector.read_model("activity", activity_id)
+    assert row is not None
+    assert tuple(row[c] for c in ("title", "status", "tasks_total", "tasks_done", "deleted",
+                                  "last_seq")) == ("Core sampling, day 1", "planned", 2, 1,
+                                                   False, 3)  # fmt: skip
+    cached = await inspector.document(activity_id)
+    assert cached is not None
+    assert sorted(load_document(cached.saved + cached.tail).get_heads()) == sorted(doc.get_heads())
+    assert sorted(cached.heads) == sorted(doc.get_heads())
+    senders = {entry[5] for entry in (await inspector.state(project)).log}
+    assert senders == {"user-1"}
 
 
 async def test_reappending_returns_original_seqs_and_logs_nothing(
-    pool: asyncpg.Pool, project: uuid.UUID
+    log: ChangeLogPort, project: uuid.UUID
 ) -> None:
-    log = ChangeLog(pool)
     entity = new_id()
     doc, first = create_entity("location", location_values())
     await log.append(project, [EntityChanges("location", entity, [first])], sender="u")
@@ -80,11 +73,11 @@ async def test_reappending_returns_original_seqs_and_logs_nothing(
 
 
 async def test_same_change_appended_concurrently_is_logged_once(
-    pool: asyncpg.Pool, project: uuid.UUID
+    storage: Storage, inspector: Inspector, project: uuid.UUID
 ) -> None:
     entity = new_id()
     _, change = create_entity("location", location_values())
-    logs = [ChangeLog(pool) for _ in range(5)]  # five independent caches, like five processes
+    logs = [storage.change_log() for _ in range(5)]  # five independent caches: five processes
 
     results = await asyncio.gather(
         *(
@@ -94,15 +87,14 @@ async def test_same_change_appended_concurrently_is_logged_once(
     )
 
     assert all(r == [Accepted(entity, (1,))] for r in results)
-    state = await project_state(pool, project)
+    state = await inspector.state(project)
     assert state.head == 1
     assert len(state.log) == 1
 
 
 async def test_changes_within_a_push_may_arrive_out_of_dependency_order(
-    pool: asyncpg.Pool, project: uuid.UUID
+    log: ChangeLogPort, project: uuid.UUID
 ) -> None:
-    log = ChangeLog(pool)
     entity = new_id()
     doc, first = create_entity("activity", activity_values(new_id()))
     second = update_entity(doc, "activity", {"status": "confirmed"})
@@ -117,8 +109,9 @@ async def test_changes_within_a_push_may_arrive_out_of_dependency_order(
     assert [c.change for c in (await log.read_since(project, 0)).changes] == [first, second, third]
 
 
-async def test_concurrent_offline_edits_merge(pool: asyncpg.Pool, project: uuid.UUID) -> None:
-    log = ChangeLog(pool)
+async def test_concurrent_offline_edits_merge(
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
+) -> None:
     entity = new_id()
     origin, created = create_entity("activity", activity_values(new_id()))
     await log.append(project, [EntityChanges("activity", entity, [created])], sender="a")
@@ -130,22 +123,19 @@ async def test_concurrent_offline_edits_merge(pool: asyncpg.Pool, project: uuid.
     await log.append(project, [EntityChanges("activity", entity, [edit_b])], sender="b")
 
     tablet_a.merge(tablet_b)
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT heads, saved || tail AS document FROM documents WHERE entity_id = $1", entity
-        )
-        status = await conn.fetchval(
-            "SELECT status FROM rm_activities WHERE entity_id = $1", entity
-        )
-    assert sorted(row["heads"]) == sorted(tablet_a.get_heads())
-    assert status == "confirmed"
+    stored = await inspector.document(entity)
+    row = await inspector.read_model("activity", entity)
+    assert stored is not None
+    assert row is not None
+    assert sorted(stored.heads) == sorted(tablet_a.get_heads())
+    assert row["status"] == "confirmed"
 
 
 async def test_a_process_with_a_stale_cache_reloads_the_document(
-    pool: asyncpg.Pool, project: uuid.UUID
+    storage: Storage, inspector: Inspector, project: uuid.UUID
 ) -> None:
-    """Two change logs on one database (two server processes) both append to an entity."""
-    first_process, second_process = ChangeLog(pool), ChangeLog(pool)
+    """Two change logs on one storage (two server processes) both append to an entity."""
+    first_process, second_process = storage.change_log(), storage.change_log()
     entity = new_id()
     doc, created = create_entity("location", location_values())
     await first_process.append(project, [EntityChanges("location", entity, [created])], "u")
@@ -158,17 +148,14 @@ async def test_a_process_with_a_stale_cache_reloads_the_document(
     )
 
     assert results == [Accepted(entity, (3,))]
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT name, address FROM rm_locations WHERE entity_id = $1", entity
-        )
-    assert tuple(row) == ("Renamed by process two", "Moved by process one")
+    row = await inspector.read_model("location", entity)
+    assert row is not None
+    assert (row["name"], row["address"]) == ("Renamed by process two", "Moved by process one")
 
 
 async def test_cached_document_stays_equal_to_the_log_across_compactions(
-    pool: asyncpg.Pool, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
-    log = ChangeLog(pool)
     entity = new_id()
     doc, created = create_entity("activity", activity_values(new_id()))
     await log.append(project, [EntityChanges("activity", entity, [created])], sender="u")
@@ -180,31 +167,26 @@ async def test_cached_document_stays_equal_to_the_log_across_compactions(
 
     logged = (await log.read_since(project, 0, 10_000)).changes
     replayed = Document.load(b"".join(c.change for c in logged))
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            "SELECT saved, tail, tail_changes, change_count, heads FROM documents "
-            "WHERE entity_id = $1",
-            entity,
-        )
-    cached = load_document(row["saved"] + row["tail"])
-    assert row["change_count"] == 301
-    assert row["saved"], "the document was compacted at least once"
-    assert row["tail_changes"] < 301
-    assert sorted(cached.get_heads()) == sorted(replayed.get_heads()) == sorted(row["heads"])
+    row = await inspector.document(entity)
+    assert row is not None
+    cached = load_document(row.saved + row.tail)
+    assert row.change_count == 301
+    assert row.saved, "the document was compacted at least once"
+    assert row.tail_changes < 301
+    assert sorted(cached.get_heads()) == sorted(replayed.get_heads()) == sorted(row.heads)
     assert cached.text(cached.get(b"\x00", "description")[1]) == replayed.text(  # type: ignore[index]
         replayed.get(b"\x00", "description")[1]  # type: ignore[index]
     )
 
 
 async def test_writers_and_a_cursor_reader_see_a_gapless_ordered_log(
-    pool: asyncpg.Pool, project: uuid.UUID
+    storage: Storage, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     writers, pushes, per_push = 8, 12, 3
-    log = ChangeLog(pool)
     acked: list[int] = []
 
     async def writer(index: int) -> None:
-        own_log = ChangeLog(pool) if index % 2 else log  # mix shared and separate caches
+        own_log = storage.change_log() if index % 2 else log  # mix shared and separate caches
         for push in range(pushes):
             entity = new_id()
             doc, created = create_entity("location", location_values(index))
@@ -244,9 +226,8 @@ async def test_writers_and_a_cursor_reader_see_a_gapless_ordered_log(
 
 
 async def test_rejection_in_one_entity_leaves_the_others_of_the_push_alone(
-    pool: asyncpg.Pool, project: uuid.UUID
+    log: ChangeLogPort, project: uuid.UUID
 ) -> None:
-    log = ChangeLog(pool)
     good, bad = new_id(), new_id()
     _, change = create_entity("location", location_values())
 
@@ -261,3 +242,67 @@ async def test_rejection_in_one_entity_leaves_the_others_of_the_push_alone(
 
     assert isinstance(results[0], Rejected)
     assert results[1] == Accepted(good, (1,))
+
+
+async def test_seqs_are_per_project_and_a_cursor_reads_only_its_project(
+    log: ChangeLogPort, project: uuid.UUID, other_project: uuid.UUID
+) -> None:
+    _, first = create_entity("location", location_values(1))
+    _, second = create_entity("location", location_values(2))
+    a, b = new_id(), new_id()
+    assert await log.append(project, [EntityChanges("location", a, [first])], "u") == [
+        Accepted(a, (1,))
+    ]
+    assert await log.append(other_project, [EntityChanges("location", b, [second])], "u") == [
+        Accepted(b, (1,))
+    ]
+    assert [c.entity_id for c in (await log.read_since(project, 0)).changes] == [a]
+    assert [c.entity_id for c in (await log.read_since(other_project, 0)).changes] == [b]
+    assert (await log.read_since(project, 1)).changes == []
+    assert (await log.read_since(project, 1)).last_seq is None
+
+
+async def test_an_unknown_project_has_no_head_and_takes_no_push(log: ChangeLogPort) -> None:
+    nowhere = uuid.uuid4()
+    _, change = create_entity("location", location_values())
+    with pytest.raises(UnknownProject):
+        await log.head(nowhere)
+    with pytest.raises(UnknownProject):
+        await log.append(nowhere, [EntityChanges("location", new_id(), [change])], "u")
+    assert (await log.read_since(nowhere, 0)).changes == []
+    assert await log.append(nowhere, [], "u") == []  # nothing to log: nothing asked
+
+
+async def test_commits_are_heard_after_they_are_made(
+    storage: Storage, project: uuid.UUID
+) -> None:
+    """What the app's fan-out and metrics hear: the changes newly logged, the new head."""
+    heard: list[tuple[uuid.UUID, list[int]]] = []
+    appended: list[tuple[uuid.UUID, int, int]] = []
+    log = storage.change_log(
+        on_commit=lambda p, piece: heard.append((p, [c.seq for c in piece.changes])),
+        on_append=lambda p, head, n: appended.append((p, head, n)),
+    )
+    doc, created = create_entity("location", location_values())
+    entity = new_id()
+    await log.append(project, [EntityChanges("location", entity, [created])], "u")
+    await log.append(project, [EntityChanges("location", entity, [created])], "u")  # a retry
+    edit = update_entity(doc, "location", {"name": "Depot"})
+    await log.append(project, [EntityChanges("location", entity, [edit])], "u")
+    assert heard == [(project, [1]), (project, [2])]
+    assert appended == [(project, 1, 1), (project, 1, 0), (project, 2, 1)]
+
+
+async def test_a_failing_commit_listener_does_not_fail_the_push(
+    storage: Storage, project: uuid.UUID
+) -> None:
+    def broken(project_id: uuid.UUID, piece: object) -> None:
+        raise RuntimeError("listener bug")
+
+    log = storage.change_log(on_commit=broken)
+    _, created = create_entity("location", location_values())
+    entity = new_id()
+    assert await log.append(project, [EntityChanges("location", entity, [created])], "u") == [
+        Accepted(entity, (1,))
+    ]
+    assert await log.head(project) == 1

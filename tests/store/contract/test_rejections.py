@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-import asyncpg
 import pytest
 from automerge.core import ROOT, Document, ScalarType
 
@@ -19,10 +18,11 @@ from fieldsync.model.limits import Limits
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.rejections import RejectCode
 from fieldsync.model.writer import create_entity, update_entity
-from fieldsync.store.changelog import Accepted, ChangeLog, Rejected
 from fieldsync.store.errors import BatchTooLarge, UnknownProject
+from fieldsync.store.ports import ChangeLogPort, Storage
+from fieldsync.store.records import Accepted, Rejected
 from tests.entities import activity_values, location_values, new_id
-from tests.store.state import project_state
+from tests.store.contract.inspect import Inspector
 
 PRINTABLE = string.ascii_letters + string.digits + string.punctuation
 
@@ -34,7 +34,7 @@ def rechecksummed(chunk: bytes, body_edit: int) -> bytes:
     return chunk[:4] + hashlib.sha256(body).digest()[:4] + bytes(body)
 
 
-async def seeded(log: ChangeLog, project: uuid.UUID) -> tuple[str, Document]:
+async def seeded(log: ChangeLogPort, project: uuid.UUID) -> tuple[str, Document]:
     """A project holding one valid activity, so 'unchanged' means something."""
     entity = new_id()
     doc, created = create_entity("activity", activity_values(new_id()))
@@ -45,7 +45,7 @@ async def seeded(log: ChangeLog, project: uuid.UUID) -> tuple[str, Document]:
 
 
 async def rejected(
-    log: ChangeLog, project: uuid.UUID, item: EntityChanges
+    log: ChangeLogPort, project: uuid.UUID, item: EntityChanges
 ) -> tuple[RejectCode, str, object]:
     [result] = await log.append(project, [item], sender="u")
     assert isinstance(result, Rejected), result
@@ -64,20 +64,20 @@ def raw_change(build: Sequence[tuple[str, ScalarType, object]]) -> bytes:
 
 
 @pytest.fixture
-def log(pool: asyncpg.Pool) -> ChangeLog:
-    # Op bounds out of the way: tests/store/test_op_limits.py is about those.
-    return ChangeLog(pool, limits=Limits(max_change_bytes=8192, max_changes_per_entity=20,
+def log(storage: Storage) -> ChangeLogPort:
+    # Op bounds out of the way: test_op_limits.py is about those.
+    return storage.change_log(limits=Limits(max_change_bytes=8192, max_changes_per_entity=20,
                                          max_entities_per_batch=10,
                                          max_document_bytes=64 * 1024,
                                          max_ops_per_push=10**7, max_document_ops=10**7))
 
 
 async def test_garbage_truncated_and_bitflipped_bytes(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     entity, doc = await seeded(log, project)
     good = update_entity(doc, "activity", {"status": "done"})
-    before = await project_state(pool, project)
+    before = await inspector.state(project)
     for bad in (b"", b"hello", good[: len(good) // 2], good[:-1] + bytes([good[-1] ^ 1])):
         code, message, details = await rejected(
             log, project, EntityChanges("activity", entity, [good, bad])
@@ -85,11 +85,11 @@ async def test_garbage_truncated_and_bitflipped_bytes(
         assert code is RejectCode.UNDECODABLE_CHANGE
         assert message.startswith("change 1 is not a valid Automerge change")
         assert details == {"index": 1}
-    assert await project_state(pool, project) == before
+    assert await inspector.state(project) == before
 
 
 async def test_well_formed_but_corrupted_changes(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     """Op bytes flipped under a recomputed checksum: refused, or accepted only if Automerge's
     strict loader accepts the same change too; a refusal never poisons the cached document."""
@@ -106,21 +106,20 @@ async def test_well_formed_but_corrupted_changes(
         first, good = edited_entity()
         assert len(good) == size
         await log.append(project, [EntityChanges("activity", entity, [first])], "u")
-        before = await project_state(pool, project)
+        before = await inspector.state(project)
         bad = rechecksummed(good, offset)
         [result] = await log.append(project, [EntityChanges("activity", entity, [bad])], "u")
         if isinstance(result, Rejected):
             codes.add(result.rejection.code)
-            assert await project_state(pool, project) == before
+            assert await inspector.state(project) == before
             assert await log.append(project, [EntityChanges("activity", entity, [good])], "u") == [
                 Accepted(entity, (before.head + 1,))
             ]
         else:
             strict = Document.load(first + bad)
-            async with pool.acquire() as conn:
-                heads = await conn.fetchval("SELECT heads FROM documents WHERE entity_id = $1",
-                                            entity)
-            assert sorted(heads) == sorted(strict.get_heads())
+            stored = await inspector.document(entity)
+            assert stored is not None
+            assert sorted(stored.heads) == sorted(strict.get_heads())
     assert RejectCode.CORRUPT_CHANGE in codes
     assert codes <= {
         RejectCode.UNDECODABLE_CHANGE,
@@ -132,25 +131,25 @@ async def test_well_formed_but_corrupted_changes(
 
 
 async def test_missing_dependencies_names_the_missing_hashes(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     entity = new_id()
     doc, _ = create_entity("location", location_values())
     later = update_entity(doc, "location", {"name": "Later"})
-    before = await project_state(pool, project)
+    before = await inspector.state(project)
 
     code, _, details = await rejected(log, project, EntityChanges("location", entity, [later]))
 
     assert code is RejectCode.MISSING_DEPENDENCIES
     assert details == {"missing": [doc.get_changes([])[0].hash.hex()]}
-    assert await project_state(pool, project) == before
+    assert await inspector.state(project) == before
 
 
 async def test_schema_violations_name_the_field(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     entity, doc = await seeded(log, project)
-    before = await project_state(pool, project)
+    before = await inspector.state(project)
     cases = [
         (update_entity(doc.fork(), "activity", {"title": None}), "title", "missing"),
         (update_entity(doc.fork(), "activity", {"status": "finished-ish"}), "status", None),
@@ -172,46 +171,44 @@ async def test_schema_violations_name_the_field(
     )
     assert code is RejectCode.SCHEMA_VIOLATION
     assert details["violations"][0]["field"] == "name"  # type: ignore[index]
-    assert await project_state(pool, project) == before
+    assert await inspector.state(project) == before
 
 
 async def test_unknown_type_and_bad_entity_ids(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     _, change = create_entity("location", location_values())
-    before = await project_state(pool, project)
+    before = await inspector.state(project)
     code, message, _ = await rejected(log, project, EntityChanges("spaceship", new_id(), [change]))
     assert code is RejectCode.UNKNOWN_ENTITY_TYPE
     assert "activity" in message
     for bad_id in ("", "x" * 65, "../etc", "a b"):
         code, _, _ = await rejected(log, project, EntityChanges("location", bad_id, [change]))
         assert code is RejectCode.INVALID_ENTITY_ID
-    assert await project_state(pool, project) == before
+    assert await inspector.state(project) == before
 
 
 async def test_entity_of_another_project_and_of_another_type(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID, other_project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID, other_project: uuid.UUID
 ) -> None:
     entity, doc = await seeded(log, project)
     edit = update_entity(doc, "activity", {"status": "confirmed"})
-    mine, theirs = await project_state(pool, project), await project_state(
-        pool, other_project
-    )
+    mine, theirs = await inspector.state(project), await inspector.state(other_project)
 
     code, _, _ = await rejected(log, other_project, EntityChanges("activity", entity, [edit]))
     assert code is RejectCode.WRONG_PROJECT
     code, _, _ = await rejected(log, project, EntityChanges("location", entity, [edit]))
     assert code is RejectCode.WRONG_ENTITY_TYPE
 
-    assert await project_state(pool, project) == mine
-    assert await project_state(pool, other_project) == theirs
+    assert await inspector.state(project) == mine
+    assert await inspector.state(other_project) == theirs
 
 
 async def test_size_limits(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     entity, doc = await seeded(log, project)
-    before = await project_state(pool, project)
+    before = await inspector.state(project)
 
     code, _, details = await rejected(
         log, project, EntityChanges("activity", entity, [b"\x00" * 9000])
@@ -238,11 +235,11 @@ async def test_size_limits(
         await log.append(
             project, [EntityChanges("activity", new_id(), many[:1]) for _ in range(11)], "u"
         )
-    assert await project_state(pool, project) == before
+    assert await inspector.state(project) == before
 
 
 async def test_an_entity_twice_in_one_push(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     entity = new_id()
     doc, created = create_entity("location", location_values())
@@ -259,24 +256,24 @@ async def test_an_entity_twice_in_one_push(
     assert results[1].rejection.code is RejectCode.DUPLICATE_ENTITY
 
 
-async def test_unknown_project_is_refused_before_anything_is_written(log: ChangeLog) -> None:
+async def test_unknown_project_is_refused_before_anything_is_written(log: ChangeLogPort) -> None:
     _, change = create_entity("location", location_values())
     with pytest.raises(UnknownProject):
         await log.append(uuid.uuid4(), [EntityChanges("location", new_id(), [change])], "u")
 
 
 async def test_values_the_binding_cannot_read_are_refused_and_nothing_breaks(
-    pool: asyncpg.Pool, log: ChangeLog, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     """Counters written by JavaScript Automerge make the Python binding panic on read."""
-    fixtures = json.loads((Path(__file__).parent.parent / "fixtures" /
+    fixtures = json.loads((Path(__file__).parents[2] / "fixtures" /
                            "js_counter_changes.json").read_text())
     role = new_id()
     [base] = [bytes.fromhex(h) for h in fixtures["base"]]
     assert await log.append(project, [EntityChanges("role", role, [base])], "u") == [
         Accepted(role, (1,))
     ]
-    before = await project_state(pool, project)
+    before = await inspector.state(project)
 
     code, message, details = await rejected(
         log, project, EntityChanges("role", role, [bytes.fromhex(fixtures["counter"])])
@@ -293,7 +290,7 @@ async def test_values_the_binding_cannot_read_are_refused_and_nothing_breaks(
     assert code is RejectCode.UNSUPPORTED_VALUE
     assert details == {"index": 0, "field": "visits", "type": "counter"}
 
-    assert await project_state(pool, project) == before
+    assert await inspector.state(project) == before
     doc = Document.load(base)
     rename = update_entity(doc, "role", {"name": "Senior geologist"})
     assert await log.append(project, [EntityChanges("role", role, [rename])], "u") == [

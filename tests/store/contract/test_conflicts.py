@@ -4,21 +4,18 @@ feed entries clients are sent and a rebuild giving the same rows."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import pytest
 
 from fieldsync.model.merge import EntityChanges
-from fieldsync.store.changelog import Accepted, ChangeLog
-from fieldsync.store.conflicts import conflict_updates
-from fieldsync.store.rebuild import rebuild_read_models
+from fieldsync.store.ports import Storage
+from fieldsync.store.records import Accepted
 from tests.conflict.helpers import Device, Entity, at, create
-from tests.store.state import project_state
+from tests.store.contract.inspect import Inspector
 
 
 @dataclass
@@ -34,12 +31,13 @@ class Row:
 
 
 class Project:
-    """A project on the real store, with entity ids unique to the test."""
+    """A project on a real storage, with entity ids unique to the test."""
 
-    def __init__(self, pool: asyncpg.Pool, project_id: uuid.UUID) -> None:
-        self.pool = pool
+    def __init__(self, storage: Storage, inspector: Inspector, project_id: uuid.UUID) -> None:
+        self.storage = storage
+        self.inspector = inspector
         self.project_id = project_id
-        self.log = ChangeLog(pool)
+        self.log = storage.change_log()
         self.suffix = uuid.uuid4().hex[:8]
         self.entities: dict[str, Entity] = {}
 
@@ -70,26 +68,19 @@ class Project:
         return result.seqs[-1]
 
     async def rows(self) -> list[Row]:
-        async with self.pool.acquire() as conn:
-            records = await conn.fetch(
-                "SELECT conflict_id, kind, entity_ids, fields, details::text AS details, status, "
-                "opened_seq, resolved_seq FROM rm_conflicts WHERE project_id = $1 "
-                "ORDER BY opened_seq, conflict_id",
-                self.project_id,
-            )
-
+        records = (await self.inspector.state(self.project_id)).conflicts
         return [
             Row(
-                r["conflict_id"],
-                r["kind"],
-                list(r["entity_ids"]),
-                list(r["fields"]),
-                json.loads(r["details"]),
-                r["status"],
-                r["opened_seq"],
-                r["resolved_seq"],
+                r.conflict_id,
+                r.kind,
+                list(r.entity_ids),
+                list(r.fields),
+                dict(r.details),
+                r.status,
+                r.opened_seq,
+                r.resolved_seq,
             )
-            for r in records
+            for r in sorted(records, key=lambda r: (r.opened_seq, r.conflict_id))
         ]
 
     async def only(self) -> Row:
@@ -102,19 +93,20 @@ class Project:
 
     async def fed(self, after: int, upto: int) -> list[tuple[int, str, str]]:
         """The conflict updates a client relayed through (after, upto] is sent."""
-        async with self.pool.acquire() as conn:
-            updates = await conflict_updates(conn, self.project_id, after, upto)
+        piece = await self.log.read_since(self.project_id, after, upto - after)
+        assert piece.last_seq == upto
+        updates = piece.conflicts
         return [
             (u.seq, u.conflict_id, u.row.status if u.row is not None else "removed")
             for u in updates
         ]
 
     async def assert_rebuild_gives_the_same_rows(self) -> None:
-        before = await project_state(self.pool, self.project_id)
-        report = await rebuild_read_models(self.pool, self.project_id)
+        before = await self.inspector.state(self.project_id)
+        report = await self.storage.maintenance.rebuild_read_models(self.project_id)
         assert report.consistent, str(report)
         assert not report.conflicts_rewritten, str(report)
-        assert await project_state(self.pool, self.project_id) == before
+        assert await self.inspector.state(self.project_id) == before
 
     def _ids(self, values: Mapping[str, object]) -> dict[str, object]:
         """References written as logical names become this test's entity ids."""
@@ -127,8 +119,8 @@ class Project:
 
 
 @pytest.fixture
-def world(pool: asyncpg.Pool, project: uuid.UUID) -> Project:
-    return Project(pool, project)
+def world(storage: Storage, inspector: Inspector, project: uuid.UUID) -> Project:
+    return Project(storage, inspector, project)
 
 
 def activity(location: str | None, start: float, end: float) -> dict[str, object]:
@@ -222,10 +214,8 @@ async def test_two_valid_moves_merging_into_a_broken_interval(world: Project) ->
     assert (row.kind, row.status, row.opened_seq) == ("broken_interval", "open", broke)
     assert row.fields == ["ends_at", "starts_at"]
     assert row.details["resolution"] is None  # a lead decides
-    async with world.pool.acquire() as conn:
-        shown = await conn.fetchrow(
-            "SELECT starts_at, ends_at FROM rm_activities WHERE entity_id = $1", world.id("act")
-        )
+    shown = await world.inspector.read_model("activity", world.id("act"))
+    assert shown is not None
     assert shown["starts_at"] > shown["ends_at"]
 
     lead = world.device(3)
@@ -246,10 +236,8 @@ async def test_an_edit_concurrent_with_a_deletion_is_kept_and_reported(world: Pr
     assert (row.kind, row.status, row.opened_seq) == ("edit_to_deleted", "open", edited)
     assert row.fields == ["deleted", "title"]
     assert row.details["values"]["edited"] == {"title": "Core sampling, north"}
-    async with world.pool.acquire() as conn:
-        stored = await conn.fetchrow(
-            "SELECT title, deleted FROM rm_activities WHERE entity_id = $1", world.id("act")
-        )
+    stored = await world.inspector.read_model("activity", world.id("act"))
+    assert stored is not None
     assert (stored["title"], stored["deleted"]) == ("Core sampling, north", True)
 
     lead = world.device(3)

@@ -12,17 +12,17 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.rejections import RejectCode
-from fieldsync.store.changelog import Accepted, ChangeLog, Rejected
+from fieldsync.store.ports import ChangeLogPort
+from fieldsync.store.records import Accepted, Rejected
 from tests.entities import new_id
-from tests.store.state import project_state
+from tests.store.contract.inspect import Inspector
 
 FIXTURES = json.loads(
-    (Path(__file__).parent.parent / "fixtures" / "js_hostile_values.json").read_text()
+    (Path(__file__).parents[2] / "fixtures" / "js_hostile_values.json").read_text()
 )
 BASE = [bytes.fromhex(h) for h in FIXTURES["base"]]
 
@@ -45,7 +45,7 @@ REFUSED = {
 }
 
 
-async def activity(log: ChangeLog, project: uuid.UUID) -> str:
+async def activity(log: ChangeLogPort, project: uuid.UUID) -> str:
     entity = new_id()
     [created] = await log.append(project, [EntityChanges("activity", entity, BASE)], "u")
     assert isinstance(created, Accepted), created
@@ -54,11 +54,10 @@ async def activity(log: ChangeLog, project: uuid.UUID) -> str:
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 async def test_unreadable_values_are_refused_naming_field_and_type(
-    pool: asyncpg.Pool, project: uuid.UUID, case: str
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID, case: str
 ) -> None:
-    log = ChangeLog(pool)
     entity = await activity(log, project)
-    before = await project_state(pool, project)
+    before = await inspector.state(project)
 
     [result] = await log.append(project, [EntityChanges("activity", entity, edit(case))], "u")
 
@@ -68,7 +67,7 @@ async def test_unreadable_values_are_refused_naming_field_and_type(
     assert result.rejection.details["field"] == field
     assert str(result.rejection.details["type"]).startswith(kind)
     assert repr(field) in result.rejection.message
-    assert await project_state(pool, project) == before
+    assert await inspector.state(project) == before
 
 
 @pytest.mark.parametrize(
@@ -79,32 +78,31 @@ async def test_unreadable_values_are_refused_naming_field_and_type(
     ],
 )
 async def test_the_edges_of_the_range_are_stored_to_the_millisecond(
-    pool: asyncpg.Pool, project: uuid.UUID, case: str, column: str, expected: datetime
+    inspector: Inspector,
+    log: ChangeLogPort,
+    project: uuid.UUID,
+    case: str,
+    column: str,
+    expected: datetime,
 ) -> None:
-    log = ChangeLog(pool)
     entity = await activity(log, project)
     [result] = await log.append(project, [EntityChanges("activity", entity, edit(case))], "u")
     assert isinstance(result, Accepted), result
-    async with pool.acquire() as conn:
-        stored = await conn.fetchval(
-            f"SELECT {column} FROM rm_activities WHERE entity_id = $1", entity
-        )
-    assert stored == expected
+    row = await inspector.read_model("activity", entity)
+    assert row is not None
+    assert row[column] == expected
 
 
 async def test_an_invalid_javascript_date_is_stored_as_the_epoch(
-    pool: asyncpg.Pool, project: uuid.UUID
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     """What docs/protocol.md warns JavaScript clients about: new Date(NaN) becomes 1970."""
-    log = ChangeLog(pool)
     entity = await activity(log, project)
     [result] = await log.append(
         project, [EntityChanges("activity", entity, edit("invalid_date"))], "u"
     )
     # ends_at before starts_at is a domain conflict, not a schema error: it is accepted.
     assert isinstance(result, Accepted), result
-    async with pool.acquire() as conn:
-        stored = await conn.fetchval(
-            "SELECT ends_at FROM rm_activities WHERE entity_id = $1", entity
-        )
-    assert stored == datetime(1970, 1, 1, tzinfo=UTC)
+    row = await inspector.read_model("activity", entity)
+    assert row is not None
+    assert row["ends_at"] == datetime(1970, 1, 1, tzinfo=UTC)
