@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 async def start_server(
-    database_url: str,
+    database_url: str | None,
     port: int,
     *,
     limits: Limits = DEFAULT_LIMITS,
@@ -38,7 +38,8 @@ async def start_server(
     header_seconds: float = HEADER_SECONDS,
     **app_options: Any,
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    """Start the app on ``port`` in this event loop; returns once it accepts connections."""
+    """Start the app on ``port`` in this event loop; returns once it accepts connections.
+    ``database_url`` None: the app runs on the ``storage`` option."""
     app_options.setdefault("secret", TEST_SECRET)
     app = create_app(database_url, limits=limits, **app_options)
     config = uvicorn_config(app, "127.0.0.1", port, limits, ping_interval, header_seconds)
@@ -67,7 +68,7 @@ async def stop_server(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
 
 @asynccontextmanager
 async def running_server(
-    database_url: str,
+    database_url: str | None,
     *,
     limits: Limits = DEFAULT_LIMITS,
     ping_interval: float = PING_INTERVAL_SECONDS,
