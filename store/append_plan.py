@@ -338,15 +338,15 @@ def tell_observers(
     observers: CommitObservers, project_id: UUID, plan: SeqPlan, conflicts: ConflictWrites
 ) -> None:
     """After the commit: the metrics, then the live fan-out (which never fails the push)."""
-    changes = plan.logged_changes()
     if observers.on_append is not None:
-        observers.on_append(project_id, plan.head, len(changes))
+        observers.on_append(project_id, plan.head, sum(len(e.seqs) for e in plan.entities))
     if observers.on_conflicts_found is not None and conflicts.opened:
         observers.on_conflicts_found(conflicts.opened)
-    if observers.on_commit is not None and changes:
+    if observers.on_commit is not None and plan.entities:
         try:
             observers.on_commit(
-                project_id, LogSlice(changes, conflict_updates_of(plan.head, conflicts))
+                project_id,
+                LogSlice(plan.logged_changes(), conflict_updates_of(plan.head, conflicts)),
             )
         except Exception:
             # The changes are committed; a failing listener must not turn that into an
