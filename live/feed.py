@@ -21,9 +21,9 @@ from typing import Protocol
 from uuid import UUID
 
 from fieldsync.conflict.ledger import ConflictRow
-from fieldsync.store import conflicts as stored
-from fieldsync.store.changelog import LoggedChange, LogSlice
+from fieldsync.store import records as stored
 from fieldsync.store.errors import StoreError
+from fieldsync.store.records import LoggedChange, LogSlice
 from fieldsync.sync.messages import ChangeRecord, ConflictRecord
 from fieldsync.sync.server_protocol import ConflictUpdate, PreparedChanges, prepare_changes
 

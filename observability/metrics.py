@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from fieldsync.observability.fanout import LOCAL, REMOTE, FanoutClock
-from fieldsync.store.changelog import AppendResult, Rejected
+from fieldsync.store.records import AppendResult, Rejected
 from fieldsync.sync.messages import Hello, Push
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
