@@ -181,7 +181,9 @@ def test_the_walk_sees_the_package() -> None:
     assert "fieldsync.sync.codec" in modules
     assert "asyncpg" in imports("fieldsync.store.changelog")
     assert "fieldsync.store.heads" in imports("fieldsync.store.notifications")
-    assert "fieldsync.store.changelog" in reachable("fieldsync.live.feed")
+    # transitive: the server reaches the change log only through the PostgreSQL storage
+    assert "fieldsync.store.changelog" not in imports("fieldsync.server")
+    assert "fieldsync.store.changelog" in reachable("fieldsync.server")
 
 
 def test_only_the_postgresql_storage_imports_a_database_driver() -> None:
