@@ -47,9 +47,14 @@ from fieldsync.conflict.records import (
     make_conflict,
     to_json,
 )
-from fieldsync.model.changeops import ChangeOps, OpId, decode_change_ops, parse_op_id
-from fieldsync.model.changes import ChangeFormatError, ChangeHeader
-from fieldsync.model.documents import AutomergeError, contained
+from fieldsync.model.automerge_format.changes import ChangeFormatError, ChangeHeader
+from fieldsync.model.automerge_format.documents import AutomergeError, contained
+from fieldsync.model.automerge_format.op_columns import (
+    ChangeOps,
+    OpId,
+    decode_change_ops,
+    parse_op_id,
+)
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.schema import EntitySchema, FieldKind
 from fieldsync.model.validation import inspect_document, timestamp_value
@@ -223,9 +228,7 @@ class _Rules:
         self.entity_id = entity_id
         self.doc = doc
         self._history: History | None = None
-        self.key_fields = tuple(
-            f.name for f in self.schema.fields if f.kind in KEY_CONFLICT_KINDS
-        )
+        self.key_fields = tuple(f.name for f in self.schema.fields if f.kind in KEY_CONFLICT_KINDS)
         starts, ends = self.schema.field("starts_at"), self.schema.field("ends_at")
         self.has_interval = (
             starts is not None
@@ -481,5 +484,3 @@ def _heads(doc: Document) -> list[bytes]:
 
 def _ref(info: ChangeInfo) -> ChangeRef:
     return ChangeRef(info.hash.hex(), info.actor.hex())
-
-

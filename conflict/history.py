@@ -6,7 +6,7 @@ which changes wrote them. An op is live as of heads ``S`` when it is in the past
 and no op in the past of ``S`` names it as a predecessor.
 
 ``live_ops`` walks back from ``S`` through the changes, newest start op first, reading each
-change's root ops (``model.changeops``). A change that puts the key, or deletes it
+change's root ops (``model.automerge_format.op_columns``). A change that puts the key, or deletes it
 outright, replaced everything live at the key in its own past: the walk does not go below
 it, and skips every change that lies in the past of one already found. A delete that keeps
 a value (Automerge writes one when a client re-puts the winning value of a conflicted key:
@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING
 
 from automerge.core import ROOT, Document
 
-from fieldsync.model.changeops import (
+from fieldsync.model.automerge_format.changes import ChangeFormatError
+from fieldsync.model.automerge_format.documents import AutomergeError, contained
+from fieldsync.model.automerge_format.op_columns import (
     ACTION_DELETE,
     ChangeOps,
     OpId,
     decode_change_ops,
     parse_op_id,
 )
-from fieldsync.model.changes import ChangeFormatError
-from fieldsync.model.documents import AutomergeError, contained
 
 if TYPE_CHECKING:
     from automerge._automerge import Change  # not importable at run time

@@ -36,8 +36,8 @@ from fieldsync.conflict.records import (
     ConflictKind,
     Json,
 )
-from fieldsync.model.changes import ChangeHeader
-from fieldsync.model.documents import AutomergeError, contained, expected_heads
+from fieldsync.model.automerge_format.changes import ChangeHeader
+from fieldsync.model.automerge_format.documents import AutomergeError, contained, expected_heads
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.schema import Field, FieldKind, is_valid_entity_id
 from fieldsync.model.validation import timestamp_value

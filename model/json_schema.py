@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from fieldsync.model.changes import TIMESTAMP_MAX_MS, TIMESTAMP_MIN_MS
+from fieldsync.model.automerge_format.changes import TIMESTAMP_MAX_MS, TIMESTAMP_MIN_MS
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.limits import DEFAULT_LIMITS
 from fieldsync.model.rejections import RejectCode

@@ -14,9 +14,9 @@ from uuid import UUID
 
 from automerge.core import Document
 
-from fieldsync.model.changeops import UnsupportedValue, unsupported_values
-from fieldsync.model.changes import ChangeFormatError, ChangeHeader, parse_change
-from fieldsync.model.documents import AutomergeError, apply_changes, contained
+from fieldsync.model.automerge_format.changes import ChangeFormatError, ChangeHeader, parse_change
+from fieldsync.model.automerge_format.documents import AutomergeError, apply_changes, contained
+from fieldsync.model.automerge_format.op_columns import UnsupportedValue, unsupported_values
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.limits import Limits
 from fieldsync.model.rejections import RejectCode, Rejection
@@ -320,8 +320,7 @@ def merge_entity(
     if ops > limits.max_document_ops:
         return Rejection(
             RejectCode.DOCUMENT_TOO_LARGE,
-            f"entity {decoded.entity_id} would hold {ops} ops; at most "
-            f"{limits.max_document_ops}",
+            f"entity {decoded.entity_id} would hold {ops} ops; at most {limits.max_document_ops}",
             {"limit": limits.max_document_bytes, "limit_ops": limits.max_document_ops},
         )
     size = (stored.size_bytes if stored else 0) + sum(len(c.data) for c in ordered)

@@ -1,8 +1,8 @@
 """Refusing values the binding cannot read, before it reads them, naming the field.
 
 The binding panics on a Counter, on a value of an unknown type and on a timestamp outside
-what a Python datetime can hold (``model.changeops.unsupported_values`` finds them in a
-change's bytes). A change holding one is refused with ``unsupported_value``, and the
+what a Python datetime can hold (``model.automerge_format.op_columns.unsupported_values``
+finds them in a change's bytes). A change holding one is refused with ``unsupported_value``, and the
 rejection names the entity's top-level field the value was written into, so a client (or
 its developer) can see which edit to undo.
 """
@@ -13,9 +13,14 @@ from collections.abc import Mapping, Sequence
 
 from automerge.core import ROOT, Document, ObjType
 
-from fieldsync.model.changeops import OpId, UnsupportedValue, created_objects, parse_op_id
-from fieldsync.model.changes import ChangeFormatError, ChangeHeader
-from fieldsync.model.documents import AutomergeError, contained
+from fieldsync.model.automerge_format.changes import ChangeFormatError, ChangeHeader
+from fieldsync.model.automerge_format.documents import AutomergeError, contained
+from fieldsync.model.automerge_format.op_columns import (
+    OpId,
+    UnsupportedValue,
+    created_objects,
+    parse_op_id,
+)
 from fieldsync.model.rejections import RejectCode, Rejection
 
 UNKNOWN_FIELD = "?"

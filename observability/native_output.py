@@ -4,7 +4,7 @@ The Automerge binding's Rust code prints a panic's message (and, with ``RUST_BAC
 set, a backtrace of dozens of lines) straight to file descriptor 2, past Python's logging:
 the JSON log would hold raw text that no collector can parse, as much of it as a client can
 make the binding panic. The server refuses the values known to panic before the binding
-reads them (``model.changeops``); this is the guard for anything else native.
+reads them (``model.automerge_format.op_columns``); this is the guard for anything else native.
 
 ``capture_native_output`` points descriptor 2 at a pipe and gives Python's own
 ``sys.stderr`` (which the log handler writes to) a duplicate of the real descriptor. A

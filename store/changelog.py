@@ -19,7 +19,7 @@ from uuid import UUID
 
 import asyncpg
 
-from fieldsync.model.documents import AutomergeError, load_document, save_document
+from fieldsync.model.automerge_format.documents import AutomergeError, load_document, save_document
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.model.merge import DecodedChanges, EntityChanges, StoredEntity
 from fieldsync.model.rejections import Rejection

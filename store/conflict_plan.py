@@ -40,7 +40,7 @@ from fieldsync.conflict.ledger import (
     rules_needed,
 )
 from fieldsync.conflict.neighbourhood import Lookups, lookups_for
-from fieldsync.model.changes import ChangeHeader
+from fieldsync.model.automerge_format.changes import ChangeHeader
 from fieldsync.store.records import LoggedHash
 
 

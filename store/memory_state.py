@@ -27,7 +27,7 @@ from automerge.core import Document
 from fieldsync.conflict.cross import ActivityRow, LocationRow, RoleRow, Row, SummoningRow
 from fieldsync.conflict.ledger import ConflictRow
 from fieldsync.conflict.neighbourhood import Lookups
-from fieldsync.model.documents import save_document
+from fieldsync.model.automerge_format.documents import save_document
 from fieldsync.model.merge import StoredEntity
 from fieldsync.model.permissions import Level, Writer
 from fieldsync.model.projections import PROJECTIONS
@@ -338,7 +338,11 @@ class Database:
         before = self.entities.get(logged.entity_id)
         if before is None:
             saved, tail, tail_changes, change_count, op_count = (
-                save_document(merged.document), b"", 0, len(new), ops
+                save_document(merged.document),
+                b"",
+                0,
+                len(new),
+                ops,
             )
         else:
             change_count = before.change_count + len(new)

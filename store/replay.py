@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fieldsync.conflict.ledger import ConflictRow
-from fieldsync.model.changes import parse_change
-from fieldsync.model.documents import contained, document_heads, load_document
+from fieldsync.model.automerge_format.changes import parse_change
+from fieldsync.model.automerge_format.documents import contained, document_heads, load_document
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.validation import inspect_document
 from fieldsync.store.conflict_plan import ConflictReplay, ConflictWrites, rebuild_writes

@@ -11,8 +11,8 @@ from automerge.core import Document
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from fieldsync.model.changes import parse_change
-from fieldsync.model.documents import apply_changes, load_document
+from fieldsync.model.automerge_format.changes import parse_change
+from fieldsync.model.automerge_format.documents import apply_changes, load_document
 from fieldsync.sync.codec import decode_server, encode
 from fieldsync.sync.messages import (
     Changes,

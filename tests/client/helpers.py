@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 from automerge.core import Document
 
-from fieldsync.model.changes import parse_change
+from fieldsync.model.automerge_format.changes import parse_change
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.limits import DEFAULT_LIMITS
 from fieldsync.model.merge import EntityChanges

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from fieldsync.model.changes import parse_change
+from fieldsync.model.automerge_format.changes import parse_change
 from tests.client.conftest import ClientFactory, RestartableServer
 from tests.client.helpers import logged_hashes, server_documents, values_of
 from tests.entities import location_values

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from automerge.core import Document
 
-from fieldsync.model.changes import parse_change
+from fieldsync.model.automerge_format.changes import parse_change
 from fieldsync.model.writer import create_entity, update_entity
 from fieldsync.sync.messages import ChangeRecord, ConflictRecord, SnapshotEntity
 from fieldsync_client.backoff import Backoff

@@ -27,8 +27,8 @@ from fieldsync.conflict.ledger import (
     row_changes,
     rules_needed,
 )
-from fieldsync.model.changes import ChangeHeader, parse_change
-from fieldsync.model.documents import expected_heads, load_document
+from fieldsync.model.automerge_format.changes import ChangeHeader, parse_change
+from fieldsync.model.automerge_format.documents import expected_heads, load_document
 from fieldsync.model.limits import DEFAULT_LIMITS
 from fieldsync.model.merge import (
     DecodedChanges,
@@ -241,9 +241,7 @@ class ProjectSim:
         return ledger
 
     def open_details(self) -> dict[str, object]:
-        return {
-            key: row.details for key, row in self.ledger.rows.items() if row.status == "open"
-        }
+        return {key: row.details for key, row in self.ledger.rows.items() if row.status == "open"}
 
 
 def headers(changes: Iterable[bytes]) -> list[ChangeHeader]:

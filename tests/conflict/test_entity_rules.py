@@ -16,7 +16,7 @@ from fieldsync.conflict.entity import (
 )
 from fieldsync.conflict.ledger import OPEN, RESOLVED
 from fieldsync.conflict.records import ChangeRef, Conflict, ConflictKind
-from fieldsync.model.changes import parse_change
+from fieldsync.model.automerge_format.changes import parse_change
 from fieldsync.model.writer import insert_list_item, splice_text
 from tests.conflict.helpers import (
     Device,
@@ -457,9 +457,7 @@ def test_same_conflicts_whatever_order_and_batching() -> None:
         for index in order:
             sim.append([("activity", ACT, pushes[index][1])])
         assert sim.rebuild().rows == sim.ledger.rows
-        outcomes.append(
-            {key: (row.status, row.details) for key, row in sim.ledger.rows.items()}
-        )
+        outcomes.append({key: (row.status, row.details) for key, row in sim.ledger.rows.items()})
     one_batch = ProjectSim()
     one_batch.append([("activity", ACT, [c for _, cs in pushes for c in cs] + entity.changes)])
     outcomes.append({k: (r.status, r.details) for k, r in one_batch.ledger.rows.items()})

@@ -10,7 +10,7 @@ import uuid
 import httpx
 import msgpack
 
-from fieldsync.model.documents import load_document
+from fieldsync.model.automerge_format.documents import load_document
 from fieldsync.model.writer import create_entity, update_entity
 from fieldsync.sync.codec import decode_server
 from fieldsync.sync.messages import ConflictRecord, Conflicts, EntityPush, ProjectCursor

@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fieldsync.auth.tokens import issue_token
 from fieldsync.live.rate_limit import RateLimit
-from fieldsync.model.changes import parse_change
+from fieldsync.model.automerge_format.changes import parse_change
 from fieldsync.model.writer import create_entity
 from fieldsync.store.database import close_pool, connect, create_pool
 from fieldsync.store.migrations import migrate

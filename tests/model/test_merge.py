@@ -9,7 +9,7 @@ from automerge.core import ROOT, Document, ScalarType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fieldsync.model.changes import parse_change
+from fieldsync.model.automerge_format.changes import parse_change
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.limits import DEFAULT_LIMITS
 from fieldsync.model.merge import (

@@ -19,7 +19,7 @@ import time
 from automerge.core import Document
 from fieldsync.observability.logs import configure_logging
 from fieldsync.observability.native_output import capture_native_output
-from tests.model.test_changeops import _put, _with_unknown_value_type
+from tests.model.automerge_format.test_op_columns import _put, _with_unknown_value_type
 from automerge.core import ROOT, ScalarType
 
 configure_logging("json")

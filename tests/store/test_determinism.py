@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fieldsync.conflict.records import SINGLE_ENTITY_KINDS, ConflictKind
-from fieldsync.model.changes import parse_change
-from fieldsync.model.documents import load_document
+from fieldsync.model.automerge_format.changes import parse_change
+from fieldsync.model.automerge_format.documents import load_document
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.validation import inspect_document

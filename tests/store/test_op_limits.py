@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 import pytest
 
-from fieldsync.model.changes import parse_change
+from fieldsync.model.automerge_format.changes import parse_change
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.writer import create_entity, update_entity
 from fieldsync.store.changelog import ChangeLog

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fieldsync.model.changes import ChangeFormatError, parse_change
+from fieldsync.model.automerge_format.changes import ChangeFormatError, parse_change
 from fieldsync_client.local_store import OutboxEntry
 
 __all__ = ["ENTITY_OVERHEAD_BYTES", "EntityBatch", "plan_push"]

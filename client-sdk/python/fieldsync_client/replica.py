@@ -7,8 +7,9 @@ still hold the previous state. Nothing here does I/O other than SQLite.
 
 Local edits go through ``model.writer`` (the schema decides each value's Automerge type) and
 are validated with ``model.validation.inspect_document``, the check the server runs after
-merging. Remote changes are parsed strictly (``model.changes.parse_change``) and applied with
-``model.documents.apply_changes``, which verifies the resulting heads.
+merging. Remote changes are parsed strictly
+(``model.automerge_format.changes.parse_change``) and applied with
+``model.automerge_format.documents.apply_changes``, which verifies the resulting heads.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import TypeVar
 
 from automerge.core import ROOT, Document, ScalarType
 
-from fieldsync.model.changes import ChangeFormatError, parse_change
-from fieldsync.model.documents import (
+from fieldsync.model.automerge_format.changes import ChangeFormatError, parse_change
+from fieldsync.model.automerge_format.documents import (
     AutomergeError,
     apply_changes,
     contained,
@@ -51,6 +52,7 @@ T = TypeVar("T")
 DEPENDS_ON_REJECTED = "depends_on_rejected"
 """Reject code of a local change made on top of one the server refused."""
 WRONG_ENTITY_TYPE = "wrong_entity_type"
+
 
 class RemoteDataError(Exception):
     """Data from the server cannot be applied: the connection should be dropped and resumed."""

@@ -12,7 +12,7 @@ import uuid
 
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from fieldsync.model.changes import parse_change
+from fieldsync.model.automerge_format.changes import parse_change
 from fieldsync.model.limits import Limits
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.rejections import RejectCode

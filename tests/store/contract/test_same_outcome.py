@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fieldsync.conflict.records import SINGLE_ENTITY_KINDS, ConflictKind
-from fieldsync.model.documents import load_document
+from fieldsync.model.automerge_format.documents import load_document
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.validation import inspect_document
 from fieldsync.store.database import close_pool, create_pool

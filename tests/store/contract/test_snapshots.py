@@ -9,8 +9,8 @@ from collections import defaultdict
 import pytest
 from automerge.core import Document
 
-from fieldsync.model.changes import parse_change
-from fieldsync.model.documents import apply_changes
+from fieldsync.model.automerge_format.changes import parse_change
+from fieldsync.model.automerge_format.documents import apply_changes
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.writer import create_entity, update_entity
 from fieldsync.store.errors import UnknownProject

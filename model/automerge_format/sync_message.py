@@ -9,7 +9,7 @@ one in the same message, so pass only changes that `parse_change` accepted.
 
 from collections.abc import Sequence
 
-from fieldsync.model.leb128 import encode_uleb128
+from fieldsync.model.automerge_format.leb128 import encode_uleb128
 
 __all__ = ["changes_message"]
 

@@ -8,7 +8,7 @@ format: after the header come op columns, each one encoded with run-length, delt
 boolean encoding. Only the columns needed here are decoded (object, key, action, pred).
 
 Values are read through the binding, except for the ones it panics on (a Rust panic,
-printed raw to stderr): ``model.changes`` finds them while it parses a change, and
+printed raw to stderr): ``changes`` finds them while it parses a change, and
 ``unsupported_values`` here says which object and key each one is written to.
 
 Column specs (column id << 4 | type) of a change chunk, as written by Automerge 2 and 3::
@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from fieldsync.model.changes import ChangeFormatError, ChangeHeader, parse_change
-from fieldsync.model.leb128 import LEB128Error, decode_sleb128, decode_uleb128
+from fieldsync.model.automerge_format.changes import ChangeFormatError, ChangeHeader, parse_change
+from fieldsync.model.automerge_format.leb128 import LEB128Error, decode_sleb128, decode_uleb128
 
 __all__ = [
     "ACTION_DELETE",
@@ -60,6 +60,7 @@ _PRED_GROUP, _PRED_ACTOR, _PRED_CTR = 112, 113, 115
 _MAX_OPS = 1_000_000  # a change is at most 256 KiB, so far fewer ops than this
 
 T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class OpId:

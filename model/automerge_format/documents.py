@@ -17,8 +17,8 @@ from typing import TypeVar
 
 from automerge.core import Document, Message, SyncState
 
-from fieldsync.model.changes import ChangeHeader
-from fieldsync.model.sync_message import changes_message
+from fieldsync.model.automerge_format.changes import ChangeHeader
+from fieldsync.model.automerge_format.sync_message import changes_message
 
 T = TypeVar("T")
 

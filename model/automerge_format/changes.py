@@ -21,7 +21,12 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 
-from fieldsync.model.leb128 import LEB128Error, decode_sleb128, decode_uleb128, encode_uleb128
+from fieldsync.model.automerge_format.leb128 import (
+    LEB128Error,
+    decode_sleb128,
+    decode_uleb128,
+    encode_uleb128,
+)
 
 __all__ = [
     "MAX_CHANGE_BYTES",
@@ -275,9 +280,7 @@ def _scan_actions(body: bytes, pos: int, end: int) -> tuple[int, list[tuple[int,
     return ops, found
 
 
-def _scan_values(
-    body: bytes, meta: tuple[int, int], raw: tuple[int, int]
-) -> list[tuple[int, str]]:
+def _scan_values(body: bytes, meta: tuple[int, int], raw: tuple[int, int]) -> list[tuple[int, str]]:
     """The values the binding cannot read, as (op index, what): counters, values of an
     unknown type, timestamps outside ``TIMESTAMP_MIN_MS..TIMESTAMP_MAX_MS``.
 

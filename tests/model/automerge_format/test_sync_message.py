@@ -4,8 +4,8 @@ import hashlib
 
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncState, extract
 
-from fieldsync.model.changes import parse_change
-from fieldsync.model.sync_message import changes_message
+from fieldsync.model.automerge_format.changes import parse_change
+from fieldsync.model.automerge_format.sync_message import changes_message
 
 PHOTO = b"".join(hashlib.sha256(bytes([n])).digest() for n in range(10))  # incompressible
 

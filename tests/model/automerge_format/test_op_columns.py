@@ -11,7 +11,8 @@ from hypothesis import given, settings
 
 from fieldsync.conflict.entity import root_conflict_flags
 from fieldsync.conflict.history import History
-from fieldsync.model.changeops import (
+from fieldsync.model.automerge_format.changes import parse_change
+from fieldsync.model.automerge_format.op_columns import (
     ACTION_DELETE,
     ChangeOps,
     OpId,
@@ -20,7 +21,6 @@ from fieldsync.model.changeops import (
     parse_op_id,
     unsupported_values,
 )
-from fieldsync.model.changes import parse_change
 from fieldsync.model.writer import create_entity
 from tests.conflict.helpers import merged_doc
 from tests.conflict.scenarios import Step, activity_only, all_changes, examples, play, sessions

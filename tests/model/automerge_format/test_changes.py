@@ -11,8 +11,18 @@ from automerge.core import ROOT, Document, ObjType, ScalarType, ScalarValue
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fieldsync.model.changes import MAX_CHANGE_BYTES, ChangeFormatError, ChangeHeader, parse_change
-from fieldsync.model.leb128 import LEB128Error, decode_sleb128, decode_uleb128, encode_uleb128
+from fieldsync.model.automerge_format.changes import (
+    MAX_CHANGE_BYTES,
+    ChangeFormatError,
+    ChangeHeader,
+    parse_change,
+)
+from fieldsync.model.automerge_format.leb128 import (
+    LEB128Error,
+    decode_sleb128,
+    decode_uleb128,
+    encode_uleb128,
+)
 
 MAGIC = b"\x85\x6f\x4a\x83"
 ACTOR = b"\x01" * 16
