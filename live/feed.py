@@ -25,7 +25,7 @@ from fieldsync.store import records as stored
 from fieldsync.store.errors import StoreError
 from fieldsync.store.records import LoggedChange, LogSlice
 from fieldsync.sync.messages import ChangeRecord, ConflictRecord
-from fieldsync.sync.server_protocol import ConflictUpdate, PreparedChanges, prepare_changes
+from fieldsync.sync.server_protocol import ConflictRecordAt, PreparedChanges, prepare_changes
 
 ReadSince = Callable[[UUID, int, int], Awaitable[LogSlice]]
 READ_BATCH = 500
@@ -58,8 +58,8 @@ def wire_conflicts(rows: Iterable[ConflictRow]) -> list[ConflictRecord]:
     return [wire_conflict(row.conflict_id, row) for row in rows]
 
 
-def wire_updates(updates: Iterable[stored.ConflictUpdate]) -> list[ConflictUpdate]:
-    return [ConflictUpdate(u.seq, wire_conflict(u.conflict_id, u.row)) for u in updates]
+def wire_updates(updates: Iterable[stored.ConflictUpdate]) -> list[ConflictRecordAt]:
+    return [ConflictRecordAt(u.seq, wire_conflict(u.conflict_id, u.row)) for u in updates]
 
 
 class FeedObserver(Protocol):
@@ -91,7 +91,7 @@ class LiveSubscription:
         self,
         project_id: UUID,
         cursor: Callable[[], int],
-        deliver: Callable[[PreparedChanges, Sequence[ConflictUpdate]], None],
+        deliver: Callable[[PreparedChanges, Sequence[ConflictRecordAt]], None],
     ) -> None:
         self.project_id = project_id
         self._cursor = cursor

@@ -57,7 +57,7 @@ from fieldsync.sync.messages import (
     Welcome,
 )
 from fieldsync.sync.server_protocol import (
-    ConflictUpdate,
+    ConflictRecordAt,
     Lane,
     Outgoing,
     PreparedChanges,
@@ -702,7 +702,7 @@ class SyncSession:
             )
 
     def _deliver(
-        self, project: str, prepared: PreparedChanges, updates: Sequence[ConflictUpdate]
+        self, project: str, prepared: PreparedChanges, updates: Sequence[ConflictRecordAt]
     ) -> None:
         """The live feed hands this client a piece of the log."""
         try:

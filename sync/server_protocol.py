@@ -79,7 +79,7 @@ __all__ = [
     "CHANGES_FRAME_BYTES",
     "CONFLICTS_PER_FRAME",
     "SNAPSHOT_CHUNK_BYTES",
-    "ConflictUpdate",
+    "ConflictRecordAt",
     "Lane",
     "Outgoing",
     "PreparedChanges",
@@ -122,7 +122,7 @@ class Outgoing:
 
 
 @dataclass(frozen=True, slots=True)
-class ConflictUpdate:
+class ConflictRecordAt:
     """A conflict record as it stood after the push that ended at ``seq``."""
 
     seq: int
@@ -176,7 +176,7 @@ def prepare_conflicts(project_id: str, records: Sequence[ConflictRecord]) -> lis
     ]
 
 
-def _latest(updates: Iterable[ConflictUpdate]) -> list[ConflictRecord]:
+def _latest(updates: Iterable[ConflictRecordAt]) -> list[ConflictRecord]:
     """Each record once, in its latest state, in the order of its last update."""
     latest: dict[str, ConflictRecord] = {}
     for update in updates:
@@ -409,7 +409,7 @@ class ServerProtocol:
         self,
         project: str,
         changes: Sequence[ChangeRecord],
-        conflicts: Sequence[ConflictUpdate] = (),
+        conflicts: Sequence[ConflictRecordAt] = (),
     ) -> list[Outgoing]:
         """Logged changes right after the client's cursor, with the conflict updates of the
         pushes they end; the updates go first."""
@@ -442,7 +442,7 @@ class ServerProtocol:
         self,
         project: str,
         prepared: PreparedChanges,
-        conflicts: Sequence[ConflictUpdate] = (),
+        conflicts: Sequence[ConflictRecordAt] = (),
     ) -> list[Outgoing]:
         """A piece of the live feed for this client: what to queue on the LIVE lane now
         (nothing if it holds the piece already). Conflict updates of pushes it has not seen

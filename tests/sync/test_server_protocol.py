@@ -38,7 +38,7 @@ from fieldsync.sync.messages import (
 from fieldsync.sync.server_protocol import (
     CONFLICTS_PER_FRAME,
     SNAPSHOT_CHUNK_BYTES,
-    ConflictUpdate,
+    ConflictRecordAt,
     Lane,
     Outgoing,
     ProtocolMisuseError,
@@ -147,9 +147,9 @@ def test_catch_up_starts_right_after_the_cursor_and_sends_conflict_updates_first
     with pytest.raises(ProtocolMisuseError, match="from seq 10"):
         protocol.catch_up(P, [record(10)])
     updates = [
-        ConflictUpdate(11, conflict("c1")),
-        ConflictUpdate(12, conflict("c2")),
-        ConflictUpdate(12, conflict("c1", "resolved")),
+        ConflictRecordAt(11, conflict("c1")),
+        ConflictRecordAt(12, conflict("c2")),
+        ConflictRecordAt(12, conflict("c1", "resolved")),
     ]
     [(_, first), (_, second)] = sent(protocol.catch_up(P, [record(11), record(12)], updates))
     assert first == Conflicts(P, (conflict("c2"), conflict("c1", "resolved")))  # latest, once
@@ -185,7 +185,7 @@ def test_live_conflict_updates_of_pushes_the_client_has_not_seen_go_first() -> N
     protocol.resume(P, 10)
     protocol.go_live(P)
     [piece] = prepare_changes(P, [record(10), record(11)])
-    updates = [ConflictUpdate(10, conflict("old")), ConflictUpdate(11, conflict("new"))]
+    updates = [ConflictRecordAt(10, conflict("old")), ConflictRecordAt(11, conflict("new"))]
     out = messages(protocol.deliver_live(P, piece, updates))
     assert out[0] == Conflicts(P, (conflict("new"),))
     assert isinstance(out[1], Changes)
