@@ -23,16 +23,14 @@ from uuid import UUID
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.routing import BaseRoute, Route
 
 from fieldsync.auth.tokens import SecretVerifier, TokenVerifier
 from fieldsync.live.admin_http import admin_routes
-from fieldsync.live.admission import DEFAULT_ADMISSION_LIMITS, Admission, AdmissionLimits, Refusal
+from fieldsync.live.admission import DEFAULT_ADMISSION_LIMITS, Admission, AdmissionLimits
 from fieldsync.live.feed import Hub
 from fieldsync.live.memory import trim_periodically
-from fieldsync.live.operations import healthz, metrics_endpoint, observed_connection
+from fieldsync.live.operations import healthz, metrics_endpoint
 from fieldsync.live.origins import OriginPolicy
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
 from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
@@ -40,8 +38,6 @@ from fieldsync.live.session import (
     HANDSHAKE_SECONDS,
     STALL_SECONDS,
     SyncServices,
-    SyncSession,
-    Transport,
     connection_log_limiter,
     membership_removed,
     recheck_memberships,
@@ -49,6 +45,7 @@ from fieldsync.live.session import (
 from fieldsync.live.slow_requests import HEADER_SECONDS, header_deadline_protocol
 from fieldsync.live.snapshot_http import snapshot_endpoint, snapshot_preflight
 from fieldsync.live.status import StatusBoard, watch_database
+from fieldsync.live.wire import sync_wire_protocol
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.observability.metrics import Metrics
 from fieldsync.observability.request_ids import RequestIds
@@ -56,7 +53,6 @@ from fieldsync.store.errors import StoreError
 from fieldsync.store.ports import ChangeLogPort, NotificationPort, Storage
 from fieldsync.store.postgres import PostgresStorage
 from fieldsync.store.records import LogSlice
-from fieldsync.sync.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +202,11 @@ def create_app(
             if storage is None:
                 await store.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_preflight, methods=["OPTIONS"]),
-        WebSocketRoute("/sync", sync_endpoint),
     ]
     if admin_key is not None:
         routes.append(admin_routes(admin_key))
@@ -233,64 +228,6 @@ async def _notify_quietly(notifications: NotificationPort, project_id: UUID, seq
         log.warning("%s", exc, extra={"event": "notify_failed", "project_id": str(project_id)})
 
 
-async def sync_endpoint(websocket: WebSocket) -> None:
-    origins: OriginPolicy = websocket.app.state.origins
-    if not origins.allows(websocket.headers.get("origin")):
-        # Refused before the upgrade: a page from elsewhere never gets a socket.
-        await websocket.send_denial_response(
-            JSONResponse(
-                {
-                    "code": ErrorCode.FORBIDDEN_ORIGIN.value,
-                    "message": "this Origin may not open a sync connection",
-                },
-                status_code=403,
-            )
-        )
-        return
-    services: SyncServices = websocket.app.state.sync
-    address = websocket.client.host if websocket.client is not None else "unknown"
-    admitted = services.admission.admit(address)
-    if isinstance(admitted, Refusal):
-        # Refused before the upgrade: cheap for the server, and a clear answer to a client.
-        services.metrics.connection_refused(admitted.reason)
-        await websocket.send_denial_response(
-            JSONResponse(
-                {"code": ErrorCode.SERVER_BUSY.value, "message": admitted.message},
-                status_code=admitted.status,
-                headers={"Retry-After": str(services.admission.limits.retry_after_seconds)},
-            )
-        )
-        return
-    try:
-        await websocket.accept()
-    except BaseException:
-        admitted.release()
-        raise
-
-    async def receive() -> bytes | str | None:
-        try:
-            message = await websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            return None
-        if message["type"] == "websocket.disconnect":
-            return None
-        data: bytes | str | None = message.get("bytes")
-        return data if data is not None else message.get("text", "")
-
-    async def close(code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await websocket.close(code, reason)
-
-    session = SyncSession(
-        services,
-        Transport(receive, websocket.send_bytes, close),
-        ticket=admitted,
-        address=address,
-    )
-    with observed_connection(services.metrics, session.session_id):
-        await session.run()
-
-
 def uvicorn_config(
     app: Any,
     host: str,
@@ -308,7 +245,7 @@ def uvicorn_config(
         host=host,
         port=port,
         http=header_deadline_protocol(header_seconds),
-        ws="websockets-sansio",
+        ws=sync_wire_protocol(app),
         ws_max_size=2 * limits.max_frame_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=ping_interval,

@@ -82,18 +82,27 @@ async def test_a_client_that_pushes_but_never_reads_is_bounded_then_closed(
         assert len(refused.details["violations"]) == MAX_VIOLATIONS_LISTED
         await probe.close()
 
+        # Flood until the server's send queue reaches its soft bound (it then stops reading
+        # us), and a little past its stall limit. How long the kernel's buffers take to fill
+        # first depends on how fast the server answers, so the flood runs until then.
         client.ws.transport.pause_reading()
         started = time.monotonic()
+        full_since: float | None = None
         fullest = 0.0
         sent = 0
-        while time.monotonic() - started < 6:
+        while time.monotonic() - started < 60:
             try:
                 await asyncio.wait_for(client.send(Push(sent, str(project), entities)), 0.5)
                 sent += 1
             except (TimeoutError, ConnectionClosed):
                 pass  # the server stopped reading: our own buffers are full
             fullest = max(fullest, gauge(metrics.registry, "fieldsync_send_queue_max_bytes"))
+            if full_since is None and fullest >= limits.soft_bytes:
+                full_since = time.monotonic()
+            if full_since is not None and time.monotonic() - full_since > 3.0:
+                break
             await asyncio.sleep(0.05)  # 20 pushes a second, well within the rate limit
+        assert full_since is not None, "the server's send queue never filled"
 
         # The next frame is read only below the soft bound: one push's answer at most on top
         # of it, never the whole flood.
