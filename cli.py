@@ -336,12 +336,14 @@ def write_contract(out: Path) -> int:
     """Regenerate ``out`` (``contract/``) from ``model/`` and ``sync/``; files the generators
     no longer make are removed, hand-written ones (README.md) are kept."""
     from fieldsync.model.json_schema import entity_json_schema
+    from fieldsync.model.permissions import rules_description
     from fieldsync.sync.vectors import protocol_description, vector_files
 
     schema = json.dumps(entity_json_schema(), indent=2, ensure_ascii=False) + "\n"
     files = {
         "entities.schema.json": schema.encode(),
         "protocol.json": protocol_description(),
+        "permissions.json": (json.dumps(rules_description(), indent=2) + "\n").encode(),
         **{f"vectors/{path}": data for path, data in vector_files().items()},
     }
     stale = {p for p in (out / "vectors").rglob("*") if p.is_file()} - {out / p for p in files}

@@ -33,7 +33,7 @@ from fieldsync.live.admission import DEFAULT_ADMISSION_LIMITS, Admission, Admiss
 from fieldsync.live.feed import Hub
 from fieldsync.live.memory import trim_periodically
 from fieldsync.live.operations import healthz, metrics_endpoint, observed_connection
-from fieldsync.live.origins import OriginPolicy
+from fieldsync.live.origins import OriginPolicy, same_origin
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
 from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
 from fieldsync.live.session import (
@@ -49,6 +49,7 @@ from fieldsync.live.session import (
 from fieldsync.live.slow_requests import HEADER_SECONDS, header_deadline_protocol
 from fieldsync.live.snapshot_http import snapshot_endpoint, snapshot_preflight
 from fieldsync.live.status import StatusBoard, watch_database
+from fieldsync.live.web_app import web_app_routes
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.observability.metrics import Metrics
 from fieldsync.observability.request_ids import RequestIds
@@ -212,6 +213,7 @@ def create_app(
         Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_preflight, methods=["OPTIONS"]),
         WebSocketRoute("/sync", sync_endpoint),
+        *web_app_routes(),
     ]
     if admin_key is not None:
         routes.append(admin_routes(admin_key))
@@ -235,7 +237,8 @@ async def _notify_quietly(notifications: NotificationPort, project_id: UUID, seq
 
 async def sync_endpoint(websocket: WebSocket) -> None:
     origins: OriginPolicy = websocket.app.state.origins
-    if not origins.allows(websocket.headers.get("origin")):
+    origin = websocket.headers.get("origin")
+    if not (origins.allows(origin) or same_origin(origin, websocket.headers.get("host"))):
         # Refused before the upgrade: a page from elsewhere never gets a socket.
         await websocket.send_denial_response(
             JSONResponse(

@@ -128,6 +128,8 @@ export class SyncLoop {
   lastError: FieldsyncError | null = null;
   halted: FieldsyncError | null = null;
   serverProblem: string | null = null;
+  /** Who the server's last welcome said the token belongs to. */
+  userId: string | null = null;
   readonly failed = new Map<string, ProjectUnavailable>();
   readonly syncedAt = new Map<string, number>();
   connections = 0;
@@ -241,7 +243,8 @@ export class SyncLoop {
     else this.error(error);
   }
 
-  welcomed(): void {
+  welcomed(userId: string | null = null): void {
+    if (userId !== null) this.userId = userId;
     this.options.backoff.reset();
     this.authFailures = 0;
     this.lastError = null;
@@ -477,7 +480,7 @@ class Session {
   private async handle(event: ClientEvent<EntityBatch>): Promise<void> {
     switch (event.type) {
       case "welcomed":
-        this.loop.welcomed();
+        this.loop.welcomed(event.welcome.user_id);
         for (const projectId of this.host.replicas().keys()) this.push(projectId);
         return;
       case "snapshot_wanted": return this.fetch(event.projectId);
