@@ -39,7 +39,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import uvicorn
 
@@ -284,6 +284,20 @@ def _parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser("token", help="print a bearer token for a user")
     token.add_argument("--user", type=uuid.UUID, required=True, help="the user's id")
+    token.add_argument(
+        "--project",
+        type=uuid.UUID,
+        default=None,
+        help="also print the link that opens the web app signed in, on this project",
+    )
+    token.add_argument(
+        "--server-url",
+        type=sync_url,
+        default=None,
+        metavar="URL",
+        help="the server the app link names (default: the `fieldsync serve` running with "
+        f"this --data-dir, else http://127.0.0.1:{DEFAULT_PORT})",
+    )
     _ttl_option(token)
     token.set_defaults(run=_token)
     admin.append(token)
@@ -844,8 +858,23 @@ async def _token(args: argparse.Namespace, url: str) -> int:
     async with _admin_storage(url) as storage:
         await storage.admin.require_user(args.user)
     token, expires = _issue(secret, args.user, args.ttl)
-    _emit(args, [token], {"user_id": str(args.user), "token": token, "expires_at": expires})
+    document = {"user_id": str(args.user), "token": token, "expires_at": expires}
+    lines = [token]
+    if args.project is not None:
+        document["app_url"] = app_link(_server_url(args)[0], token, args.project)
+        lines.append(document["app_url"])
+    _emit(args, lines, document)
     return 0
+
+
+def app_link(server: str, token: str, project: uuid.UUID | str) -> str:
+    """The link that opens the web app signed in: the token travels in the fragment, which
+    browsers never send to a server, and the app removes it from the address bar."""
+    parts = urlsplit(server)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    base = urlunsplit((scheme, parts.netloc, parts.path.removesuffix("/sync"), "", ""))
+    query = urlencode({"token": token, "project": str(project)})
+    return f"{base}/app/#{query}"
 
 
 async def _demo(args: argparse.Namespace, url: str) -> int:
@@ -855,6 +884,7 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
     async with _admin_storage(url) as storage:
         demo = await create_demo(storage)
     users = []
+    server, _ = _server_url(args)
     for user in demo.users:
         token, expires = _issue(secret, user.user_id, args.ttl)
         users.append(
@@ -865,6 +895,7 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
                 "user_id": str(user.user_id),
                 "token": token,
                 "expires_at": expires,
+                "app_url": app_link(server, token, demo.project_id),
             }
         )
     document = {
@@ -877,7 +908,7 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
     }
     lines = _demo_lines(document, args.ttl)
     if not args.json:
-        url, source = _demo_server(args)
+        url, source = _server_url(args)
         lines += example_lines(
             document,
             url,
@@ -890,8 +921,8 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-def _demo_server(args: argparse.Namespace) -> tuple[str, str]:
-    """The sync URL the example should use, and where that URL came from."""
+def _server_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The sync URL the example (and the app links) should use, and where it came from."""
     if args.server_url is not None:
         return args.server_url, "--server-url"
     served = served_url(args.data_dir)
@@ -927,6 +958,7 @@ def _demo_lines(demo: Mapping[str, Any], ttl: int) -> list[str]:
         lines += [
             f"  {u['name']:<{width}}  {u['level']:<10}  user {u['user_id']}",
             f"    token {u['token']}",
+            f"    app   {u['app_url']}",
         ]
     return lines
 
