@@ -1,10 +1,12 @@
 /** Dates as people read them here: the browser's time zone and an unambiguous day-month order. */
 
 const DAY = new Intl.DateTimeFormat("en-GB", { weekday: "short", day: "numeric", month: "short", year: "numeric" });
+const SHORT_DAY = new Intl.DateTimeFormat("en-GB", { weekday: "short", day: "numeric", month: "short" });
 const TIME = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit" });
 const DATETIME = new Intl.DateTimeFormat("en-GB", { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
 
 export const dayLabel = (d: Date): string => DAY.format(d);
+export const dayShort = (d: Date): string => SHORT_DAY.format(d);
 export const timeLabel = (d: Date): string => TIME.format(d);
 export const dateTimeLabel = (d: Date): string => DATETIME.format(d);
 

@@ -2,7 +2,7 @@
  * elements (buttons: keyboard reachable, labelled), so 10,000 activities scroll as easily as 10. */
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
 
-import { dateTimeLabel, dayLabel } from "../format.js";
+import { dateTimeLabel, dayShort } from "../format.js";
 import { href } from "../router.js";
 import type { AppStore } from "../store.js";
 import { DAY, HEADER_PX, LABEL_PX, layout, visibleBars } from "../timeline-layout.js";
@@ -11,7 +11,7 @@ const ZOOMS = [2, 4, 8, 16, 32]; // px per hour
 
 export function Timeline({ store }: { store: AppStore }) {
   const geometry = useMemo(() => layout(store.activities, store.locations), [store.version]);
-  const [zoom, setZoom] = useState(1);
+  const [zoom, setZoom] = useState(2);
   const pxPerMs = ZOOMS[zoom]! / 3_600_000;
   const scroller = useRef<HTMLDivElement>(null);
   const [view, setView] = useState({ left: 0, top: 0, width: 1024, height: 600 });
@@ -58,7 +58,7 @@ export function Timeline({ store }: { store: AppStore }) {
         <div class="timeline-canvas" style={{ width: `${width}px`, height: `${geometry.height + HEADER_PX}px` }}>
           <div class="tl-days" style={{ width: `${width}px` }} aria-hidden="true">
             {days.map((d) => (
-              <div key={d} class="tl-day" style={{ left: `${x(d)}px`, width: `${DAY * pxPerMs}px` }}>{dayLabel(new Date(d))}</div>
+              <div key={d} class="tl-day" style={{ left: `${x(d)}px`, width: `${DAY * pxPerMs}px` }}>{dayShort(new Date(d))}</div>
             ))}
           </div>
           {geometry.rows.map((row, i) => (
