@@ -1,6 +1,7 @@
 // Builds the app into dist/ (served by `fieldsync serve` under /app/) and its browser test
 // driver into test-dist/. Run by `npm run build`, after the SDK's own build.
-//   dist/app.js          the app, the SDK and Automerge (its wasm inlined), one ES module
+//   dist/app.js          the app, the SDK and Automerge's JavaScript, one ES module
+//   dist/automerge.wasm  Automerge's wasm, compiled while it streams in
 //   dist/sw.js           the service worker, with the shell's file list and a version hash
 //   dist/*               index.html, styles.css, the manifest and icons, from static/
 import { build } from "esbuild";
@@ -13,7 +14,8 @@ import { deflateSync } from "node:zlib";
 const here = dirname(fileURLToPath(import.meta.url));
 const dist = join(here, "dist");
 const sdk = join(here, "..", "client-sdk", "typescript");
-const automerge = join(sdk, "node_modules", "@automerge", "automerge", "dist", "mjs", "entrypoints", "fullfat_base64.js");
+const automergeDist = join(sdk, "node_modules", "@automerge", "automerge", "dist");
+const automerge = join(automergeDist, "mjs", "entrypoints", "slim.js");
 
 rmSync(dist, { recursive: true, force: true });
 mkdirSync(dist, { recursive: true });
@@ -55,6 +57,7 @@ function png(size) {
   header.set([8, 2, 0, 0, 0], 8);
   return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk("IHDR", header), chunk("IDAT", deflateSync(Buffer.concat(rows))), chunk("IEND", Buffer.alloc(0))]);
 }
+copyFileSync(join(automergeDist, "automerge.wasm"), join(dist, "automerge.wasm"));
 writeFileSync(join(dist, "icon-192.png"), png(192));
 writeFileSync(join(dist, "icon-512.png"), png(512));
 
@@ -68,7 +71,7 @@ await build({
   target: "es2022",
   jsx: "automatic",
   jsxImportSource: "preact",
-  alias: { "@automerge/automerge": automerge },
+  alias: { "@automerge/automerge": automerge, "automerge-slim": automerge },
   logLevel: "warning",
 });
 

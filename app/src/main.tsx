@@ -3,6 +3,7 @@
  * (bootstrapping it the first time), and show the member's screens. The service worker
  * (`sw.ts`) keeps the shell, so the app opens with no network at all.
  */
+import { initializeWasm } from "automerge-slim";
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
@@ -87,6 +88,7 @@ function App() {
   );
 }
 
+await initializeWasm(fetch(new URL("automerge.wasm", import.meta.url)));
 if ("serviceWorker" in navigator) {
   navigator.serviceWorker.register("sw.js", { scope: "./" }).catch((e: unknown) => console.warn("no offline shell:", e));
 }

@@ -23,6 +23,7 @@ import {
 import { IndexedDbStorage } from "@fieldsync/client/indexeddb";
 
 import { membersHealth, type MemberHealth } from "./api.js";
+import { digest, ViewCache, type Cached } from "./view-cache.js";
 import { isLevel, type Level, type Member } from "./permissions.js";
 import { recalled, remember, type Session } from "./session.js";
 
@@ -44,8 +45,16 @@ export class AppStore {
   private readonly typeOf = new Map<string, EntityType>();
   private readonly listeners = new Set<() => void>();
   private healthTimer: ReturnType<typeof setInterval> | undefined;
+  /** Refreshes run one after another, so the cache ends with the latest values. */
+  private refreshing: Promise<void> = Promise.resolve();
 
-  private constructor(readonly session: Session, readonly client: FieldsyncClient, readonly project: Project) {
+  private constructor(
+    readonly session: Session,
+    readonly client: FieldsyncClient,
+    readonly project: Project,
+    private readonly storage: IndexedDbStorage,
+    private readonly cache: ViewCache | null,
+  ) {
     this.entities = Object.fromEntries(ENTITY_TYPES.map((t) => [t, new Map()])) as unknown as Maps;
     this.status = client.status;
     this.userId = recalled(session.projectId, "user_id");
@@ -58,7 +67,7 @@ export class AppStore {
     const storage = await IndexedDbStorage.open("fieldsync-app");
     const client = await FieldsyncClient.create({ url: location.origin, token: session.token, storage, backoffBaseMs: 250, backoffCapMs: 5_000 });
     const project = await client.openProject(session.projectId, { timeoutMs: 15_000 });
-    const store = new AppStore(session, client, project);
+    const store = new AppStore(session, client, project, storage, await ViewCache.open(session.projectId));
     await store.loadAll();
     project.onChange((event) => void store.refresh([...event.entityIds]));
     project.onConflicts(() => void store.loadConflicts());
@@ -105,34 +114,56 @@ export class AppStore {
 
   // --- loading --------------------------------------------------------------------------------
 
+  /** Every entity's values: from the read cache where the stored bytes are unchanged, through
+   * the SDK otherwise. */
   private async loadAll(): Promise<void> {
-    for (const type of ENTITY_TYPES) {
-      const map = this.entities[type] as Map<string, unknown>;
-      map.clear();
-      for (const [id, values] of await this.project.list(type)) {
-        map.set(id, values);
-        this.typeOf.set(id, type);
+    const [rows, cached] = await Promise.all([this.storage.entities(this.session.projectId), this.cache?.all() ?? new Map<string, Cached>()]);
+    const fresh: Cached[] = [];
+    for (const row of rows) {
+      const type = row.entityType as EntityType;
+      if (!(type in this.entities)) continue;
+      this.typeOf.set(row.entityId, type);
+      const sum = digest(row.document);
+      const hit = cached.get(row.entityId);
+      let values = hit !== undefined && hit.digest === sum && hit.entityType === type ? hit.values : undefined;
+      cached.delete(row.entityId);
+      if (values === undefined) {
+        values = await this.project.get(type, row.entityId);
+        fresh.push({ entityId: row.entityId, entityType: type, digest: sum, values });
       }
+      if (!(values as { deleted?: boolean | null }).deleted) (this.entities[type] as Map<string, unknown>).set(row.entityId, values);
     }
+    await this.cache?.put(fresh, [...cached.keys()]).catch(() => undefined);
     await this.loadConflicts(false);
     await this.loadRejected(false);
     this.changed();
   }
 
   /** Re-read entities the server changed (or the app edited); ids of unknown type are looked up. */
-  async refresh(ids: readonly string[]): Promise<void> {
+  refresh(ids: readonly string[]): Promise<void> {
+    this.refreshing = this.refreshing.then(() => this.reread(ids)).catch((e: unknown) => console.warn("refresh failed", e));
+    return this.refreshing;
+  }
+
+  private async reread(ids: readonly string[]): Promise<void> {
     if (ids.some((id) => !this.typeOf.has(id))) {
       for (const type of ENTITY_TYPES) for (const id of await this.project.ids(type, { includeDeleted: true })) this.typeOf.set(id, type);
     }
+    const fresh: Cached[] = [];
     for (const id of ids) {
       const type = this.typeOf.get(id);
       if (type === undefined) continue;
-      const map = this.entities[type] as Map<string, unknown>;
+      // The stored bytes first, the values second: the values are then at least as new as the
+      // bytes, so a cache entry never pairs new bytes with old values.
+      const row = await this.storage.entity(this.session.projectId, id);
       const values = (await this.project.get(type, id)) as { deleted?: boolean | null };
+      if (row !== undefined) fresh.push({ entityId: id, entityType: type, digest: digest(row.document), values });
+      const map = this.entities[type] as Map<string, unknown>;
       if (values.deleted) map.delete(id);
       else map.set(id, values);
     }
     this.changed();
+    await this.cache?.put(fresh).catch(() => undefined);
   }
 
   async loadConflicts(notify = true): Promise<void> {
@@ -201,6 +232,8 @@ export class AppStore {
 
   async close(): Promise<void> {
     clearInterval(this.healthTimer);
+    await this.refreshing;
+    this.cache?.close();
     await this.client.close();
   }
 }
