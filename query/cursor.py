@@ -15,7 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -24,8 +24,6 @@ from fieldsync.query.params import BadParameterError
 # Integrity, not secrecy: a fixed key, so every server process reads every cursor.
 _KEY = b"fieldsync query cursor v1"
 _TAG_BYTES = 12
-
-K = TypeVar("K")
 
 
 def _tag(scope: bytes, payload: bytes) -> bytes:
@@ -46,8 +44,9 @@ def encode_cursor(scope: bytes, key: Any) -> str:
     return f"{_b64(payload)}.{_b64(_tag(scope, payload))}"
 
 
-def decode_cursor(scope: bytes, cursor: str, key_type: type[K]) -> K:
-    """The key a cursor of this query holds; BadParameterError for anything else."""
+def decode_cursor(scope: bytes, cursor: str, key_type: Any) -> Any:
+    """The key a cursor of this query holds, as ``key_type`` (a tuple type);
+    BadParameterError for anything else."""
     body, dot, tag = cursor.partition(".")
     try:
         if not dot or not body.isascii() or not tag.isascii():

@@ -21,11 +21,12 @@ from fieldsync.query.window import in_window
 from fieldsync.store.errors import UnknownProject
 from fieldsync.store.ports import ChangeLogPort, Storage
 from fieldsync.store.records import Accepted, ClientSeen
+from tests.conflict.helpers import at
 from tests.entities import START, activity_values, new_id, summoning_values
 from tests.store.contract.conftest import new_member
 from tests.store.contract.inspect import Inspector
 from tests.store.contract.test_conflicts import Project as ConflictWorld
-from tests.store.contract.test_conflicts import activity, at, summoning
+from tests.store.contract.test_conflicts import activity, summoning
 
 HOUR = timedelta(hours=1)
 
@@ -58,10 +59,10 @@ async def data(storage: Storage, log: ChangeLogPort, project: uuid.UUID) -> Data
     items = []
     for i in range(40):
         values = activity_values(plan if i % 5 else new_id(), locations[i % 3] if i % 7 else None)
-        values["starts_at"] = START + (i // 2) * 5 * HOUR  # pairs share a start
-        values["ends_at"] = values["starts_at"] + (i % 4) * 3 * HOUR  # i % 4 == 0: no length
+        starts_at = values["starts_at"] = START + (i // 2) * 5 * HOUR  # pairs share a start
+        values["ends_at"] = starts_at + (i % 4) * 3 * HOUR  # i % 4 == 0: no length
         if i == 14:
-            values["ends_at"] = values["starts_at"] - 2 * HOUR  # merged into a broken interval
+            values["ends_at"] = starts_at - 2 * HOUR  # merged into a broken interval
         values["status"] = ("planned", "confirmed", "done")[i % 3]
         values["deleted"] = i % 9 == 4
         entity_id = new_id()
@@ -70,8 +71,8 @@ async def data(storage: Storage, log: ChangeLogPort, project: uuid.UUID) -> Data
         if i % 2 == 0:
             s_values = summoning_values(entity_id, new_id())
             s_values["user_id"] = users[i % 3]
-            s_values["starts_at"] = values["starts_at"]
-            s_values["ends_at"] = values["starts_at"] + 2 * HOUR
+            s_values["starts_at"] = starts_at
+            s_values["ends_at"] = starts_at + 2 * HOUR
             s_values["status"] = ("proposed", "confirmed")[i % 4 // 2]
             s_values["deleted"] = i % 10 == 8
             summoning_id = new_id()
@@ -288,7 +289,7 @@ async def test_keyset_pages_neither_repeat_nor_skip_while_other_rows_change(
         n += 1
         values = activity_values(data.plan)
         values["starts_at"] = START + n * 7 * HOUR
-        values["ends_at"] = values["starts_at"] + HOUR
+        values["ends_at"] = START + n * 7 * HOUR + HOUR
         await _append(
             log,
             data.project,
@@ -425,5 +426,3 @@ async def test_an_unknown_project(storage: Storage) -> None:
 async def test_an_empty_project_is_at_seq_zero(storage: Storage, project: uuid.UUID) -> None:
     page = await storage.queries.activities(project, ActivityQuery())
     assert (page.seq, page.items, page.more) == (0, [], False)
-
-
