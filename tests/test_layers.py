@@ -36,6 +36,7 @@ STORAGE_NEUTRAL = frozenset(
         "heads",
         "memory",
         "memory_admin",
+        "memory_queries",
         "memory_state",
         "ports",
         "records",
@@ -46,7 +47,7 @@ STORAGE_NEUTRAL = frozenset(
 errors, the pure planning every implementation shares) or to the in-memory one: none of
 them reaches a driver, even through another module."""
 
-PURE_CORE = ("fieldsync.sync", "fieldsync.model", "fieldsync.conflict")
+PURE_CORE = ("fieldsync.sync", "fieldsync.model", "fieldsync.conflict", "fieldsync.query")
 """Bytes and records in, decisions out: no I/O, no clock, nothing from the shells."""
 
 IO_MODULES = frozenset(
@@ -212,9 +213,7 @@ def _pure_modules() -> Iterator[str]:
 @pytest.mark.parametrize("module", sorted(_pure_modules()))
 def test_the_pure_core_does_no_io_and_imports_no_shell(module: str) -> None:
     forbidden = sorted(
-        name
-        for name in imports(module)
-        if _top(name) in IO_MODULES or _within(name, SHELLS)
+        name for name in imports(module) if _top(name) in IO_MODULES or _within(name, SHELLS)
     )
     assert forbidden == [], f"{module} imports {forbidden}"
 

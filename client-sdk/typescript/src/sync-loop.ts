@@ -21,6 +21,7 @@ import { Backoff } from "./backoff.js";
 import { ClientProtocol, type ClientEvent } from "./client-protocol.js";
 import { maxServerFrameBytes } from "./codec/codec.js";
 import { Conflict, type ConflictUpdate } from "./conflicts.js";
+import { CLIENT_VERSION } from "./version.js";
 import {
   AuthError,
   FieldsyncError,
@@ -362,7 +363,7 @@ class Session {
       for (const row of replica.pending) oldest = oldest === null ? row.createdAt : Math.min(oldest, row.createdAt);
     }
     const projects = [...replicas].map(([id, r]) => ({ project_id: id, cursor: r.cursor }));
-    this.protocol.hello(this.token, this.loop.options.clientId, projects, oldest === null ? null : Math.max(0, Date.now() - oldest), this.loop.options.versions);
+    this.protocol.hello(this.token, this.loop.options.clientId, projects, oldest === null ? null : Math.max(0, Date.now() - oldest), this.loop.options.versions, CLIENT_VERSION);
     this.flush();
   }
 
