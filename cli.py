@@ -39,7 +39,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import uvicorn
 
@@ -280,6 +280,20 @@ def _parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser("token", help="print a bearer token for a user")
     token.add_argument("--user", type=uuid.UUID, required=True, help="the user's id")
+    token.add_argument(
+        "--project",
+        type=uuid.UUID,
+        default=None,
+        help="also print the link that opens the web app signed in, on this project",
+    )
+    token.add_argument(
+        "--server-url",
+        type=sync_url,
+        default=None,
+        metavar="URL",
+        help="the server the app link names (default: the `fieldsync serve` running with "
+        f"this --data-dir, else http://127.0.0.1:{DEFAULT_PORT})",
+    )
     _ttl_option(token)
     token.set_defaults(run=_token)
     admin.append(token)
@@ -332,12 +346,14 @@ def write_contract(out: Path) -> int:
     """Regenerate ``out`` (``contract/``) from ``model/`` and ``sync/``; files the generators
     no longer make are removed, hand-written ones (README.md) are kept."""
     from fieldsync.model.json_schema import entity_json_schema
+    from fieldsync.model.permissions import rules_description
     from fieldsync.sync.vectors import protocol_description, vector_files
 
     schema = json.dumps(entity_json_schema(), indent=2, ensure_ascii=False) + "\n"
     files = {
         "entities.schema.json": schema.encode(),
         "protocol.json": protocol_description(),
+        "permissions.json": (json.dumps(rules_description(), indent=2) + "\n").encode(),
         **{f"vectors/{path}": data for path, data in vector_files().items()},
     }
     stale = {p for p in (out / "vectors").rglob("*") if p.is_file()} - {out / p for p in files}
@@ -833,8 +849,23 @@ async def _token(args: argparse.Namespace, url: str) -> int:
     async with _admin_storage(url) as storage:
         await storage.admin.require_user(args.user)
     token, expires = _issue(secret, args.user, args.ttl)
-    _emit(args, [token], {"user_id": str(args.user), "token": token, "expires_at": expires})
+    document = {"user_id": str(args.user), "token": token, "expires_at": expires}
+    lines = [token]
+    if args.project is not None:
+        document["app_url"] = app_link(_server_url(args)[0], token, args.project)
+        lines.append(document["app_url"])
+    _emit(args, lines, document)
     return 0
+
+
+def app_link(server: str, token: str, project: uuid.UUID | str) -> str:
+    """The link that opens the web app signed in: the token travels in the fragment, which
+    browsers never send to a server, and the app removes it from the address bar."""
+    parts = urlsplit(server)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    base = urlunsplit((scheme, parts.netloc, parts.path.removesuffix("/sync"), "", ""))
+    query = urlencode({"token": token, "project": str(project)})
+    return f"{base}/app/#{query}"
 
 
 async def _demo(args: argparse.Namespace, url: str) -> int:
@@ -844,6 +875,7 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
     async with _admin_storage(url) as storage:
         demo = await create_demo(storage)
     users = []
+    server, _ = _server_url(args)
     for user in demo.users:
         token, expires = _issue(secret, user.user_id, args.ttl)
         users.append(
@@ -854,6 +886,7 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
                 "user_id": str(user.user_id),
                 "token": token,
                 "expires_at": expires,
+                "app_url": app_link(server, token, demo.project_id),
             }
         )
     document = {
@@ -866,7 +899,7 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
     }
     lines = _demo_lines(document, args.ttl)
     if not args.json:
-        url, source = _demo_server(args)
+        url, source = _server_url(args)
         lines += example_lines(
             document,
             url,
@@ -879,8 +912,8 @@ async def _demo(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-def _demo_server(args: argparse.Namespace) -> tuple[str, str]:
-    """The sync URL the example should use, and where that URL came from."""
+def _server_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The sync URL the example (and the app links) should use, and where it came from."""
     if args.server_url is not None:
         return args.server_url, "--server-url"
     served = served_url(args.data_dir)
@@ -916,6 +949,7 @@ def _demo_lines(demo: Mapping[str, Any], ttl: int) -> list[str]:
         lines += [
             f"  {u['name']:<{width}}  {u['level']:<10}  user {u['user_id']}",
             f"    token {u['token']}",
+            f"    app   {u['app_url']}",
         ]
     return lines
 

@@ -3,7 +3,8 @@
 The app works on a storage (``store.ports.Storage``): PostgreSQL opened from a database URL
 (``store.postgres``), or any storage it is given, such as ``store.memory.MemoryStorage``.
 The lifespan opens it, then creates this process's change log, the hub of live feeds, the
-notification listeners, the periodic head check and the storage watch, and hands them to
+notification listeners, the periodic head check, the storage watch and the writer of
+members' sync health, and hands them to
 routes through ``app.state``: no module globals, so tests can run several apps (several
 "processes") side by side, each with its own metrics registry. At shutdown uvicorn first
 lets in-flight requests finish, then the lifespan closes the storage it opened (a storage
@@ -33,6 +34,7 @@ from fieldsync.live.memory import trim_periodically
 from fieldsync.live.operations import healthz, metrics_endpoint
 from fieldsync.live.origins import OriginPolicy
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
+from fieldsync.live.query_http import openapi_json, query_routes
 from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
 from fieldsync.live.session import (
     HANDSHAKE_SECONDS,
@@ -45,6 +47,8 @@ from fieldsync.live.session import (
 from fieldsync.live.slow_requests import HEADER_SECONDS, header_deadline_protocol
 from fieldsync.live.snapshot_http import snapshot_endpoint, snapshot_preflight
 from fieldsync.live.status import StatusBoard, watch_database
+from fieldsync.live.sync_health import HealthRecorder
+from fieldsync.live.web_app import web_app_routes
 from fieldsync.live.wire import sync_wire_protocol
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.observability.metrics import Metrics
@@ -162,9 +166,11 @@ def create_app(
                 admission=admission,
                 log_limiter=connection_log_limiter(metrics.log_line_suppressed),
             )
+            recorder = sync.sync_health = HealthRecorder(store.sync_health)
             notifications = store.notifications
             workers = [
                 asyncio.create_task(trim_periodically()),
+                asyncio.create_task(recorder.run()),
                 asyncio.create_task(
                     notifications.poll_heads(
                         hub.watched_projects, hub.poke, interval=head_poll_seconds
@@ -207,11 +213,14 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_preflight, methods=["OPTIONS"]),
+        *query_routes(),
+        *web_app_routes(),
     ]
     if admin_key is not None:
         routes.append(admin_routes(admin_key))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIds)])
     app.state.metrics = metrics
+    app.state.openapi_json = openapi_json()
     return app
 
 

@@ -31,6 +31,16 @@ class OriginPolicy:
         return ANY_ORIGIN in self.allowed or normalize_origin(origin) in self.allowed
 
 
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """True when a page of this server opens the socket (its Origin names the Host the
+    request came to): the web app under ``/app/`` needs no allow-list entry. A page elsewhere
+    cannot forge its Origin, and a Host it sets can only name its own server."""
+    if origin is None or host is None:
+        return False
+    scheme, _, rest = normalize_origin(origin).partition("://")
+    return scheme in ("http", "https") and rest == host.strip().lower()
+
+
 def cors_headers(policy: OriginPolicy, origin: str | None) -> dict[str, str]:
     """What lets a page from an allowed Origin read an HTTP answer (the snapshot): nothing
     for no Origin (not a browser) or one not on the list, which the browser then blocks."""

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from uuid import UUID
 
 from fieldsync.auth.tokens import TokenClaims, TokenError, TokenVerifier
@@ -31,6 +32,7 @@ from fieldsync.live.feed import Hub, LiveSubscription, wire_changes, wire_confli
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, Outbox, OutboxClosedError, OutboxLimits
 from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
 from fieldsync.live.status import StatusBoard
+from fieldsync.live.sync_health import ClientHello, HealthRecorder
 from fieldsync.model.limits import Limits
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.permissions import WRITE_LEVELS
@@ -115,6 +117,7 @@ class SyncServices:
     status: StatusBoard = field(default_factory=StatusBoard)
     admission: Admission = field(default_factory=Admission)
     log_limiter: LogLimiter = field(default_factory=lambda: connection_log_limiter())
+    sync_health: HealthRecorder | None = None  # members' sync health (``live.sync_health``)
 
 
 def membership_removed(services: SyncServices, project_id: UUID, user_id: UUID) -> None:
@@ -173,6 +176,7 @@ class SyncSession:
         self._outbox = Outbox(services.outbox_limits, services.metrics.send_queues)
         self._user_id: UUID | None = None
         self._client_id: str | None = None
+        self._client: ClientHello | None = None  # once accepted, for the sync health
         self._streams: dict[UUID, asyncio.Task[None]] = {}  # snapshot or catch-up under way
         self._live: dict[UUID, LiveSubscription] = {}
         self._names: dict[UUID, str] = {}  # project ids as the client spelled them
@@ -222,6 +226,8 @@ class SyncSession:
                 self._services.hub.leave(subscription)
             if self._counted and self._user_id is not None:
                 self._forget_user(self._user_id)
+            if self._services.sync_health is not None:
+                self._services.sync_health.closed(self._session_id)
             if self._ticket is not None:
                 self._ticket.release()
             self._queue(self._protocol.data_to_send())
@@ -516,6 +522,13 @@ class SyncSession:
         self._services.sessions.setdefault(claims.user_id, set()).add(self)
         self._counted = True
         self._user_id = claims.user_id
+        self._client = ClientHello(
+            claims.user_id,
+            hello.client_id,
+            hello.client_version,
+            hello.outbox_age_ms,
+            datetime.now(UTC),
+        )
         if self._ticket is not None:
             self._ticket.release()
             self._ticket = None
@@ -600,6 +613,8 @@ class SyncSession:
         project, _ = access
         if project in self._streams or project in self._live:
             return  # already syncing it
+        if self._services.sync_health is not None and self._client is not None:
+            self._services.sync_health.opened(self._session_id, project, self._client)
         self._names[project] = wanted.project_id
         task = asyncio.create_task(self._sync_project(project, wanted))
         self._streams[project] = task

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Send
 
-from fieldsync.auth.tokens import TokenError, TokenVerifier
 from fieldsync.live.feed import wire_conflicts
+from fieldsync.live.http_auth import bearer_claims, not_found, unavailable
 from fieldsync.live.origins import cors_headers, preflight_headers
 from fieldsync.observability.metrics import Metrics
 from fieldsync.store.errors import StoreError, UnknownProject
@@ -70,23 +70,6 @@ def none_match(if_none_match: str | None, etag: str) -> bool:
     return False
 
 
-def _unavailable() -> JSONResponse:
-    # The database is unreachable: a retry later will do (the WebSocket's status says when).
-    return JSONResponse(
-        {"code": "server_unavailable", "message": "the database cannot be reached right now"},
-        status_code=503,
-        headers={"Retry-After": "5"},
-    )
-
-
-def _not_found() -> JSONResponse:
-    # Unknown and forbidden projects get the same answer: ids reveal nothing.
-    return JSONResponse(
-        {"code": "project_unavailable", "message": "no such project, or not a member"},
-        status_code=404,
-    )
-
-
 async def snapshot_endpoint(request: Request) -> Response:
     """The snapshot; a page from an allowed Origin may read every answer (CORS)."""
     response = await _snapshot(request)
@@ -103,39 +86,25 @@ async def snapshot_preflight(request: Request) -> Response:
 
 
 async def _snapshot(request: Request) -> Response:
-    verifier: TokenVerifier = request.app.state.verifier
     metrics: Metrics = request.app.state.metrics
     storage: Storage = request.app.state.storage
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return JSONResponse(
-            {"code": "invalid_token", "message": "send Authorization: Bearer <token>"},
-            status_code=401,
-        )
-    try:
-        claims = await verifier.verify(token.strip())
-    except TokenError as exc:
-        if exc.unavailable:
-            return JSONResponse(
-                {"code": "server_unavailable", "message": "tokens cannot be checked right now"},
-                status_code=503,
-            )
-        code = "token_expired" if exc.expired else "invalid_token"
-        return JSONResponse({"code": code, "message": str(exc)}, status_code=401)
+    claims = await bearer_claims(request)
+    if isinstance(claims, JSONResponse):
+        return claims
     try:
         project_id = UUID(request.path_params["project_id"])
     except ValueError:
-        return _not_found()
+        return not_found()
     context = storage.snapshots.open(project_id)
     try:
         if await storage.membership.level(project_id, claims.user_id) is None:
-            return _not_found()
+            return not_found()
         snapshot = await context.__aenter__()
     except UnknownProject:
-        return _not_found()
+        return not_found()
     except StoreError as exc:
         log.warning("snapshot of project %s failed: %s", project_id, exc)
-        return _unavailable()
+        return unavailable()
     etag = snapshot_etag(project_id, snapshot.cursor)
     gzip = "gzip" in request.headers.get("accept-encoding", "")
     headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}

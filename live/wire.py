@@ -10,7 +10,8 @@ an ``asyncio.Protocol`` for the socket, and the :class:`~fieldsync.live.session.
 on top, through the same small :class:`~fieldsync.live.session.Transport` the ASGI endpoint
 gives it. Every other path still goes through the ASGI app.
 
-What the ASGI path did is kept: the Origin allow-list and admission are checked before the
+What the ASGI path did is kept: the Origin rules (the allow-list, or the server's own
+pages) and admission are checked before the
 upgrade (403, or 429/503 with ``Retry-After``, as JSON); the client address follows uvicorn's
 proxy-header rules; the response carries ``X-Request-Id``; keepalive pings find dead peers;
 reading pauses while a frame waits for the session (the session paces its own reads);
@@ -39,7 +40,7 @@ from websockets.server import ServerProtocol
 
 from fieldsync.live.admission import Refusal
 from fieldsync.live.operations import observed_connection
-from fieldsync.live.origins import OriginPolicy
+from fieldsync.live.origins import OriginPolicy, same_origin
 from fieldsync.live.session import SyncServices, SyncSession, Transport
 from fieldsync.observability.logs import bind
 from fieldsync.observability.metrics import Metrics
@@ -264,7 +265,8 @@ class SyncWire(asyncio.Protocol):
         with bind(request_id=rid):
             services: SyncServices = self.app.state.sync
             origins: OriginPolicy = self.app.state.origins
-            if not origins.allows(request.headers.get("Origin")):
+            origin = request.headers.get("Origin")
+            if not (origins.allows(origin) or same_origin(origin, request.headers.get("Host"))):
                 self._deny(
                     403,
                     ErrorCode.FORBIDDEN_ORIGIN.value,

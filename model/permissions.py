@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from automerge.core import Document
 
@@ -186,3 +187,36 @@ def _scope_reason(rule: EntityRule) -> str:
     if rule.scope is Scope.OWN_SUMMONING:
         return " (only your own summonings)"
     return ""
+
+
+SCOPE_MEANINGS: Mapping[Scope, str] = {
+    Scope.ANY: "every entity of the type",
+    Scope.SUMMONED_ACTIVITY: "activities a non-deleted summoning names the user's id for",
+    Scope.OWN_SUMMONING: "summonings whose user_id is the user's id",
+}
+
+
+def rules_description() -> dict[str, Any]:
+    """The write rules as language-neutral data (``contract/permissions.json``), so clients
+    show what a member may edit by the rules the server applies instead of a copy of them."""
+    return {
+        "description": "Who may write what: per level and entity type (model/permissions.py).",
+        "deleted_field": DELETED,
+        "all_fields": sorted(ALL_FIELDS)[0],
+        "scopes": {scope.value: SCOPE_MEANINGS[scope] for scope in Scope},
+        "levels": {
+            level.value: {
+                "may_push": level in WRITE_LEVELS,
+                "entities": {
+                    entity_type: {
+                        "create": rule.create,
+                        "delete": rule.delete,
+                        "edit": sorted(rule.edit),
+                        "scope": rule.scope.value,
+                    }
+                    for entity_type, rule in RULES[level].items()
+                },
+            }
+            for level in Level
+        },
+    }

@@ -46,6 +46,7 @@ from fieldsync.store.append_plan import (
 from fieldsync.store.conflict_plan import plan_conflicts
 from fieldsync.store.errors import DatabaseUnavailable, StoreError
 from fieldsync.store.memory_admin import MemoryAdmin, MemoryMaintenance
+from fieldsync.store.memory_queries import MemoryQueries, MemorySyncHealth
 from fieldsync.store.memory_state import Database, Entity, Project
 from fieldsync.store.ports import PointerHandler, RemovalHandler
 from fieldsync.store.records import AppendResult, LoggedHash, LogSlice, SnapshotEntity
@@ -66,6 +67,8 @@ class MemoryStorage:
         self.health = MemoryHealth(self._db)
         self.admin = MemoryAdmin(self._db)
         self.maintenance = MemoryMaintenance(self._db)
+        self.queries = MemoryQueries(self._db)
+        self.sync_health = MemorySyncHealth(self._db)
 
     @property
     def state(self) -> Database:

@@ -35,7 +35,7 @@ from fieldsync.store.append_plan import LoggedEntity, SeqPlan, StoredState
 from fieldsync.store.compaction import should_compact
 from fieldsync.store.conflict_plan import ConflictWrites
 from fieldsync.store.errors import DatabaseUnavailable, StoreError, UnknownProject
-from fieldsync.store.records import ConflictUpdate, LoggedChange, LoggedHash
+from fieldsync.store.records import ClientSeen, ConflictUpdate, LoggedChange, LoggedHash
 
 ReadModelRow = Mapping[str, object]
 """A read-model row by column name (``model.projections``), with ``last_seq``."""
@@ -111,6 +111,8 @@ class Project:
     conflicts: dict[str, ConflictRow] = field(default_factory=dict)
     feed: list[tuple[int, str]] = field(default_factory=list)  # (seq, conflict id), in order
     members: dict[UUID, Member] = field(default_factory=dict)
+    # member_sync_health: by (user id, client id)
+    sync_health: dict[tuple[UUID, str], ClientSeen] = field(default_factory=dict)
 
     def logged(self, hashes: Iterable[bytes]) -> list[LoggedHash]:
         found = []

@@ -11,6 +11,8 @@ through these interfaces, named by what the server does with them, not by tables
 - :class:`HealthPort`: can storage serve right now, and why not.
 - :class:`AdminPort`: the server-managed rows (accounts, users, projects, members).
 - :class:`MaintenancePort`: schema migrations and rebuilding read models from the log.
+- :class:`QueryPort`: pages of the read models, each with the log seq it reflects.
+- :class:`SyncHealthPort`: record what sync sessions saw of members' clients.
 
 Two implementations satisfy them: ``store.postgres.PostgresStorage`` (the production one,
 the only code that talks to a database driver) and ``store.memory.MemoryStorage`` (pure
@@ -32,9 +34,17 @@ from uuid import UUID
 from fieldsync.conflict.ledger import ConflictRow
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.model.merge import EntityChanges
+from fieldsync.query.items import Activity, Conflict, MemberHealth, Summoning
+from fieldsync.query.specs import ActivityQuery, ConflictQuery, MemberQuery, Page, SummoningQuery
 from fieldsync.store.accounts import AccountRow, MemberRow, ProjectDetail, ProjectRow, UserRow
 from fieldsync.store.append_plan import OnCommit
-from fieldsync.store.records import AppendResult, LogSlice, RebuildReport, SnapshotEntity
+from fieldsync.store.records import (
+    AppendResult,
+    ClientSeen,
+    LogSlice,
+    RebuildReport,
+    SnapshotEntity,
+)
 
 PointerHandler = Callable[[UUID, int], None]
 """Hears that a project's log reaches at least a seq (project, seq)."""
@@ -256,6 +266,36 @@ class MaintenancePort(Protocol):
         ...
 
 
+class QueryPort(Protocol):
+    """Pages of one project's read models for the HTTP query API (``query.specs`` says
+    what each filter means). Each page's rows and its ``seq`` come from one consistent
+    view: the rows are exactly the projection of the log up to ``seq``. Raises
+    UnknownProject for a project that does not exist."""
+
+    async def activities(self, project_id: UUID, query: ActivityQuery) -> Page[Activity]:
+        """Sorted by ``(starts_at, entity_id)``."""
+        ...
+
+    async def summonings(self, project_id: UUID, query: SummoningQuery) -> Page[Summoning]:
+        """Sorted by ``(starts_at, entity_id)``; deleted summonings left out."""
+        ...
+
+    async def conflicts(self, project_id: UUID, query: ConflictQuery) -> Page[Conflict]:
+        """Sorted by ``(opened_seq, conflict_id)``."""
+        ...
+
+    async def member_health(self, project_id: UUID, query: MemberQuery) -> Page[MemberHealth]:
+        """Every current member, sorted by user id, with their clients' sync health."""
+        ...
+
+
+class SyncHealthPort(Protocol):
+    async def record(self, seen: Sequence[ClientSeen]) -> None:
+        """Keep each client's latest record (one of an older session than the one kept is
+        ignored); records of members since removed, or of unknown projects, are dropped."""
+        ...
+
+
 class PoolGauges(Protocol):
     """Connection counts, for the metrics (a storage without connections has none)."""
 
@@ -286,6 +326,12 @@ class Storage(Protocol):
 
     @property
     def maintenance(self) -> MaintenancePort: ...
+
+    @property
+    def queries(self) -> QueryPort: ...
+
+    @property
+    def sync_health(self) -> SyncHealthPort: ...
 
     @property
     def pool_gauges(self) -> PoolGauges | None: ...

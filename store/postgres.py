@@ -1,8 +1,8 @@
 """The PostgreSQL storage: every port of ``store.ports`` on one connection pool.
 
 This bundles the modules that talk to PostgreSQL (``changelog``, ``projects``,
-``snapshots``, ``notifications``, ``migrations``, ``rebuild``, ``database``); the shells
-receive a :class:`PostgresStorage` as a ``Storage`` and never see its pool. Each public
+``snapshots``, ``notifications``, ``migrations``, ``rebuild``, ``queries``, ``database``);
+the shells receive a :class:`PostgresStorage` as a ``Storage`` and never see its pool. Each public
 coroutine translates driver errors (``store.driver``), like everything else here.
 """
 
@@ -33,6 +33,7 @@ from fieldsync.store.ports import (
     RemovalHandler,
     Snapshot,
 )
+from fieldsync.store.queries import PostgresQueries, PostgresSyncHealth
 from fieldsync.store.records import RebuildReport
 from fieldsync.store.snapshots import open_snapshot
 
@@ -53,6 +54,8 @@ class PostgresStorage:
         self.health = PostgresHealth(pool, url)
         self.admin = PostgresAdmin(pool)
         self.maintenance = PostgresMaintenance(pool, url)
+        self.queries = PostgresQueries(pool)
+        self.sync_health = PostgresSyncHealth(pool)
 
     @classmethod
     async def open(

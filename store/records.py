@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
 
 from fieldsync.conflict.ledger import ConflictRow
 from fieldsync.model.rejections import Rejection
@@ -126,3 +128,20 @@ class RebuildReport:
         if self.invalid_documents:
             text += f"; logged documents failing their schema: {self.invalid_documents}"
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSeen:
+    """A member's client as a sync session last saw it in one project: its ``hello``
+    (client id and version, outbox age), when that session began (``hello_at``), when it
+    was last seen and whether the session is still open. A record of an older session
+    never replaces a newer one's (``member_sync_health`` in migration 0005)."""
+
+    project_id: UUID
+    user_id: UUID
+    client_id: str
+    client_version: str | None
+    outbox_age_ms: int | None
+    hello_at: datetime
+    seen_at: datetime
+    connected: bool

@@ -405,10 +405,12 @@ class ClientProtocol(Generic[B]):
         *,
         outbox_age_ms: int | None = None,
         versions: Sequence[int] = PROTOCOL_VERSIONS,
+        client_version: str | None = None,
     ) -> None:
         """Say hello with ``projects`` (and any subscribed before): the hello names up to
         MAX_HELLO_PROJECTS of them; the others, and those waiting for an HTTP snapshot,
-        follow once the connection is open."""
+        follow once the connection is open. ``client_version`` names the client software
+        (shown in the members' sync health)."""
         if self.connection.state is not ConnectionState.AWAITING_HELLO:
             raise InvalidStateError(f"hello() needs AWAITING_HELLO, not {self.state.name}")
         for project in projects:
@@ -419,7 +421,12 @@ class ClientProtocol(Generic[B]):
                 named.append(ProjectCursor(project_id, stream.cursor))
                 stream.state = ProjectState.SUBSCRIBING
         self.connection.hello(
-            token, client_id, named, outbox_age_ms=outbox_age_ms, versions=versions
+            token,
+            client_id,
+            named,
+            outbox_age_ms=outbox_age_ms,
+            versions=versions,
+            client_version=client_version,
         )
 
     def receive_frame(self, frame: bytes | str) -> None:

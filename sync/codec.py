@@ -47,6 +47,7 @@ from fieldsync.sync.messages import (  # the MAX_ bounds: contract/protocol.json
     CONFLICT_STATUSES,
     INT64_MAX,
     MAX_CLIENT_ID_CHARS,
+    MAX_CLIENT_VERSION_CHARS,
     MAX_CODE_CHARS,
     MAX_CONFLICT_ID_CHARS,
     MAX_DETAILS_DEPTH,
@@ -105,6 +106,7 @@ from fieldsync.sync.refusals import (
 __all__ = [
     "INT64_MAX",
     "MAX_CLIENT_ID_CHARS",
+    "MAX_CLIENT_VERSION_CHARS",
     "MAX_CODE_CHARS",
     "MAX_CONFLICT_ID_CHARS",
     "MAX_DETAILS_DEPTH",

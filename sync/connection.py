@@ -277,11 +277,14 @@ class ClientConnection(_Connection[ServerMessage]):
         *,
         outbox_age_ms: int | None = None,
         versions: Sequence[int] = PROTOCOL_VERSIONS,
+        client_version: str | None = None,
     ) -> None:
         if self.state is not ConnectionState.AWAITING_HELLO:
             raise InvalidStateError(f"hello() needs AWAITING_HELLO, not {self.state.name}")
         self._offered = tuple(versions)
-        self._queue(Hello(self._offered, token, client_id, tuple(projects), outbox_age_ms))
+        self._queue(
+            Hello(self._offered, token, client_id, tuple(projects), outbox_age_ms, client_version)
+        )
         self.state = ConnectionState.AUTHENTICATING
 
     def receive_frame(self, frame: bytes | str) -> None:

@@ -22,6 +22,7 @@ PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 
 MAX_TOKEN_CHARS: Final = 8192
 MAX_CLIENT_ID_CHARS: Final = 128
+MAX_CLIENT_VERSION_CHARS: Final = 64
 MAX_PROJECT_ID_CHARS: Final = 64
 MAX_ENTITY_TYPE_CHARS: Final = 64
 MAX_ENTITY_ID_CHARS: Final = 64
@@ -146,6 +147,9 @@ class Hello(_Message, frozen=True, tag="hello"):
     # Each project at most once (the codec checks).
     projects: Annotated[tuple[ProjectCursor, ...], Meta(max_length=MAX_HELLO_PROJECTS)] = ()
     outbox_age_ms: UInt | None = None
+    # The client software and its version (e.g. ``fieldsync-client/0.1.0``), for the
+    # members' sync health; optional, so older clients' hellos stay valid.
+    client_version: Annotated[str, Meta(max_length=MAX_CLIENT_VERSION_CHARS)] | None = None
 
 
 class Subscribe(_Message, frozen=True, tag="subscribe"):

@@ -156,6 +156,7 @@ _HELLO = Hello(
     "tablet-7f3a",
     (ProjectCursor(PROJECT, None), ProjectCursor("5a1e0d2c-0000-4000-8000-000000000001", 41)),
     1500,
+    "fieldsync-client/0.1.0",
 )
 _PUSH = Push(
     7,
@@ -351,7 +352,9 @@ def _variants() -> list[Vector]:
             CLIENT,
             "hello_defaults",
             "optional hello fields left out",
-            _without(Hello((1,), "token", "device-1"), "projects", "outbox_age_ms"),
+            _without(
+                Hello((1,), "token", "device-1"), "projects", "outbox_age_ms", "client_version"
+            ),
             Hello((1,), "token", "device-1"),
         ),
         (
@@ -441,6 +444,11 @@ def _invalid() -> list[Vector]:
                     for i in range(codec.MAX_HELLO_PROJECTS + 1)
                 ],
             ),
+        ),
+        (
+            "hello_client_version_too_long",
+            f"a client_version over {codec.MAX_CLIENT_VERSION_CHARS} characters",
+            _replaced(_HELLO, "client_version", "v" * (codec.MAX_CLIENT_VERSION_CHARS + 1)),
         ),
         (
             "hello_token_too_long",

@@ -191,6 +191,15 @@ async def test_token_command(fieldsync: Fieldsync) -> None:
     assert issued["user_id"] == str(user)
     assert datetime.fromisoformat(issued["expires_at"]).timestamp() == claims.expires_at
 
+    project = uuid.uuid4()
+    out = (await fieldsync("token", "--user", str(user), "--project", str(project))).ok()
+    token, link = out.splitlines()
+    assert link == f"http://127.0.0.1:8000/app/#token={token}&project={project}"
+    issued = json.loads((await fieldsync("token", "--user", str(user), "--project", str(project),
+                                         "--server-url", "https://sync.example.org", "--json"))
+                        .ok())  # fmt: skip
+    assert issued["app_url"].startswith("https://sync.example.org/app/#token=")
+
 
 async def test_refusals_are_one_line_with_exit_status_1(fieldsync: Fieldsync) -> None:
     account = await fieldsync.new_id("account", "create", "--name", "Glacier Lab")
@@ -454,6 +463,10 @@ async def test_demo_prints_a_readable_block(fieldsync: Fieldsync) -> None:
     ]
     for user in users:
         assert verify_token(SECRET.encode(), user["token"]).user_id == uuid.UUID(user["user_id"])
+        app = (
+            f"    app   http://127.0.0.1:8000/app/#token={user['token']}&project={_project_of(out)}"
+        )
+        assert app in out.splitlines()
     # No server runs with this data directory: the example command names the default and
     # says how to point it elsewhere.
     assert (

@@ -46,6 +46,8 @@ def test_regenerating_removes_files_it_no_longer_makes_and_keeps_the_readme(
     assert filecmp.cmp(tmp_path / "protocol.json", CHECKED_IN / "protocol.json", shallow=False)
 
 
-@pytest.mark.parametrize("name", ["entities.schema.json", "protocol.json", "vectors/index.json"])
+@pytest.mark.parametrize(
+    "name", ["entities.schema.json", "protocol.json", "permissions.json", "vectors/index.json"]
+)
 def test_contract_files_exist(name: str) -> None:
     assert (CHECKED_IN / name).is_file()

@@ -36,6 +36,7 @@ STORAGE_NEUTRAL = frozenset(
         "heads",
         "memory",
         "memory_admin",
+        "memory_queries",
         "memory_state",
         "ports",
         "records",
@@ -46,7 +47,7 @@ STORAGE_NEUTRAL = frozenset(
 errors, the pure planning every implementation shares) or to the in-memory one: none of
 them reaches a driver, even through another module."""
 
-PURE_CORE = ("fieldsync.sync", "fieldsync.model", "fieldsync.conflict")
+PURE_CORE = ("fieldsync.sync", "fieldsync.model", "fieldsync.conflict", "fieldsync.query")
 """Bytes and records in, decisions out: no I/O, no clock, nothing from the shells."""
 
 IO_MODULES = frozenset(

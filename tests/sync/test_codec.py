@@ -293,6 +293,7 @@ def test_the_wire_shape_is_plain_maps_arrays_and_bin() -> None:
         "client_id": "c",
         "projects": [{"project_id": "p1", "cursor": None}],
         "outbox_age_ms": None,
+        "client_version": None,
     }
     # Strings are msgpack str and payloads msgpack bin, never the other way round.
     frame = encode(Changes("p", (ChangeRecord(1, "plan", "x", b"c"),)))

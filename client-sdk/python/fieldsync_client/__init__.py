@@ -31,6 +31,7 @@ from fieldsync_client.errors import (
 from fieldsync_client.local_store import RejectedChange
 from fieldsync_client.project import Project
 from fieldsync_client.status import ConnectionState, RemoteChanges, SyncStatus
+from fieldsync_client.version import __version__
 
 __all__ = [
     "AuthError",
@@ -57,6 +58,5 @@ __all__ = [
     "StoreLocked",
     "SyncStatus",
     "ValidationError",
+    "__version__",
 ]
-
-__version__ = "0.1.0"

@@ -72,6 +72,7 @@ from fieldsync_client.push_plan import EntityBatch, plan_push
 from fieldsync_client.repair import REPAIR_ROW, Repairs, missing_hashes, with_ancestors
 from fieldsync_client.replica import ProjectReplica, RemoteDataError, RemoteOutcome
 from fieldsync_client.status import ConnectionState, RemoteChanges
+from fieldsync_client.version import CLIENT_VERSION
 
 __all__ = ["SyncHost", "SyncLoop", "sync_url"]
 
@@ -356,6 +357,7 @@ class _Session:
             [ProjectCursor(pid, r.cursor) for pid, r in replicas.items()],
             outbox_age_ms=age,
             versions=self.loop.versions,
+            client_version=CLIENT_VERSION,
         )
         writer = asyncio.get_running_loop().create_task(self._write())
         self._outgoing.set()

@@ -170,7 +170,7 @@ export class ClientProtocol<B extends PushEntity = PushEntity> {
 
   /** Say hello with `projects` (and any subscribed before): up to the hello's limit of them;
    * the others, and those waiting for an HTTP snapshot, follow once the connection is open. */
-  hello(token: string, clientId: string, projects: readonly ProjectCursor[], outboxAgeMs: number | null, versions: readonly number[] = PROTOCOL_VERSIONS): void {
+  hello(token: string, clientId: string, projects: readonly ProjectCursor[], outboxAgeMs: number | null, versions: readonly number[] = PROTOCOL_VERSIONS, clientVersion: string | null = null): void {
     if (this.connection.state !== "awaiting_hello") throw new InvalidStateError(`hello() needs awaiting_hello, not ${this.state}`);
     for (const p of projects) this.subscribe(p.project_id, p.cursor);
     const named: ProjectCursor[] = [];
@@ -180,7 +180,7 @@ export class ClientProtocol<B extends PushEntity = PushEntity> {
         stream.state = "subscribing";
       }
     }
-    this.connection.hello(token, clientId, named, outboxAgeMs, versions);
+    this.connection.hello(token, clientId, named, outboxAgeMs, versions, clientVersion);
   }
 
   /** A frame from the server; what it means comes out of `eventsReceived`. Never throws. */

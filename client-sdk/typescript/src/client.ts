@@ -135,6 +135,11 @@ export class FieldsyncClient implements SyncHost {
     return project;
   }
 
+  /** The user the server's welcome named (the token's subject); null before the first welcome. */
+  get userId(): string | null {
+    return this.sync?.userId ?? null;
+  }
+
   get status(): SyncStatus {
     return this.currentStatus;
   }

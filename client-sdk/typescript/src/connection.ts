@@ -26,10 +26,10 @@ export class ClientConnection {
 
   constructor(readonly limits: Limits = DEFAULT_LIMITS) {}
 
-  hello(token: string, clientId: string, projects: readonly ProjectCursor[], outboxAgeMs: number | null, versions: readonly number[] = PROTOCOL_VERSIONS): void {
+  hello(token: string, clientId: string, projects: readonly ProjectCursor[], outboxAgeMs: number | null, versions: readonly number[] = PROTOCOL_VERSIONS, clientVersion: string | null = null): void {
     if (this.state !== "awaiting_hello") throw new InvalidStateError(`hello() needs awaiting_hello, not ${this.state}`);
     this.offered = [...versions];
-    this.outgoing.push(encode({ t: "hello", versions: this.offered, token, client_id: clientId, projects, outbox_age_ms: outboxAgeMs }));
+    this.outgoing.push(encode({ t: "hello", versions: this.offered, token, client_id: clientId, projects, outbox_age_ms: outboxAgeMs, client_version: clientVersion }));
     this.state = "authenticating";
   }
 

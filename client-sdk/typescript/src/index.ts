@@ -7,6 +7,7 @@ export { Project, type RejectedChange } from "./project.js";
 export { Conflict, type ConflictChange, type ConflictUpdate } from "./conflicts.js";
 export type { SyncStatus } from "./status.js";
 export type { ConnectionStatus, RemoteChanges, SocketLike, TokenSource, WebSocketFactory } from "./sync-loop.js";
+export { CLIENT_VERSION, SDK_VERSION } from "./version.js";
 export {
   AuthError,
   ClientClosed,

@@ -21,6 +21,7 @@ import { Backoff } from "./backoff.js";
 import { ClientProtocol, type ClientEvent } from "./client-protocol.js";
 import { maxServerFrameBytes } from "./codec/codec.js";
 import { Conflict, type ConflictUpdate } from "./conflicts.js";
+import { CLIENT_VERSION } from "./version.js";
 import {
   AuthError,
   FieldsyncError,
@@ -128,6 +129,8 @@ export class SyncLoop {
   lastError: FieldsyncError | null = null;
   halted: FieldsyncError | null = null;
   serverProblem: string | null = null;
+  /** Who the server's last welcome said the token belongs to. */
+  userId: string | null = null;
   readonly failed = new Map<string, ProjectUnavailable>();
   readonly syncedAt = new Map<string, number>();
   connections = 0;
@@ -241,7 +244,8 @@ export class SyncLoop {
     else this.error(error);
   }
 
-  welcomed(): void {
+  welcomed(userId: string | null = null): void {
+    if (userId !== null) this.userId = userId;
     this.options.backoff.reset();
     this.authFailures = 0;
     this.lastError = null;
@@ -359,7 +363,7 @@ class Session {
       for (const row of replica.pending) oldest = oldest === null ? row.createdAt : Math.min(oldest, row.createdAt);
     }
     const projects = [...replicas].map(([id, r]) => ({ project_id: id, cursor: r.cursor }));
-    this.protocol.hello(this.token, this.loop.options.clientId, projects, oldest === null ? null : Math.max(0, Date.now() - oldest), this.loop.options.versions);
+    this.protocol.hello(this.token, this.loop.options.clientId, projects, oldest === null ? null : Math.max(0, Date.now() - oldest), this.loop.options.versions, CLIENT_VERSION);
     this.flush();
   }
 
@@ -477,7 +481,7 @@ class Session {
   private async handle(event: ClientEvent<EntityBatch>): Promise<void> {
     switch (event.type) {
       case "welcomed":
-        this.loop.welcomed();
+        this.loop.welcomed(event.welcome.user_id);
         for (const projectId of this.host.replicas().keys()) this.push(projectId);
         return;
       case "snapshot_wanted": return this.fetch(event.projectId);

@@ -10,6 +10,8 @@ import { DEFAULT_LIMITS } from "../src/generated/protocol.js";
 import { missingHashes, planPush, withAncestors } from "../src/push-plan.js";
 import { SnapshotFormatError, SnapshotStream } from "../src/snapshot-stream.js";
 import { snapshotUrl, syncUrl } from "../src/sync-loop.js";
+import { CLIENT_VERSION, SDK_VERSION } from "../src/version.js";
+import { readFileSync } from "node:fs";
 
 test("backoff waits a random time below a ceiling that doubles up to the cap", () => {
   const backoff = new Backoff(100, 1000, () => 0.999);
@@ -87,4 +89,10 @@ test("a broken snapshot body is refused", () => {
   const huge = new SnapshotStream("p", { ...DEFAULT_LIMITS, max_change_bytes: 1, max_changes_per_entity: 1, max_entities_per_batch: 1, max_document_bytes: 10, max_frame_bytes: 1000 });
   huge.feed(encode({ t: "snapshot_begin", project_id: "p", cursor: 1, entity_count: 1 }));
   assert.throws(() => huge.feed(new Uint8Array([0xc6, 0, 1, 0, 0, ...new Uint8Array(5000)])), /longer than/u, "a record longer than any document");
+});
+
+test("the SDK names itself in its hello with package.json's version", () => {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+  assert.equal(SDK_VERSION, pkg.version);
+  assert.equal(CLIENT_VERSION, `fieldsync-client-typescript/${pkg.version}`);
 });

@@ -93,6 +93,7 @@ export function encode(message: Message): Uint8Array {
 const str = (maxChars?: number): Parse => (r) => r.string(maxChars);
 const uint: Parse = (r) => r.uint();
 const optionalUint: Parse = (r) => r.optionalUint();
+const optionalStr = (maxChars?: number): Parse => (r) => r.optionalString(maxChars);
 const boolean: Parse = (r) => r.boolean();
 const blob: Parse = (r) => r.blob();
 const text = str();
@@ -264,6 +265,7 @@ const CLIENT_SHAPES: Record<string, Shape> = {
     client_id: str(B.max_client_id_chars),
     projects: helloProjects,
     outbox_age_ms: optionalUint,
+    client_version: optionalStr(B.max_client_version_chars),
   }),
   subscribe: shape(CLIENT_FIELDS.subscribe, { project: projectCursor }),
   unsubscribe: shape(CLIENT_FIELDS.unsubscribe, { project_id: projectId }),

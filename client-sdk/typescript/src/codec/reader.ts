@@ -281,6 +281,14 @@ export class Reader {
     return this.uint();
   }
 
+  optionalString(maxChars?: number): string | null {
+    if (this.kind() === "nil") {
+      this.pos += 1;
+      return null;
+    }
+    return this.string(maxChars);
+  }
+
   boolean(): boolean {
     this.expect("bool");
     return this.buf[this.pos++] === 0xc3;

@@ -58,6 +58,7 @@ export interface Hello {
   readonly client_id: string;
   readonly projects: readonly ProjectCursor[];
   readonly outbox_age_ms: number | null;
+  readonly client_version: string | null;
 }
 
 export interface Subscribe {
@@ -223,6 +224,7 @@ export const DEFAULT_LIMITS = {
 
 export const DECODER_BOUNDS = {
   "max_client_id_chars": 128,
+  "max_client_version_chars": 64,
   "max_code_chars": 64,
   "max_conflict_id_chars": 64,
   "max_details_depth": 16,
@@ -256,6 +258,10 @@ export const CLIENT_FIELDS = {
     },
     {
       "name": "outbox_age_ms",
+      "default": null
+    },
+    {
+      "name": "client_version",
       "default": null
     }
   ],

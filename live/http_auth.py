@@ -1,0 +1,52 @@
+"""Who is asking, for the HTTP endpoints that read a project (the snapshot, the query API):
+the bearer token, checked as the sync handshake checks it, and the answers every such
+endpoint gives alike."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from fieldsync.auth.tokens import TokenClaims, TokenError, TokenVerifier
+
+RETRY_AFTER_SECONDS = 5
+
+
+async def bearer_claims(request: Request) -> TokenClaims | JSONResponse:
+    """The token's claims, or the answer to give instead: 401 without a valid bearer
+    token, 503 when tokens cannot be checked right now."""
+    verifier: TokenVerifier = request.app.state.verifier
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return JSONResponse(
+            {"code": "invalid_token", "message": "send Authorization: Bearer <token>"},
+            status_code=401,
+        )
+    try:
+        return await verifier.verify(token.strip())
+    except TokenError as exc:
+        if exc.unavailable:
+            return JSONResponse(
+                {"code": "server_unavailable", "message": "tokens cannot be checked right now"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        code = "token_expired" if exc.expired else "invalid_token"
+        return JSONResponse({"code": code, "message": str(exc)}, status_code=401)
+
+
+def unavailable() -> JSONResponse:
+    """The database is unreachable: a retry later will do."""
+    return JSONResponse(
+        {"code": "server_unavailable", "message": "the database cannot be reached right now"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def not_found() -> JSONResponse:
+    """Unknown and forbidden projects get the same answer: ids reveal nothing."""
+    return JSONResponse(
+        {"code": "project_unavailable", "message": "no such project, or not a member"},
+        status_code=404,
+    )
