@@ -8,7 +8,7 @@ Pure data: no I/O, no driver.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fieldsync.conflict.ledger import ConflictRow
@@ -23,6 +23,7 @@ __all__ = [
     "LoggedHash",
     "RebuildReport",
     "Rejected",
+    "ReplicaReport",
     "SnapshotEntity",
 ]
 
@@ -126,3 +127,13 @@ class RebuildReport:
         if self.invalid_documents:
             text += f"; logged documents failing their schema: {self.invalid_documents}"
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaReport:
+    """How reads went between a read replica and the primary, since the storage opened."""
+
+    usable: bool  # whether reads may go to the replica now (its last check)
+    lag_seconds: float | None  # its replay lag at the last check; None: not measured
+    reads: Mapping[tuple[str, str], int]  # (read, served_by) -> reads served
+    fallbacks: Mapping[tuple[str, str], int]  # (read, reason) -> reads sent to the primary
