@@ -167,7 +167,7 @@ async def main(args: argparse.Namespace, primary_url: str, standby_url: str) -> 
         f"{args.bootstraps} bootstraps, {args.resumes} resumes of {args.behind} changes, "
         f"{args.concurrency} at a time"
     )
-    results = {}
+    results: dict[bool, list[tuple[Phase, Phase, str]]] = {}
     for replica in (False, True, False, True):  # twice each, interleaved: load drifts
         results.setdefault(replica, []).append(
             await run_topology(args, team, head, primary_url, standby_url, replica)
@@ -176,7 +176,7 @@ async def main(args: argparse.Namespace, primary_url: str, standby_url: str) -> 
         f"{'':<26}{'clients':>12}{'primary PG':>12}{'standby PG':>12}{'server':>12}\n"
         f"{'':<26}{'':>12}{'CPU ms/client':>36}"
     )
-    best = {}
+    best: dict[bool, Phase] = {}
     for replica, runs in results.items():
         where = "replica" if replica else "primary"
         booted, resumed, _ = min(runs, key=lambda run: run[0].seconds)
