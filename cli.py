@@ -51,6 +51,7 @@ from fieldsync.store.embedded import data_dir_problem
 from fieldsync.store.errors import StoreError
 from fieldsync.store.ports import Storage
 from fieldsync.store.postgres import PostgresStorage
+from fieldsync.store.replica import DEFAULT_MAX_LAG as DEFAULT_REPLICA_MAX_LAG
 
 logger = logging.getLogger("fieldsync")
 
@@ -198,6 +199,22 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=500.0,
         help="log pushes and snapshots that take longer than this (default 500)",
+    )
+    serve.add_argument(
+        "--replica-url",
+        default=os.environ.get("FIELDSYNC_REPLICA_URL") or None,
+        metavar="URL",
+        help="a streaming replica of the database: snapshots and catch-up reads go there "
+        "while it keeps up, everything else stays on the primary "
+        "(default $FIELDSYNC_REPLICA_URL; see docs/scaling.md)",
+    )
+    serve.add_argument(
+        "--replica-max-lag",
+        type=_positive_float,
+        default=DEFAULT_REPLICA_MAX_LAG,
+        metavar="SECONDS",
+        help="reads go to the primary while the replica's replay lag is over this "
+        f"(default {DEFAULT_REPLICA_MAX_LAG:g})",
     )
     # Set by `serve --workers` on each worker it starts: the parent speaks for them.
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -375,6 +392,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -531,6 +555,7 @@ def _token_and_origin_options(args: argparse.Namespace) -> tuple[str, ...]:
     if args.jwks_url:
         options += ["--jwks-url", args.jwks_url, "--token-issuer", args.token_issuer]
         options += ["--token-audience", args.token_audience]
+    options += ["--replica-max-lag", f"{args.replica_max_lag:g}"]
     return tuple(options)
 
 
@@ -540,6 +565,8 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
         from fieldsync.workers import WorkerPlan, run_workers
 
         _load_secret(args.data_dir)  # created once here, not raced by the workers
+        if args.replica_url:  # like the primary's URL, in the environment (not in ps)
+            os.environ["FIELDSYNC_REPLICA_URL"] = args.replica_url
         plan = WorkerPlan(
             args.host,
             args.port,
@@ -574,11 +601,19 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
             allowed_origins=origins,
             admin_key=admin_key,
             metrics=Metrics(slow_ms=args.slow_ms),
+            replica_url=args.replica_url,
+            replica_max_lag=args.replica_max_lag,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     if admin_key is not None:
         logger.info("the HTTP admin API is enabled under /admin")
+    if args.replica_url:
+        logger.info(
+            "snapshots and catch-up reads go to the replica at %s while its lag is within %g s",
+            redact_url(args.replica_url),
+            args.replica_max_lag,
+        )
     config = uvicorn_config(app, args.host, args.port)
     config.lifespan = "on"
     config.log_config = None  # uvicorn's records go through our handler and format

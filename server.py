@@ -57,6 +57,7 @@ from fieldsync.store.errors import StoreError
 from fieldsync.store.ports import ChangeLogPort, NotificationPort, Storage
 from fieldsync.store.postgres import PostgresStorage
 from fieldsync.store.records import LogSlice
+from fieldsync.store.replica import DEFAULT_MAX_LAG
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ def create_app(
     admission_limits: AdmissionLimits = DEFAULT_ADMISSION_LIMITS,
     metrics: Metrics | None = None,
     database_check_seconds: float = DATABASE_CHECK_SECONDS,
+    replica_url: str | None = None,
+    replica_max_lag: float = DEFAULT_MAX_LAG,
 ) -> Starlette:
     """The application; it refuses to start on a database whose schema does not match.
 
@@ -96,11 +99,15 @@ def create_app(
     with HS256 and ``secret`` (one of the two is required). ``allowed_origins`` lists the
     browser Origins that may open the WebSocket (``*`` for any; clients that send no Origin
     are always let in). ``admin_key`` enables the HTTP admin API under ``/admin`` (see
-    docs/admin.md); without it there is none. Once started it stays up whatever the
-    database does: see ``live.status``.
+    docs/admin.md); without it there is none. With ``replica_url`` (PostgreSQL only),
+    snapshots and catch-up reads go to that streaming replica while its replay lag is
+    within ``replica_max_lag`` seconds, and to the primary otherwise (``store.replica``).
+    Once started it stays up whatever the database does: see ``live.status``.
     """
     if (database_url is None) == (storage is None):
         raise ValueError("create_app needs a database URL or a storage (one of the two)")
+    if replica_url is not None and database_url is None:
+        raise ValueError("a read replica needs a database URL (the storage is opened here)")
     if verifier is None:
         if secret is None:
             raise ValueError("create_app needs a secret or a verifier")
@@ -119,7 +126,11 @@ def create_app(
         else:
             assert database_url is not None
             store = await PostgresStorage.open(
-                database_url, min_size=pool_min_size, max_size=pool_max_size
+                database_url,
+                min_size=pool_min_size,
+                max_size=pool_max_size,
+                replica_url=replica_url,
+                replica_max_lag=replica_max_lag,
             )
         background: set[asyncio.Task[None]] = set()
         try:
@@ -145,6 +156,8 @@ def create_app(
             hub.observer = metrics
             if store.pool_gauges is not None:
                 metrics.watch_pool(store.pool_gauges)
+            if store.replica_gauges is not None:
+                metrics.watch_replica(store.replica_gauges)
             metrics.database_up.set(1)
             app.state.storage = store
             app.state.health_timeout = health_timeout

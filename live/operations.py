@@ -16,12 +16,18 @@ from fieldsync.store.ports import Storage
 async def healthz(request: Request) -> JSONResponse:
     """200 only if storage answers in time (the database ``SELECT 1``): load balancers act
     on this. Otherwise 503 with the reason; the server itself stays up and recovers by
-    itself."""
+    itself. Parts the server works without (a read replica) are described in the body
+    under ``components`` and never make it fail."""
     storage: Storage = request.app.state.storage
-    problem = await storage.health.problem(request.app.state.health_timeout)
-    if problem is not None:
-        return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    within = request.app.state.health_timeout
+    problem = await storage.health.problem(within)
+    body: dict[str, object] = (
+        {"status": "ok"} if problem is None else {"status": "unavailable", "reason": problem}
+    )
+    components = await storage.health.components(within)
+    if components:
+        body["components"] = components
+    return JSONResponse(body, status_code=200 if problem is None else 503)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -661,7 +661,7 @@ class SyncSession:
                 cursor = self._protocol.cursor(name)
                 if cursor is None:
                     return  # the stream ended meanwhile (an unsubscribe)
-                piece = await self._services.changelog.read_since(project, cursor, CATCH_UP_BATCH)
+                piece = await self._services.changelog.catch_up(project, cursor, CATCH_UP_BATCH)
                 if piece.changes:
                     await self._queue_bulk(
                         self._protocol.catch_up(

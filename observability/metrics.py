@@ -22,11 +22,11 @@ from typing import Protocol
 from uuid import UUID
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fieldsync.observability.fanout import LOCAL, REMOTE, FanoutClock
-from fieldsync.store.records import AppendResult, Rejected
+from fieldsync.store.records import AppendResult, Rejected, ReplicaReport
 from fieldsync.sync.messages import Hello, Push
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -122,6 +122,49 @@ class _PoolCollector(Collector):
             "Most connections the pool opens",
             self._pool.get_max_size(),
         )
+
+
+class ReplicaLike(Protocol):
+    """What the read-replica metrics read (``store.ports.ReplicaGauges``)."""
+
+    def report(self) -> ReplicaReport: ...
+
+
+class _ReplicaCollector(Collector):
+    """Reads routed to a read replica or to the primary, fallbacks by reason, replay lag."""
+
+    def __init__(self, replica: ReplicaLike) -> None:
+        self._replica = replica
+
+    def collect(self) -> Iterator[Metric]:
+        report = self._replica.report()
+        reads = CounterMetricFamily(
+            "fieldsync_replica_reads",
+            "Snapshot and catch-up reads, by where they were served",
+            labels=["read", "served_by"],
+        )
+        for (read, served_by), count in sorted(report.reads.items()):
+            reads.add_metric([read, served_by], count)
+        yield reads
+        fallbacks = CounterMetricFamily(
+            "fieldsync_replica_fallbacks",
+            "Reads sent to the primary because the replica could not serve them, by reason",
+            labels=["read", "reason"],
+        )
+        for (read, reason), count in sorted(report.fallbacks.items()):
+            fallbacks.add_metric([read, reason], count)
+        yield fallbacks
+        yield GaugeMetricFamily(
+            "fieldsync_replica_usable",
+            "1 while reads may go to the read replica (its last check), else 0",
+            1 if report.usable else 0,
+        )
+        if report.lag_seconds is not None:
+            yield GaugeMetricFamily(
+                "fieldsync_replica_lag_seconds",
+                "The read replica's replay lag at its last check (+Inf: not measurable yet)",
+                report.lag_seconds,
+            )
 
 
 class Metrics:
@@ -243,6 +286,9 @@ class Metrics:
 
     def watch_pool(self, pool: PoolLike) -> None:
         self.registry.register(_PoolCollector(pool))
+
+    def watch_replica(self, replica: ReplicaLike) -> None:
+        self.registry.register(_ReplicaCollector(replica))
 
     @contextmanager
     def connection(self) -> Iterator[None]:

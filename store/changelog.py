@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -54,6 +54,9 @@ from fieldsync.store.records import (
     LogSlice,
     Rejected,
 )
+
+if TYPE_CHECKING:
+    from fieldsync.store.replica import ReplicaReads
 
 __all__ = [
     "Accepted",
@@ -135,11 +138,13 @@ class ChangeLog:
         on_conflicts_found: Callable[[Sequence[str]], None] | None = None,
         cache_size: int = 10_000,
         on_commit: OnCommit | None = None,
+        replica: ReplicaReads | None = None,
     ) -> None:
         """``on_commit`` hears, right after each commit, the changes it newly logged and
         the conflict rows it changed; ``on_append`` (project, new head, changes appended)
-        and ``on_conflicts_found`` are for the metrics."""
+        and ``on_conflicts_found`` are for the metrics; ``replica`` serves ``catch_up``."""
         self._pool = pool
+        self._replica = replica
         self._limits = limits
         self._cache = DocumentCache(cache_size)
         self._observers = CommitObservers(on_append, on_conflicts_found, on_commit)
@@ -270,17 +275,17 @@ class ChangeLog:
     @translated("reading the change log")
     async def read_since(self, project_id: UUID, cursor: int, limit: int = 1_000) -> LogSlice:
         """Logged changes with seq > cursor, in seq order, at most ``limit`` of them, with the
-        conflict updates of the transactions they end."""
+        conflict updates of the transactions they end (from the primary)."""
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_CHANGES_SINCE, project_id, cursor, limit)
-            changes = [
-                LoggedChange(r["seq"], r["entity_type"], r["entity_id"], r["hash"], r["change"])
-                for r in rows
-            ]
-            if not changes:
-                return LogSlice([])
-            updates = await conflict_updates(conn, project_id, cursor, changes[-1].seq)
-        return LogSlice(changes, updates)
+            return await read_log(conn, project_id, cursor, limit)
+
+    @translated("reading the change log")
+    async def catch_up(self, project_id: UUID, cursor: int, limit: int = 1_000) -> LogSlice:
+        """``read_since`` for a client catching up: from the read replica when there is one
+        that can answer it (``store.replica``), else from the primary."""
+        if self._replica is None:
+            return await self.read_since(project_id, cursor, limit)
+        return await self._replica.catch_up(project_id, cursor, limit, self.read_since)
 
     @translated("reading the log head")
     async def head(self, project_id: UUID) -> int:
@@ -292,6 +297,20 @@ class ChangeLog:
         if head is None:
             raise UnknownProject(project_id)
         return int(head)
+
+
+@translated("reading the change log")
+async def read_log(conn: Any, project_id: UUID, cursor: int, limit: int) -> LogSlice:
+    """``read_since`` on a connection (the primary's, or a replica's)."""
+    rows = await conn.fetch(_CHANGES_SINCE, project_id, cursor, limit)
+    changes = [
+        LoggedChange(r["seq"], r["entity_type"], r["entity_id"], r["hash"], r["change"])
+        for r in rows
+    ]
+    if not changes:
+        return LogSlice([])
+    updates = await conflict_updates(conn, project_id, cursor, changes[-1].seq)
+    return LogSlice(changes, updates)
 
 
 @dataclass(slots=True)

@@ -158,8 +158,11 @@ async def connect(url: str) -> asyncpg.Connection:
 
 
 @translated("opening the connection pool")
-async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> DatabasePool:
-    """A pool whose first connections are open; failures become DatabaseUnavailable."""
+async def create_pool(
+    url: str, min_size: int = 1, max_size: int = 10, *, connect_timeout: float = CONNECT_TIMEOUT
+) -> DatabasePool:
+    """A pool whose first ``min_size`` connections are open (none: every connection is
+    made on demand); failures become DatabaseUnavailable."""
     pool = DatabasePool(
         url,
         min_size=min_size,
@@ -171,7 +174,7 @@ async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> Databa
         loop=None,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
-        timeout=CONNECT_TIMEOUT,
+        timeout=connect_timeout,
     )
     try:
         await pool

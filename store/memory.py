@@ -58,6 +58,7 @@ class MemoryStorage:
     """``store.ports.Storage`` in memory."""
 
     pool_gauges = None  # no connections to count
+    replica_gauges = None  # no read replica
 
     def __init__(self) -> None:
         self._db = Database()
@@ -155,6 +156,9 @@ class MemoryChangeLog:
         if not changes:
             return LogSlice([])
         return LogSlice(changes, project.conflict_updates(cursor, changes[-1].seq))
+
+    async def catch_up(self, project_id: UUID, cursor: int, limit: int = 1_000) -> LogSlice:
+        return await self.read_since(project_id, cursor, limit)  # there is no replica
 
     async def head(self, project_id: UUID) -> int:
         self._db.check("reading the log head")
@@ -316,3 +320,6 @@ class MemoryHealth:
 
     def probe(self) -> MemoryProbe:
         return MemoryProbe(self._db)
+
+    async def components(self, within: float) -> dict[str, str]:
+        return {}  # no part that may fail on its own

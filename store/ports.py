@@ -3,7 +3,8 @@
 The shells (``live/``, ``server.py``, ``cli.py``) receive a :class:`Storage` and use it only
 through these interfaces, named by what the server does with them, not by tables:
 
-- :class:`ChangeLogPort`: append a push, read the log by cursor, the head.
+- :class:`ChangeLogPort`: append a push, read the log by cursor (for the live feeds, or
+  for a client catching up), the head.
 - :class:`MembershipPort`: may this user enter this project, at which level.
 - :class:`SnapshotPort`: one project's documents and conflict records at one cursor.
 - :class:`NotificationPort`: tell other processes of a new head; hear theirs, and of
@@ -43,6 +44,7 @@ from fieldsync.store.records import (
     ClientSeen,
     LogSlice,
     RebuildReport,
+    ReplicaReport,
     SnapshotEntity,
 )
 
@@ -83,6 +85,14 @@ class ChangeLogPort(Protocol):
         """Logged changes with seq > cursor, in seq order, at most ``limit``, with the
         conflict updates of the transactions they end (UnknownProject is not raised: an
         unknown project has an empty log)."""
+        ...
+
+    async def catch_up(self, project_id: UUID, cursor: int, limit: int = 1_000) -> LogSlice:
+        """``read_since`` for a client catching up from its cursor. It may come from a copy
+        of the log that trails the newest commits (a read replica), so a non-empty slice
+        may end before the head; it never holds a seq the log does not hold, never skips
+        one, and an empty slice means nothing past ``cursor`` was committed when it was
+        read, exactly as ``read_since``."""
         ...
 
     async def head(self, project_id: UUID) -> int:
@@ -189,6 +199,11 @@ class HealthPort(Protocol):
 
     def probe(self) -> Probe:
         """A new probe of its own, for a periodic watch; the caller closes it."""
+        ...
+
+    async def components(self, within: float) -> dict[str, str]:
+        """Parts whose failure does not stop serving (a read replica: reads then go to the
+        primary), each with its state in words, for the health answer (never fails)."""
         ...
 
 
@@ -306,6 +321,12 @@ class PoolGauges(Protocol):
     def get_max_size(self) -> int: ...
 
 
+class ReplicaGauges(Protocol):
+    """How reads went between a read replica and the primary, for the metrics."""
+
+    def report(self) -> ReplicaReport: ...
+
+
 class Storage(Protocol):
     """Every port of one storage. The shells receive this, never a connection or a pool."""
 
@@ -335,6 +356,11 @@ class Storage(Protocol):
 
     @property
     def pool_gauges(self) -> PoolGauges | None: ...
+
+    @property
+    def replica_gauges(self) -> ReplicaGauges | None:
+        """None unless reads are routed to a read replica."""
+        ...
 
     def change_log(
         self,

@@ -1,4 +1,5 @@
-"""The PostgreSQL storage: every port of ``store.ports`` on one connection pool.
+"""The PostgreSQL storage: every port of ``store.ports`` on one connection pool, and
+optionally a read replica's for snapshots and catch-up reads (``store.replica``).
 
 This bundles the modules that talk to PostgreSQL (``changelog``, ``projects``,
 ``snapshots``, ``notifications``, ``migrations``, ``rebuild``, ``queries``, ``database``);
@@ -35,6 +36,7 @@ from fieldsync.store.ports import (
 )
 from fieldsync.store.queries import PostgresQueries, PostgresSyncHealth
 from fieldsync.store.records import RebuildReport
+from fieldsync.store.replica import CHECK_SECONDS, DEFAULT_MAX_LAG, ReplicaReads
 from fieldsync.store.snapshots import open_snapshot
 
 
@@ -43,15 +45,22 @@ class PostgresStorage:
     creates) or around an existing pool (which the caller keeps and closes)."""
 
     def __init__(
-        self, pool: DatabasePool, url: str, *, cache_size: int = 10_000, owns_pool: bool = False
+        self,
+        pool: DatabasePool,
+        url: str,
+        *,
+        cache_size: int = 10_000,
+        owns_pool: bool = False,
+        replica: ReplicaReads | None = None,
     ) -> None:
         self._pool = pool
         self._owns_pool = owns_pool
         self._cache_size = cache_size
+        self._replica = replica
         self.membership = PostgresMembership(pool)
-        self.snapshots = PostgresSnapshots(pool)
+        self.snapshots = PostgresSnapshots(pool, replica)
         self.notifications = PostgresNotifications(pool, url)
-        self.health = PostgresHealth(pool, url)
+        self.health = PostgresHealth(pool, url, replica)
         self.admin = PostgresAdmin(pool)
         self.maintenance = PostgresMaintenance(pool, url)
         self.queries = PostgresQueries(pool)
@@ -59,16 +68,44 @@ class PostgresStorage:
 
     @classmethod
     async def open(
-        cls, url: str, *, min_size: int = 1, max_size: int = 10, cache_size: int = 10_000
+        cls,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        cache_size: int = 10_000,
+        replica_url: str | None = None,
+        replica_max_lag: float = DEFAULT_MAX_LAG,
+        replica_check_seconds: float = CHECK_SECONDS,
     ) -> PostgresStorage:
         """A storage on a new pool whose first connections are open (DatabaseUnavailable
-        otherwise); :meth:`close` closes it, as does leaving ``async with`` it."""
+        otherwise); :meth:`close` closes it, as does leaving ``async with`` it. With
+        ``replica_url``, snapshots and catch-up reads go to that streaming replica while
+        its replay lag is within ``replica_max_lag`` seconds (``store.replica``); it need
+        not be up now."""
         pool = await create_pool(url, min_size, max_size)
-        return cls(pool, url, cache_size=cache_size, owns_pool=True)
+        replica = None
+        if replica_url is not None:
+            try:
+                replica = await ReplicaReads.open(
+                    pool,
+                    replica_url,
+                    max_size=max_size,
+                    max_lag=replica_max_lag,
+                    check_seconds=replica_check_seconds,
+                )
+            except BaseException:
+                await close_pool(pool)
+                raise
+        return cls(pool, url, cache_size=cache_size, owns_pool=True, replica=replica)
 
     @property
     def pool_gauges(self) -> PoolGauges:
         return self._pool
+
+    @property
+    def replica_gauges(self) -> ReplicaReads | None:
+        return self._replica
 
     def change_log(
         self,
@@ -85,11 +122,14 @@ class PostgresStorage:
             on_append=on_append,
             on_conflicts_found=on_conflicts_found,
             cache_size=self._cache_size,
+            replica=self._replica,
         )
 
     @translated("closing the connection pool")
     async def close(self) -> None:
         if self._owns_pool:
+            if self._replica is not None:
+                await self._replica.close()
             await close_pool(self._pool)
 
     async def __aenter__(self) -> PostgresStorage:
@@ -115,10 +155,13 @@ class PostgresMembership:
 
 
 class PostgresSnapshots:
-    def __init__(self, pool: DatabasePool) -> None:
+    def __init__(self, pool: DatabasePool, replica: ReplicaReads | None = None) -> None:
         self._pool = pool
+        self._replica = replica
 
     def open(self, project_id: UUID) -> AbstractAsyncContextManager[Snapshot]:
+        if self._replica is not None:
+            return self._replica.open_snapshot(project_id)
         return open_snapshot(self._pool, project_id)
 
 
@@ -155,14 +198,25 @@ class PostgresNotifications:
 
 
 class PostgresHealth:
-    def __init__(self, pool: DatabasePool, url: str) -> None:
+    def __init__(self, pool: DatabasePool, url: str, replica: ReplicaReads | None = None) -> None:
         self._pool = pool
         self._url = url
+        self._replica = replica
 
     @translated("checking the database")
     async def problem(self, within: float) -> str | None:
-        """``SELECT 1`` through the pool, as requests would run it."""
+        """``SELECT 1`` through the pool, as requests would run it (the primary alone:
+        without its replica the server still serves everything)."""
         return await database_problem(self._pool, within)
+
+    @translated("checking the read replica")
+    async def components(self, within: float) -> dict[str, str]:
+        """The read replica's state, when there is one."""
+        if self._replica is None:
+            return {}
+        state = await self._replica.refreshed(within)
+        where = "reads go to the replica" if state.usable else "reads go to the primary"
+        return {"read_replica": f"{state.detail}; {where}"}
 
     def probe(self) -> DatabaseProbe:
         """``SELECT 1`` on a connection of its own."""

@@ -8,7 +8,7 @@ Pure data: no I/O, no driver.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -25,6 +25,7 @@ __all__ = [
     "LoggedHash",
     "RebuildReport",
     "Rejected",
+    "ReplicaReport",
     "SnapshotEntity",
 ]
 
@@ -145,3 +146,13 @@ class ClientSeen:
     hello_at: datetime
     seen_at: datetime
     connected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaReport:
+    """How reads went between a read replica and the primary, since the storage opened."""
+
+    usable: bool  # whether reads may go to the replica now (its last check)
+    lag_seconds: float | None  # its replay lag at the last check; None: not measured
+    reads: Mapping[tuple[str, str], int]  # (read, served_by) -> reads served
+    fallbacks: Mapping[tuple[str, str], int]  # (read, reason) -> reads sent to the primary

@@ -41,6 +41,7 @@ STORAGE_NEUTRAL = frozenset(
         "ports",
         "records",
         "replay",
+        "replica_plan",
     )
 )
 """Modules of ``store/`` that belong to no implementation (the ports, their records and

@@ -376,6 +376,7 @@ async def test_an_unknown_option_gets_its_commands_usage_and_a_suggestion(
         (("member", "add", "--project", str(uuid.UUID(int=1)), "--user", str(uuid.UUID(int=2)),
           "--level", "boss"), "argument --level: invalid choice: 'boss'"),
         (("serve", "--port", "70000"), "argument --port: a port is 0 to 65535, got 70000"),
+        (("serve", "--replica-max-lag", "0"), "argument --replica-max-lag: must be above 0, got 0"),
         (("demo", "--server-url", "ftp://h"), "expected a server URL such as http://"),
     ],
 )  # fmt: skip

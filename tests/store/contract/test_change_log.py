@@ -260,6 +260,21 @@ async def test_seqs_are_per_project_and_a_cursor_reads_only_its_project(
     assert (await log.read_since(project, 1)).last_seq is None
 
 
+async def test_catch_up_reads_what_read_since_reads_without_a_replica(
+    log: ChangeLogPort, project: uuid.UUID
+) -> None:
+    batch = [
+        EntityChanges("location", new_id(), [create_entity("location", location_values(i))[1]])
+        for i in range(5)
+    ]
+    await log.append(project, batch, "u")
+    for cursor, limit in ((0, 1_000), (0, 2), (3, 1_000), (5, 1_000), (9, 1_000)):
+        assert await log.catch_up(project, cursor, limit) == await log.read_since(
+            project, cursor, limit
+        )
+    assert (await log.catch_up(uuid.uuid4(), 0)).changes == []
+
+
 async def test_an_unknown_project_has_no_head_and_takes_no_push(log: ChangeLogPort) -> None:
     nowhere = uuid.uuid4()
     _, change = create_entity("location", location_values())
