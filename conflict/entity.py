@@ -94,6 +94,9 @@ EDIT_TO_DELETED_RESOLUTION = (
     "to false, or confirms the deletion by writing deleted again"
 )
 
+INTERVAL_FIELDS = frozenset({"starts_at", "ends_at"})
+DELETED_FIELDS = frozenset({"deleted"})
+
 _ROOT_PUT = 'Patch { obj: Root, path: [], action: PutMap { key: "'
 _CONFLICT_TRUE = ", conflict: true } }"
 _CONFLICT_FALSE = ", conflict: false } }"
@@ -303,7 +306,7 @@ class _Rules:
             start_seen is not None and ends < start_seen
         ):
             return None  # a side was already broken on its own
-        return make_conflict(
+        conflict = make_conflict(
             ConflictKind.BROKEN_INTERVAL,
             [self.entity_id],
             ["starts_at", "ends_at"],
@@ -311,6 +314,11 @@ class _Rules:
             [_ref(by_start), _ref(by_end)],
             None,
         )
+        if self.resolved_within(
+            conflict, heads, [by_start, by_end], INTERVAL_FIELDS, self.broken_interval
+        ):
+            return None
+        return conflict
 
     def edit_to_deleted(self, heads: Sequence[bytes]) -> Conflict | None:
         if self.schema.field("deleted") is None or not heads:
@@ -343,20 +351,26 @@ class _Rules:
             EDIT_TO_DELETED_RESOLUTION,
         )
         involved = [deletion, *(info for info, _ in edits)]
-        if self.resolved_within(conflict, heads, involved):
+        if self.resolved_within(conflict, heads, involved, DELETED_FIELDS, self.edit_to_deleted):
             return None
         return conflict
 
     def resolved_within(
-        self, conflict: Conflict, heads: Sequence[bytes], involved: Sequence[ChangeInfo]
+        self,
+        conflict: Conflict,
+        heads: Sequence[bytes],
+        involved: Sequence[ChangeInfo],
+        fields: frozenset[str],
+        rule: Callable[[Sequence[bytes]], Conflict | None],
     ) -> bool:
         """Whether a change within ``heads`` resolved ``conflict``, exactly as
-        ``resolved_by`` judges a change: it wrote ``deleted`` on a state that held the
-        conflict.
+        ``resolved_by`` judges a change: it wrote one of ``fields`` on a state where
+        ``rule`` found the conflict.
 
-        The key's winning op does not always tell: writing ``deleted`` again on a key that
-        holds two live ``true`` values makes Automerge delete only the loser, so the winner
-        (and its change, concurrent with the edits) stays, although the writer saw it all.
+        The keys' winning ops do not always tell: writing a key again with its winning
+        value (``deleted`` true again, or the winning ``ends_at``) makes Automerge delete
+        only the losers, so the winner (and its change, concurrent with the other side)
+        stays, although the writer saw it all.
         """
         history = self.history
         for info in history:
@@ -365,9 +379,9 @@ class _Rules:
             if not all(history.precedes(change.hash, info.hash) for change in involved):
                 continue
             ops = history.ops(info.hash)
-            if ops is None or "deleted" not in ops.keys_written():
+            if ops is None or not fields & ops.keys_written():
                 continue
-            earlier = _safely(lambda: self.edit_to_deleted(list(info.deps)))  # noqa: B023
+            earlier = _safely(lambda: rule(list(info.deps)))  # noqa: B023
             if earlier is not None and earlier.conflict_id == conflict.conflict_id:
                 return True
         return False
@@ -397,7 +411,7 @@ class _Rules:
             conflict = _safely(lambda: self.concurrent_edit(name, self.lookup(seen)))  # noqa: B023
             if conflict is not None:
                 found.append(conflict)
-        if self.has_interval and written & {"starts_at", "ends_at"}:
+        if self.has_interval and written & INTERVAL_FIELDS:
             conflict = _safely(lambda: self.broken_interval(deps))
             if conflict is not None:
                 found.append(conflict)

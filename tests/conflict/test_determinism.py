@@ -110,6 +110,35 @@ def check_same_outcome(session: Session, seeds: list[int]) -> list[ProjectSim]:
     case=(2, [(0, 0, 5, 0), (0, 0, 0, 0), (1, 0, 5, 0), (1, 0, 12, 0), (1, 0, 5, 0)]),
     seeds=[0, 0, 0],
 )
+# d0 moves the end earlier, d1 (not seeing it) moves the start later: a broken interval. d1
+# then syncs and writes the end d0 wrote: Automerge deletes only d1's losing end, so the
+# winning end is still d0's, concurrent with the start. d1 saw the broken interval and
+# wrote the end, which resolves the record; the rules must not find it open at the end, and
+# the incremental rows must equal the rebuilt ones.
+@example(
+    case=(
+        2,
+        [(0, 0, 0, 0), (0, 0, 3, 0), (1, 0, 3, 1), (1, 0, 2, 1), (1, 0, 12, 0), (1, 0, 10, 0)],
+    ),
+    seeds=[0, 0, 0],
+)
+@example(
+    case=(
+        2,
+        [
+            (0, 0, 0, 0),
+            (0, 0, 0, 1),
+            (0, 0, 0, 0),
+            (0, 0, 3, 0),
+            (1, 0, 2, 1),
+            (1, 0, 3, 1),
+            (1, 0, 12, 0),
+            (0, 0, 0, 2),
+            (1, 0, 10, 0),
+        ],
+    ),
+    seeds=[0, 0, 0],
+)
 @slow_settings(200)
 @given(sessions(devices=(2, 4), steps=16), st.lists(st.integers(0, 2**32), min_size=3, max_size=3))
 def test_activity_edits_in_any_order_give_identical_conflicts(
