@@ -34,6 +34,7 @@ from fieldsync.store.append_plan import (
     asked_hashes,
     assign_seqs,
     authorize_all,
+    refuse_server_authored,
     decoded_only,
     entity_merges,
     index_logged,
@@ -131,6 +132,8 @@ class MemoryChangeLog:
             stored = db.stored(project_id, [d.entity_id for d in valid])
             logged, owners = index_logged(project.logged(asked_hashes(valid)))
             outcomes = merge_batch(project_id, decoded, stored, logged, owners, self._limits)
+            if as_member is not None:
+                outcomes = refuse_server_authored(outcomes)
             rule = writer_rule(project.writer(as_member)) if as_member is not None else None
             if rule is not None:
                 outcomes = authorize_all(outcomes, stored, rule)
