@@ -58,6 +58,7 @@ class MemoryStorage:
     """``store.ports.Storage`` in memory."""
 
     pool_gauges = None  # no connections to count
+    attachments = None  # attachments need PostgreSQL (their queue): docs/attachments.md
 
     def __init__(self) -> None:
         self._db = Database()

@@ -16,6 +16,7 @@ from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.store import migrations, projects, rebuild
 from fieldsync.store.accounts import AccountRow, MemberRow, ProjectDetail, ProjectRow, UserRow
 from fieldsync.store.append_plan import OnCommit
+from fieldsync.store.attachments import PostgresAttachments
 from fieldsync.store.changelog import ChangeLog
 from fieldsync.store.database import (
     DatabasePool,
@@ -53,6 +54,7 @@ class PostgresStorage:
         self.health = PostgresHealth(pool, url)
         self.admin = PostgresAdmin(pool)
         self.maintenance = PostgresMaintenance(pool, url)
+        self._attachments = PostgresAttachments(pool)
 
     @classmethod
     async def open(
@@ -66,6 +68,10 @@ class PostgresStorage:
     @property
     def pool_gauges(self) -> PoolGauges:
         return self._pool
+
+    @property
+    def attachments(self) -> PostgresAttachments:
+        return self._attachments
 
     def change_log(
         self,
