@@ -61,9 +61,7 @@ DEFAULT_PORT = 8000
 # Where a listening `serve` writes its address, so `demo` run with the same --data-dir
 # prints a command for the right server.
 SERVE_RECORD = "serve.json"
-EXAMPLE = (
-    Path(__file__).resolve().parent / "client-sdk" / "python" / "examples" / "offline_edit.py"
-)
+EXAMPLE = Path(__file__).resolve().parent / "client-sdk" / "python" / "examples" / "offline_edit.py"
 
 
 class CommandError(Exception):
@@ -210,6 +208,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate_cmd.set_defaults(run=_migrate, creates_database=True)
 
+    worker = commands.add_parser(
+        "worker", help="process attachments (thumbnails, location stripping, collection)"
+    )
+    worker.add_argument(
+        "--processes", type=_positive_int, default=1, help="worker processes (default 1)"
+    )
+    worker.add_argument(
+        "--heartbeat-seconds", type=float, default=30.0,
+        help="a job whose worker is silent this long is picked up by another (default 30)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--retry-seconds", type=float, default=2.0,
+        help="first retry delay of a failed try, doubled each time (default 2)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--gc-interval-seconds", type=float, default=3600.0,
+        help="how often unreferenced attachments are looked for (default 3600)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--grace-seconds", type=float, default=7 * 86400.0,
+        help="how long an attachment stays unreferenced before removal (default 7 days)",
+    )  # fmt: skip
+    worker.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    worker.set_defaults(run=_worker)
+
     rebuild = commands.add_parser(
         "rebuild-read-models", help="recompute read models from the change log"
     )
@@ -277,9 +300,7 @@ def _parser() -> argparse.ArgumentParser:
     member_add.set_defaults(run=_member_add)
     member_remove.set_defaults(run=_member_remove)
     member_list = _action(member, "list", "list a project's members with their levels", admin)
-    member_list.add_argument(
-        "--project", type=uuid.UUID, required=True, help="the project's id"
-    )
+    member_list.add_argument("--project", type=uuid.UUID, required=True, help="the project's id")
     member_list.set_defaults(run=_member_list)
 
     token = commands.add_parser("token", help="print a bearer token for a user")
@@ -373,9 +394,7 @@ def _port(text: str) -> int:
 def _ttl(text: str) -> int:
     value = int(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError(
-            f"must be a positive number of seconds, got {value}"
-        )
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
     return value
 
 
@@ -448,17 +467,14 @@ def _check_serve(args: argparse.Namespace) -> None:
         free = _free_ports(args.host, args.workers, after=ports[-1])
         hint = "choose another port with --port" + (f", e.g. --port {free}" if free else "")
         raise CommandError(
-            f"cannot listen on {where}: address already in use (another fieldsync serve?); "
-            f"{hint}"
+            f"cannot listen on {where}: address already in use (another fieldsync serve?); {hint}"
         )
 
 
 def listen_problem(host: str, port: int) -> OSError | None:
     """Why a server could not listen on ``host``:``port`` now (as uvicorn binds), or None."""
     try:
-        addresses = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         return OSError(errno.EADDRNOTAVAIL, f"unknown host ({exc.strerror})")
     for family, kind, proto, _, address in addresses:
@@ -560,9 +576,12 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
         verifier = SecretVerifier(load_secret(args.data_dir))
     origins = args.allowed_origin if args.allowed_origin is not None else origins_from_env()
     admin_key = os.environ.get("FIELDSYNC_ADMIN_KEY") or None
+    from fieldsync.media.blobs import blob_store_from_environment
+
     try:
         app = create_app(
             url,
+            blobs=blob_store_from_environment(args.data_dir),
             verifier=verifier,
             allowed_origins=origins,
             admin_key=admin_key,
@@ -816,7 +835,7 @@ async def _project_show(args: argparse.Namespace, url: str) -> int:
         project = await storage.admin.show_project(args.project_id)
     members = ", ".join(f"{level} {n}" for level, n in project.members.items())
     lines = [
-        f"Project \"{_plain(project.name)}\"",
+        f'Project "{_plain(project.name)}"',
         f"  project id  {project.project_id}",
         f"  account     {project.account_id}  {_plain(project.account_name)}",
         f"  created     {_when(project.created_at)} UTC",
@@ -913,7 +932,7 @@ def _demo_lines(demo: Mapping[str, Any], ttl: int) -> list[str]:
     width = max(len(u["name"]) for u in users)
     hours = f"{ttl / 3600:g} h"
     lines = [
-        f"Demo project \"{demo['project_name']}\"",
+        f'Demo project "{demo["project_name"]}"',
         f"  project id  {demo['project_id']}",
         f"  account id  {demo['account_id']}",
         f"  content     {counts} (log head seq {demo['head_seq']})",
@@ -967,6 +986,28 @@ def example_lines(
         f"    --token2 {other['token']}",
     ]
     return lines
+
+
+async def _worker(args: argparse.Namespace, url: str) -> int:
+    from fieldsync.media.blobs import blob_store_from_environment
+    from fieldsync.media.limits import DEFAULT_ATTACHMENT_LIMITS
+    from fieldsync.media.run import run_many, run_single
+
+    options = [
+        "--data-dir", str(args.data_dir),
+        "--heartbeat-seconds", f"{args.heartbeat_seconds:g}",
+        "--retry-seconds", f"{args.retry_seconds:g}",
+        "--gc-interval-seconds", f"{args.gc_interval_seconds:g}",
+        "--grace-seconds", f"{args.grace_seconds:g}",
+    ]  # fmt: skip
+    if not args.single:
+        environ = {**os.environ, "DATABASE_URL": url}
+        return await run_many(args.processes, options, environ, args.data_dir)
+    return await run_single(
+        url, blob_store_from_environment(args.data_dir), DEFAULT_ATTACHMENT_LIMITS,
+        heartbeat_seconds=args.heartbeat_seconds, retry_delay_seconds=args.retry_seconds,
+        gc_interval_seconds=args.gc_interval_seconds, grace_seconds=args.grace_seconds,
+    )  # fmt: skip
 
 
 async def _rebuild(args: argparse.Namespace, url: str) -> int:

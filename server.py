@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from fieldsync.auth.tokens import SecretVerifier, TokenVerifier
 from fieldsync.live.admin_http import admin_routes
 from fieldsync.live.admission import DEFAULT_ADMISSION_LIMITS, Admission, AdmissionLimits, Refusal
+from fieldsync.live.attachments_http import attachment_routes
 from fieldsync.live.feed import Hub
 from fieldsync.live.memory import trim_periodically
 from fieldsync.live.operations import healthz, metrics_endpoint, observed_connection
@@ -49,6 +50,8 @@ from fieldsync.live.session import (
 from fieldsync.live.slow_requests import HEADER_SECONDS, header_deadline_protocol
 from fieldsync.live.snapshot_http import snapshot_endpoint, snapshot_preflight
 from fieldsync.live.status import StatusBoard, watch_database
+from fieldsync.media.blobs import BlobStore
+from fieldsync.media.limits import DEFAULT_ATTACHMENT_LIMITS, AttachmentLimits
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.observability.metrics import Metrics
 from fieldsync.observability.request_ids import RequestIds
@@ -87,6 +90,8 @@ def create_app(
     admission_limits: AdmissionLimits = DEFAULT_ADMISSION_LIMITS,
     metrics: Metrics | None = None,
     database_check_seconds: float = DATABASE_CHECK_SECONDS,
+    blobs: BlobStore | None = None,
+    attachment_limits: AttachmentLimits = DEFAULT_ATTACHMENT_LIMITS,
 ) -> Starlette:
     """The application; it refuses to start on a database whose schema does not match.
 
@@ -96,8 +101,9 @@ def create_app(
     with HS256 and ``secret`` (one of the two is required). ``allowed_origins`` lists the
     browser Origins that may open the WebSocket (``*`` for any; clients that send no Origin
     are always let in). ``admin_key`` enables the HTTP admin API under ``/admin`` (see
-    docs/admin.md); without it there is none. Once started it stays up whatever the
-    database does: see ``live.status``.
+    docs/admin.md); without it there is none. ``blobs`` keeps attachments (without it, or
+    on a storage without attachments, their routes answer 501). Once started it stays up
+    whatever the database does: see ``live.status``.
     """
     if (database_url is None) == (storage is None):
         raise ValueError("create_app needs a database URL or a storage (one of the two)")
@@ -150,6 +156,8 @@ def create_app(
             app.state.health_timeout = health_timeout
             app.state.verifier = token_verifier
             app.state.origins = origins
+            app.state.blobs = blobs
+            app.state.attachment_limits = attachment_limits
             sync = app.state.sync = SyncServices(
                 store.membership,
                 store.snapshots,
@@ -212,6 +220,7 @@ def create_app(
         Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_preflight, methods=["OPTIONS"]),
         WebSocketRoute("/sync", sync_endpoint),
+        *attachment_routes(),
     ]
     if admin_key is not None:
         routes.append(admin_routes(admin_key))

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Send
 
-from fieldsync.auth.tokens import TokenError, TokenVerifier
+from fieldsync.auth.tokens import TokenClaims, TokenError, TokenVerifier
 from fieldsync.live.feed import wire_conflicts
 from fieldsync.live.origins import cors_headers, preflight_headers
 from fieldsync.observability.metrics import Metrics
@@ -87,6 +87,28 @@ def _not_found() -> JSONResponse:
     )
 
 
+async def bearer_claims(request: Request) -> TokenClaims | Response:
+    """The verified claims of the request's ``Authorization: Bearer`` token, or the answer
+    that refuses the request (401, or 503 when tokens cannot be checked now)."""
+    verifier: TokenVerifier = request.app.state.verifier
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return JSONResponse(
+            {"code": "invalid_token", "message": "send Authorization: Bearer <token>"},
+            status_code=401,
+        )
+    try:
+        return await verifier.verify(token.strip())
+    except TokenError as exc:
+        if exc.unavailable:
+            return JSONResponse(
+                {"code": "server_unavailable", "message": "tokens cannot be checked right now"},
+                status_code=503,
+            )
+        code = "token_expired" if exc.expired else "invalid_token"
+        return JSONResponse({"code": code, "message": str(exc)}, status_code=401)
+
+
 async def snapshot_endpoint(request: Request) -> Response:
     """The snapshot; a page from an allowed Origin may read every answer (CORS)."""
     response = await _snapshot(request)
@@ -103,25 +125,11 @@ async def snapshot_preflight(request: Request) -> Response:
 
 
 async def _snapshot(request: Request) -> Response:
-    verifier: TokenVerifier = request.app.state.verifier
     metrics: Metrics = request.app.state.metrics
     storage: Storage = request.app.state.storage
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return JSONResponse(
-            {"code": "invalid_token", "message": "send Authorization: Bearer <token>"},
-            status_code=401,
-        )
-    try:
-        claims = await verifier.verify(token.strip())
-    except TokenError as exc:
-        if exc.unavailable:
-            return JSONResponse(
-                {"code": "server_unavailable", "message": "tokens cannot be checked right now"},
-                status_code=503,
-            )
-        code = "token_expired" if exc.expired else "invalid_token"
-        return JSONResponse({"code": code, "message": str(exc)}, status_code=401)
+    claims = await bearer_claims(request)
+    if isinstance(claims, Response):
+        return claims
     try:
         project_id = UUID(request.path_params["project_id"])
     except ValueError:

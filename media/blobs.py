@@ -96,9 +96,7 @@ class LocalBlobs:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def _write(
-        self, key: str, chunks: Sequence[bytes], sources: Sequence[Path]
-    ) -> tuple[str, str]:
+    def _write(self, key: str, chunks: Sequence[bytes], sources: Sequence[Path]) -> tuple[str, str]:
         """A synced temporary file beside ``key`` holding chunks then sources; its path
         and the SHA-256 of what it holds."""
         target = self._path(key)

@@ -28,7 +28,7 @@ UNDECODABLE = 2
 _XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 
 
-class Undecodable(Exception):
+class UndecodableError(Exception):
     """The file is not an image this process can read (a permanent failure)."""
 
 
@@ -36,12 +36,12 @@ def without_location_jpeg(data: bytes) -> tuple[bytes, bool]:
     """The JPEG with the GPS block of its EXIF data and its XMP packet removed, every other
     byte (the image data above all) unchanged; and whether anything was removed."""
     if data[:2] != b"\xff\xd8":
-        raise Undecodable("not a JPEG stream")
+        raise UndecodableError("not a JPEG stream")
     out = [data[:2]]
     pos, removed = 2, False
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
-            raise Undecodable("broken JPEG segment structure")
+            raise UndecodableError("broken JPEG segment structure")
         marker = data[pos + 1]
         if marker in (0xDA, 0xD9):  # start of scan / end of image: the rest is image data
             break
@@ -77,15 +77,15 @@ def process(data: bytes, out: Path, keep_location: bool, max_pixels: int) -> dic
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
-            raise Undecodable(f"image of {width}x{height} pixels exceeds {max_pixels} pixels")
+            raise UndecodableError(f"image of {width}x{height} pixels exceeds {max_pixels} pixels")
         kind = image.format
         located = _has_location(image)
         image.draft("RGB", (THUMBNAILS["large"], THUMBNAILS["large"]))
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise Undecodable(f"decompression bomb: {exc}") from exc
+        raise UndecodableError(f"decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise Undecodable(f"cannot decode the image: {exc}") from exc
+        raise UndecodableError(f"cannot decode the image: {exc}") from exc
     upright = ImageOps.exif_transpose(image).convert("RGB")
     for name, edge in THUMBNAILS.items():
         thumb = upright.copy()
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
     source, out, keep, max_pixels = argv
     try:
         result = process(Path(source).read_bytes(), Path(out), keep == "1", int(max_pixels))
-    except Undecodable as exc:
+    except UndecodableError as exc:
         print(str(exc)[:400], file=sys.stderr)
         return UNDECODABLE
     print(json.dumps(result))

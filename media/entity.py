@@ -15,9 +15,9 @@ import hashlib
 from collections.abc import Mapping
 
 from fieldsync.model.documents import load_document
+from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.validation import inspect_document
-from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.writer import NoChange, create_entity, update_entity
 
 ENTITY_TYPE = "attachment"

@@ -1,8 +1,8 @@
 """Running the decoder in a process of its own, bounded in time and memory.
 
 The outcome is one of three: the outputs (``Decoded``), a permanent failure (the file is
-not a decodable image: ``Undecodable`` with the decoder's reason), or a transient one (the
-process crashed, ran out of memory or time: ``DecodeCrashed``), which the caller retries a
+not a decodable image: ``UndecodableError`` with the decoder's reason), or a transient one (the
+process crashed, ran out of memory or time: ``DecodeCrashedError``), which the caller retries a
 bounded number of times.
 """
 
@@ -22,11 +22,11 @@ from fieldsync.media.limits import AttachmentLimits
 UNDECODABLE = 2
 
 
-class Undecodable(Exception):
+class UndecodableError(Exception):
     """The decoder read the file and refused it; the message says why."""
 
 
-class DecodeCrashed(Exception):
+class DecodeCrashedError(Exception):
     """The decoder did not finish (killed, crashed, out of time or memory)."""
 
 
@@ -63,7 +63,7 @@ async def decode(data: bytes, keep_location: bool, limits: AttachmentLimits) -> 
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-            raise DecodeCrashed(
+            raise DecodeCrashedError(
                 f"decoding took longer than {limits.decode_seconds:g} s"
             ) from None
         finally:
@@ -73,9 +73,9 @@ async def decode(data: bytes, keep_location: bool, limits: AttachmentLimits) -> 
                 await process.wait()
         reason = stderr.decode("utf-8", "replace").strip().splitlines()
         if process.returncode == UNDECODABLE:
-            raise Undecodable(reason[-1] if reason else "undecodable image")
+            raise UndecodableError(reason[-1] if reason else "undecodable image")
         if process.returncode != 0:
-            raise DecodeCrashed(
+            raise DecodeCrashedError(
                 f"the decoder exited with status {process.returncode}"
                 + (f": {reason[-1][:200]}" if reason else "")
             )

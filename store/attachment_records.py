@@ -53,7 +53,7 @@ class UploadRow:
     parts: tuple[int, ...] = ()  # offsets of the stored parts
 
 
-class AttachmentRefused(StoreError):
+class AttachmentRefusedError(StoreError):
     """The upload cannot go on as asked; ``code`` is the wire error code."""
 
     def __init__(self, code: str, message: str, status: int = 409) -> None:
@@ -62,7 +62,7 @@ class AttachmentRefused(StoreError):
         self.status = status
 
 
-class OffsetMismatch(AttachmentRefused):
+class OffsetMismatchError(AttachmentRefusedError):
     """A part was sent for another offset than the stored length; ``received`` says where
     to continue."""
 

@@ -15,13 +15,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
 from fieldsync.media.limits import AttachmentLimits
 from fieldsync.store.attachment_records import (
-    AttachmentRefused,
+    AttachmentRefusedError,
     AttachmentRow,
-    OffsetMismatch,
+    OffsetMismatchError,
     UploadRow,
     Variant,
 )
@@ -89,7 +87,7 @@ class PostgresAttachments:
                 upload.attachment_id,
             )
             if taken:
-                raise AttachmentRefused(
+                raise AttachmentRefusedError(
                     "attachment_id_taken",
                     f"{upload.attachment_id} is already the id of another entity or upload",
                 )
@@ -100,7 +98,7 @@ class PostgresAttachments:
                 upload.project_id,
             )
             if count >= limits.max_per_project:
-                raise AttachmentRefused(
+                raise AttachmentRefusedError(
                     "too_many_attachments",
                     f"the project holds {limits.max_per_project} attachments, its limit",
                 )
@@ -111,7 +109,7 @@ class PostgresAttachments:
                 upload.uploaded_by,
             )
             if mine >= limits.max_uploads_per_user:
-                raise AttachmentRefused(
+                raise AttachmentRefusedError(
                     "too_many_uploads",
                     f"you have {limits.max_uploads_per_user} unfinished uploads in this "
                     "project: finish or abandon one first",
@@ -141,7 +139,7 @@ class PostgresAttachments:
                     "SELECT received FROM attachment_uploads WHERE attachment_id = $1",
                     attachment_id,
                 )
-                raise OffsetMismatch(int(received or 0))
+                raise OffsetMismatchError(int(received or 0))
         return _upload(r)
 
     @translated("abandoning an upload")

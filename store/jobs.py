@@ -58,9 +58,7 @@ async def run_processing_queue(
                 max_delay=timedelta(minutes=5),
             )
 
-        @manager.entrypoint(
-            PROCESS_ATTACHMENT, executor_factory=executor, concurrency_limit=0
-        )
+        @manager.entrypoint(PROCESS_ATTACHMENT, executor_factory=executor, concurrency_limit=0)
         async def process(job: Job) -> None:
             assert job.payload is not None
             await handle(job.payload.decode())

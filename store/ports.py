@@ -32,10 +32,10 @@ from typing import Protocol
 from uuid import UUID
 
 from fieldsync.conflict.ledger import ConflictRow
+from fieldsync.media.limits import AttachmentLimits
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.model.merge import EntityChanges
 from fieldsync.store.accounts import AccountRow, MemberRow, ProjectDetail, ProjectRow, UserRow
-from fieldsync.media.limits import AttachmentLimits
 from fieldsync.store.append_plan import OnCommit
 from fieldsync.store.attachment_records import AttachmentRow, UploadRow, Variant
 from fieldsync.store.records import AppendResult, LogSlice, RebuildReport, SnapshotEntity
@@ -262,7 +262,7 @@ class MaintenancePort(Protocol):
 
 class AttachmentPort(Protocol):
     """Attachment metadata (``store.attachment_records``). Refusals of the upload path are
-    ``AttachmentRefused`` (``OffsetMismatch`` for a part at the wrong offset)."""
+    ``AttachmentRefusedError`` (``OffsetMismatchError`` for a part at the wrong offset)."""
 
     async def get(self, attachment_id: str) -> AttachmentRow | None: ...
 
@@ -275,7 +275,7 @@ class AttachmentPort(Protocol):
 
     async def part_stored(self, attachment_id: str, offset: int, length: int) -> UploadRow:
         """Count a part stored at ``offset``: only when the upload holds exactly ``offset``
-        bytes (else OffsetMismatch with what it holds)."""
+        bytes (else OffsetMismatchError with what it holds)."""
         ...
 
     async def drop_upload(self, attachment_id: str) -> None: ...

@@ -226,9 +226,7 @@ class PostgresAdmin:
         limit: int | None = None,
     ) -> list[UserRow]:
         async with self._pool.acquire() as conn:
-            return await projects.list_users(
-                conn, account_id=account_id, after=after, limit=limit
-            )
+            return await projects.list_users(conn, account_id=account_id, after=after, limit=limit)
 
     @translated("listing projects")
     async def list_projects(

@@ -13,5 +13,3 @@ from tests.live_server import running_server
 async def sync_server(database_url: str) -> AsyncIterator[str]:
     async with running_server(database_url) as base:
         yield base
-
-
