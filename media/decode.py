@@ -112,6 +112,9 @@ def main(argv: list[str]) -> int:
     except UndecodableError as exc:
         print(str(exc)[:400], file=sys.stderr)
         return UNDECODABLE
+    except Exception as exc:  # a Python error is deterministic: trying again would not help
+        print(f"cannot process the image: {type(exc).__name__}: {exc}"[:400], file=sys.stderr)
+        return UNDECODABLE
     print(json.dumps(result))
     return 0
 
