@@ -338,7 +338,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.set_defaults(quiet=True)
 
-    for command in (serve, migrate_cmd, rebuild, *admin):
+    for command in (serve, migrate_cmd, rebuild, worker, *admin):
         command.add_argument(
             "--data-dir",
             type=Path,
