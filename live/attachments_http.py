@@ -54,7 +54,7 @@ THUMBNAILS = ("small", "large")
 _RANGE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
 
 
-class _Refusal(Exception):
+class _Refusal(Exception):  # noqa: N818 (an answer, not an error)
     """Ends a request with an error answer: a code, a message, and sometimes more."""
 
     def __init__(self, status: int, code: str, message: str, **extra: object) -> None:

@@ -13,8 +13,9 @@ GPS_IFD = 0x8825
 def photo(width: int = 800, height: int = 600, *, gps: bool = False, seed: int = 0) -> bytes:
     """A JPEG with noise (so it does not compress to nothing), EXIF with a camera model and,
     if asked, a GPS position."""
-    noise = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3) if seed == 0
-                            else bytes((i * seed) % 251 for i in range(width * height * 3)))  # fmt: skip
+    size = width * height * 3
+    pixels = os.urandom(size) if seed == 0 else bytes((i * seed) % 251 for i in range(size))
+    noise = Image.frombytes("RGB", (width, height), pixels)
     exif = Image.Exif()
     exif[0x0110] = "FieldCam 3"  # Model
     if gps:

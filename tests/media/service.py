@@ -86,9 +86,9 @@ async def send_part(
 
 
 async def wait_status(
-    http: httpx.AsyncClient, url: str, token: str, wanted: set[str], timeout: float = 30
+    http: httpx.AsyncClient, url: str, token: str, wanted: set[str], within: float = 30
 ) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         answer = await http.get(url, headers={"Authorization": f"Bearer {token}"})
         body: dict[str, Any] = answer.json()

@@ -145,7 +145,7 @@ async def test_an_upload_cut_anywhere_resumes_to_identical_bytes(
     data = photo(400, 300, seed=len(cuts) + 11) + bytes(cuts[0] % 97)
     url = attachment_url(service, project, uuid.uuid4().hex)
     # the first part carries at least the bytes the type is read from
-    points = sorted({max(c % len(data), SNIFF_BYTES) for c in cuts}) + [len(data)]
+    points = [*sorted({max(c % len(data), SNIFF_BYTES) for c in cuts}), len(data)]
     offset = 0
     for point in points:
         if lost:  # the connection dropped: the client asks how much is stored first
@@ -235,9 +235,7 @@ async def test_hostile_uploads_get_clear_errors_and_store_nothing(
     assert no_token.status_code == 401
     # nothing stored but the one accepted photo
     async with pool.acquire() as conn:
-        kept = await conn.fetch(
-            "SELECT sha256 FROM attachments WHERE project_id = $1", project
-        )
+        kept = await conn.fetch("SELECT sha256 FROM attachments WHERE project_id = $1", project)
         uploads = await conn.fetchval(
             "SELECT count(*) FROM attachment_uploads WHERE project_id = $1", project
         )

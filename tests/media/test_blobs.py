@@ -72,6 +72,5 @@ def test_ids_that_are_not_entity_ids_never_become_keys() -> None:
 
 async def test_local_writes_leave_no_temporary_files(local_blobs: LocalBlobs) -> None:
     await local_blobs.put(variant_key("a2", "large"), b"x" * 1000)
-    files = [p.name for p in Path(local_blobs.root).rglob("*") if p.is_file()]
+    files = [p.name for p in Path(local_blobs.root).rglob("*") if p.is_file()]  # noqa: ASYNC240
     assert files == ["large"]
-

@@ -21,7 +21,9 @@ from tests.media.images import photo
 from tests.media.service import attachment_server, attachment_url, send_part
 
 
-def start_worker(database_url: str, blobs: S3Blobs, endpoint: str, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    database_url: str, blobs: S3Blobs, endpoint: str, data_dir: Path
+) -> subprocess.Popen[bytes]:
     environ = {
         **os.environ,
         "DATABASE_URL": database_url,
