@@ -29,7 +29,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import database, make_project, percentile, server_process  # noqa: E402
+from harness import database, make_project, percentile, server_process
 
 PHOTO_BYTES = 3 * 1024 * 1024
 
@@ -50,7 +50,9 @@ def photos(count: int) -> list[bytes]:
     return made
 
 
-async def upload_all(base: str, token: str, project: uuid.UUID, data: list[bytes], part: int) -> float:
+async def upload_all(
+    base: str, token: str, project: uuid.UUID, data: list[bytes], part: int
+) -> float:
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=60) as http:
         for blob in data:
@@ -98,7 +100,7 @@ def main() -> None:
     with database() as url, server_process(url) as server:
         team = asyncio.run(make_project(url, 1))
         # The server keeps blobs under its own data directory; the worker reads them there.
-        data_dir = server._dir / "data"  # noqa: SLF001
+        data_dir = server._dir / "data"
 
         def start_worker() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -131,8 +133,11 @@ def main() -> None:
     print(f"photos: {len(data)} of {total / len(data) / 1e6:.2f} MB, {len(ready)} ready")
     print(f"upload: {seconds:.2f} s, {total / seconds / 1e6:.1f} MB/s, "
           f"{len(data) / seconds:.1f} photos/s")  # fmt: skip
-    print(f"processing (1 worker): {len(ready) / span:.2f} photos/s; upload to ready "
-          f"p50 {percentile(latency, 0.5):.2f} s, p99 {percentile(latency, 0.99):.2f} s")  # fmt: skip
+    p50, p99 = percentile(latency, 0.5), percentile(latency, 0.99)
+    print(
+        f"processing (1 worker): {len(ready) / span:.2f} photos/s;"
+        f" upload to ready p50 {p50:.2f} s, p99 {p99:.2f} s"
+    )
     print(f"upload of {len(data)} x 3 MB photos from one client: {total / seconds / 1e6:.1f} MB/s")
 
 

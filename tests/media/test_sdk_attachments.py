@@ -7,6 +7,7 @@ import asyncio
 import io
 import uuid
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -17,7 +18,7 @@ from tests.live_server import MemberFactory, free_port, start_server, stop_serve
 from tests.media.images import photo
 from tests.media.service import TEST_LIMITS, queue_consumer
 
-FAST = {"backoff_base": 0.05, "backoff_cap": 0.25, "connect_timeout": 2}
+FAST: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.25, "connect_timeout": 2}
 
 
 async def test_offline_attach_uploads_once_and_both_members_see_it_ready(
@@ -28,7 +29,7 @@ async def test_offline_attach_uploads_once_and_both_members_see_it_ready(
     url = f"ws://127.0.0.1:{port}"
     _, lead_token = await member(project)
     _, viewer_token = await member(project, "viewer")
-    options = {"blobs": s3_blobs, "attachment_limits": TEST_LIMITS}
+    options: dict[str, Any] = {"blobs": s3_blobs, "attachment_limits": TEST_LIMITS}
     server, task = await start_server(database_url, port, **options)
     lead = FieldsyncClient(url, lead_token, tmp_path / "lead.db", **FAST)
     opened = await lead.open_project(str(project))
@@ -53,7 +54,6 @@ async def test_offline_attach_uploads_once_and_both_members_see_it_ready(
     server, task = await start_server(database_url, port, **options)
     try:
         async with queue_consumer(database_url, s3_blobs):
-
             for _ in range(600):
                 statuses = {await opened.attachment_status(i) for i in (first, second)}
                 if statuses == {"ready"}:
