@@ -20,9 +20,12 @@ from pgqueuer.core.qm import QueueManager
 from pgqueuer.models import Job
 from pgqueuer.queries import Queries
 
+from fieldsync.store.driver import translated
+
 PROCESS_ATTACHMENT = "process_attachment"
 
 
+@translated("queueing processing")
 async def enqueue_processing(conn: asyncpg.Connection, attachment_id: str) -> None:
     """Queue the processing of one attachment on ``conn`` (inside the caller's
     transaction); a job already queued or running for it is left alone."""
@@ -34,6 +37,7 @@ async def enqueue_processing(conn: asyncpg.Connection, attachment_id: str) -> No
     )
 
 
+@translated("processing the queue")
 async def run_processing_queue(
     url: str,
     handle: Callable[[str], Awaitable[None]],
