@@ -61,7 +61,9 @@ DEFAULT_PORT = 8000
 # Where a listening `serve` writes its address, so `demo` run with the same --data-dir
 # prints a command for the right server.
 SERVE_RECORD = "serve.json"
-EXAMPLE = Path(__file__).resolve().parent / "client-sdk" / "python" / "examples" / "offline_edit.py"
+EXAMPLE = (
+    Path(__file__).resolve().parent / "client-sdk" / "python" / "examples" / "offline_edit.py"
+)
 
 
 class CommandError(Exception):
@@ -300,7 +302,9 @@ def _parser() -> argparse.ArgumentParser:
     member_add.set_defaults(run=_member_add)
     member_remove.set_defaults(run=_member_remove)
     member_list = _action(member, "list", "list a project's members with their levels", admin)
-    member_list.add_argument("--project", type=uuid.UUID, required=True, help="the project's id")
+    member_list.add_argument(
+        "--project", type=uuid.UUID, required=True, help="the project's id"
+    )
     member_list.set_defaults(run=_member_list)
 
     token = commands.add_parser("token", help="print a bearer token for a user")
@@ -394,7 +398,9 @@ def _port(text: str) -> int:
 def _ttl(text: str) -> int:
     value = int(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, got {value}"
+        )
     return value
 
 
@@ -467,14 +473,17 @@ def _check_serve(args: argparse.Namespace) -> None:
         free = _free_ports(args.host, args.workers, after=ports[-1])
         hint = "choose another port with --port" + (f", e.g. --port {free}" if free else "")
         raise CommandError(
-            f"cannot listen on {where}: address already in use (another fieldsync serve?); {hint}"
+            f"cannot listen on {where}: address already in use (another fieldsync serve?); "
+            f"{hint}"
         )
 
 
 def listen_problem(host: str, port: int) -> OSError | None:
     """Why a server could not listen on ``host``:``port`` now (as uvicorn binds), or None."""
     try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        addresses = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as exc:
         return OSError(errno.EADDRNOTAVAIL, f"unknown host ({exc.strerror})")
     for family, kind, proto, _, address in addresses:
@@ -835,7 +844,7 @@ async def _project_show(args: argparse.Namespace, url: str) -> int:
         project = await storage.admin.show_project(args.project_id)
     members = ", ".join(f"{level} {n}" for level, n in project.members.items())
     lines = [
-        f'Project "{_plain(project.name)}"',
+        f"Project \"{_plain(project.name)}\"",
         f"  project id  {project.project_id}",
         f"  account     {project.account_id}  {_plain(project.account_name)}",
         f"  created     {_when(project.created_at)} UTC",
@@ -932,7 +941,7 @@ def _demo_lines(demo: Mapping[str, Any], ttl: int) -> list[str]:
     width = max(len(u["name"]) for u in users)
     hours = f"{ttl / 3600:g} h"
     lines = [
-        f'Demo project "{demo["project_name"]}"',
+        f"Demo project \"{demo['project_name']}\"",
         f"  project id  {demo['project_id']}",
         f"  account id  {demo['account_id']}",
         f"  content     {counts} (log head seq {demo['head_seq']})",

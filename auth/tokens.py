@@ -44,10 +44,7 @@ class TokenClaims:
 
 
 def issue_token(
-    secret: bytes,
-    user_id: uuid.UUID,
-    *,
-    ttl_seconds: int = DEFAULT_TTL_SECONDS,
+    secret: bytes, user_id: uuid.UUID, *, ttl_seconds: int = DEFAULT_TTL_SECONDS,
     now: float | None = None,
 ) -> str:
     issued = int(time.time() if now is None else now)

@@ -72,7 +72,8 @@ def make_entities(count: int) -> list[EntityHistory]:
     locations = min(LOCATIONS, max(0, count - 1))
     kinds = ["plan"] + ["location"] * locations + ["activity"] * (count - 1 - locations)
     return [
-        entity_history(kind, index, refs, 1 + rng.randint(3, 5)) for index, kind in enumerate(kinds)
+        entity_history(kind, index, refs, 1 + rng.randint(3, 5))
+        for index, kind in enumerate(kinds)
     ]
 
 
@@ -161,10 +162,9 @@ async def bootstrap_http(base: str, token: str, project: uuid.UUID, load: bool) 
     headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"}
     documents = 0
     started = time.perf_counter()
-    async with (
-        httpx.AsyncClient(timeout=120) as http,
-        http.stream("GET", url, headers=headers) as response,
-    ):
+    async with httpx.AsyncClient(timeout=120) as http, http.stream(
+        "GET", url, headers=headers
+    ) as response:
         assert response.status_code == 200, response.status_code
         assert response.headers["content-encoding"] == "gzip"
         if load:

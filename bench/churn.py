@@ -78,16 +78,8 @@ async def churn(base: str, tokens: list[str], count: int, parallel: int, start: 
     await asyncio.gather(*(lane(i) for i in range(parallel)))
 
 
-async def measure(
-    url: str,
-    pid: int,
-    base: str,
-    rounds: int,
-    per_round: int,
-    parallel: int,
-    idle: float,
-    final_idle: float,
-) -> list[float]:
+async def measure(url: str, pid: int, base: str, rounds: int, per_round: int,
+                  parallel: int, idle: float, final_idle: float) -> list[float]:
     team = await make_project(url, members=8)
     tokens = [member.token for member in team.members]
     samples = [rss_mb(pid)]
@@ -115,17 +107,11 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=5_000)
     parser.add_argument("--parallel", type=int, default=20)
     parser.add_argument("--idle", type=float, default=2.0)
-    parser.add_argument(
-        "--final-idle",
-        type=float,
-        default=65.0,
-        help="idle seconds after the last round (the server trims its heap every 60 s)",
-    )
-    parser.add_argument(
-        "--clients-only",
-        action="store_true",
-        help="churn against --base with --token once, then exit",
-    )
+    parser.add_argument("--final-idle", type=float, default=65.0,
+                        help="idle seconds after the last round (the server trims its heap "
+                        "every 60 s)")
+    parser.add_argument("--clients-only", action="store_true",
+                        help="churn against --base with --token once, then exit")
     parser.add_argument("--base", help="host:port of a running server (--clients-only)")
     parser.add_argument("--token", help="a member's token (--clients-only)")
     parser.add_argument("--start", type=int, default=0, help="first connection number")
@@ -135,25 +121,15 @@ def main() -> None:
         return
     with database() as url, server_process(url) as server:
         samples = asyncio.run(
-            measure(
-                url,
-                server.pid,
-                server.base,
-                args.rounds,
-                args.per_round,
-                args.parallel,
-                args.idle,
-                args.final_idle,
-            )
+            measure(url, server.pid, server.base, args.rounds, args.per_round, args.parallel,
+                    args.idle, args.final_idle)
         )
         lines = server.log_path.read_text(errors="replace").count("\n")
     warm = min(2, args.rounds - 1)
     connections = args.per_round * (args.rounds - warm)
     per_10k = (samples[-1] - samples[warm]) / connections * 10_000 if connections else 0.0
-    print(
-        f"RSS: {samples[0]:.1f} MB at start, {max(samples):.1f} MB at most, "
-        f"{samples[-1]:.1f} MB at the end"
-    )
+    print(f"RSS: {samples[0]:.1f} MB at start, {max(samples):.1f} MB at most, "
+          f"{samples[-1]:.1f} MB at the end")
     total = args.per_round * args.rounds
     print(f"log lines written by the server for {total} connections: {lines}")
     print(f"RSS growth per 10,000 connections after warm-up: {per_10k:.2f} MB")

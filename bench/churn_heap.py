@@ -42,17 +42,8 @@ def _trim() -> bool:
 
 async def client_round(base: str, token: str, count: int, start: int) -> None:
     child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(HERE / "churn.py"),
-        "--clients-only",
-        "--base",
-        base,
-        "--token",
-        token,
-        "--per-round",
-        str(count),
-        "--start",
-        str(start),
+        sys.executable, str(HERE / "churn.py"), "--clients-only", "--base", base,
+        "--token", token, "--per-round", str(count), "--start", str(start),
     )
     if await child.wait() != 0:
         raise RuntimeError("the churning clients failed")
@@ -78,18 +69,14 @@ async def measure(url: str, rounds: int, per_round: int, top: int) -> float:
             traced = sum(s.size for s in after.statistics("filename"))
             resident = rss_mb(os.getpid())
             trimmed = _trim()
-            print(
-                f"round {round_index + 1}: traced {traced / 1e6:.2f} MB "
-                f"({(traced - first) / 1e3:+.0f} KB since the warm-up); "
-                f"RSS {resident:.1f} MB, {rss_mb(os.getpid()):.1f} MB after malloc_trim"
-                + ("" if trimmed else " (no malloc_trim here)")
-            )
+            print(f"round {round_index + 1}: traced {traced / 1e6:.2f} MB "
+                  f"({(traced - first) / 1e3:+.0f} KB since the warm-up); "
+                  f"RSS {resident:.1f} MB, {rss_mb(os.getpid()):.1f} MB after malloc_trim"
+                  + ("" if trimmed else " (no malloc_trim here)"))
         print(f"largest growth by line, over {per_round * (rounds - 1)} connections:")
         for stat in after.compare_to(before, "lineno")[:top]:
-            print(
-                f"  {stat.size_diff / 1e3:+8.1f} KB {stat.count_diff:+7d} blocks  "
-                f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}"
-            )
+            print(f"  {stat.size_diff / 1e3:+8.1f} KB {stat.count_diff:+7d} blocks  "
+                  f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}")
     finally:
         await stop_server(server, task)
     connections = per_round * (rounds - 1)

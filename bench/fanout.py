@@ -361,10 +361,8 @@ async def measure(url: str, base: str, pid: int, args: argparse.Namespace) -> tu
         for r in received
     )
     echo = log.echo
-    echo_ok = (
-        echo is not None
-        and all(echo.times)
-        and not (echo.duplicates or echo.out_of_order or echo.gaps)
+    echo_ok = echo is not None and all(echo.times) and not (
+        echo.duplicates or echo.out_of_order or echo.gaps
     )
     send_span = (max(log.sent) - min(log.sent)) / 1e9
     print(

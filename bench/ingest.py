@@ -142,10 +142,8 @@ async def run(url: str, cache_size: int, profile: bool) -> float:
     await close_pool(pool)
     total = ENTITIES * CHANGES_PER_ENTITY
     assert accepted == total, (accepted, total)
-    print(
-        f"{total} changes in {sum(len(p) for p in workload)} pushes, {elapsed:.2f} s, "
-        f"cache size {cache_size}"
-    )
+    print(f"{total} changes in {sum(len(p) for p in workload)} pushes, {elapsed:.2f} s, "
+          f"cache size {cache_size}")
     return total / elapsed
 
 
@@ -187,10 +185,8 @@ async def run_history(url: str, cache_size: int, history: int) -> float:
     elapsed = time.perf_counter() - started
     await close_pool(pool)
     total = sum(len(e.changes) for batch in pushes for e in batch)
-    print(
-        f"{total} changes onto 40 entities of {history + 1} changes each, {elapsed:.2f} s, "
-        f"cache size {cache_size}"
-    )
+    print(f"{total} changes onto 40 entities of {history + 1} changes each, {elapsed:.2f} s, "
+          f"cache size {cache_size}")
     return total / elapsed
 
 

@@ -125,7 +125,9 @@ async def push_all(
     return run
 
 
-async def phase(url: str, base: str, pid: int, clients: int, args: argparse.Namespace) -> float:
+async def phase(
+    url: str, base: str, pid: int, clients: int, args: argparse.Namespace
+) -> float:
     histories = make_histories()
     team = await make_project(url, clients, f"ingest {clients}")
     shares = [histories[i::clients] for i in range(clients)]
@@ -146,10 +148,9 @@ async def phase(url: str, base: str, pid: int, clients: int, args: argparse.Name
     with ServerProfile(pid, profile_path) as profile:
         started = time.perf_counter()
         runs = await asyncio.gather(
-            *(
-                push_all(ws, frames, args.in_flight)
-                for ws, frames in zip(connections, workloads, strict=True)
-            )
+            *(push_all(ws, frames, args.in_flight) for ws, frames in zip(
+                connections, workloads, strict=True
+            ))
         )
         elapsed = max(r.finished for r in runs) - started
     cpu.stop()

@@ -223,7 +223,9 @@ class _Rules:
         self.entity_id = entity_id
         self.doc = doc
         self._history: History | None = None
-        self.key_fields = tuple(f.name for f in self.schema.fields if f.kind in KEY_CONFLICT_KINDS)
+        self.key_fields = tuple(
+            f.name for f in self.schema.fields if f.kind in KEY_CONFLICT_KINDS
+        )
         starts, ends = self.schema.field("starts_at"), self.schema.field("ends_at")
         self.has_interval = (
             starts is not None
@@ -479,3 +481,5 @@ def _heads(doc: Document) -> list[bytes]:
 
 def _ref(info: ChangeInfo) -> ChangeRef:
     return ChangeRef(info.hash.hex(), info.actor.hex())
+
+

@@ -323,7 +323,9 @@ class SyncSession:
     def _log_end(self) -> None:
         """One line per connection: how it went, with the ids it had by then."""
         requested = self._protocol.close_requested
-        ended_by = self._ended_by or (requested[1] if requested is not None else "client_closed")
+        ended_by = self._ended_by or (
+            requested[1] if requested is not None else "client_closed"
+        )
         fields: dict[str, object] = {
             "address": self._address,
             "duration_ms": round((time.monotonic() - self._opened) * 1000),
@@ -435,10 +437,9 @@ class SyncSession:
             wanted = (event.project,)
         for project in wanted:
             with contextlib.suppress(ValueError):
-                if (
-                    UUID(project.project_id) in self._streams
-                    or UUID(project.project_id) in self._live
-                ):
+                if UUID(project.project_id) in self._streams or UUID(
+                    project.project_id
+                ) in self._live:
                     continue
             self._project_error(project.project_id, ErrorCode.SERVER_UNAVAILABLE, DATABASE_DOWN)
 

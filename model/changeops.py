@@ -61,7 +61,6 @@ _MAX_OPS = 1_000_000  # a change is at most 256 KiB, so far fewer ops than this
 
 T = TypeVar("T")
 
-
 @dataclass(frozen=True, slots=True, order=True)
 class OpId:
     """An operation id. Ordering is Automerge's: the greatest (counter, actor) wins a key."""

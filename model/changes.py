@@ -275,7 +275,9 @@ def _scan_actions(body: bytes, pos: int, end: int) -> tuple[int, list[tuple[int,
     return ops, found
 
 
-def _scan_values(body: bytes, meta: tuple[int, int], raw: tuple[int, int]) -> list[tuple[int, str]]:
+def _scan_values(
+    body: bytes, meta: tuple[int, int], raw: tuple[int, int]
+) -> list[tuple[int, str]]:
     """The values the binding cannot read, as (op index, what): counters, values of an
     unknown type, timestamps outside ``TIMESTAMP_MIN_MS..TIMESTAMP_MAX_MS``.
 

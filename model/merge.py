@@ -320,7 +320,8 @@ def merge_entity(
     if ops > limits.max_document_ops:
         return Rejection(
             RejectCode.DOCUMENT_TOO_LARGE,
-            f"entity {decoded.entity_id} would hold {ops} ops; at most {limits.max_document_ops}",
+            f"entity {decoded.entity_id} would hold {ops} ops; at most "
+            f"{limits.max_document_ops}",
             {"limit": limits.max_document_bytes, "limit_ops": limits.max_document_ops},
         )
     size = (stored.size_bytes if stored else 0) + sum(len(c.data) for c in ordered)

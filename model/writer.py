@@ -139,7 +139,9 @@ def create_entity(
     return doc, _new_change(doc, [])
 
 
-def update_entity(doc: Document, entity_type: str, values: Mapping[str, object]) -> bytes:
+def update_entity(
+    doc: Document, entity_type: str, values: Mapping[str, object]
+) -> bytes:
     """Set (or, for ``None``, remove) top-level fields in one change.
 
     A text field that holds a Text object keeps it: the new value is written as the splices
@@ -205,7 +207,9 @@ def _update_text(tx: Transaction, text: bytes, field: Field, value: object) -> N
         tx.splice_text(text, splice.index, splice.delete, splice.insert)  # type: ignore[attr-defined]
 
 
-def splice_text(doc: Document, field_name: str, index: int, delete: int, insert: str) -> bytes:
+def splice_text(
+    doc: Document, field_name: str, index: int, delete: int, insert: str
+) -> bytes:
     """Edit a TEXT field in place, so concurrent edits of the same text merge."""
     found = doc.get(ROOT, field_name)
     if found is None or found[0] != ObjType.Text:

@@ -22,7 +22,9 @@ CROSS JOIN LATERAL (
 
 
 @translated("looking changes up by hash")
-async def find_logged(conn: Any, project_id: UUID, hashes: Sequence[bytes]) -> list[LoggedHash]:
+async def find_logged(
+    conn: Any, project_id: UUID, hashes: Sequence[bytes]
+) -> list[LoggedHash]:
     """Where the log holds those of ``hashes`` it holds."""
     if not hashes:
         return []

@@ -158,7 +158,9 @@ class MemoryAdmin:
         if after is not None:
             self._user(after)
         users = [
-            u for u in self._db.users.values() if account_id is None or u.account_id == account_id
+            u
+            for u in self._db.users.values()
+            if account_id is None or u.account_id == account_id
         ]
         return [
             UserRow(u.user_id, u.name, u.email, u.account_id, u.created_at)
@@ -300,3 +302,4 @@ def _replay(project: Project) -> Iterator[ReplayedEntity]:
         replayed.changes.append(change.change)
     for entity_id in sorted(by_entity):
         yield by_entity[entity_id]
+

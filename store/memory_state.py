@@ -338,11 +338,7 @@ class Database:
         before = self.entities.get(logged.entity_id)
         if before is None:
             saved, tail, tail_changes, change_count, op_count = (
-                save_document(merged.document),
-                b"",
-                0,
-                len(new),
-                ops,
+                save_document(merged.document), b"", 0, len(new), ops
             )
         else:
             change_count = before.change_count + len(new)

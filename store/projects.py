@@ -179,7 +179,8 @@ async def add_member(
         await require_project(conn, project_id)
         await require_user(conn, user_id)
         previous: str | None = await conn.fetchval(
-            "SELECT level FROM project_members WHERE project_id = $1 AND user_id = $2 FOR UPDATE",
+            "SELECT level FROM project_members WHERE project_id = $1 AND user_id = $2 "
+            "FOR UPDATE",
             project_id,
             user_id,
         )
@@ -194,7 +195,9 @@ async def add_member(
 
 
 @translated("removing a member")
-async def remove_member(conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID) -> str:
+async def remove_member(
+    conn: asyncpg.Connection, project_id: uuid.UUID, user_id: uuid.UUID
+) -> str:
     """Take ``user_id`` out of ``project_id``; returns the level they had.
 
     From then on the server refuses them the project, and every server process closes
@@ -205,7 +208,8 @@ async def remove_member(conn: asyncpg.Connection, project_id: uuid.UUID, user_id
         await require_project(conn, project_id)
         await require_user(conn, user_id)
         level: str | None = await conn.fetchval(
-            "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2 RETURNING level",
+            "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2 "
+            "RETURNING level",
             project_id,
             user_id,
         )

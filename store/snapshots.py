@@ -73,9 +73,8 @@ class Snapshot:
 async def open_snapshot(pool: asyncpg.Pool, project_id: UUID) -> AsyncIterator[Snapshot]:
     """Hold a repeatable-read view of ``project_id`` while the caller streams it."""
     with driver_errors("taking a snapshot"):
-        async with (
-            pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
+        async with pool.acquire() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
         ):
             head = await conn.fetchval(
                 "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id

@@ -215,7 +215,8 @@ class _SnapshotBracket:
     def finish(self) -> None:
         if self.sent != self.count:
             raise ProtocolMisuseError(
-                f"snapshot of {self.project_id} ended after {self.sent} of {self.count} entities"
+                f"snapshot of {self.project_id} ended after {self.sent} of {self.count} "
+                "entities"
             )
 
 
@@ -358,7 +359,9 @@ class ServerProtocol:
         self._streams[project].snapshot = _SnapshotBracket(project, cursor, entity_count)
         return self._send(SnapshotBegin(project, cursor, entity_count), Lane.BULK)
 
-    def snapshot_entities(self, project: str, entities: Sequence[SnapshotEntity]) -> list[Outgoing]:
+    def snapshot_entities(
+        self, project: str, entities: Sequence[SnapshotEntity]
+    ) -> list[Outgoing]:
         """Entities of the snapshot; they go out in chunks of about SNAPSHOT_CHUNK_BYTES."""
         project = project_key(project)
         stream = self._stream(project, StreamState.SNAPSHOT)
@@ -374,7 +377,9 @@ class ServerProtocol:
                 out += self._flush_chunk(project, stream)
         return out
 
-    def snapshot_conflicts(self, project: str, records: Sequence[ConflictRecord]) -> list[Outgoing]:
+    def snapshot_conflicts(
+        self, project: str, records: Sequence[ConflictRecord]
+    ) -> list[Outgoing]:
         """Every conflict record of the project as of the snapshot's cursor."""
         project = project_key(project)
         stream = self._stream(project, StreamState.SNAPSHOT)
@@ -493,7 +498,9 @@ class ServerProtocol:
         self._take_push(push_id)
         return self._send(Error(code.value, message, push_id=push_id), Lane.CONTROL)
 
-    def refuse_message(self, event: ClientMessage, code: ErrorCode, message: str) -> list[Outgoing]:
+    def refuse_message(
+        self, event: ClientMessage, code: ErrorCode, message: str
+    ) -> list[Outgoing]:
         """A valid message that is not processed (over the rate): a non-fatal error naming
         the push it was, if it was one."""
         if isinstance(event, Push):

@@ -85,12 +85,8 @@ class Fieldsync:
     async def __call__(self, *args: str) -> Ran:
         assert FIELDSYNC.exists(), f"{FIELDSYNC} missing: install the project (pip install -e .)"
         return await _exec(
-            str(FIELDSYNC),
-            *args,
-            "--database-url",
-            self.database_url,
-            "--data-dir",
-            str(self.data_dir),
+            str(FIELDSYNC), *args,
+            "--database-url", self.database_url, "--data-dir", str(self.data_dir),
         )
 
     async def new_id(self, *args: str) -> uuid.UUID:
@@ -142,9 +138,8 @@ async def test_create_account_user_project_and_manage_members(
     member = ("--project", str(project), "--user", str(user))
     assert (await fieldsync("member", "add", *member, "--level", "specialist")).ok() == ""
     assert await member_level(conn, project, user) == "specialist"
-    changed = json.loads(
-        (await fieldsync("member", "add", *member, "--level", "lead", "--json")).ok()
-    )
+    changed = json.loads((await fieldsync("member", "add", *member, "--level", "lead", "--json"))
+                         .ok())
     assert changed == {
         "project_id": str(project),
         "user_id": str(user),
@@ -162,11 +157,8 @@ async def test_json_output(fieldsync: Fieldsync, conn: Any) -> None:
     account = json.loads((await fieldsync("account", "create", "--name", "A", "--json")).ok())
     account_id = uuid.UUID(account["account_id"])
     project = json.loads(
-        (
-            await fieldsync(
-                "project", "create", "--account", str(account_id), "--name", "P", "--json"
-            )
-        ).ok()
+        (await fieldsync("project", "create", "--account", str(account_id), "--name", "P",
+                         "--json")).ok()
     )
     user = json.loads((await fieldsync("user", "create", "--name", "U", "--json")).ok())
     assert set(account) == {"account_id"}
@@ -183,9 +175,8 @@ async def test_token_command(fieldsync: Fieldsync) -> None:
     token = (await fieldsync("token", "--user", str(user))).ok().strip()
     assert verify_token(SECRET.encode(), token).user_id == user
 
-    issued = json.loads(
-        (await fieldsync("token", "--user", str(user), "--ttl", "60", "--json")).ok()
-    )
+    issued = json.loads((await fieldsync("token", "--user", str(user), "--ttl", "60", "--json"))
+                        .ok())
     claims = verify_token(SECRET.encode(), issued["token"])
     assert claims.user_id == user
     assert issued["user_id"] == str(user)
@@ -203,28 +194,18 @@ async def test_refusals_are_one_line_with_exit_status_1(fieldsync: Fieldsync) ->
     cases: list[tuple[tuple[str, ...], str]] = [
         (("account", "create", "--name", "  "), "the account name must not be empty"),
         (("user", "create", "--name", "Ana", "--account", nowhere), f"unknown account {nowhere}"),
-        (
-            ("user", "create", "--name", "Ana 2", "--email", email.upper()),
-            f"a user with email {email.upper()} already exists",
-        ),
-        (
-            ("user", "create", "--name", "Ana", "--email", "ana at example"),
-            "'ana at example' is not an email address",
-        ),
+        (("user", "create", "--name", "Ana 2", "--email", email.upper()),
+         f"a user with email {email.upper()} already exists"),
+        (("user", "create", "--name", "Ana", "--email", "ana at example"),
+         "'ana at example' is not an email address"),
         (("project", "create", "--account", nowhere, "--name", "P"), f"unknown account {nowhere}"),
-        (
-            ("member", "add", "--project", nowhere, "--user", str(user), "--level", "lead"),
-            f"unknown project {nowhere}",
-        ),
-        (
-            ("member", "add", "--project", str(project), "--user", nobody, "--level", "lead"),
-            f"unknown user {nobody}",
-        ),
+        (("member", "add", "--project", nowhere, "--user", str(user), "--level", "lead"),
+         f"unknown project {nowhere}"),
+        (("member", "add", "--project", str(project), "--user", nobody, "--level", "lead"),
+         f"unknown user {nobody}"),
         (("member", "remove", *member), f"user {user} is not a member of project {project}"),
-        (
-            ("member", "remove", "--project", nowhere, "--user", str(user)),
-            f"unknown project {nowhere}",
-        ),
+        (("member", "remove", "--project", nowhere, "--user", str(user)),
+         f"unknown project {nowhere}"),
         (("token", "--user", nobody), f"unknown user {nobody}"),
         (("project", "list", "--account", nowhere), f"unknown account {nowhere}"),
         (("user", "list", "--account", nowhere), f"unknown account {nowhere}"),
@@ -277,16 +258,14 @@ async def test_lists_and_show_name_what_the_create_commands_made(
 
     users = by_account["users"]
     assert [(u["user_id"], u["name"], u["email"]) for u in users] == [
-        (str(ana), "Ana Field", email),
-        (str(ben), "Ben", None),
+        (str(ana), "Ana Field", email), (str(ben), "Ben", None)
     ]
     everyone = {u["user_id"] for u in all_users["users"]}
     assert {str(ana), str(ben)} < everyone
 
     projects = account_projects["projects"]
     assert [(p["name"], p["members"], p["head_seq"]) for p in projects] == [
-        ("Moraine 2027", 2, 0),
-        ("Lake", 0, 0),
+        ("Moraine 2027", 2, 0), ("Lake", 0, 0)
     ]
     assert shown["project_id"] == str(project)
     assert (shown["account_id"], shown["account_name"]) == (str(account), "Glacier   Lab")
@@ -294,8 +273,7 @@ async def test_lists_and_show_name_what_the_create_commands_made(
 
     assert members["project_id"] == str(project)
     assert [(m["user_id"], m["level"], m["name"]) for m in members["members"]] == [
-        (str(ana), "lead", "Ana Field"),
-        (str(ben), "viewer", "Ben"),
+        (str(ana), "lead", "Ana Field"), (str(ben), "viewer", "Ben")
     ]
 
     # Plain output: a header, then one row per item with its id first.
@@ -364,13 +342,8 @@ async def test_demo_seeds_the_read_models_through_the_change_log(
     lead = users[0]["user_id"]
 
     expected = {
-        "project_settings": 1,
-        "plan": 1,
-        "role": 4,
-        "location": 5,
-        "activity": 15,
-        "summoning": 20,
-        "membership": 3,
+        "project_settings": 1, "plan": 1, "role": 4, "location": 5, "activity": 15,
+        "summoning": 20, "membership": 3,
     }
     assert first["entities"] == expected
     total = sum(expected.values())
@@ -407,19 +380,18 @@ async def test_demo_seeds_the_read_models_through_the_change_log(
     )
     assert timedelta(days=14) < last_end - first_start < timedelta(days=21)
     # Summonings name the demo's activities, and every user is summoned somewhere.
-    assert (
-        await count(
-            "rm_summonings",
-            "activity_id IN (SELECT entity_id FROM rm_activities WHERE project_id = $1)",
-        )
-        == 20
-    )
+    assert await count(
+        "rm_summonings",
+        "activity_id IN (SELECT entity_id FROM rm_activities WHERE project_id = $1)",
+    ) == 20
     summoned = await conn.fetch(
         "SELECT DISTINCT user_id FROM rm_summonings WHERE project_id = $1 AND user_id IS NOT NULL",
         project,
     )
     assert {r["user_id"] for r in summoned} == {u["user_id"] for u in users}
-    members = await conn.fetch("SELECT user_id FROM rm_memberships WHERE project_id = $1", project)
+    members = await conn.fetch(
+        "SELECT user_id FROM rm_memberships WHERE project_id = $1", project
+    )
     assert {r["user_id"] for r in members} == {u["user_id"] for u in users}
 
 
@@ -448,18 +420,14 @@ async def test_demo_prints_a_readable_block(fieldsync: Fieldsync) -> None:
     assert "20 summonings" in out
     users = _users_of(out)
     assert [(u["name"], u["level"]) for u in users] == [
-        ("Marta Keller", "lead"),
-        ("Jonas Weber", "specialist"),
-        ("Lena Roth", "specialist"),
+        ("Marta Keller", "lead"), ("Jonas Weber", "specialist"), ("Lena Roth", "specialist")
     ]
     for user in users:
         assert verify_token(SECRET.encode(), user["token"]).user_id == uuid.UUID(user["user_id"])
     # No server runs with this data directory: the example command names the default and
     # says how to point it elsewhere.
-    assert (
-        "server ws://127.0.0.1:8000/sync: no `fieldsync serve` runs with this --data-dir; "
+    assert "server ws://127.0.0.1:8000/sync: no `fieldsync serve` runs with this --data-dir; " \
         "else pass --server-url" in out
-    )
     command = _printed_command(out)
     assert command[:2] == [sys.executable, str(EXAMPLE)]
     assert command[2:] == [
@@ -482,7 +450,9 @@ def _project_of(out: str) -> str:
         ("wss://sync.example.org/fieldsync/sync", "wss://sync.example.org/fieldsync/sync"),
     ],
 )
-async def test_demo_takes_the_servers_url(fieldsync: Fieldsync, given: str, expected: str) -> None:
+async def test_demo_takes_the_servers_url(
+    fieldsync: Fieldsync, given: str, expected: str
+) -> None:
     out = (await fieldsync("demo", "--server-url", given)).ok()
     command = _printed_command(out)
     assert command[command.index("--url") + 1] == expected
@@ -501,12 +471,7 @@ def test_the_example_command_says_how_to_install_the_sdk_it_needs() -> None:
     )  # fmt: skip
     install = lines.index("  This Python lacks the client SDK the example uses; install it first:")
     assert shlex.split(lines[install + 1]) == [
-        python,
-        "-m",
-        "pip",
-        "install",
-        "-e",
-        str(EXAMPLE.parents[1]),
+        python, "-m", "pip", "install", "-e", str(EXAMPLE.parents[1])
     ]
     assert str(EXAMPLE.parents[1]).endswith("client-sdk/python")
     installed = example_lines(

@@ -213,7 +213,9 @@ def _pure_modules() -> Iterator[str]:
 @pytest.mark.parametrize("module", sorted(_pure_modules()))
 def test_the_pure_core_does_no_io_and_imports_no_shell(module: str) -> None:
     forbidden = sorted(
-        name for name in imports(module) if _top(name) in IO_MODULES or _within(name, SHELLS)
+        name
+        for name in imports(module)
+        if _top(name) in IO_MODULES or _within(name, SHELLS)
     )
     assert forbidden == [], f"{module} imports {forbidden}"
 

@@ -46,11 +46,8 @@ def _free_port() -> int:
 async def _run(*args: str) -> tuple[int, str]:
     assert FIELDSYNC.exists(), f"{FIELDSYNC} missing: install the project (pip install -e .)"
     proc = await asyncio.create_subprocess_exec(
-        str(FIELDSYNC),
-        *args,
-        env=_environment(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        str(FIELDSYNC), *args, env=_environment(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), START_TIMEOUT)
     assert proc.returncode is not None
@@ -90,14 +87,8 @@ async def serving(*args: str) -> AsyncIterator[Serving]:
     assert FIELDSYNC.exists(), f"{FIELDSYNC} missing: install the project (pip install -e .)"
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
-        str(FIELDSYNC),
-        "serve",
-        "--port",
-        str(port),
-        *args,
-        env=_environment(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        str(FIELDSYNC), "serve", "--port", str(port), *args, env=_environment(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
         yield Serving(proc, port)
@@ -159,7 +150,9 @@ async def test_embedded_database_keeps_data_across_restarts(data_dir: Path) -> N
         await server.wait_healthy()
         conn = await asyncpg.connect(embedded_url)
         try:
-            name = await conn.fetchval("SELECT name FROM accounts WHERE account_id = $1", account)
+            name = await conn.fetchval(
+                "SELECT name FROM accounts WHERE account_id = $1", account
+            )
         finally:
             await conn.close()
         code, log = await server.stop()
@@ -263,10 +256,9 @@ async def test_a_killed_serve_does_not_orphan_the_embedded_postgres(data_dir: Pa
     postgres = _embedded_postgres_pid(pgdata)
     assert postgres is not None, "PostgreSQL should outlive the killed serve"
 
-    async with (
-        serving("--data-dir", str(data_dir)) as first,
-        serving("--data-dir", str(data_dir)) as second,
-    ):
+    async with serving("--data-dir", str(data_dir)) as first, serving(
+        "--data-dir", str(data_dir)
+    ) as second:
         await first.wait_healthy()
         await second.wait_healthy()
         assert _embedded_postgres_pid(pgdata) == postgres  # both joined the running one

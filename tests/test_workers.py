@@ -67,7 +67,6 @@ async def test_two_workers_share_the_database_and_relay_live(
     listening = [line for line in lines if line.get("event") == "listening"]
     assert {line["pid"] for line in listening} == workers  # each says where it listens
     assert sorted(line["url"] for line in listening) == [
-        f"http://127.0.0.1:{first.port}",
-        f"http://127.0.0.1:{second.port}",
+        f"http://127.0.0.1:{first.port}", f"http://127.0.0.1:{second.port}"
     ]
     assert any(line.get("event") == "workers_stopped" for line in lines)

@@ -47,11 +47,7 @@ def _forge(header: dict[str, object], claims: dict[str, object], signature: byte
 def _claims(**overrides: object) -> dict[str, object]:
     now = int(time.time())
     claims: dict[str, object] = {
-        "sub": str(USER),
-        "iat": now,
-        "exp": now + 60,
-        "aud": "fieldsync",
-        "iss": "fieldsync",
+        "sub": str(USER), "iat": now, "exp": now + 60, "aud": "fieldsync", "iss": "fieldsync"
     }
     claims.update(overrides)
     return claims
@@ -71,26 +67,17 @@ def _hs512_same_secret() -> str:
         pytest.param("a.b.c", id="garbage"),
         pytest.param(_forge({"alg": "none", "typ": "JWT"}, _claims(), b""), id="alg-none"),
         pytest.param(jwt.encode(_claims(), b"x" * 32, algorithm="HS256"), id="other-secret"),
-        pytest.param(
-            jwt.encode(_claims(aud="elsewhere"), SECRET, algorithm="HS256"), id="wrong-audience"
-        ),
-        pytest.param(
-            jwt.encode(_claims(iss="elsewhere"), SECRET, algorithm="HS256"), id="wrong-issuer"
-        ),
-        pytest.param(
-            jwt.encode(_claims(sub="root"), SECRET, algorithm="HS256"), id="subject-not-a-user-id"
-        ),
-        pytest.param(
-            jwt.encode(
-                {k: v for k, v in _claims().items() if k != "exp"}, SECRET, algorithm="HS256"
-            ),
-            id="no-expiry",
-        ),
+        pytest.param(jwt.encode(_claims(aud="elsewhere"), SECRET, algorithm="HS256"),
+                     id="wrong-audience"),
+        pytest.param(jwt.encode(_claims(iss="elsewhere"), SECRET, algorithm="HS256"),
+                     id="wrong-issuer"),
+        pytest.param(jwt.encode(_claims(sub="root"), SECRET, algorithm="HS256"),
+                     id="subject-not-a-user-id"),
+        pytest.param(jwt.encode({k: v for k, v in _claims().items() if k != "exp"}, SECRET,
+                                algorithm="HS256"), id="no-expiry"),
         pytest.param(_hs512_same_secret(), id="other-algorithm-same-secret"),
-        pytest.param(
-            _forge({"alg": "RS256", "typ": "JWT"}, _claims(), b"\x01" * 256),
-            id="asymmetric-algorithm",
-        ),
+        pytest.param(_forge({"alg": "RS256", "typ": "JWT"}, _claims(), b"\x01" * 256),
+                     id="asymmetric-algorithm"),
     ],
 )
 def test_refused_tokens(token: str) -> None:

@@ -38,7 +38,8 @@ NESTED_ARRAYS = b"\xdc\xff\xff" * 1000  # 3 KB of arrays inside arrays, each cla
 NESTED_MAPS = b"\xde\xff\xff\xa1k" * 600  # maps whose first value is the next map
 BEGIN = encode(SnapshotBegin("p", 7, 1))
 ENTITY_HEAD = b"".join(
-    msgpack.packb(part) for part in ("entity_type", "activity", "entity_id", "a-1", "document")
+    msgpack.packb(part)
+    for part in ("entity_type", "activity", "entity_id", "a-1", "document")
 )  # an entity record's keys and values up to its document, after its map header b"\x83"
 
 
@@ -109,7 +110,9 @@ def test_a_record_is_refused_once_longer_than_any_document() -> None:
 def test_a_large_document_still_arrives_whole() -> None:
     """The bounds leave room for every document the server may hold."""
     document = bytes(DEFAULT_LIMITS.max_document_bytes)
-    record = msgpack.packb({"entity_type": "activity", "entity_id": "a-1", "document": document})
+    record = msgpack.packb(
+        {"entity_type": "activity", "entity_id": "a-1", "document": document}
+    )
     end = encode(SnapshotEnd("p", 7))
     body = gzip.compress(BEGIN + record + end, 1)
     stream = SnapshotStream("p", gzipped=True)

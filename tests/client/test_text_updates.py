@@ -173,7 +173,9 @@ async def test_two_clients_update_one_description_offline_and_both_edits_survive
     await server.stop()
     await until(lambda: not client_a.status.online and not client_b.status.online, what="offline")
     # Each app shows the text in a box and saves the whole box: update, not splices.
-    assert await a.update("activity", activity, {"description": text.replace("three", "four ⛏")})
+    assert await a.update(
+        "activity", activity, {"description": text.replace("three", "four ⛏")}
+    )
     assert await b.update(
         "activity", activity, {"description": text.replace("each 🪨", "every 🪨 twice")}
     )

@@ -241,7 +241,9 @@ class ProjectSim:
         return ledger
 
     def open_details(self) -> dict[str, object]:
-        return {key: row.details for key, row in self.ledger.rows.items() if row.status == "open"}
+        return {
+            key: row.details for key, row in self.ledger.rows.items() if row.status == "open"
+        }
 
 
 def headers(changes: Iterable[bytes]) -> list[ChangeHeader]:

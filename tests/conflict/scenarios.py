@@ -27,7 +27,6 @@ def examples(default: int) -> int:
     """Hypothesis examples per property; ``CONFLICT_EXAMPLES=2000`` for a long soak run."""
     return int(os.environ.get("CONFLICT_EXAMPLES", default))
 
-
 USERS = ("user-1", "user-2")
 
 
@@ -84,9 +83,9 @@ def _summoning(entity_id: str, activity_id: str, start: int) -> Entity:
 Step = tuple[int, int, int, int]
 
 
-def sessions(
-    devices: tuple[int, int] = (2, 4), steps: int = 14
-) -> st.SearchStrategy[tuple[int, list[Step]]]:
+def sessions(devices: tuple[int, int] = (2, 4), steps: int = 14) -> st.SearchStrategy[
+    tuple[int, list[Step]]
+]:
     small = st.integers(0, 15)
     return st.tuples(
         st.integers(*devices),
@@ -182,7 +181,9 @@ def deliveries(session: Session, rng: random.Random) -> list[Push]:
         entity_id: {parse_change(c).hash: c for c in changes}
         for entity_id, changes in all_changes(session).items()
     }
-    deps = {h: parse_change(c).deps for changes in pending.values() for h, c in changes.items()}
+    deps = {
+        h: parse_change(c).deps for changes in pending.values() for h, c in changes.items()
+    }
     done: set[bytes] = set()
     order: list[tuple[str, bytes]] = []
     while any(pending.values()):

@@ -106,10 +106,8 @@ def check_same_outcome(session: Session, seeds: list[int]) -> list[ProjectSim]:
 # deletes it again: Automerge then deletes only d0's losing `true`, so the winning value is
 # still d1's first, concurrent with the title edit. The record is resolved (d1 wrote
 # `deleted` having seen it), and the rules must not find it open in the final state.
-@example(
-    case=(2, [(0, 0, 5, 0), (0, 0, 0, 0), (1, 0, 5, 0), (1, 0, 12, 0), (1, 0, 5, 0)]),
-    seeds=[0, 0, 0],
-)
+@example(case=(2, [(0, 0, 5, 0), (0, 0, 0, 0), (1, 0, 5, 0), (1, 0, 12, 0), (1, 0, 5, 0)]),
+         seeds=[0, 0, 0])
 @slow_settings(200)
 @given(sessions(devices=(2, 4), steps=16), st.lists(st.integers(0, 2**32), min_size=3, max_size=3))
 def test_activity_edits_in_any_order_give_identical_conflicts(
@@ -123,10 +121,8 @@ def test_activity_edits_in_any_order_give_identical_conflicts(
 # change that saw it: d1 writes False then True, d0 writes True concurrently, then resolves
 # what it saw (True vs False). A store that took "no record so far" for "no conflict ever"
 # would miss the resolution the rebuild records.
-@example(
-    case=(2, [(0, 0, 0, 0), (0, 1, 0, 0), (1, 1, 0, 1), (0, 1, 15, 0), (1, 1, 0, 0)]),
-    seeds=[0, 0, 0],
-)
+@example(case=(2, [(0, 0, 0, 0), (0, 1, 0, 0), (1, 1, 0, 1), (0, 1, 15, 0), (1, 1, 0, 0)]),
+         seeds=[0, 0, 0])
 @slow_settings(150)
 @given(sessions(devices=(2, 4), steps=20), st.lists(st.integers(0, 2**32), min_size=3, max_size=3))
 def test_project_edits_in_any_order_give_identical_conflicts(

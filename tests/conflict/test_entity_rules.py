@@ -457,7 +457,9 @@ def test_same_conflicts_whatever_order_and_batching() -> None:
         for index in order:
             sim.append([("activity", ACT, pushes[index][1])])
         assert sim.rebuild().rows == sim.ledger.rows
-        outcomes.append({key: (row.status, row.details) for key, row in sim.ledger.rows.items()})
+        outcomes.append(
+            {key: (row.status, row.details) for key, row in sim.ledger.rows.items()}
+        )
     one_batch = ProjectSim()
     one_batch.append([("activity", ACT, [c for _, cs in pushes for c in cs] + entity.changes)])
     outcomes.append({k: (r.status, r.details) for k, r in one_batch.ledger.rows.items()})

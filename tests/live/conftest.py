@@ -13,3 +13,5 @@ from tests.live_server import running_server
 async def sync_server(database_url: str) -> AsyncIterator[str]:
     async with running_server(database_url) as base:
         yield base
+
+

@@ -206,7 +206,9 @@ async def test_without_an_admin_key_there_is_no_admin_api(sync_server: str) -> N
 async def test_lists_and_show_page_through_what_was_created(http: httpx.AsyncClient) -> None:
     account = (await http.post("/accounts", json={"name": "Listed"})).json()["account_id"]
     users = [
-        (await http.post("/users", json={"name": f"U{i}", "account_id": account})).json()["user_id"]
+        (await http.post("/users", json={"name": f"U{i}", "account_id": account})).json()[
+            "user_id"
+        ]
         for i in range(3)
     ]
     project = (await http.post("/projects", json={"account_id": account, "name": "P"})).json()[

@@ -133,14 +133,9 @@ async def test_projects_the_user_may_not_see_and_cursors_ahead(
     async with pool.acquire() as conn:
         elsewhere = await create_project(conn, await create_account(conn, "other"), "other")
     client = await SyncClient.connect(sync_server)
-    await client.hello(
-        token,
-        [
-            ProjectCursor(str(elsewhere), None),
-            ProjectCursor(str(uuid.uuid4()), 0),
-            ProjectCursor("not-a-uuid", 0),
-        ],
-    )
+    await client.hello(token, [ProjectCursor(str(elsewhere), None),
+                               ProjectCursor(str(uuid.uuid4()), 0),
+                               ProjectCursor("not-a-uuid", 0)])
     answers = [await client.expect(ProjectError) for _ in range(3)]
     assert {a.code for a in answers} == {ErrorCode.PROJECT_UNAVAILABLE.value}
     assert len({a.message for a in answers}) == 1, "forbidden and unknown look the same"
@@ -177,20 +172,12 @@ async def test_bad_changes_are_rejected_per_entity_and_store_nothing(
     cases = [
         (EntityPush("activity", entity, (b"\x85\x6f\x4a\x83 garbage",)), "undecodable_change"),
         (EntityPush("activity", entity, (orphan,)), "missing_dependencies"),
-        (
-            EntityPush(
-                "activity", entity, (update_entity(doc.fork(), "activity", {"status": "lost"}),)
-            ),
-            "schema_violation",
-        ),
-        (
-            EntityPush(
-                "activity",
-                foreign_entity,
-                (update_entity(foreign_doc, "activity", {"status": "done"}),),
-            ),
-            "wrong_project",
-        ),
+        (EntityPush("activity", entity, (update_entity(doc.fork(), "activity",
+                                                        {"status": "lost"}),)),
+         "schema_violation"),
+        (EntityPush("activity", foreign_entity,
+                    (update_entity(foreign_doc, "activity", {"status": "done"}),)),
+         "wrong_project"),
         (EntityPush("spaceship", new_id(), (created,)), "unknown_entity_type"),
     ]
     for push_id, (entity_push, code) in enumerate(cases, start=2):

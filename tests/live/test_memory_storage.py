@@ -112,10 +112,9 @@ async def test_push_live_delivery_and_snapshots_on_memory_storage(
 async def test_two_apps_on_one_memory_storage_behave_like_two_processes() -> None:
     memory = MemoryStorage()
     project, (token,) = await _project(memory, "lead")
-    async with (
-        running_server(None, storage=memory) as first,
-        running_server(None, storage=memory) as second,
-    ):
+    async with running_server(None, storage=memory) as first, running_server(
+        None, storage=memory
+    ) as second:
         writer, reader = await SyncClient.connect(first), await SyncClient.connect(second)
         await writer.hello(token)
         await reader.hello(token, [ProjectCursor(str(project), 0)])

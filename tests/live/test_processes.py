@@ -49,14 +49,11 @@ async def test_without_notifications_the_head_check_still_delivers(
 ) -> None:
     """Every notification lost: clients still converge, through the periodic head check."""
     _, token = await member(project)
-    async with (
-        running_server(
-            database_url, listen_for_notifications=False, head_poll_seconds=0.2
-        ) as first,
-        running_server(
-            database_url, listen_for_notifications=False, head_poll_seconds=0.2
-        ) as second,
-    ):
+    async with running_server(
+        database_url, listen_for_notifications=False, head_poll_seconds=0.2
+    ) as first, running_server(
+        database_url, listen_for_notifications=False, head_poll_seconds=0.2
+    ) as second:
         assert await _relay(first, second, project, token) < 10
 
 

@@ -81,21 +81,15 @@ async def test_snapshot_during_pushes_plus_live_changes_equals_the_final_state(
     writer = await SyncClient.connect(sync_server)
     await writer.hello(token)
     documents = {new_id(): create_entity("location", location_values(i)) for i in range(20)}
-    await push(
-        writer, project, 0, *(EntityPush("location", e, (c,)) for e, (_, c) in documents.items())
-    )
+    await push(writer, project, 0,
+               *(EntityPush("location", e, (c,)) for e, (_, c) in documents.items()))
 
     async def keep_pushing() -> None:
         for n in range(1, 16):
-            await push(
-                writer,
-                project,
-                n,
-                *(
-                    EntityPush("location", e, (update_entity(doc, "location", {"name": f"v{n}"}),))
-                    for e, (doc, _) in documents.items()
-                ),
-            )
+            await push(writer, project, n, *(
+                EntityPush("location", e, (update_entity(doc, "location", {"name": f"v{n}"}),))
+                for e, (doc, _) in documents.items()
+            ))
 
     pushing = asyncio.create_task(keep_pushing())
     readers = []
@@ -137,12 +131,8 @@ async def test_http_snapshot_is_gzipped_and_cached_by_cursor(
         unpacker = msgpack.Unpacker(raw=False)
         unpacker.feed(first.content)  # httpx already inflated the gzip body
         records = list(unpacker)
-        assert records[0] == {
-            "t": "snapshot_begin",
-            "project_id": str(project),
-            "cursor": 1,
-            "entity_count": 1,
-        }
+        assert records[0] == {"t": "snapshot_begin", "project_id": str(project), "cursor": 1,
+                              "entity_count": 1}
         assert records[1]["entity_id"] == entity
         assert records[-1] == {"t": "snapshot_end", "project_id": str(project), "cursor": 1}
 
@@ -158,18 +148,16 @@ async def test_http_snapshot_is_gzipped_and_cached_by_cursor(
         stale = await http.get(url, headers={**headers, "If-None-Match": f'W/"{project}:0"'})
         assert stale.status_code == 200
 
-        raw = await http.get(
-            url, headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "identity"}
-        )
+        raw = await http.get(url, headers={"Authorization": f"Bearer {token}",
+                                           "Accept-Encoding": "identity"})
         assert raw.status_code == 200
         assert "content-encoding" not in raw.headers
         assert raw.content == msgpack.packb(records[0]) + b"".join(
             msgpack.packb(r) for r in records[1:]
         )
 
-        unknown = await http.get(
-            f"http://{sync_server}/projects/{uuid.uuid4()}/snapshot", headers=headers
-        )
+        unknown = await http.get(f"http://{sync_server}/projects/{uuid.uuid4()}/snapshot",
+                                 headers=headers)
         _, stranger = await member(await _other_project(pool))
         forbidden = await http.get(url, headers={"Authorization": f"Bearer {stranger}"})
         assert unknown.status_code == forbidden.status_code == 404

@@ -61,26 +61,8 @@ from tests.entities import (
 
 SENDER = "append-worker"
 _WORDS = (
-    "core",
-    "sample",
-    "drill",
-    "jar",
-    "label",
-    "north",
-    "ridge",
-    "quarry",
-    "water",
-    "rain",
-    "mud",
-    "rope",
-    "bit",
-    "depth",
-    "metre",
-    "site",
-    "marker",
-    "fence",
-    "gate",
-    "track",
+    "core", "sample", "drill", "jar", "label", "north", "ridge", "quarry", "water", "rain",
+    "mud", "rope", "bit", "depth", "metre", "site", "marker", "fence", "gate", "track",
 )
 
 
@@ -176,7 +158,9 @@ class Workload:
                 lambda: insert_list_item(
                     doc, "activity", "tasks", 0, {"title": word.strip(), "done": False}
                 ),
-                lambda: update_entity(doc, "activity", {"status": rng.choice(ACTIVITY_STATUSES)}),
+                lambda: update_entity(
+                    doc, "activity", {"status": rng.choice(ACTIVITY_STATUSES)}
+                ),
                 lambda: update_entity(doc, "activity", {"title": f"Sampling {rng.randint(0, 99)}"}),
             ],
             "plan": [lambda: splice_text(doc, "description", 0, 0, word)],
@@ -190,7 +174,9 @@ class Workload:
                 ),
             ],
             "summoning": [
-                lambda: update_entity(doc, "summoning", {"status": rng.choice(SUMMONING_STATUSES)}),
+                lambda: update_entity(
+                    doc, "summoning", {"status": rng.choice(SUMMONING_STATUSES)}
+                ),
             ],
         }
         return rng.choice(edits[entity.kind])()

@@ -265,7 +265,7 @@ async def test_a_connection_that_died_while_idle_in_the_pool(
             for turns in range(5):
                 async with pool.acquire() as conn:
                     pid = conn.get_server_pid()
-                terminate_holding_the_loop(database_url, "SELECT $1::int", pid)
+                terminate_holding_the_loop(database_url, 'SELECT $1::int', pid)
                 for _ in range(turns):
                     await asyncio.sleep(0)
                 try:

@@ -17,7 +17,9 @@ from tests.store.contract.test_rebuild import populate
 from tests.store.state import project_state
 
 
-async def test_rebuild_restores_damaged_read_models(pool: asyncpg.Pool, project: uuid.UUID) -> None:
+async def test_rebuild_restores_damaged_read_models(
+    pool: asyncpg.Pool, project: uuid.UUID
+) -> None:
     log = ChangeLog(pool)
     await populate(log, project, seed=5)
     expected = await project_state(pool, project)
@@ -48,18 +50,9 @@ async def test_rebuild_restores_damaged_read_models(pool: asyncpg.Pool, project:
 def test_rebuild_command(database_url: str, project: uuid.UUID) -> None:
     fieldsync = Path(sys.executable).with_name("fieldsync")
     done = subprocess.run(
-        [
-            str(fieldsync),
-            "rebuild-read-models",
-            "--project",
-            str(project),
-            "--database-url",
-            database_url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [str(fieldsync), "rebuild-read-models", "--project", str(project),
+         "--database-url", database_url],
+        capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "rebuilt read models of 1 projects" in done.stdout + done.stderr

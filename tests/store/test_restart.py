@@ -88,14 +88,9 @@ async def running_worker(
         args += ["--project", str(project)]
     with stderr.open("wb") as err:
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.store.append_worker",
-            *args,
-            cwd=REPO_ROOT,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
+            sys.executable, "-m", "tests.store.append_worker", *args,
+            cwd=REPO_ROOT, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=err,
         )
     worker = Worker(process, stderr, project)
     try:
@@ -167,7 +162,9 @@ async def check_store(
             "WHERE project_id = $1 ORDER BY seq",
             project,
         )
-        head = await conn.fetchval("SELECT head_seq FROM log_heads WHERE project_id = $1", project)
+        head = await conn.fetchval(
+            "SELECT head_seq FROM log_heads WHERE project_id = $1", project
+        )
         documents = await conn.fetch(
             "SELECT entity_id, entity_type, heads, saved, tail, change_count, version "
             "FROM documents WHERE project_id = $1",

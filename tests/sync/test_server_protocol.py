@@ -86,9 +86,8 @@ def entity(n: int, size: int = 100) -> SnapshotEntity:
 # -- snapshot, catch-up, live ----------------------------------------------------------------
 
 
-def test_a_snapshot_goes_out_bracketed_chunked_with_its_conflicts_then_catch_up_then_synced() -> (
-    None
-):
+def test_a_snapshot_goes_out_bracketed_chunked_with_its_conflicts_then_catch_up_then_synced(
+) -> None:
     protocol = opened()
     big = SNAPSHOT_CHUNK_BYTES // 2
     frames = protocol.begin_snapshot(P, 41, 3)

@@ -42,17 +42,8 @@ def test_every_message_type_has_a_canonical_vector_in_its_direction() -> None:
             seen.setdefault(spec["direction"], set()).add(spec["message"]["t"])
     assert seen["client_to_server"] == {"hello", "subscribe", "unsubscribe", "push"}
     assert seen["server_to_client"] == {
-        "welcome",
-        "project_error",
-        "snapshot_begin",
-        "snapshot_chunk",
-        "snapshot_end",
-        "changes",
-        "conflicts",
-        "synced",
-        "push_result",
-        "error",
-        "status",
+        "welcome", "project_error", "snapshot_begin", "snapshot_chunk", "snapshot_end",
+        "changes", "conflicts", "synced", "push_result", "error", "status",
     }
 
 

@@ -83,10 +83,8 @@ async def run(args: argparse.Namespace) -> int:
             async with _client(args.url, token, store, args.timeout) as client:
                 project = await client.open_project(args.project)
                 if not project.bootstrapped:
-                    raise ExampleError(
-                        f"tablet {number} could not download the project from "
-                        f"{args.url}: {client.status.last_error or 'no answer'}"
-                    )
+                    raise ExampleError(f"tablet {number} could not download the project from "
+                                        f"{args.url}: {client.status.last_error or 'no answer'}")
                 await client.wait_synced(args.timeout)
                 print(f"tablet {number}: downloaded the project (cursor {project.cursor})")
 
@@ -131,10 +129,8 @@ async def run(args: argparse.Namespace) -> int:
     print(_json(merged2))
     print()
     for change in refused:
-        print(
-            f"refused by the server: {change.entity_type} {change.entity_id}: "
-            f"{change.code}: {change.message}"
-        )
+        print(f"refused by the server: {change.entity_type} {change.entity_id}: "
+              f"{change.code}: {change.message}")
     if merged1 != merged2 or heads1 != heads2:
         print("The tablets disagree.")
         return 1
@@ -223,10 +219,8 @@ async def _edit_offline(
     await two.update("activity", activity_id, {"ends_at": later})
     print(f"offline edits of activity {activity_id} ({before['title']}):")
     print(f"  tablet 1: status {before['status']} -> {status}; description: prepended a note")
-    print(
-        f"  tablet 2: ends_at {ends_at.isoformat()} -> {later.isoformat()}; "
-        "description: appended a note"
-    )
+    print(f"  tablet 2: ends_at {ends_at.isoformat()} -> {later.isoformat()}; "
+          "description: appended a note")
     return {
         f"status {status} (tablet 1)": ("status", status),
         f"ends_at {later.isoformat()} (tablet 2)": ("ends_at", later),

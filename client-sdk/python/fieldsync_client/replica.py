@@ -52,7 +52,6 @@ DEPENDS_ON_REJECTED = "depends_on_rejected"
 """Reject code of a local change made on top of one the server refused."""
 WRONG_ENTITY_TYPE = "wrong_entity_type"
 
-
 class RemoteDataError(Exception):
     """Data from the server cannot be applied: the connection should be dropped and resumed."""
 

@@ -50,20 +50,19 @@ async def test_lists_come_in_creation_order_a_page_at_a_time(storage: Storage) -
 
     members = await admin.list_members(made[0], after=users[1], limit=2)
     assert [(m.user_id, m.level) for m in members] == [
-        (users[2], "viewer"),
-        (users[3], "specialist"),
+        (users[2], "viewer"), (users[3], "specialist")
     ]
     listed = await admin.list_projects(account_id=account)
     assert [(p.project_id, p.members, p.head_seq) for p in listed] == [
-        (made[0], 5, 0),
-        (made[1], 0, 0),
-        (made[2], 0, 0),
+        (made[0], 5, 0), (made[1], 0, 0), (made[2], 0, 0)
     ]
     assert [p.project_id for p in await admin.list_projects(after=made[1])][:1] == [made[2]]
     detail = await admin.show_project(made[0])
     assert (detail.account_id, detail.account_name) == (account, "Paged")
     assert detail.members == {"lead": 2, "specialist": 1, "viewer": 2}
-    assert (await admin.show_project(made[1])).members == {"lead": 0, "specialist": 0, "viewer": 0}
+    assert (await admin.show_project(made[1])).members == {
+        "lead": 0, "specialist": 0, "viewer": 0
+    }
     accounts = await admin.list_accounts()
     mine = next(a for a in accounts if a.account_id == account)
     assert (mine.name, mine.projects, mine.users) == ("Paged", 3, 5)
@@ -106,10 +105,7 @@ async def test_members_are_added_changed_and_removed(storage: Storage, project: 
     assert await admin.add_member(project, user, "lead") == "specialist"
     [member] = await admin.list_members(project)
     assert (member.user_id, member.name, member.email, member.level) == (
-        user,
-        "Ana",
-        "ana@example.org",
-        "lead",
+        user, "Ana", "ana@example.org", "lead"
     )
     assert await admin.remove_member(project, user) == "lead"
     assert await storage.membership.level(project, user) is None

@@ -160,7 +160,9 @@ async def test_cached_document_stays_equal_to_the_log_across_compactions(
     doc, created = create_entity("activity", activity_values(new_id()))
     await log.append(project, [EntityChanges("activity", entity, [created])], sender="u")
     for round_ in range(30):
-        changes = [splice_text(doc, "description", 0, 0, f"r{round_}.{i} ") for i in range(10)]
+        changes = [
+            splice_text(doc, "description", 0, 0, f"r{round_}.{i} ") for i in range(10)
+        ]
         await log.append(project, [EntityChanges("activity", entity, changes)], sender="u")
 
     logged = (await log.read_since(project, 0, 10_000)).changes
@@ -271,7 +273,9 @@ async def test_an_unknown_project_has_no_head_and_takes_no_push(log: ChangeLogPo
     assert await log.append(nowhere, [], "u") == []  # nothing to log: nothing asked
 
 
-async def test_commits_are_heard_after_they_are_made(storage: Storage, project: uuid.UUID) -> None:
+async def test_commits_are_heard_after_they_are_made(
+    storage: Storage, project: uuid.UUID
+) -> None:
     """What the app's fan-out and metrics hear: the changes newly logged, the new head."""
     heard: list[tuple[uuid.UUID, list[int]]] = []
     appended: list[tuple[uuid.UUID, int, int]] = []

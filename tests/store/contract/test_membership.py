@@ -71,20 +71,17 @@ async def test_a_push_as_a_member_follows_the_write_rules(
         project, [EntityChanges("activity", summoned, [ok])], str(specialist), as_member=specialist
     ) == [Accepted(summoned, (4,))]
     refused = update_entity(other_doc, "activity", {"status": "confirmed"})
-    assert (
-        await _rejected(log, project, specialist, EntityChanges("activity", elsewhere, [refused]))
-        is RejectCode.FORBIDDEN_ENTITY
-    )
+    assert await _rejected(
+        log, project, specialist, EntityChanges("activity", elsewhere, [refused])
+    ) is RejectCode.FORBIDDEN_ENTITY
     plan_moved = update_entity(summoned_doc, "activity", {"plan_id": "another-plan"})
-    assert (
-        await _rejected(log, project, specialist, EntityChanges("activity", summoned, [plan_moved]))
-        is RejectCode.FORBIDDEN_FIELD
-    )
+    assert await _rejected(
+        log, project, specialist, EntityChanges("activity", summoned, [plan_moved])
+    ) is RejectCode.FORBIDDEN_FIELD
     _, location = create_entity("location", location_values())
-    assert (
-        await _rejected(log, project, specialist, EntityChanges("location", new_id(), [location]))
-        is RejectCode.FORBIDDEN_CREATE
-    )
+    assert await _rejected(
+        log, project, specialist, EntityChanges("location", new_id(), [location])
+    ) is RejectCode.FORBIDDEN_CREATE
     # Without as_member nothing is checked (the server's own writes, the demo).
     assert await log.append(project, [EntityChanges("activity", elsewhere, [refused])], "s") == [
         Accepted(elsewhere, (5,))
@@ -97,8 +94,7 @@ async def test_a_member_removed_before_the_push_commits_is_refused(
     lead = await new_member(storage, project, "lead")
     await storage.admin.remove_member(project, lead)
     _, created = create_entity("location", location_values())
-    assert (
-        await _rejected(log, project, lead, EntityChanges("location", new_id(), [created]))
-        is RejectCode.MEMBERSHIP_REMOVED
-    )
+    assert await _rejected(
+        log, project, lead, EntityChanges("location", new_id(), [created])
+    ) is RejectCode.MEMBERSHIP_REMOVED
     assert await log.head(project) == 0

@@ -66,16 +66,10 @@ def raw_change(build: Sequence[tuple[str, ScalarType, object]]) -> bytes:
 @pytest.fixture
 def log(storage: Storage) -> ChangeLogPort:
     # Op bounds out of the way: test_op_limits.py is about those.
-    return storage.change_log(
-        limits=Limits(
-            max_change_bytes=8192,
-            max_changes_per_entity=20,
-            max_entities_per_batch=10,
-            max_document_bytes=64 * 1024,
-            max_ops_per_push=10**7,
-            max_document_ops=10**7,
-        )
-    )
+    return storage.change_log(limits=Limits(max_change_bytes=8192, max_changes_per_entity=20,
+                                         max_entities_per_batch=10,
+                                         max_document_bytes=64 * 1024,
+                                         max_ops_per_push=10**7, max_document_ops=10**7))
 
 
 async def test_garbage_truncated_and_bitflipped_bytes(
@@ -99,7 +93,6 @@ async def test_well_formed_but_corrupted_changes(
 ) -> None:
     """Op bytes flipped under a recomputed checksum: refused, or accepted only if Automerge's
     strict loader accepts the same change too; a refusal never poisons the cached document."""
-
     def edited_entity() -> tuple[bytes, bytes]:
         # A change belongs to one entity, so each attempt gets its own entity and history.
         doc, first = create_entity("activity", activity_values("plan-1"))
@@ -173,7 +166,9 @@ async def test_schema_violations_name_the_field(
             assert violations[0]["got"] == got
     new_entity = new_id()
     wrong_type = raw_change([("name", ScalarType.Int, 5)])
-    code, _, details = await rejected(log, project, EntityChanges("role", new_entity, [wrong_type]))
+    code, _, details = await rejected(
+        log, project, EntityChanges("role", new_entity, [wrong_type])
+    )
     assert code is RejectCode.SCHEMA_VIOLATION
     assert details["violations"][0]["field"] == "name"  # type: ignore[index]
     assert await inspector.state(project) == before
@@ -209,7 +204,9 @@ async def test_entity_of_another_project_and_of_another_type(
     assert await inspector.state(other_project) == theirs
 
 
-async def test_size_limits(inspector: Inspector, log: ChangeLogPort, project: uuid.UUID) -> None:
+async def test_size_limits(
+    inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
+) -> None:
     entity, doc = await seeded(log, project)
     before = await inspector.state(project)
 
@@ -269,9 +266,8 @@ async def test_values_the_binding_cannot_read_are_refused_and_nothing_breaks(
     inspector: Inspector, log: ChangeLogPort, project: uuid.UUID
 ) -> None:
     """Counters written by JavaScript Automerge make the Python binding panic on read."""
-    fixtures = json.loads(
-        (Path(__file__).parents[2] / "fixtures" / "js_counter_changes.json").read_text()
-    )
+    fixtures = json.loads((Path(__file__).parents[2] / "fixtures" /
+                           "js_counter_changes.json").read_text())
     role = new_id()
     [base] = [bytes.fromhex(h) for h in fixtures["base"]]
     assert await log.append(project, [EntityChanges("role", role, [base])], "u") == [
@@ -288,9 +284,8 @@ async def test_values_the_binding_cannot_read_are_refused_and_nothing_breaks(
     code, _, details = await rejected(
         log,
         project,
-        EntityChanges(
-            "location", new_id(), [bytes.fromhex(h) for h in fixtures["location_with_counter"]]
-        ),
+        EntityChanges("location", new_id(),
+                      [bytes.fromhex(h) for h in fixtures["location_with_counter"]]),
     )
     assert code is RejectCode.UNSUPPORTED_VALUE
     assert details == {"index": 0, "field": "visits", "type": "counter"}
