@@ -283,9 +283,7 @@ class ClientConnection(_Connection[ServerMessage]):
             raise InvalidStateError(f"hello() needs AWAITING_HELLO, not {self.state.name}")
         self._offered = tuple(versions)
         self._queue(
-            Hello(
-                self._offered, token, client_id, tuple(projects), outbox_age_ms, client_version
-            )
+            Hello(self._offered, token, client_id, tuple(projects), outbox_age_ms, client_version)
         )
         self.state = ConnectionState.AUTHENTICATING
 
