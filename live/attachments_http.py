@@ -29,8 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fieldsync.auth.tokens import TokenClaims
-from fieldsync.live.origins import cors_headers
 from fieldsync.live.http_auth import bearer_claims
+from fieldsync.live.origins import cors_headers
 from fieldsync.live.snapshot_http import none_match
 from fieldsync.media import entity
 from fieldsync.media.blobs import BlobStore, original_key, part_key
