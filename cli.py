@@ -225,6 +225,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate_cmd.set_defaults(run=_migrate, creates_database=True)
 
+    worker = commands.add_parser(
+        "worker", help="process attachments (thumbnails, location stripping, collection)"
+    )
+    worker.add_argument(
+        "--processes", type=_positive_int, default=1, help="worker processes (default 1)"
+    )
+    worker.add_argument(
+        "--heartbeat-seconds", type=float, default=30.0,
+        help="a job whose worker is silent this long is picked up by another (default 30)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--retry-seconds", type=float, default=2.0,
+        help="first retry delay of a failed try, doubled each time (default 2)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--gc-interval-seconds", type=float, default=3600.0,
+        help="how often unreferenced attachments are looked for (default 3600)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--grace-seconds", type=float, default=7 * 86400.0,
+        help="how long an attachment stays unreferenced before removal (default 7 days)",
+    )  # fmt: skip
+    worker.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    worker.set_defaults(run=_worker)
+
     rebuild = commands.add_parser(
         "rebuild-read-models", help="recompute read models from the change log"
     )
@@ -344,7 +369,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.set_defaults(quiet=True)
 
-    for command in (serve, migrate_cmd, rebuild, *admin):
+    for command in (serve, migrate_cmd, rebuild, worker, *admin):
         command.add_argument(
             "--data-dir",
             type=Path,
@@ -594,9 +619,12 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
         verifier = SecretVerifier(load_secret(args.data_dir))
     origins = args.allowed_origin if args.allowed_origin is not None else origins_from_env()
     admin_key = os.environ.get("FIELDSYNC_ADMIN_KEY") or None
+    from fieldsync.media.blobs import blob_store_from_environment
+
     try:
         app = create_app(
             url,
+            blobs=blob_store_from_environment(args.data_dir),
             verifier=verifier,
             allowed_origins=origins,
             admin_key=admin_key,
@@ -1027,6 +1055,28 @@ def example_lines(
         f"    --token2 {other['token']}",
     ]
     return lines
+
+
+async def _worker(args: argparse.Namespace, url: str) -> int:
+    from fieldsync.media.blobs import blob_store_from_environment
+    from fieldsync.media.limits import DEFAULT_ATTACHMENT_LIMITS
+    from fieldsync.media.run import run_many, run_single
+
+    options = [
+        "--data-dir", str(args.data_dir),
+        "--heartbeat-seconds", f"{args.heartbeat_seconds:g}",
+        "--retry-seconds", f"{args.retry_seconds:g}",
+        "--gc-interval-seconds", f"{args.gc_interval_seconds:g}",
+        "--grace-seconds", f"{args.grace_seconds:g}",
+    ]  # fmt: skip
+    if not args.single:
+        environ = {**os.environ, "DATABASE_URL": url}
+        return await run_many(args.processes, options, environ, args.data_dir)
+    return await run_single(
+        url, blob_store_from_environment(args.data_dir), DEFAULT_ATTACHMENT_LIMITS,
+        heartbeat_seconds=args.heartbeat_seconds, retry_delay_seconds=args.retry_seconds,
+        gc_interval_seconds=args.gc_interval_seconds, grace_seconds=args.grace_seconds,
+    )  # fmt: skip
 
 
 async def _rebuild(args: argparse.Namespace, url: str) -> int:

@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from fieldsync.auth.tokens import SecretVerifier, TokenVerifier
 from fieldsync.live.admin_http import admin_routes
 from fieldsync.live.admission import DEFAULT_ADMISSION_LIMITS, Admission, AdmissionLimits
+from fieldsync.live.attachments_http import attachment_routes
 from fieldsync.live.feed import Hub
 from fieldsync.live.memory import trim_periodically
 from fieldsync.live.operations import healthz, metrics_endpoint
@@ -50,6 +51,8 @@ from fieldsync.live.status import StatusBoard, watch_database
 from fieldsync.live.sync_health import HealthRecorder
 from fieldsync.live.web_app import web_app_routes
 from fieldsync.live.wire import sync_wire_protocol
+from fieldsync.media.blobs import BlobStore
+from fieldsync.media.limits import DEFAULT_ATTACHMENT_LIMITS, AttachmentLimits
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.observability.metrics import Metrics
 from fieldsync.observability.request_ids import RequestIds
@@ -90,6 +93,8 @@ def create_app(
     database_check_seconds: float = DATABASE_CHECK_SECONDS,
     replica_url: str | None = None,
     replica_max_lag: float = DEFAULT_MAX_LAG,
+    blobs: BlobStore | None = None,
+    attachment_limits: AttachmentLimits = DEFAULT_ATTACHMENT_LIMITS,
 ) -> Starlette:
     """The application; it refuses to start on a database whose schema does not match.
 
@@ -102,7 +107,9 @@ def create_app(
     docs/admin.md); without it there is none. With ``replica_url`` (PostgreSQL only),
     snapshots and catch-up reads go to that streaming replica while its replay lag is
     within ``replica_max_lag`` seconds, and to the primary otherwise (``store.replica``).
-    Once started it stays up whatever the database does: see ``live.status``.
+    ``blobs`` keeps attachments (without it, or on a storage without attachments, their
+    routes answer 501). Once started it stays up whatever the database does: see
+    ``live.status``.
     """
     if (database_url is None) == (storage is None):
         raise ValueError("create_app needs a database URL or a storage (one of the two)")
@@ -163,6 +170,8 @@ def create_app(
             app.state.health_timeout = health_timeout
             app.state.verifier = token_verifier
             app.state.origins = origins
+            app.state.blobs = blobs
+            app.state.attachment_limits = attachment_limits
             sync = app.state.sync = SyncServices(
                 store.membership,
                 store.snapshots,
@@ -228,6 +237,7 @@ def create_app(
         Route("/projects/{project_id}/snapshot", snapshot_preflight, methods=["OPTIONS"]),
         *query_routes(),
         *web_app_routes(),
+        *attachment_routes(),
     ]
     if admin_key is not None:
         routes.append(admin_routes(admin_key))

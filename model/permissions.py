@@ -15,6 +15,8 @@ The levels (see ``docs/security.md`` for why each rule is what it is):
   summonings (``user_id`` is theirs), but only ``status`` (confirm or decline: who is
   called in, for what and when, is the lead's summoning plan). Reads everything else.
 - **viewer**: writes nothing (refused as a whole before the store is asked).
+- **server-authored types** (``attachment``): nobody writes them; the server appends their
+  changes itself (``store.append_plan.refuse_server_authored`` refuses a member's push of one).
 
 Deleting is setting ``deleted`` (deletes are soft); changing ``deleted`` either way needs the
 delete right.
@@ -29,7 +31,7 @@ from typing import Any
 
 from automerge.core import Document
 
-from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.entities import SCHEMAS, SERVER_AUTHORED
 from fieldsync.model.rejections import RejectCode, Rejection
 from fieldsync.model.validation import inspect_document
 
@@ -73,13 +75,27 @@ class EntityRule:
 _EVERYTHING = EntityRule(create=True, delete=True, edit=ALL_FIELDS)
 _NOTHING = EntityRule()
 
+_CLIENT_TYPES = [t for t in SCHEMAS if t not in SERVER_AUTHORED]
+
 RULES: Mapping[Level, Mapping[str, EntityRule]] = {
-    Level.LEAD: {entity_type: _EVERYTHING for entity_type in SCHEMAS},
+    Level.LEAD: {
+        **{entity_type: _NOTHING for entity_type in SCHEMAS},
+        **{entity_type: _EVERYTHING for entity_type in _CLIENT_TYPES},
+    },
     Level.SPECIALIST: {
         **{entity_type: _NOTHING for entity_type in SCHEMAS},
         "activity": EntityRule(
             edit=frozenset(
-                {"title", "description", "tasks", "location_id", "starts_at", "ends_at", "status"}
+                {
+                    "title",
+                    "description",
+                    "tasks",
+                    "location_id",
+                    "starts_at",
+                    "ends_at",
+                    "status",
+                    "attachments",
+                }
             ),
             scope=Scope.SUMMONED_ACTIVITY,
         ),
@@ -111,8 +127,9 @@ class WriteCheck:
 
 
 def may_write_everything(level: Level) -> bool:
-    """Whether the rules let ``level`` create, edit and delete every entity type."""
-    return all(RULES[level].get(t) == _EVERYTHING for t in SCHEMAS)
+    """Whether the rules let ``level`` create, edit and delete every entity type clients
+    write (server-authored types are refused for everyone before this matters)."""
+    return all(RULES[level].get(t) == _EVERYTHING for t in _CLIENT_TYPES)
 
 
 def write_check(

@@ -121,6 +121,19 @@ def _membership(v: Values) -> tuple[object, ...]:
     return (_str(v, "user_id"), _str_list(v, "role_ids"), _opt_str(v, "display_name"), _deleted(v))
 
 
+def _attachment(v: Values) -> tuple[object, ...]:
+    size = v["size"]
+    assert isinstance(size, int), "size"
+    return (
+        _str(v, "sha256"),
+        size,
+        _str(v, "content_type"),
+        _str(v, "status"),
+        _opt_str(v, "uploaded_by"),
+        _deleted(v),
+    )
+
+
 PROJECTIONS: Mapping[str, Projection] = MappingProxyType(
     {
         "project_settings": Projection(
@@ -153,6 +166,11 @@ PROJECTIONS: Mapping[str, Projection] = MappingProxyType(
         ),
         "membership": Projection(
             "rm_memberships", ("user_id", "role_ids", "display_name", "deleted"), _membership
+        ),
+        "attachment": Projection(
+            "rm_attachments",
+            ("sha256", "size", "content_type", "status", "uploaded_by", "deleted"),
+            _attachment,
         ),
     }
 )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
+from fieldsync.model.entities import SERVER_AUTHORED
 from fieldsync.model.limits import Limits
 from fieldsync.model.merge import (
     DecodedChanges,
@@ -202,6 +203,22 @@ def writer_rule(writer: Writer | None) -> Authorize | None:
     if may_write_everything(writer.level):
         return None
     return lambda check: check_write(writer, check)
+
+
+def refuse_server_authored(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """A member's push of a server-authored entity type (attachments: their status is the
+    server's word) refused, whatever the member's level; the server's own appends pass no
+    member and are not filtered."""
+    return [
+        Rejection(
+            RejectCode.FORBIDDEN_ENTITY,
+            f"{o.decoded.entity_type} entities are written by the server only",
+            {"entity_type": o.decoded.entity_type},
+        )
+        if isinstance(o, Merged) and o.new_changes and o.decoded.entity_type in SERVER_AUTHORED
+        else o
+        for o in outcomes
+    ]
 
 
 def authorize_all(

@@ -36,6 +36,7 @@ from fieldsync.store.append_plan import (
     index_logged,
     merge_batch,
     prepare_batch,
+    refuse_server_authored,
     results,
     tell_observers,
 )
@@ -211,6 +212,8 @@ class ChangeLog:
                 await find_logged(conn, project_id, asked_hashes(valid)) if valid else []
             )
             outcomes = merge_batch(project_id, decoded, stored, logged, owners, self._limits)
+            if authorize is not None:  # a member's push
+                outcomes = refuse_server_authored(outcomes)
             rule = await authorize(conn) if authorize is not None else None
             if rule is not None:
                 outcomes = authorize_all(outcomes, stored, rule)

@@ -39,6 +39,7 @@ from fieldsync.store.append_plan import (
     index_logged,
     merge_batch,
     prepare_batch,
+    refuse_server_authored,
     results,
     tell_observers,
     writer_rule,
@@ -59,6 +60,7 @@ class MemoryStorage:
 
     pool_gauges = None  # no connections to count
     replica_gauges = None  # no read replica
+    attachments = None  # attachments need PostgreSQL (their queue): docs/attachments.md
 
     def __init__(self) -> None:
         self._db = Database()
@@ -135,6 +137,8 @@ class MemoryChangeLog:
             stored = db.stored(project_id, [d.entity_id for d in valid])
             logged, owners = index_logged(project.logged(asked_hashes(valid)))
             outcomes = merge_batch(project_id, decoded, stored, logged, owners, self._limits)
+            if as_member is not None:
+                outcomes = refuse_server_authored(outcomes)
             rule = writer_rule(project.writer(as_member)) if as_member is not None else None
             if rule is not None:
                 outcomes = authorize_all(outcomes, stored, rule)

@@ -14,6 +14,8 @@ through these interfaces, named by what the server does with them, not by tables
 - :class:`MaintenancePort`: schema migrations and rebuilding read models from the log.
 - :class:`QueryPort`: pages of the read models, each with the log seq it reflects.
 - :class:`SyncHealthPort`: record what sync sessions saw of members' clients.
+- :class:`AttachmentPort`: attachment metadata, uploads in progress, the processing queue
+  (PostgreSQL only: the queue is pgqueuer; see ``docs/attachments.md``).
 
 Two implementations satisfy them: ``store.postgres.PostgresStorage`` (the production one,
 the only code that talks to a database driver) and ``store.memory.MemoryStorage`` (pure
@@ -27,18 +29,20 @@ and the specific errors each method names. See ``docs/storage.md``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 from uuid import UUID
 
 from fieldsync.conflict.ledger import ConflictRow
+from fieldsync.media.limits import AttachmentLimits
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.model.merge import EntityChanges
 from fieldsync.query.items import Activity, Conflict, MemberHealth, Summoning
 from fieldsync.query.specs import ActivityQuery, ConflictQuery, MemberQuery, Page, SummoningQuery
 from fieldsync.store.accounts import AccountRow, MemberRow, ProjectDetail, ProjectRow, UserRow
 from fieldsync.store.append_plan import OnCommit
+from fieldsync.store.attachment_records import AttachmentRow, UploadRow, Variant
 from fieldsync.store.records import (
     AppendResult,
     ClientSeen,
@@ -310,6 +314,64 @@ class SyncHealthPort(Protocol):
         ignored); records of members since removed, or of unknown projects, are dropped."""
         ...
 
+class AttachmentPort(Protocol):
+    """Attachment metadata (``store.attachment_records``). Refusals of the upload path are
+    ``AttachmentRefusedError`` (``OffsetMismatchError`` for a part at the wrong offset)."""
+
+    async def get(self, attachment_id: str) -> AttachmentRow | None: ...
+
+    async def upload(self, attachment_id: str) -> UploadRow | None: ...
+
+    async def begin_upload(self, upload: UploadRow, limits: AttachmentLimits) -> UploadRow:
+        """Record a new upload (or return the one already recorded under its id), within
+        the project's and the user's limits."""
+        ...
+
+    async def part_stored(self, attachment_id: str, offset: int, length: int) -> UploadRow:
+        """Count a part stored at ``offset``: only when the upload holds exactly ``offset``
+        bytes (else OffsetMismatchError with what it holds)."""
+        ...
+
+    async def drop_upload(self, attachment_id: str) -> None: ...
+
+    async def finish_upload(self, row: AttachmentRow) -> None:
+        """Record the attachment (status uploaded), forget its upload and queue its
+        processing, all in one transaction; a second call changes nothing."""
+        ...
+
+    async def holds_content(self, project_id: UUID, sha256: str) -> bool:
+        """Whether an attachment of the project already has these bytes."""
+        ...
+
+    async def start_processing(self, attachment_id: str) -> AttachmentRow | None:
+        """Count a processing try and set status processing (unless already final)."""
+        ...
+
+    async def finish_processing(
+        self,
+        attachment_id: str,
+        status: str,
+        *,
+        failure: str | None = None,
+        variants: Mapping[str, Variant] | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None: ...
+
+    async def entity_document(self, project_id: UUID, entity_id: str) -> bytes | None:
+        """The saved document of one entity (None: no such entity in the project)."""
+        ...
+
+    async def project_settings_document(self, project_id: UUID) -> bytes | None: ...
+
+    async def collectable(self, older_than_seconds: float) -> list[AttachmentRow]: ...
+
+    async def mark_unreferenced(
+        self, unreferenced: Sequence[str], referenced: Sequence[str], grace_seconds: float
+    ) -> list[str]: ...
+
+    async def mark_deleted(self, attachment_id: str) -> bool: ...
+
 
 class PoolGauges(Protocol):
     """Connection counts, for the metrics (a storage without connections has none)."""
@@ -360,6 +422,11 @@ class Storage(Protocol):
     @property
     def replica_gauges(self) -> ReplicaGauges | None:
         """None unless reads are routed to a read replica."""
+        ...
+
+    @property
+    def attachments(self) -> AttachmentPort | None:
+        """None for a storage without attachments (the in-memory one)."""
         ...
 
     def change_log(

@@ -17,6 +17,7 @@ from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.store import migrations, projects, rebuild
 from fieldsync.store.accounts import AccountRow, MemberRow, ProjectDetail, ProjectRow, UserRow
 from fieldsync.store.append_plan import OnCommit
+from fieldsync.store.attachments import PostgresAttachments
 from fieldsync.store.changelog import ChangeLog
 from fieldsync.store.database import (
     DatabasePool,
@@ -65,6 +66,7 @@ class PostgresStorage:
         self.maintenance = PostgresMaintenance(pool, url)
         self.queries = PostgresQueries(pool)
         self.sync_health = PostgresSyncHealth(pool)
+        self._attachments = PostgresAttachments(pool)
 
     @classmethod
     async def open(
@@ -106,6 +108,10 @@ class PostgresStorage:
     @property
     def replica_gauges(self) -> ReplicaReads | None:
         return self._replica
+
+    @property
+    def attachments(self) -> PostgresAttachments:
+        return self._attachments
 
     def change_log(
         self,

@@ -15,7 +15,7 @@ from fieldsync.model.writer import create_entity, update_entity
 from fieldsync.sync.messages import ChangeRecord, ConflictRecord, SnapshotEntity
 from fieldsync_client.backoff import Backoff
 from fieldsync_client.errors import StoreError
-from fieldsync_client.local_store import LocalStore, OutboxEntry
+from fieldsync_client.local_store import LocalStore, OutboxEntry, UploadEntry
 from fieldsync_client.push_plan import plan_push
 from fieldsync_client.replica import DEPENDS_ON_REJECTED, ProjectReplica, RemoteDataError
 from fieldsync_client.sync_loop import sync_url
@@ -275,6 +275,7 @@ def test_a_version_1_store_gains_the_conflicts_table(tmp_path: Path) -> None:
     store.close()
     raw = sqlite3.connect(path)  # what the SDK's first release left on devices
     raw.execute("DROP TABLE conflicts")
+    raw.execute("DROP TABLE uploads")
     raw.execute("PRAGMA user_version = 1")
     raw.commit()
     raw.close()
@@ -286,4 +287,21 @@ def test_a_version_1_store_gains_the_conflicts_table(tmp_path: Path) -> None:
         upgraded.save_conflicts("p", [_record("c1")])
     assert [r.conflict_id for r in upgraded.conflicts("p")] == ["c1"]
     upgraded.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_a_version_2_store_gains_the_upload_queue(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    LocalStore(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE uploads")
+    raw.execute("PRAGMA user_version = 2")
+    raw.commit()
+    raw.close()
+    upgraded = LocalStore(path)
+    with upgraded.transaction():
+        upgraded.add_project("p")
+        upgraded.add_upload(UploadEntry("a1", "p", "ab" * 32, 3, "x.jpg", "waiting", None, None))
+    assert [u.attachment_id for u in upgraded.uploads("waiting")] == ["a1"]
+    upgraded.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3

@@ -58,6 +58,17 @@ VALID: dict[str, dict[str, object]] = {
         "deleted": False,
     },
     "membership": {"user_id": USER_ID, "role_ids": [ROLE_ID, "role_2"], "display_name": "Ana"},
+    "attachment": {
+        "sha256": "ab" * 32,
+        "size": 1234,
+        "content_type": "image/jpeg",
+        "file_name": "site.jpg",
+        "uploaded_by": USER_ID,
+        "status": "ready",
+        "variants": ["small", "large", "shared"],
+        "width": 640,
+        "height": 480,
+    },
 }
 
 

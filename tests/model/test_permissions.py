@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fieldsync.model.entities import SCHEMAS
+from fieldsync.model.entities import SCHEMAS, SERVER_AUTHORED
 from fieldsync.model.permissions import (
     RULES,
     Level,
@@ -50,11 +50,18 @@ def test_every_level_has_a_rule_for_every_entity_type() -> None:
         assert set(rules) == set(SCHEMAS)
 
 
-@pytest.mark.parametrize("entity_type", sorted(SCHEMAS))
+@pytest.mark.parametrize("entity_type", sorted(set(SCHEMAS) - SERVER_AUTHORED))
 def test_a_lead_creates_edits_and_deletes_everything(entity_type: str) -> None:
     assert code(LEAD, check(entity_type, None, {"name": "x"})) is None
     assert code(LEAD, check(entity_type, {"name": "x"}, {"name": "y"})) is None
     assert code(LEAD, check(entity_type, {"name": "x"}, {"name": "x", "deleted": True})) is None
+
+
+@pytest.mark.parametrize("entity_type", sorted(SERVER_AUTHORED))
+def test_nobody_writes_a_server_authored_type(entity_type: str) -> None:
+    for writer in (LEAD, SPECIALIST, VIEWER):
+        assert code(writer, check(entity_type, None, {"name": "x"})) == "forbidden_create"
+        assert code(writer, check(entity_type, {"name": "x"}, {"name": "y"})) is not None
 
 
 @pytest.mark.parametrize("entity_type", sorted(SCHEMAS))

@@ -22,15 +22,15 @@ from tests.model.builders import (
     new_doc,
 )
 
-MIGRATION = Path(__file__).parents[2] / "migrations" / "0001_initial.sql"
+MIGRATIONS = Path(__file__).parents[2] / "migrations"
 ADDED_BY_STORE = {"project_id", "entity_id", "last_seq"}
 NOT_COLUMNS = ("PRIMARY KEY", "UNIQUE", "CHECK", "CONSTRAINT", "FOREIGN KEY")
 
 
 def read_model_tables() -> dict[str, list[str]]:
-    """Column names of every ``CREATE TABLE rm_*`` in the migration, in order."""
+    """Column names of every ``CREATE TABLE rm_*`` in the migrations, in order."""
     tables = {}
-    sql = MIGRATION.read_text()
+    sql = "\n".join(p.read_text() for p in sorted(MIGRATIONS.glob("*.sql")))
     for name, body in re.findall(r"CREATE TABLE (rm_\w+) \((.*?)\n\);", sql, flags=re.DOTALL):
         lines = (line.strip() for line in body.splitlines())
         tables[name] = [
@@ -66,6 +66,7 @@ EXPECTED_ROWS = {
     "role": ("Geologist", ["drilling", "sampling"], False),
     "summoning": (ACTIVITY_ID, ROLE_ID, USER_ID, START, END, "proposed", False),
     "membership": (USER_ID, [ROLE_ID, "role_2"], "Ana", False),
+    "attachment": ("ab" * 32, 1234, "image/jpeg", "ready", USER_ID, False),
 }
 
 

@@ -68,6 +68,7 @@ def mutated(entity_type: str, mutate: Mutation) -> Document:
 def test_every_entity_type_is_defined() -> None:
     assert set(SCHEMAS) == {
         "project_settings", "plan", "activity", "location", "role", "summoning", "membership",
+        "attachment",
     }  # fmt: skip
     for name, schema in SCHEMAS.items():
         assert schema.type_name == name

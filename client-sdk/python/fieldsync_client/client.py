@@ -16,6 +16,7 @@ from types import TracebackType
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.sync.codec import MAX_PROJECT_ID_CHARS
 from fieldsync.sync.messages import PROTOCOL_VERSIONS
+from fieldsync_client.attachments import Uploader, http_base
 from fieldsync_client.backoff import Backoff
 from fieldsync_client.conflicts import ConflictUpdate
 from fieldsync_client.errors import ClientClosed, ProjectUnavailable, ValidationError
@@ -80,6 +81,11 @@ class FieldsyncClient:
                 http_snapshots=http_snapshots,
             )
         self._status = self._compute_status()
+        self._uploader: Uploader | None = None
+        if endpoint is not None:
+            self._uploader = Uploader(
+                self._store, http_base(endpoint), token, Backoff(backoff_base, backoff_cap)
+            )
 
     async def __aenter__(self) -> FieldsyncClient:
         return self
@@ -108,6 +114,8 @@ class FieldsyncClient:
         self._closed = True
         if self._sync is not None:
             await self._sync.stop()
+        if self._uploader is not None:
+            await self._uploader.stop()
         for project in self._projects.values():
             project.remote_changes.close()
             project.rejections.close()
@@ -148,6 +156,8 @@ class FieldsyncClient:
             if self._sync is not None:
                 self._sync.start()
                 self._sync.project_added(project_id)
+            if self._uploader is not None:
+                self._uploader.start()  # uploads left waiting by an earlier run go on
             self.state_changed()
         sync = self._sync
         if sync is None or project.bootstrapped:
@@ -196,10 +206,22 @@ class FieldsyncClient:
     def status(self) -> SyncStatus:
         return self._status
 
+    @property
+    def uploader(self) -> Uploader | None:
+        """Sends attachments waiting to upload (None for an offline-only client)."""
+        return self._uploader
+
+    def _attached(self) -> None:
+        if self._uploader is not None:
+            self._uploader.start()
+            self._uploader.wake()
+
     def set_token(self, token: str) -> None:
         """Use a new token from the next connection on (and resume after an AuthError)."""
         if self._sync is not None:
             self._sync.set_token(token)
+        if self._uploader is not None:
+            self._uploader.token = token
 
     def on_status(self, callback: Callable[[SyncStatus], object]) -> Callable[[], None]:
         """Call ``callback`` on the event loop whenever the status changes."""

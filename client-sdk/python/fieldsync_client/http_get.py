@@ -13,11 +13,18 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["HttpError", "HttpResponse", "http_get", "parse_chunk_size", "parse_head"]
+__all__ = [
+    "HttpError",
+    "HttpResponse",
+    "http_get",
+    "http_request",
+    "parse_chunk_size",
+    "parse_head",
+]
 
 MAX_LINE_BYTES = 16 * 1024
 MAX_HEADERS = 100
@@ -120,12 +127,25 @@ def _body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> AsyncIter
     return _until_closed(reader)
 
 
-@asynccontextmanager
-async def http_get(
+def http_get(
     url: str, headers: Mapping[str, str], *, read_timeout: float
-) -> AsyncIterator[HttpResponse]:
+) -> AbstractAsyncContextManager[HttpResponse]:
     """``async with http_get(url, headers, read_timeout=...) as response:``; the connection
     closes when the block ends. ``read_timeout`` bounds connecting and reading the head."""
+    return http_request("GET", url, headers, read_timeout=read_timeout)
+
+
+@asynccontextmanager
+async def http_request(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes = b"",
+    *,
+    read_timeout: float,
+) -> AsyncIterator[HttpResponse]:
+    """One request (with ``body`` when it has one, e.g. an attachment upload's PATCH);
+    like :func:`http_get`, ``read_timeout`` also bounds sending the body."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise HttpError(f"not an http(s) URL: {url!r}")
@@ -141,9 +161,13 @@ async def http_get(
         raise HttpError(f"cannot connect to {parts.netloc}: {exc}") from exc
     try:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close"]
+        if body or method != "GET":
+            lines.append(f"Content-Length: {len(body)}")
         lines += [f"{name}: {value}" for name, value in headers.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if body:
+            writer.write(body)
         try:
             async with asyncio.timeout(read_timeout):
                 await writer.drain()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,7 +45,7 @@ __all__ = [
     "StoredEntity",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _IDS_PER_QUERY = 500  # ids bound in one IN (...) list; SQLite allows at least 999
 
 _SCHEMA = """
@@ -95,6 +96,36 @@ CREATE TABLE conflicts (
     PRIMARY KEY (project_id, conflict_id)
 ) WITHOUT ROWID;
 """
+
+
+# Schema version 3: attachments waiting to upload, beside the outbox. The bytes are a local
+# copy under the store's attachments folder, named by their SHA-256.
+_UPLOADS = """
+CREATE TABLE uploads (
+    attachment_id TEXT PRIMARY KEY,
+    project_id    TEXT NOT NULL REFERENCES projects (project_id),
+    sha256        TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    file_name     TEXT,
+    created_at    REAL NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('waiting', 'uploaded', 'refused')),
+    code          TEXT,
+    message       TEXT
+) WITHOUT ROWID;
+CREATE INDEX uploads_by_state ON uploads (state, created_at)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadEntry:
+    attachment_id: str
+    project_id: str
+    sha256: str
+    size: int
+    file_name: str | None
+    state: str  # waiting, uploaded, refused
+    code: str | None
+    message: str | None
 
 
 def _time(seconds: float | None) -> datetime | None:
@@ -193,6 +224,9 @@ class LocalStore:
             if version == 1:
                 self._run(_CONFLICTS)
                 version = 2
+            if version == 2:
+                self._run(_UPLOADS)
+                version = 3
             self._db.execute(f"PRAGMA user_version = {version}")
             if version != SCHEMA_VERSION:
                 raise StoreError(
@@ -464,6 +498,42 @@ class LocalStore:
         return removed
 
     # --- conflicts ------------------------------------------------------------------------
+
+    # --- attachments waiting to upload ------------------------------------------------------
+
+    def add_upload(self, entry: UploadEntry) -> None:
+        self._writing()
+        self._db.execute(
+            "INSERT OR IGNORE INTO uploads (attachment_id, project_id, sha256, size, file_name,"
+            " created_at, state) VALUES (?, ?, ?, ?, ?, ?, 'waiting')",
+            (entry.attachment_id, entry.project_id, entry.sha256, entry.size, entry.file_name,
+             time.time()),
+        )  # fmt: skip
+
+    def uploads(self, state: str | None = None) -> list[UploadEntry]:
+        rows = self._db.execute(
+            "SELECT attachment_id, project_id, sha256, size, file_name, state, code, message"
+            " FROM uploads WHERE ? IS NULL OR state = ? ORDER BY created_at",
+            (state, state),
+        ).fetchall()
+        return [UploadEntry(*row) for row in rows]
+
+    def upload(self, attachment_id: str) -> UploadEntry | None:
+        row = self._db.execute(
+            "SELECT attachment_id, project_id, sha256, size, file_name, state, code, message"
+            " FROM uploads WHERE attachment_id = ?",
+            (attachment_id,),
+        ).fetchone()
+        return None if row is None else UploadEntry(*row)
+
+    def set_upload_state(
+        self, attachment_id: str, state: str, code: str | None = None, message: str | None = None
+    ) -> None:
+        with self.transaction():
+            self._db.execute(
+                "UPDATE uploads SET state = ?, code = ?, message = ? WHERE attachment_id = ?",
+                (state, code, message, attachment_id),
+            )
 
     def conflicts(self, project_id: str, *, include_resolved: bool = False) -> list[ConflictRecord]:
         sql = "SELECT record FROM conflicts WHERE project_id = ?"

@@ -11,6 +11,7 @@ import builtins
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fieldsync.model.schema import is_valid_entity_id
@@ -22,15 +23,24 @@ from fieldsync.model.writer import (
     splice_text,
     update_entity,
 )
+from fieldsync_client.attachments import (
+    UploadRefused,
+    attachment_url,
+    call_server,
+    keep_locally,
+    local_path,
+    raise_for,
+)
 from fieldsync_client.conflicts import Conflict, ConflictUpdate
 from fieldsync_client.errors import (
     ClientClosed,
     ConflictNotResolvable,
+    EntityNotFound,
     ProjectUnavailable,
     ValidationError,
 )
 from fieldsync_client.listeners import Listeners
-from fieldsync_client.local_store import RejectedChange
+from fieldsync_client.local_store import RejectedChange, UploadEntry
 from fieldsync_client.replica import ProjectReplica
 from fieldsync_client.status import RemoteChanges
 
@@ -194,6 +204,65 @@ class Project:
         return self._edit(
             entity_type, entity_id, lambda doc: update_entity(doc, entity_type, {"deleted": True})
         )
+
+    # --- attachments ------------------------------------------------------------------------
+
+    async def attach(
+        self, entity_type: str, entity_id: str, data: bytes, *, file_name: str | None = None
+    ) -> str:
+        """Attach a file or photo to an activity or location, offline or not; its new
+        attachment id. The bytes are kept locally at once and uploaded when online."""
+        self._check()
+        store = self._client.store
+        attachment_id = uuid.uuid4().hex
+        sha = keep_locally(store, data)
+        values = await self.get(entity_type, entity_id)
+        index = len(values.get("attachments") or [])  # type: ignore[arg-type]
+        with store.transaction():
+            store.add_upload(
+                UploadEntry(attachment_id, self.project_id, sha, len(data), file_name, "waiting",
+                            None, None)
+            )  # fmt: skip
+        await self.insert_item(entity_type, entity_id, "attachments", index, attachment_id)
+        self._client._attached()
+        return attachment_id
+
+    async def attachment_status(self, attachment_id: str) -> str:
+        """``uploaded``, ``processing``, ``ready`` or ``failed`` once the server said so;
+        before, ``waiting_to_upload`` or ``upload_refused``; ``unknown`` otherwise."""
+        try:
+            values = await self.get("attachment", attachment_id)
+        except EntityNotFound:
+            values = {}
+        if values.get("status"):
+            return str(values["status"])
+        entry = self._client.store.upload(attachment_id)
+        if entry is None:
+            return "unknown"
+        return {"waiting": "waiting_to_upload", "refused": "upload_refused"}.get(
+            entry.state, "uploaded"
+        )
+
+    def local_copy(self, attachment_id: str) -> Path | None:
+        """The bytes this device attached, while it keeps them (before any thumbnail)."""
+        entry = self._client.store.upload(attachment_id)
+        if entry is None:
+            return None
+        path = local_path(self._client.store, entry.sha256)
+        return path if path.exists() else None
+
+    async def download_attachment(self, attachment_id: str, variant: str = "small") -> bytes:
+        """A thumbnail (``small``, ``large``) or the shared copy (``content``) from the
+        server; UploadRefused with the server's code when it cannot be had (``not_ready``)."""
+        uploader = self._client.uploader
+        if uploader is None:
+            raise UploadRefused("offline", "this client has no server")
+        tail = "/content" if variant == "content" else f"/thumbnails/{variant}"
+        url = attachment_url(uploader.base, self.project_id, attachment_id, tail)
+        status, body = await call_server("GET", url, uploader.token)
+        if status != 200:
+            raise_for(status, body)
+        return body
 
     def _edit(self, entity_type: str, entity_id: str, write: Callable[..., bytes]) -> bool:
         self._check()

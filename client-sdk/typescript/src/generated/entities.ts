@@ -4,6 +4,7 @@
 export interface ProjectSettings {
   name: string;
   timezone?: string | null;
+  share_photo_location?: boolean | null;
   deleted?: boolean | null;
 }
 
@@ -29,6 +30,7 @@ export interface Activity {
   starts_at: Date;
   ends_at: Date;
   status: "planned" | "confirmed" | "in_progress" | "done" | "cancelled";
+  attachments?: Array<string> | null;
   deleted?: boolean | null;
 }
 
@@ -40,6 +42,7 @@ export interface Location {
     latitude: number;
     longitude: number;
   } | null;
+  attachments?: Array<string> | null;
   deleted?: boolean | null;
 }
 
@@ -61,6 +64,21 @@ export interface Summoning {
   deleted?: boolean | null;
 }
 
+/** The `attachment` entity's values (docs/entities.md). */
+export interface Attachment {
+  sha256: string;
+  size: number;
+  content_type: string;
+  file_name?: string | null;
+  uploaded_by?: string | null;
+  status: "uploaded" | "processing" | "ready" | "failed";
+  failure?: string | null;
+  variants?: Array<"small" | "large" | "shared"> | null;
+  width?: number | null;
+  height?: number | null;
+  deleted?: boolean | null;
+}
+
 /** The `membership` entity's values (docs/entities.md). */
 export interface Membership {
   user_id: string;
@@ -77,6 +95,7 @@ export interface EntityTypes {
   location: Location;
   role: Role;
   summoning: Summoning;
+  attachment: Attachment;
   membership: Membership;
 }
 
@@ -108,6 +127,9 @@ export const ENTITY_SCHEMA = {
       "$ref": "#/$defs/summoning"
     },
     {
+      "$ref": "#/$defs/attachment"
+    },
+    {
       "$ref": "#/$defs/membership"
     }
   ],
@@ -136,6 +158,21 @@ export const ENTITY_SCHEMA = {
                 "kind": "string",
                 "automerge": "str",
                 "expected": "string"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        },
+        "share_photo_location": {
+          "anyOf": [
+            {
+              "type": "boolean",
+              "x-fieldsync": {
+                "kind": "bool",
+                "automerge": "boolean",
+                "expected": "boolean"
               }
             },
             {
@@ -392,6 +429,32 @@ export const ENTITY_SCHEMA = {
             "expected": "one of planned, confirmed, in_progress, done, cancelled"
           }
         },
+        "attachments": {
+          "anyOf": [
+            {
+              "type": "array",
+              "items": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]{1,64}$",
+                "x-fieldsync": {
+                  "kind": "ref",
+                  "automerge": "str",
+                  "expected": "attachment id",
+                  "ref": "attachment"
+                }
+              },
+              "maxItems": 10000,
+              "x-fieldsync": {
+                "kind": "list",
+                "automerge": "list",
+                "expected": "list of attachment id"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        },
         "deleted": {
           "anyOf": [
             {
@@ -481,6 +544,32 @@ export const ENTITY_SCHEMA = {
                 "kind": "map",
                 "automerge": "map",
                 "expected": "map"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        },
+        "attachments": {
+          "anyOf": [
+            {
+              "type": "array",
+              "items": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]{1,64}$",
+                "x-fieldsync": {
+                  "kind": "ref",
+                  "automerge": "str",
+                  "expected": "attachment id",
+                  "ref": "attachment"
+                }
+              },
+              "maxItems": 10000,
+              "x-fieldsync": {
+                "kind": "list",
+                "automerge": "list",
+                "expected": "list of attachment id"
               }
             },
             {
@@ -708,6 +797,189 @@ export const ENTITY_SCHEMA = {
         ]
       }
     },
+    "attachment": {
+      "title": "attachment",
+      "type": "object",
+      "properties": {
+        "sha256": {
+          "type": "string",
+          "pattern": "^[^\\u0000]*$",
+          "maxLength": 64,
+          "x-fieldsync": {
+            "kind": "string",
+            "automerge": "str",
+            "expected": "string"
+          }
+        },
+        "size": {
+          "type": "integer",
+          "minimum": 0,
+          "x-fieldsync": {
+            "kind": "int",
+            "automerge": "int",
+            "expected": "integer"
+          }
+        },
+        "content_type": {
+          "type": "string",
+          "pattern": "^[^\\u0000]*$",
+          "maxLength": 100,
+          "x-fieldsync": {
+            "kind": "string",
+            "automerge": "str",
+            "expected": "string"
+          }
+        },
+        "file_name": {
+          "anyOf": [
+            {
+              "type": "string",
+              "pattern": "^[^\\u0000]*$",
+              "maxLength": 255,
+              "x-fieldsync": {
+                "kind": "string",
+                "automerge": "str",
+                "expected": "string"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        },
+        "uploaded_by": {
+          "anyOf": [
+            {
+              "type": "string",
+              "pattern": "^[^\\u0000]*$",
+              "maxLength": 64,
+              "x-fieldsync": {
+                "kind": "string",
+                "automerge": "str",
+                "expected": "string"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        },
+        "status": {
+          "type": "string",
+          "enum": [
+            "uploaded",
+            "processing",
+            "ready",
+            "failed"
+          ],
+          "x-fieldsync": {
+            "kind": "enum",
+            "automerge": "str",
+            "expected": "one of uploaded, processing, ready, failed"
+          }
+        },
+        "failure": {
+          "anyOf": [
+            {
+              "type": "string",
+              "pattern": "^[^\\u0000]*$",
+              "maxLength": 500,
+              "x-fieldsync": {
+                "kind": "string",
+                "automerge": "str",
+                "expected": "string"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        },
+        "variants": {
+          "anyOf": [
+            {
+              "type": "array",
+              "items": {
+                "type": "string",
+                "enum": [
+                  "small",
+                  "large",
+                  "shared"
+                ],
+                "x-fieldsync": {
+                  "kind": "enum",
+                  "automerge": "str",
+                  "expected": "one of small, large, shared"
+                }
+              },
+              "maxItems": 10000,
+              "x-fieldsync": {
+                "kind": "list",
+                "automerge": "list",
+                "expected": "list of one of small, large, shared"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        },
+        "width": {
+          "anyOf": [
+            {
+              "type": "integer",
+              "minimum": 0,
+              "x-fieldsync": {
+                "kind": "int",
+                "automerge": "int",
+                "expected": "integer"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        },
+        "height": {
+          "anyOf": [
+            {
+              "type": "integer",
+              "minimum": 0,
+              "x-fieldsync": {
+                "kind": "int",
+                "automerge": "int",
+                "expected": "integer"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        },
+        "deleted": {
+          "anyOf": [
+            {
+              "type": "boolean",
+              "x-fieldsync": {
+                "kind": "bool",
+                "automerge": "boolean",
+                "expected": "boolean"
+              }
+            },
+            {
+              "type": "null"
+            }
+          ]
+        }
+      },
+      "required": [
+        "sha256",
+        "size",
+        "content_type",
+        "status"
+      ],
+      "additionalProperties": false
+    },
     "membership": {
       "title": "membership",
       "type": "object",
@@ -794,6 +1066,7 @@ export const ENTITY_SCHEMA = {
       "location",
       "role",
       "summoning",
+      "attachment",
       "membership"
     ],
     "entity_id_pattern": "^[A-Za-z0-9_-]{1,64}$",
