@@ -1,0 +1,184 @@
+"""The sync WebSocket below the ASGI layer (``live.wire``), over real uvicorn and real sockets:
+what the upgrade answers, fragmented messages, the client's address behind a proxy, the
+close handshake both ways, and a graceful shutdown. On the in-memory storage: nothing here
+is about the database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import CloseCode as WsCloseCode
+
+from fieldsync.auth.tokens import issue_token
+from fieldsync.live.admission import AdmissionLimits
+from fieldsync.model.writer import create_entity
+from fieldsync.observability.metrics import Metrics
+from fieldsync.store.memory import MemoryStorage
+from fieldsync.sync.codec import decode_server, encode
+from fieldsync.sync.errors import ErrorCode
+from fieldsync.sync.messages import (
+    EntityAccepted,
+    EntityPush,
+    Error,
+    Hello,
+    Push,
+    PushResult,
+    Welcome,
+)
+from tests.entities import location_values, new_id
+from tests.live_server import TEST_SECRET, free_port, running_server, start_server, stop_server
+
+
+async def _lead(memory: MemoryStorage) -> tuple[uuid.UUID, str]:
+    account = await memory.admin.create_account("Wire")
+    project = await memory.admin.create_project(account, "Wire")
+    user = await memory.admin.create_user("Wire lead")
+    await memory.admin.add_member(project, user, "lead")
+    return project, issue_token(TEST_SECRET, user)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[str, MemoryStorage, Metrics]]:
+    memory, metrics = MemoryStorage(), Metrics()
+    async with running_server(None, storage=memory, metrics=metrics) as base:
+        yield base, memory, metrics
+
+
+async def test_the_upgrade_answer_names_the_request_id(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    base, _, _ = served
+    async with connect(
+        f"ws://{base}/sync", additional_headers={"X-Request-Id": "lb-1234.abc"}
+    ) as ws:
+        assert ws.response is not None
+        assert ws.response.headers["X-Request-Id"] == "lb-1234.abc"
+    async with connect(
+        f"ws://{base}/sync", additional_headers={"X-Request-Id": "not safe; at all"}
+    ) as ws:
+        assert ws.response is not None
+        given = ws.response.headers["X-Request-Id"]
+        assert given != "not safe; at all"
+        assert len(given) == 32
+
+
+async def test_a_websocket_anywhere_else_is_not_found(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    base, _, _ = served
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"ws://{base}/elsewhere"):
+            pass
+    assert refused.value.response.status_code == 404
+
+
+async def test_a_fragmented_push_is_put_together(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    base, memory, _ = served
+    project, token = await _lead(memory)
+    async with connect(f"ws://{base}/sync", compression=None) as ws:
+        await ws.send(encode(Hello((1,), token, "fragments")))
+        assert isinstance(decode_server(await ws.recv()), Welcome)
+        entity = new_id()
+        _, change = create_entity("location", location_values())
+        frame = encode(Push(7, str(project), (EntityPush("location", entity, (change,)),)))
+        # Three frames of one binary message: text, then two continuations.
+        await ws.send([frame[:5], frame[5:40], frame[40:]])
+        result = decode_server(await ws.recv())
+        assert isinstance(result, PushResult)
+        assert result.results == (EntityAccepted(entity, (1,)),)
+
+
+async def test_a_message_over_the_limit_across_fragments_closes_with_1009(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    base, memory, _ = served
+    _, token = await _lead(memory)
+    async with connect(f"ws://{base}/sync", compression=None, max_size=None) as ws:
+        await ws.send(encode(Hello((1,), token, "too-big")))
+        assert isinstance(decode_server(await ws.recv()), Welcome)
+        piece = b"\x00" * (1 << 20)
+        with contextlib.suppress(ConnectionClosed):  # the server may close mid-message
+            await ws.send([piece] * 64)  # 64 MiB, far over twice the frame limit
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == WsCloseCode.MESSAGE_TOO_BIG
+
+
+async def test_the_client_address_comes_from_a_trusted_proxy(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    """127.0.0.1 is a trusted proxy by default (uvicorn's rule): its X-Forwarded-For names
+    the client, so the per-address cap on silent sockets counts the address it names."""
+    memory, metrics = MemoryStorage(), Metrics()
+    admission = AdmissionLimits(max_unauthenticated=100, max_unauthenticated_per_address=2)
+    options = {"storage": memory, "metrics": metrics, "admission_limits": admission}
+    async with running_server(None, **options) as base:
+        url = f"ws://{base}/sync"
+        first = [
+            await connect(url, additional_headers={"X-Forwarded-For": "198.51.100.7"})
+            for _ in range(2)
+        ]
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url, additional_headers={"X-Forwarded-For": "198.51.100.7"})
+        assert refused.value.response.status_code == 429
+        assert refused.value.response.headers["Retry-After"]
+        other = await connect(url, additional_headers={"X-Forwarded-For": "203.0.113.9"})
+        for ws in (*first, other):
+            await ws.close()
+
+
+async def test_a_client_that_closes_ends_its_session(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    base, memory, metrics = served
+    _, token = await _lead(memory)
+    ws = await connect(f"ws://{base}/sync", compression=None)
+    await ws.send(encode(Hello((1,), token, "leaving")))
+    assert isinstance(decode_server(await ws.recv()), Welcome)
+    await ws.close(1000, "bye")
+    for _ in range(200):
+        if metrics.registry.get_sample_value("fieldsync_connections_open") == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert metrics.registry.get_sample_value("fieldsync_connections_open") == 0
+
+
+async def test_a_text_frame_is_refused_and_the_connection_stays(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    base, memory, _ = served
+    _, token = await _lead(memory)
+    async with connect(f"ws://{base}/sync", compression=None) as ws:
+        await ws.send(encode(Hello((1,), token, "texts")))
+        assert isinstance(decode_server(await ws.recv()), Welcome)
+        await ws.send("a text frame")
+        error = decode_server(await ws.recv())
+        assert isinstance(error, Error)
+        assert not error.fatal
+        assert error.code == ErrorCode.MALFORMED_FRAME.value
+
+
+async def test_a_graceful_shutdown_tells_clients_to_come_back() -> None:
+    memory = MemoryStorage()
+    _, token = await _lead(memory)
+    port = free_port()
+    server, task = await start_server(None, port, storage=memory)
+    try:
+        ws = await connect(f"ws://127.0.0.1:{port}/sync", compression=None)
+        await ws.send(encode(Hello((1,), token, "restart")))
+        assert isinstance(decode_server(await ws.recv()), Welcome)
+    finally:
+        await stop_server(server, task)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == WsCloseCode.SERVICE_RESTART
