@@ -31,6 +31,7 @@ from fieldsync.live.admin_http import admin_routes
 from fieldsync.live.admission import DEFAULT_ADMISSION_LIMITS, Admission, AdmissionLimits
 from fieldsync.live.attachments_http import attachment_routes
 from fieldsync.live.feed import Hub
+from fieldsync.live.http_auth import cors_preflight
 from fieldsync.live.memory import trim_periodically
 from fieldsync.live.operations import healthz, metrics_endpoint
 from fieldsync.live.origins import OriginPolicy
@@ -46,7 +47,7 @@ from fieldsync.live.session import (
     recheck_memberships,
 )
 from fieldsync.live.slow_requests import HEADER_SECONDS, header_deadline_protocol
-from fieldsync.live.snapshot_http import snapshot_endpoint, snapshot_preflight
+from fieldsync.live.snapshot_http import snapshot_endpoint
 from fieldsync.live.status import StatusBoard, watch_database
 from fieldsync.live.sync_health import HealthRecorder
 from fieldsync.live.web_app import web_app_routes
@@ -234,7 +235,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/projects/{project_id}/snapshot", snapshot_endpoint, methods=["GET"]),
-        Route("/projects/{project_id}/snapshot", snapshot_preflight, methods=["OPTIONS"]),
+        Route("/projects/{project_id}/snapshot", cors_preflight, methods=["OPTIONS"]),
         *query_routes(),
         *web_app_routes(),
         *attachment_routes(),

@@ -5,9 +5,10 @@ endpoint gives alike."""
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from fieldsync.auth.tokens import TokenClaims, TokenError, TokenVerifier
+from fieldsync.live.origins import preflight_headers
 
 RETRY_AFTER_SECONDS = 5
 
@@ -50,3 +51,11 @@ def not_found() -> JSONResponse:
         {"code": "project_unavailable", "message": "no such project, or not a member"},
         status_code=404,
     )
+
+
+async def cors_preflight(request: Request) -> Response:
+    """A browser asks whether a page from its Origin may send a GET with a bearer token."""
+    headers = preflight_headers(request.app.state.origins, request.headers.get("origin"))
+    if headers is None:
+        return Response(status_code=403)
+    return Response(status_code=204, headers=headers)

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from fieldsync.live.http_auth import bearer_claims, not_found, unavailable
-from fieldsync.live.origins import cors_headers, preflight_headers
+from fieldsync.live.http_auth import bearer_claims, cors_preflight, not_found, unavailable
+from fieldsync.live.origins import cors_headers
 from fieldsync.live.sync_health import LIVE_SECONDS
 from fieldsync.query import requests
 from fieldsync.query.items import BadParameter
@@ -127,13 +127,6 @@ async def _answer(request: Request, answer: Answer) -> Response:
         return unavailable()
 
 
-async def _preflight(request: Request) -> Response:
-    headers = preflight_headers(request.app.state.origins, request.headers.get("origin"))
-    if headers is None:
-        return Response(status_code=403)
-    return Response(status_code=204, headers=headers)
-
-
 async def _openapi(request: Request) -> Response:
     document: bytes = request.app.state.openapi_json
     response = Response(document, media_type="application/json")
@@ -146,7 +139,7 @@ def query_routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = []
     for spec in ENDPOINTS:
         routes.append(Route(spec.path, _endpoint(ANSWERS[spec.operation_id]), methods=["GET"]))
-        routes.append(Route(spec.path, _preflight, methods=["OPTIONS"]))
+        routes.append(Route(spec.path, cors_preflight, methods=["OPTIONS"]))
     routes.append(Route(OPENAPI_PATH, _openapi, methods=["GET"]))
     return routes
 

@@ -24,7 +24,7 @@ from starlette.types import Message, Send
 
 from fieldsync.live.feed import wire_conflicts
 from fieldsync.live.http_auth import bearer_claims, not_found, unavailable
-from fieldsync.live.origins import cors_headers, preflight_headers
+from fieldsync.live.origins import cors_headers
 from fieldsync.observability.metrics import Metrics
 from fieldsync.store.errors import StoreError, UnknownProject
 from fieldsync.store.ports import Storage
@@ -75,14 +75,6 @@ async def snapshot_endpoint(request: Request) -> Response:
     response = await _snapshot(request)
     response.headers.update(cors_headers(request.app.state.origins, request.headers.get("origin")))
     return response
-
-
-async def snapshot_preflight(request: Request) -> Response:
-    """A browser asks whether a page from its Origin may send the snapshot request."""
-    headers = preflight_headers(request.app.state.origins, request.headers.get("origin"))
-    if headers is None:
-        return Response(status_code=403)
-    return Response(status_code=204, headers=headers)
 
 
 async def _snapshot(request: Request) -> Response:

@@ -34,7 +34,7 @@ from uvicorn.config import Config
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.server import ServerState
 from websockets.datastructures import Headers
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
@@ -166,7 +166,18 @@ class SyncWire(asyncio.Protocol):
         self._fragments = []
         if self._close_sent:
             return  # the session is past its close; only the client's answer matters now
-        self._inbox.append(data.decode() if self._fragment_text else data)
+        message: bytes | str = data
+        if self._fragment_text:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError:
+                self._close_sent = True
+                self._ws.fail(CloseCode.INVALID_DATA, "a text frame that is not UTF-8")
+                self._write()
+                self._wait_then_drop()
+                self._wake_reader()
+                return
+        self._inbox.append(message)
         if not self._read_paused and self._transport is not None:
             self._read_paused = True
             self._transport.pause_reading()
@@ -225,8 +236,11 @@ class SyncWire(asyncio.Protocol):
 
     def _write(self) -> None:
         data = self._ws.data_to_send()
-        if data and self._transport is not None and not self._lost:
-            self._transport.write(b"".join(data))
+        if not data or self._transport is None or self._lost:
+            return
+        self._transport.write(b"".join(data))
+        if data[-1] == b"":  # websockets' end of stream: the closing handshake is over
+            self._transport.close()
 
     def _respond(self, response: Response) -> None:
         self._close_sent = True

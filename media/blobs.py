@@ -87,7 +87,48 @@ class BlobStore(Protocol):
     async def close(self) -> None: ...
 
 
-class LocalBlobs:
+class _ThreadedBlobs:
+    """A :class:`BlobStore` over blocking calls, each run in a worker thread so the event loop
+    never waits on a disk or a network; subclasses implement the ``_`` methods."""
+
+    def _put(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
+        raise NotImplementedError
+
+    def _read(self, key: str, start: int, length: int | None) -> bytes:
+        raise NotImplementedError
+
+    def _size(self, key: str) -> int | None:
+        raise NotImplementedError
+
+    def _delete(self, keys: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        return None
+
+    async def put(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self._put, key, data)
+
+    async def compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
+        return await asyncio.to_thread(self._compose, parts, key, sha256)
+
+    async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        return await asyncio.to_thread(self._read, key, start, length)
+
+    async def size(self, key: str) -> int | None:
+        return await asyncio.to_thread(self._size, key)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        await asyncio.to_thread(self._delete, keys)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+
+class LocalBlobs(_ThreadedBlobs):
     """Blobs as files under ``root`` (by default ``<data dir>/attachments``)."""
 
     def __init__(self, root: Path) -> None:
@@ -152,26 +193,8 @@ class LocalBlobs:
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only when empty
 
-    async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(self._put, key, data)
 
-    async def compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
-        return await asyncio.to_thread(self._compose, parts, key, sha256)
-
-    async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
-        return await asyncio.to_thread(self._read, key, start, length)
-
-    async def size(self, key: str) -> int | None:
-        return await asyncio.to_thread(self._size, key)
-
-    async def delete(self, keys: Sequence[str]) -> None:
-        await asyncio.to_thread(self._delete, keys)
-
-    async def close(self) -> None:
-        return None
-
-
-class S3Blobs:
+class S3Blobs(_ThreadedBlobs):
     """Blobs as objects of one bucket of an S3-compatible service (AWS S3, MinIO, ...)."""
 
     def __init__(
@@ -250,23 +273,11 @@ class S3Blobs:
             if batch:
                 self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
 
-    async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(self._call, "put_object", Key=self._name(key), Body=data)
+    def _put(self, key: str, data: bytes) -> None:
+        self._call("put_object", Key=self._name(key), Body=data)
 
-    async def compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
-        return await asyncio.to_thread(self._compose, parts, key, sha256)
-
-    async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
-        return await asyncio.to_thread(self._read, key, start, length)
-
-    async def size(self, key: str) -> int | None:
-        return await asyncio.to_thread(self._size, key)
-
-    async def delete(self, keys: Sequence[str]) -> None:
-        await asyncio.to_thread(self._delete, keys)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._client.close)
+    def _close(self) -> None:
+        self._client.close()
 
 
 def blob_store_from_environment(data_dir: Path, environ: dict[str, str] | None = None) -> BlobStore:

@@ -120,8 +120,9 @@ async def test_the_client_address_comes_from_a_trusted_proxy(
     the client, so the per-address cap on silent sockets counts the address it names."""
     memory, metrics = MemoryStorage(), Metrics()
     admission = AdmissionLimits(max_unauthenticated=100, max_unauthenticated_per_address=2)
-    options = {"storage": memory, "metrics": metrics, "admission_limits": admission}
-    async with running_server(None, **options) as base:
+    async with running_server(
+        None, storage=memory, metrics=metrics, admission_limits=admission
+    ) as base:
         url = f"ws://{base}/sync"
         first = [
             await connect(url, additional_headers={"X-Forwarded-For": "198.51.100.7"})
@@ -182,3 +183,20 @@ async def test_a_graceful_shutdown_tells_clients_to_come_back() -> None:
         await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == WsCloseCode.SERVICE_RESTART
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_with_1007_and_logs_no_traceback(
+    served: tuple[str, MemoryStorage, Metrics], caplog: pytest.LogCaptureFixture
+) -> None:
+    base, memory, _ = served
+    _, token = await _lead(memory)
+    async with connect(f"ws://{base}/sync", compression=None) as ws:
+        await ws.send(encode(Hello((1,), token, "bad-utf8")))
+        assert isinstance(decode_server(await ws.recv()), Welcome)
+        ws.protocol.send_text(b"\xff\xfe not utf-8")  # below the client's own checks
+        ws.send_data()
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == WsCloseCode.INVALID_DATA
+    assert not [r for r in caplog.records if r.exc_info is not None]
