@@ -1,8 +1,9 @@
 """The query API's reads on PostgreSQL (``store.ports.QueryPort``), and the sync-health
 writes (``store.ports.SyncHealthPort``).
 
-Each page is read in one REPEATABLE READ, read-only transaction: the project's head seq and
-the rows come from the same database snapshot, and appenders write both in one
+Each page's rows and the project's head seq come from one database snapshot: one statement
+whose every row also names the head (a scalar subquery sees the statement's snapshot), or,
+for an empty page, a REPEATABLE READ read-only transaction. Appenders write both in one
 transaction, so the rows are exactly the projection of the log up to that seq. Statements
 are built from the filters actually given (a plan per shape, not one plan full of
 ``$n IS NULL OR ...``), and text keys compare with ``COLLATE "C"`` (code point order,
@@ -17,6 +18,8 @@ from functools import cache
 from typing import Any
 from uuid import UUID
 
+import msgspec
+
 from fieldsync.query.items import Activity, Conflict, MemberHealth, Summoning
 from fieldsync.query.specs import ActivityQuery, ConflictQuery, MemberQuery, Page, SummoningQuery
 from fieldsync.store.database import DatabasePool
@@ -25,6 +28,8 @@ from fieldsync.store.errors import UnknownProject
 from fieldsync.store.records import ClientSeen
 
 _HEAD = "SELECT head_seq FROM log_heads WHERE project_id = $1"
+_WITH_HEAD = f"({_HEAD}) AS head_seq"
+"""Every row of a page carries the head it was read at: one statement, one snapshot."""
 
 
 class _Where:
@@ -81,7 +86,7 @@ def _activities_sql(query: ActivityQuery, project_id: UUID) -> tuple[str, list[o
     _timed(where, query.start, query.end, query.after)
     limit = where.arg(query.limit + 1)
     return (
-        f"SELECT {_ACTIVITY} FROM rm_activities WHERE {where.sql()} "
+        f"SELECT {_WITH_HEAD}, {_ACTIVITY} FROM rm_activities WHERE {where.sql()} "
         f'ORDER BY starts_at, entity_id COLLATE "C" LIMIT {limit}',
         where.args,
     )
@@ -97,7 +102,7 @@ def _summonings_sql(query: SummoningQuery, project_id: UUID) -> tuple[str, list[
     _timed(where, query.start, query.end, query.after)
     limit = where.arg(query.limit + 1)
     return (
-        f"SELECT {_SUMMONING} FROM rm_summonings WHERE {where.sql()} "
+        f"SELECT {_WITH_HEAD}, {_SUMMONING} FROM rm_summonings WHERE {where.sql()} "
         f'ORDER BY starts_at, entity_id COLLATE "C" LIMIT {limit}',
         where.args,
     )
@@ -115,7 +120,7 @@ def _conflicts_sql(query: ConflictQuery, project_id: UUID) -> tuple[str, list[ob
         )
     limit = where.arg(query.limit + 1)
     return (
-        f"SELECT {_CONFLICT} FROM rm_conflicts WHERE {where.sql()} "
+        f"SELECT {_WITH_HEAD}, {_CONFLICT} FROM rm_conflicts WHERE {where.sql()} "
         f'ORDER BY opened_seq, conflict_id COLLATE "C" LIMIT {limit}',
         where.args,
     )
@@ -145,6 +150,11 @@ ORDER BY m.user_id LIMIT {limit}
 """
 
 
+def _fields(row: Any, item: type[msgspec.Struct]) -> dict[str, Any]:
+    """The row's columns that ``item`` has (the row also names its head seq)."""
+    return {name: row[name] for name in item.__struct_fields__}
+
+
 def _page(seq: int, items: list[Any], limit: int) -> Page[Any]:
     return Page(seq, items[:limit], len(items) > limit)
 
@@ -156,10 +166,23 @@ class PostgresQueries:
         self._pool = pool
 
     async def _read(self, project_id: UUID, sql: str, args: Sequence[object]) -> tuple[int, Any]:
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
+        async with self._pool.acquire() as conn:
+            return await self._read_on(conn, project_id, sql, args)
+
+    async def _read_on(
+        self, conn: Any, project_id: UUID, sql: str, args: Sequence[object]
+    ) -> tuple[int, Any]:
+        """A page and the head it reflects, in one snapshot. Rows read with ``_WITH_HEAD``
+        name their head themselves (one round trip); an empty page, or a statement without
+        it, reads the head in the same REPEATABLE READ transaction instead."""
+        if _WITH_HEAD in sql:
+            rows = await conn.fetch(sql, *args)
+            if rows:
+                head = rows[0]["head_seq"]
+                if head is None:
+                    raise UnknownProject(project_id)
+                return int(head), rows
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
             head = await conn.fetchval(_HEAD, project_id)
             if head is None:
                 raise UnknownProject(project_id)
@@ -168,12 +191,12 @@ class PostgresQueries:
     @translated("reading activities")
     async def activities(self, project_id: UUID, query: ActivityQuery) -> Page[Activity]:
         seq, rows = await self._read(project_id, *_activities_sql(query, project_id))
-        return _page(seq, [Activity(**dict(r)) for r in rows], query.limit)
+        return _page(seq, [Activity(**_fields(r, Activity)) for r in rows], query.limit)
 
     @translated("reading summonings")
     async def summonings(self, project_id: UUID, query: SummoningQuery) -> Page[Summoning]:
         seq, rows = await self._read(project_id, *_summonings_sql(query, project_id))
-        return _page(seq, [Summoning(**dict(r)) for r in rows], query.limit)
+        return _page(seq, [Summoning(**_fields(r, Summoning)) for r in rows], query.limit)
 
     @translated("reading conflicts")
     async def conflicts(self, project_id: UUID, query: ConflictQuery) -> Page[Conflict]:
