@@ -114,8 +114,6 @@ class SyncWire(asyncio.Protocol):
             # The framing failed (oversize, bad UTF-8, protocol error): websockets said why.
             self._close_sent = True
             self._wait_then_drop()
-        if self._ws.close_rcvd is not None and self._transport is not None:
-            self._transport.close()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -239,8 +237,17 @@ class SyncWire(asyncio.Protocol):
         if not data or self._transport is None or self._lost:
             return
         self._transport.write(b"".join(data))
-        if data[-1] == b"":  # websockets' end of stream: the closing handshake is over
-            self._transport.close()
+        if data[-1] == b"":
+            # websockets' end of stream: half-close, and read on (websockets discards what
+            # comes) until the client closes its side, so the close frame is not lost to a
+            # reset; a client that never does is dropped after CLOSE_TIMEOUT_SECONDS.
+            self._close_sent = True  # nothing more goes out
+            if self._transport.can_write_eof():
+                self._transport.write_eof()
+            else:
+                self._transport.close()
+            self._wait_then_drop()
+            self._wake_reader()
 
     def _respond(self, response: Response) -> None:
         self._close_sent = True
