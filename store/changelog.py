@@ -45,8 +45,9 @@ from fieldsync.store.compaction import should_compact
 from fieldsync.store.conflicts import conflict_updates, plan_conflicts, write_conflicts
 from fieldsync.store.document_cache import CachedDocument, DocumentCache
 from fieldsync.store.driver import translated
-from fieldsync.store.errors import StoreError, UnknownProject
+from fieldsync.store.errors import StoreError
 from fieldsync.store.hashes import find_logged
+from fieldsync.store.log_heads import read_head
 from fieldsync.store.readmodels import read_model_row, upsert_read_models
 from fieldsync.store.records import (
     Accepted,
@@ -71,7 +72,6 @@ __all__ = [
     "Rejected",
 ]
 
-_LOCK_HEAD = "SELECT head_seq FROM log_heads WHERE project_id = $1 FOR UPDATE"
 
 # Looked up by entity id alone so that an id taken by another project is noticed. The
 # document bytes come back only when this process's cached version is not current.
@@ -203,9 +203,7 @@ class ChangeLog:
         authorize: AuthorizeFactory | None = None,
     ) -> list[AppendResult]:
         async with self._pool.acquire() as conn, conn.transaction():
-            head = await conn.fetchval(_LOCK_HEAD, project_id)
-            if head is None:
-                raise UnknownProject(project_id)
+            head = await read_head(conn, project_id, lock=True)
             valid = decoded_only(decoded)
             stored = await self._stored_entities(conn, project_id, valid)
             logged, owners = index_logged(
@@ -294,12 +292,7 @@ class ChangeLog:
     async def head(self, project_id: UUID) -> int:
         """The project's latest seq (0 before its first change)."""
         async with self._pool.acquire() as conn:
-            head = await conn.fetchval(
-                "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
-            )
-        if head is None:
-            raise UnknownProject(project_id)
-        return int(head)
+            return await read_head(conn, project_id)
 
 
 @translated("reading the change log")

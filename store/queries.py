@@ -25,10 +25,10 @@ from fieldsync.query.specs import ActivityQuery, ConflictQuery, MemberQuery, Pag
 from fieldsync.store.database import DatabasePool
 from fieldsync.store.driver import translated
 from fieldsync.store.errors import UnknownProject
+from fieldsync.store.log_heads import READ_HEAD, read_head
 from fieldsync.store.records import ClientSeen
 
-_HEAD = "SELECT head_seq FROM log_heads WHERE project_id = $1"
-_WITH_HEAD = f"({_HEAD}) AS head_seq"
+_WITH_HEAD = f"({READ_HEAD}) AS head_seq"
 """Every row of a page carries the head it was read at: one statement, one snapshot."""
 
 
@@ -183,10 +183,8 @@ class PostgresQueries:
                     raise UnknownProject(project_id)
                 return int(head), rows
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            head = await conn.fetchval(_HEAD, project_id)
-            if head is None:
-                raise UnknownProject(project_id)
-            return int(head), await conn.fetch(sql, *args)
+            head = await read_head(conn, project_id)
+            return head, await conn.fetch(sql, *args)
 
     @translated("reading activities")
     async def activities(self, project_id: UUID, query: ActivityQuery) -> Page[Activity]:

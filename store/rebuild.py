@@ -22,7 +22,7 @@ import asyncpg
 
 from fieldsync.store.conflicts import conflict_rows, write_conflicts
 from fieldsync.store.driver import translated
-from fieldsync.store.errors import UnknownProject
+from fieldsync.store.log_heads import read_head
 from fieldsync.store.readmodels import read_model_row, read_model_tables, upsert_read_models
 from fieldsync.store.records import RebuildReport
 from fieldsync.store.replay import ProjectRebuild, ReplayedEntity
@@ -51,11 +51,7 @@ async def rebuild_read_models(pool: asyncpg.Pool, project_id: UUID | None) -> Re
 
 
 async def _rebuild_project(conn: Any, project_id: UUID, report: RebuildReport) -> None:
-    locked = await conn.fetchval(
-        "SELECT head_seq FROM log_heads WHERE project_id = $1 FOR UPDATE", project_id
-    )
-    if locked is None:
-        raise UnknownProject(project_id)
+    locked = await read_head(conn, project_id, lock=True)
     for table in read_model_tables():
         await conn.execute(f"DELETE FROM {table} WHERE project_id = $1", project_id)
     cached_heads = {

@@ -43,6 +43,7 @@ from fieldsync.store.changelog import read_log
 from fieldsync.store.database import DatabasePool, close_pool, create_pool
 from fieldsync.store.driver import driver_error_name, translated
 from fieldsync.store.errors import DatabaseUnavailable, StoreError, UnknownProject
+from fieldsync.store.log_heads import READ_HEAD
 from fieldsync.store.ports import Snapshot
 from fieldsync.store.records import LogSlice, ReplicaReport
 from fieldsync.store.replica_plan import (
@@ -62,7 +63,6 @@ DEFAULT_MAX_LAG = 10.0
 CHECK_SECONDS = 0.5
 TIMEOUT_SECONDS = 2.0
 
-_HEAD = "SELECT head_seq FROM log_heads WHERE project_id = $1"
 _PRIMARY_POSITION = """
 SELECT pg_current_wal_flush_lsn() AS lsn, (SELECT system_identifier FROM pg_control_system()) AS id
 """
@@ -141,7 +141,7 @@ class ReplicaReads:
         if refusal is None:
             try:
                 async with asyncio.timeout(self._timeout), self._replica.acquire() as conn:
-                    source = catch_up_source(cursor, await conn.fetchval(_HEAD, project_id))
+                    source = catch_up_source(cursor, await conn.fetchval(READ_HEAD, project_id))
                     if source == "replica":
                         piece = await read_log(conn, project_id, cursor, limit)
                         self._reads["catch_up", "replica"] += 1

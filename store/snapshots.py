@@ -20,7 +20,7 @@ import asyncpg
 from fieldsync.conflict.ledger import ConflictRow
 from fieldsync.store.conflicts import conflict_rows
 from fieldsync.store.driver import driver_errors, translated
-from fieldsync.store.errors import UnknownProject
+from fieldsync.store.log_heads import read_head
 from fieldsync.store.records import SnapshotEntity
 
 __all__ = ["Snapshot", "SnapshotEntity", "open_snapshot"]
@@ -77,9 +77,5 @@ async def open_snapshot(pool: asyncpg.Pool, project_id: UUID) -> AsyncIterator[S
             pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            head = await conn.fetchval(
-                "SELECT head_seq FROM log_heads WHERE project_id = $1", project_id
-            )
-            if head is None:
-                raise UnknownProject(project_id)
+            head = await read_head(conn, project_id)
             yield Snapshot(conn, project_id, int(head))
