@@ -9,9 +9,9 @@ makes the response, with the cursor of the next page.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -49,6 +49,8 @@ from fieldsync.query.specs import (
 )
 
 Pairs = Iterable[tuple[str, str]]
+T = TypeVar("T")
+A = TypeVar("A", bound=msgspec.Struct)
 
 CONFLICT_STATUSES = {"open": ("open",), "resolved": ("resolved",), "all": ("open", "resolved")}
 
@@ -63,8 +65,21 @@ def _after(scope: bytes, cursor: str | None, key_type: Any) -> Any:
     return None if cursor is None else decode_cursor(scope, cursor, key_type)
 
 
-def _next(scope: bytes, page: Page[Any], key: Any) -> str | None:
-    return encode_cursor(scope, key) if page.more and page.items else None
+def _answer(
+    answer: Callable[..., A],
+    project_id: UUID,
+    scope: bytes,
+    page: Page[T],
+    key_of: Callable[[T], tuple[Any, ...]],
+) -> A:
+    """The response for ``page``; its next cursor holds the last item's sort key."""
+    more = page.more and bool(page.items)
+    return answer(
+        project_id=str(project_id),
+        seq=page.seq,
+        items=page.items,
+        next_cursor=encode_cursor(scope, key_of(page.items[-1])) if more else None,
+    )
 
 
 # --- activities -------------------------------------------------------------------------
@@ -93,14 +108,7 @@ def activity_query(project_id: UUID, pairs: Pairs) -> tuple[ActivityQuery, bytes
 
 
 def activity_page(project_id: UUID, scope: bytes, page: Page[Activity]) -> ActivityPage:
-    last = page.items[-1] if page.items else None
-    key = None if last is None else (last.starts_at, last.entity_id)
-    return ActivityPage(
-        project_id=str(project_id),
-        seq=page.seq,
-        items=page.items,
-        next_cursor=_next(scope, page, key),
-    )
+    return _answer(ActivityPage, project_id, scope, page, lambda a: (a.starts_at, a.entity_id))
 
 
 # --- summonings -------------------------------------------------------------------------
@@ -129,14 +137,7 @@ def summoning_query(project_id: UUID, pairs: Pairs) -> tuple[SummoningQuery, byt
 
 
 def summoning_page(project_id: UUID, scope: bytes, page: Page[Summoning]) -> SummoningPage:
-    last = page.items[-1] if page.items else None
-    key = None if last is None else (last.starts_at, last.entity_id)
-    return SummoningPage(
-        project_id=str(project_id),
-        seq=page.seq,
-        items=page.items,
-        next_cursor=_next(scope, page, key),
-    )
+    return _answer(SummoningPage, project_id, scope, page, lambda s: (s.starts_at, s.entity_id))
 
 
 # --- conflicts --------------------------------------------------------------------------
@@ -159,14 +160,7 @@ def conflict_query(project_id: UUID, pairs: Pairs) -> tuple[ConflictQuery, bytes
 
 
 def conflict_page(project_id: UUID, scope: bytes, page: Page[Conflict]) -> ConflictPage:
-    last = page.items[-1] if page.items else None
-    key = None if last is None else (last.opened_seq, last.conflict_id)
-    return ConflictPage(
-        project_id=str(project_id),
-        seq=page.seq,
-        items=page.items,
-        next_cursor=_next(scope, page, key),
-    )
+    return _answer(ConflictPage, project_id, scope, page, lambda c: (c.opened_seq, c.conflict_id))
 
 
 # --- members ----------------------------------------------------------------------------
@@ -179,14 +173,7 @@ def member_query(project_id: UUID, pairs: Pairs, live_since: datetime) -> tuple[
 
 
 def member_page(project_id: UUID, scope: bytes, page: Page[MemberHealth]) -> MemberHealthPage:
-    last = page.items[-1] if page.items else None
-    key = None if last is None else (last.user_id,)
-    return MemberHealthPage(
-        project_id=str(project_id),
-        seq=page.seq,
-        items=page.items,
-        next_cursor=_next(scope, page, key),
-    )
+    return _answer(MemberHealthPage, project_id, scope, page, lambda m: (m.user_id,))
 
 
 def _iso(instant: datetime | None) -> str | None:
