@@ -63,6 +63,7 @@ class SyncWire(asyncio.Protocol):
     """
 
     app: Starlette  # set on the subclass :func:`sync_wire_protocol` makes
+    _proxy: ProxyHeadersMiddleware | None = None  # per subclass, so per server
 
     def __init__(
         self, config: Config, server_state: ServerState, app_state: dict[str, Any]
@@ -362,16 +363,14 @@ class SyncWire(asyncio.Protocol):
         rule uvicorn applies to every ASGI request (``--forwarded-allow-ips``)."""
         scope: dict[str, Any] = {"type": "websocket", "client": self._peer, "headers": headers}
         if self._config.proxy_headers:
-            found: dict[str, Any] = {}
-
-            async def capture(inner: Any, _receive: Any, _send: Any) -> None:
-                found.update(inner)
-
-            middleware = ProxyHeadersMiddleware(
-                cast(Any, capture), trusted_hosts=self._config.forwarded_allow_ips
-            )
-            await middleware(cast(Any, scope), cast(Any, None), cast(Any, None))
-            scope = found
+            # The middleware sets scope["client"] in place; it is made once per server, since
+            # parsing the trusted hosts on every connection would tax a reconnect storm.
+            cls = type(self)
+            if cls._proxy is None:
+                cls._proxy = ProxyHeadersMiddleware(
+                    cast(Any, _nothing), trusted_hosts=self._config.forwarded_allow_ips
+                )
+            await cls._proxy(cast(Any, scope), cast(Any, None), cast(Any, None))
         client = scope.get("client")
         return str(client[0]) if client else "unknown"
 
@@ -415,6 +414,10 @@ class SyncWire(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+async def _nothing(_scope: Any, _receive: Any, _send: Any) -> None:
+    """The app behind the proxy-header middleware: the wire only wants the scope it fixed."""
 
 
 _REASONS = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
