@@ -131,7 +131,7 @@ def _members_sql(paged: bool) -> str:
     after = "AND m.user_id > $3" if paged else ""
     limit = "$4" if paged else "$3"
     return f"""
-SELECT m.user_id, u.display_name, m.level,
+SELECT {_WITH_HEAD}, m.user_id, u.display_name, m.level,
        coalesce(seen.connected, false) AS connected, seen.last_seen_at,
        latest.client_id, latest.client_version, latest.outbox_age_ms
 FROM project_members m
@@ -172,16 +172,15 @@ class PostgresQueries:
     async def _read_on(
         self, conn: Any, project_id: UUID, sql: str, args: Sequence[object]
     ) -> tuple[int, Any]:
-        """A page and the head it reflects, in one snapshot. Rows read with ``_WITH_HEAD``
-        name their head themselves (one round trip); an empty page, or a statement without
-        it, reads the head in the same REPEATABLE READ transaction instead."""
-        if _WITH_HEAD in sql:
-            rows = await conn.fetch(sql, *args)
-            if rows:
-                head = rows[0]["head_seq"]
-                if head is None:
-                    raise UnknownProject(project_id)
-                return int(head), rows
+        """A page and the head it reflects, in one snapshot. Every page's rows name their
+        head (``_WITH_HEAD``: one round trip); an empty page reads the head in the same
+        REPEATABLE READ transaction instead."""
+        rows = await conn.fetch(sql, *args)
+        if rows:
+            head = rows[0]["head_seq"]
+            if head is None:
+                raise UnknownProject(project_id)
+            return int(head), rows
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             head = await read_head(conn, project_id)
             return head, await conn.fetch(sql, *args)
