@@ -27,6 +27,7 @@ import logging
 import random
 import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -36,12 +37,13 @@ from uvicorn.server import ServerState
 from websockets.datastructures import Headers
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from fieldsync.live.admission import Refusal
 from fieldsync.live.operations import observed_connection
 from fieldsync.live.origins import OriginPolicy, same_origin
-from fieldsync.live.session import SyncServices, SyncSession, Transport
+from fieldsync.live.session import SyncServices, SyncSession
 from fieldsync.observability.logs import bind
 from fieldsync.observability.metrics import Metrics
 from fieldsync.observability.request_ids import HEADER as REQUEST_ID_HEADER
@@ -209,15 +211,28 @@ class SyncWire(asyncio.Protocol):
 
     # -- frames to the client -------------------------------------------------------------------
 
-    async def send(self, frame: bytes) -> None:
-        """Write one binary message, waiting while the kernel's send buffer is full."""
+    @property
+    def writable(self) -> bool:
+        """Whether a message written now goes out without waiting: the socket's buffer is
+        below its high-water mark and the connection is open."""
+        return not self._write_paused and not self._lost and self._ws.state is State.OPEN
+
+    def write(self, messages: Sequence[bytes]) -> None:
+        """Write whole binary messages (``live.ws_frames``), in one system call where the
+        kernel takes them; dropped once the connection is closing or gone."""
+        if self._lost or self._close_sent or self._ws.state is not State.OPEN:
+            return
+        assert self._transport is not None
+        # websockets' own frames (pongs) are written as they are made: none is pending here.
+        self._transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
+
+    async def drained(self) -> None:
+        """Return once the socket's buffer is below its low-water mark, or it is gone."""
         while self._write_paused and not self._lost:
-            self._drained = self._loop.create_future()
-            await self._drained
-        if self._lost or self._close_sent:
-            raise ConnectionResetError("the sync connection is closed")
-        self._ws.send_binary(frame)
-        self._write()
+            if self._drained is None or self._drained.done():
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
+        self._drained = None
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the socket is dropped when the client answers, or
@@ -319,7 +334,7 @@ class SyncWire(asyncio.Protocol):
                     return rid, None
                 session = SyncSession(
                     services,
-                    Transport(self.receive, self.send, self.close),
+                    self,
                     ticket=admitted,
                     address=address,
                 )
