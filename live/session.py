@@ -234,16 +234,9 @@ class SyncSession:
                 frame = await self._next_frame()
                 if frame is None:
                     break
-                limited = not self._within_rate()
-                self._protocol.receive_frame(frame)
-                self._count_refusals()
-                for event in self._protocol.events_received():
-                    self._services.metrics.received(event)
-                    if limited:
-                        self._rate_limited(event)
-                    else:
-                        await self._handle(event)
-                self._queue(self._protocol.data_to_send())
+                await self._take(frame)
+                # An idle connection waits here for its next frame: hold nothing of the last.
+                del frame
         finally:
             if self._next is not None:
                 self._next.cancel()
@@ -271,6 +264,19 @@ class SyncSession:
                 with contextlib.suppress(Exception):
                     await self._transport.close(int(requested[0]), requested[1])
             self._log_end()
+
+    async def _take(self, frame: bytes | str) -> None:
+        """One frame from the client: its messages handled, the answers sent."""
+        limited = not self._within_rate()
+        self._protocol.receive_frame(frame)
+        self._count_refusals()
+        for event in self._protocol.events_received():
+            self._services.metrics.received(event)
+            if limited:
+                self._rate_limited(event)
+            else:
+                await self._handle(event)
+        self._queue(self._protocol.data_to_send())
 
     async def _next_frame(self) -> bytes | str | None:
         """The client's next frame, read only once its answers so far have room to go out;

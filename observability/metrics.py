@@ -18,7 +18,6 @@ import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence, Sized
-from contextlib import contextmanager
 from typing import Protocol
 from uuid import UUID
 
@@ -324,14 +323,6 @@ class Metrics:
 
     def watch_replica(self, replica: ReplicaLike) -> None:
         self.registry.register(_ReplicaCollector(replica))
-
-    @contextmanager
-    def connection(self) -> Iterator[None]:
-        self.connections.inc()
-        try:
-            yield
-        finally:
-            self.connections.dec()
 
     def received(self, message: object) -> None:
         self.messages_in.labels(getattr(message, "TYPE", "unknown")).inc()
