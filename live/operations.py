@@ -47,8 +47,8 @@ class ObservedConnection:
 
     def __enter__(self) -> None:
         self._binding.__enter__()
-        self._metrics.connections.inc()
+        self._metrics.connection_opened()
 
     def __exit__(self, *exc: object) -> None:
-        self._metrics.connections.dec()
+        self._metrics.connection_closed()
         self._binding.__exit__()

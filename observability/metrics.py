@@ -223,6 +223,7 @@ class Metrics:
         self.connections = Gauge(
             "fieldsync_connections_open", "Open sync WebSocket connections", registry=registry
         )
+        self.open_connections = 0  # the gauge's value, for the process's own use
         self.messages_in = Counter(
             "fieldsync_messages_received",
             "Valid protocol messages received, by type",
@@ -323,6 +324,14 @@ class Metrics:
 
     def watch_replica(self, replica: ReplicaLike) -> None:
         self.registry.register(_ReplicaCollector(replica))
+
+    def connection_opened(self) -> None:
+        self.open_connections += 1
+        self.connections.inc()
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
+        self.connections.dec()
 
     def received(self, message: object) -> None:
         self.messages_in.labels(getattr(message, "TYPE", "unknown")).inc()
