@@ -435,6 +435,11 @@ async def measure(url: str, base: str, pid: int, args: argparse.Namespace) -> tu
         f"{len(ack_ms)}/{len(frames)} acks, {log.rejected} with a rejection"
     )
     print(cpu.describe(wall, client_cpu) + " (this process: the pusher)")
+    deliveries = len(receive_ms) + (sum(1 for t in echo.times if t) if echo is not None else 0)
+    print(
+        f"server CPU per change delivered: {cpu.server / max(deliveries, 1) * 1e6:.1f} us "
+        f"({deliveries} deliveries; pushes, commits and answers included)"
+    )
     if args.profile is not None:
         print(profile.report())
     receive_p99 = percentile(receive_ms, 0.99) if len(receive_ms) == expected else float("inf")
