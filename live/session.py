@@ -161,9 +161,9 @@ class Transport(Protocol):
         """The client's next message; None once the connection is over."""
         ...
 
-    @property
-    def writable(self) -> bool:
-        """Whether the socket takes data now (its buffer is below its high-water mark)."""
+    def write_now(self, message: bytes) -> bool:
+        """Write one whole WebSocket message (``live.ws_frames``) if the socket takes data
+        now (its buffer is below its high-water mark); False: it must wait."""
         ...
 
     def write(self, messages: Sequence[bytes]) -> None:
@@ -336,10 +336,7 @@ class SyncSession:
         if self._outbox.closed:
             raise OutboxClosedError
         # No writer means an empty queue: the writer ends only once it emptied it.
-        if self._writer is None and self._transport.writable:
-            self._transport.write((message,))
-            return True
-        return False
+        return self._writer is None and self._transport.write_now(message)
 
     def _send(self, message: bytes, lane: Lane) -> bool:
         """Write or queue a frame that does not wait (live or control); False if it does not

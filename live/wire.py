@@ -237,11 +237,16 @@ class SyncWire(asyncio.Protocol):
 
     # -- frames to the client -------------------------------------------------------------------
 
-    @property
-    def writable(self) -> bool:
-        """Whether a message written now goes out without waiting: the socket's buffer is
-        below its high-water mark and the connection is open."""
-        return not self._write_paused and not self._lost and self._ws.state is State.OPEN
+    def write_now(self, message: bytes) -> bool:
+        """Write one whole binary message if the socket takes data now (its buffer is below
+        the high-water mark, the connection open); False: it must wait."""
+        if self._write_paused or self._lost or self._close_sent:
+            return False
+        if self._ws.state is not State.OPEN:
+            return False
+        assert self._transport is not None
+        self._transport.write(message)
+        return True
 
     def write(self, messages: Sequence[bytes]) -> None:
         """Write whole binary messages (``live.ws_frames``), in one system call where the
