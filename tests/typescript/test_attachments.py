@@ -75,8 +75,9 @@ async def test_offline_attachments_upload_once_resume_after_a_cut_and_become_rea
         await ts.close()  # and the device restarts mid-upload
 
         ts = await device()
+        on_server = ["uploaded", "processing", "ready"]
         for attachment in (first, second):
-            await ts.call("waitAttachment", id=attachment, status=["uploaded", "processing", "ready"])
+            await ts.call("waitAttachment", id=attachment, status=on_server)
         sent = await ts.call("sent")
         rest = len(data) - 2 * PART
         assert sent["bytes"] == rest + HEAD, "resumed at the server's offset; the copy not resent"
