@@ -127,6 +127,12 @@ async function run(c: Command): Promise<unknown> {
     }
     case "remote": return remote.splice(0);
     case "attach": return p().attach(type, id, Buffer.from(c.data as string, "base64"), c.fileName ? { fileName: c.fileName as string } : {});
+    case "attachTimed": {
+      const data = Buffer.from(c.data as string, "base64");
+      const started = performance.now();
+      const attachmentId = await p().attach(type, id, data);
+      return { attachmentId, ms: performance.now() - started };
+    }
     case "attachmentStatus": return p().attachmentStatus(id);
     case "waitAttachment": {
       const wanted = c.status as string[];
