@@ -17,7 +17,6 @@ from fieldsync.media.blobs import LocalBlobs
 from fieldsync.store.demo import create_demo
 from fieldsync.store.postgres import PostgresStorage
 from tests.app.build import APP, SCREENSHOTS, build_app
-from tests.app.test_app import storage  # noqa: F401 (fixture)
 from tests.client.helpers import server_documents, values_of
 from tests.live_server import TEST_SECRET, running_server
 from tests.media.images import photo
@@ -27,7 +26,7 @@ from tests.typescript.node import chromium, node
 
 async def test_a_photo_attached_offline_shows_at_once_then_uploads_and_shows_its_thumbnail(
     database_url: str,
-    storage: PostgresStorage,  # noqa: F811 (fixture)
+    storage: PostgresStorage,
     tmp_path: Path,
 ) -> None:
     build_app()
