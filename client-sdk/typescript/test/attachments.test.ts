@@ -1,5 +1,7 @@
-// Attachments without a server: hashing, the upload answers' meaning, and attaching offline
-// (the local copy, the queue and the entity's list written together, kept after a restart).
+// Attachments without a server: hashing, the upload answers' meaning, attaching offline
+// (the local copy, the queue and the entity's list written together, kept after a restart),
+// and the uploader against a scripted server (Retry-After, offset_mismatch, refusals; the
+// real server's paths are tested in tests/typescript/test_attachments.py).
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
@@ -7,10 +9,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 
-import { attachmentUrl, failureOf, retryAfterMs, RetryLater, UploadRefused } from "../src/attachments.js";
+import { attachmentUrl, failureOf, retryAfterMs, RetryLater, Uploader, UploadRefused } from "../src/attachments.js";
+import { Backoff } from "../src/backoff.js";
 import { FieldsyncClient } from "../src/client.js";
 import { ValidationError } from "../src/errors.js";
+import { DEFAULT_LIMITS } from "../src/generated/protocol.js";
+import { ProjectReplica } from "../src/replica.js";
 import { sha256Hex, sha256Plain } from "../src/sha256.js";
+import { MemoryStorage } from "../src/store/memory.js";
 import { SqliteStorage } from "../src/store/sqlite.js";
 
 test("SHA-256 without WebCrypto matches node:crypto at every padding boundary", async () => {
@@ -71,4 +77,50 @@ test("attaching offline keeps the bytes, queues the upload and lists the id, and
   assert.deepEqual((await storage.uploads("p1", "waiting")).map((u) => u.attachmentId), [first, second]);
   assert.equal(new Set((await storage.uploads("p1")).map((u) => u.sha256)).size, 1, "one local copy for the same bytes");
   await client.close();
+});
+
+/** A server that answers from a script: each request gets the next answer. */
+function scripted(answers: (() => Response)[]): { fetch: typeof fetch; calls: { method: string; at: number; headers: Record<string, string>; bytes: number }[] } {
+  const calls: { method: string; at: number; headers: Record<string, string>; bytes: number }[] = [];
+  const fetcher = (async (_url: string, init?: RequestInit) => {
+    calls.push({ method: init?.method ?? "GET", at: Date.now(), headers: { ...(init?.headers as Record<string, string>) }, bytes: (init?.body as Uint8Array | undefined)?.length ?? 0 });
+    const next = answers.shift();
+    if (next === undefined) throw new TypeError("no more answers");
+    return next();
+  }) as typeof fetch;
+  return { fetch: fetcher, calls };
+}
+
+const json = (status: number, body: unknown, headers: Record<string, string> = {}): (() => Response) => () => new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", ...headers } });
+
+test("the uploader waits out Retry-After, continues where the server says, and keeps a final refusal", async () => {
+  const storage = new MemoryStorage();
+  const replica = await ProjectReplica.open(storage, "p", DEFAULT_LIMITS);
+  const data = new Uint8Array(randomBytes(300));
+  const sha256 = await sha256Hex(data);
+  const row = (attachmentId: string) => ({ projectId: "p", attachmentId, sha256, size: 300, fileName: "a b.jpg", contentType: null, createdAt: attachmentId === "a1" ? 1 : 2, state: "waiting" as const, code: null, message: null });
+  await storage.write([{ op: "putBlob", sha256, data }, { op: "addUpload", row: row("a1") }, { op: "addUpload", row: row("a2") }]);
+  const server = scripted([
+    json(503, { code: "server_unavailable", message: "later" }, { "Retry-After": "1" }),
+    json(200, { status: "uploading", received: 100, size: 300 }),
+    json(409, { code: "offset_mismatch", message: "no", received: 200 }),
+    json(201, { status: "uploaded" }),
+    json(404, { code: "project_unavailable", message: "gone" }),
+    json(415, { code: "unsupported_type", message: "not a JPEG, PNG, WebP or PDF file" }),
+  ]);
+  const changed: string[] = [];
+  const uploader = new Uploader(
+    { storage, replicas: () => new Map([["p", replica]]), currentToken: async () => "tok", uploadChanged: (_p, id) => void changed.push(id) },
+    { endpoint: "ws://127.0.0.1:1/sync", fetch: server.fetch, backoff: new Backoff(10, 20), partBytes: 100 },
+  );
+  uploader.start();
+  for (let i = 0; i < 300 && (await storage.uploads("p", "waiting")).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  await uploader.stop();
+  const [busy, status, first, second] = server.calls;
+  assert.ok(status!.at - busy!.at >= 990, `Retry-After is waited out (${status!.at - busy!.at} ms)`);
+  assert.deepEqual([first!.headers["Upload-Offset"], first!.bytes, second!.headers["Upload-Offset"], second!.bytes], ["100", 100, "200", 100]);
+  assert.equal(first!.headers["Upload-Name"], "a%20b.jpg");
+  assert.equal(first!.headers.Authorization, "Bearer tok");
+  assert.deepEqual((await storage.uploads("p")).map((u) => [u.attachmentId, u.state, u.code]), [["a1", "uploaded", null], ["a2", "refused", "unsupported_type"]]);
+  assert.ok(changed.includes("a1") && changed.includes("a2"));
 });
