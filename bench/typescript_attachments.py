@@ -58,6 +58,9 @@ async def measure(url: str, base: str, count: int) -> None:
                 await ts.call("attachTimed", type="activity", id=activity, data=encoded)
             )
         ms = [a["ms"] for a in attached]
+        for a in attached:
+            status = await ts.call("attachmentStatus", id=a["attachmentId"])
+            assert status["status"] == "local", f"sent while paused: {status}"
         began = time.perf_counter()
         await ts.call("resume")
         for a in attached:

@@ -58,6 +58,9 @@ export class FieldsyncClient implements SyncHost, UploadHost {
   readonly uploader: Uploader | null;
   private currentStatus: SyncStatus;
   private closed = false;
+  /** Between `pause()` and `resume()`: nothing is sent, attachments neither. */
+  private paused = false;
+  private readonly fetcher: typeof fetch | undefined;
   private ticks: (() => void)[] = [];
   private readonly onlineListener = (): void => {
     this.sync?.reconnectNow();
@@ -65,6 +68,7 @@ export class FieldsyncClient implements SyncHost, UploadHost {
   };
 
   private constructor(readonly storage: Storage, readonly clientId: string, readonly options: ClientOptions) {
+    this.fetcher = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
     this.sync =
       options.url === null
         ? null
@@ -78,15 +82,14 @@ export class FieldsyncClient implements SyncHost, UploadHost {
             versions: options.protocolVersions ?? PROTOCOL_VERSIONS,
             httpSnapshots: options.httpSnapshots ?? true,
             webSocket: options.webSocket ?? defaultWebSocket(),
-            fetch: options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined),
+            fetch: this.fetcher,
           });
-    const fetcher = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
     this.uploader =
-      this.sync === null || fetcher === undefined
+      this.sync === null || this.fetcher === undefined
         ? null
         : new Uploader(this, {
             endpoint: syncUrl(options.url!),
-            fetch: fetcher,
+            fetch: this.fetcher,
             backoff: new Backoff(options.backoffBaseMs ?? 500, options.backoffCapMs ?? 30_000),
             ...(options.uploadPartBytes === undefined ? {} : { partBytes: options.uploadPartBytes }),
           });
@@ -124,7 +127,7 @@ export class FieldsyncClient implements SyncHost, UploadHost {
       this.replicaMap.set(projectId, replica);
       this.sync?.start();
       this.sync?.projectAdded(projectId);
-      this.uploader?.start(); // uploads left waiting by an earlier run go on
+      if (!this.paused) this.uploader?.start(); // uploads left waiting by an earlier run go on
       this.stateChanged();
     }
     const sync = this.sync;
@@ -175,11 +178,13 @@ export class FieldsyncClient implements SyncHost, UploadHost {
 
   /** Stop syncing (the connection closes; edits go on offline) until `resume()`. */
   async pause(): Promise<void> {
+    this.paused = true;
     await Promise.all([this.sync?.stop(), this.uploader?.stop()]);
   }
 
   resume(): void {
     if (this.sync !== null && !this.closed) {
+      this.paused = false;
       this.sync.start();
       this.sync.reconnectNow();
       if (this.projects.size > 0) this.uploader?.start();
@@ -268,7 +273,7 @@ export class FieldsyncClient implements SyncHost, UploadHost {
   /** A GET to the server with the user's token (attachments' files); Offline when unreachable. */
   async httpGet(url: string): Promise<Response> {
     this.check();
-    const fetcher = this.options.fetch ?? globalThis.fetch?.bind(globalThis);
+    const fetcher = this.fetcher;
     if (this.sync === null || fetcher === undefined) throw new Offline("this client has no server URL");
     const token = await this.currentToken();
     try {
@@ -279,6 +284,7 @@ export class FieldsyncClient implements SyncHost, UploadHost {
   }
 
   attached(): void {
+    if (this.paused) return;
     this.uploader?.start();
     this.uploader?.wake();
   }
