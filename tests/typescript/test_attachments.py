@@ -78,6 +78,7 @@ async def test_offline_attachments_upload_once_resume_after_a_cut_and_become_rea
         on_server = ["uploaded", "processing", "ready"]
         for attachment in (first, second):
             await ts.call("waitAttachment", id=attachment, status=on_server)
+        await ts.call("waitUploadQueue")
         sent = await ts.call("sent")
         rest = len(data) - 2 * PART
         assert sent["bytes"] == rest + HEAD, "resumed at the server's offset; the copy not resent"

@@ -144,6 +144,16 @@ async function run(c: Command): Promise<unknown> {
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
     }
+    case "waitUploadQueue": {
+      // Until this device's queue holds nothing waiting (the server's status can arrive over
+      // the WebSocket before the answer to the upload's last request).
+      const deadline = Date.now() + 30_000;
+      while ((await need(client, "client").storage.uploads(p().projectId, "waiting")).length > 0) {
+        if (Date.now() > deadline) throw new Error("uploads still waiting");
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      return null;
+    }
     case "localCopy": {
       const copy = await p().localCopy(id);
       return copy && { data: Buffer.from(copy.data).toString("base64"), fileName: copy.fileName, contentType: copy.contentType };
