@@ -75,11 +75,13 @@ class GroupCommit(Generic[K, T, R]):
         return waiting.future.result()
 
     async def _lead(self, key: K, group: list[_Waiting[T, R]]) -> None:
-        """Run ``group`` to the end even if its leader is cancelled: the other items wait
-        for their own results."""
+        """Run ``group``; one of several runs to the end even if its leader is cancelled,
+        since the other items wait for their own results."""
         self.groups += 1
-        if len(group) > 1:
-            self.grouped += len(group)
+        if len(group) == 1:  # alone: its cancellation concerns nobody else
+            await self._settle(key, group)
+            return
+        self.grouped += len(group)
         running = asyncio.ensure_future(self._settle(key, group))
         try:
             await asyncio.shield(running)

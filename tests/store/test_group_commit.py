@@ -372,15 +372,17 @@ async def test_grouped_pushes_store_exactly_what_one_by_one_pushes_store(
 
 
 class _Recorder:
-    """A group runner that records its groups and can be held open."""
+    """A group runner that records its groups and holds each open until its gate opens."""
 
     def __init__(self) -> None:
         self.groups: list[list[str]] = []
-        self.release = asyncio.Event()
+        self.gates: list[asyncio.Event] = []
 
     async def run(self, key: str, items: Sequence[str]) -> list[str]:
         self.groups.append(list(items))
-        await self.release.wait()
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
         if "boom" in items:
             raise RuntimeError("the group failed")
         return [f"{key}:{item}" for item in items]
@@ -395,14 +397,27 @@ async def _started(*calls: Awaitable[str]) -> list[asyncio.Task[str]]:
     return tasks
 
 
+async def _settled(recorder: _Recorder, tasks: Sequence[asyncio.Task[str]]) -> list[object]:
+    opener = asyncio.ensure_future(_open_until_done(recorder, tasks))
+    results: list[object] = list(await asyncio.gather(*tasks, return_exceptions=True))
+    await opener
+    return results
+
+
+async def _open_until_done(recorder: _Recorder, tasks: Sequence[asyncio.Task[str]]) -> None:
+    while not all(task.done() for task in tasks):
+        for gate in recorder.gates:
+            gate.set()
+        await asyncio.sleep(0)
+
+
 async def test_idle_key_runs_at_once_and_waiters_run_together_in_order() -> None:
     recorder = _Recorder()
     groups: GroupCommit[str, str, str] = GroupCommit(recorder.run)
     tasks = await _started(*(groups.submit("p", item) for item in "abcd"))
     other = await _started(groups.submit("q", "x"))  # another key does not wait
     assert recorder.groups == [["a"], ["x"]]
-    recorder.release.set()
-    assert await asyncio.gather(*tasks, *other) == ["p:a", "p:b", "p:c", "p:d", "q:x"]
+    assert await _settled(recorder, [*tasks, *other]) == ["p:a", "p:b", "p:c", "p:d", "q:x"]
     assert recorder.groups == [["a"], ["x"], ["b", "c", "d"]]
     assert (groups.groups, groups.grouped) == (3, 3)
 
@@ -411,29 +426,39 @@ async def test_a_failed_group_fails_only_its_own_items() -> None:
     recorder = _Recorder()
     groups: GroupCommit[str, str, str] = GroupCommit(recorder.run)
     tasks = await _started(*(groups.submit("p", item) for item in ("a", "b", "boom")))
-    recorder.release.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await _settled(recorder, tasks)
     assert results[0] == "p:a"
     assert [type(r) for r in results[1:]] == [RuntimeError, RuntimeError]
 
 
-async def test_cancelled_waiter_leaves_and_cancelled_leader_still_settles_its_group() -> None:
+async def test_a_cancelled_waiter_leaves_its_queue() -> None:
     recorder = _Recorder()
     groups: GroupCommit[str, str, str] = GroupCommit(recorder.run)
     first, gone, kept = await _started(*(groups.submit("p", item) for item in "abc"))
     gone.cancel()
     await asyncio.sleep(0)
-    recorder.release.set()
-    assert await first == "p:a"
-    assert await kept == "p:c"
+    assert await _settled(recorder, [first, kept]) == ["p:a", "p:c"]
+    assert gone.cancelled()
     assert recorder.groups == [["a"], ["c"]]
 
-    recorder.release.clear()
-    leader, follower = await _started(*(groups.submit("p", item) for item in "de"))
+
+async def test_a_cancelled_leader_still_settles_the_others_of_its_group() -> None:
+    recorder = _Recorder()
+    groups: GroupCommit[str, str, str] = GroupCommit(recorder.run)
+    first, leader, follower = await _started(*(groups.submit("p", item) for item in "abc"))
+    recorder.gates[0].set()  # "a" ends; "b" leads the group of "b" and "c"
+    assert await first == "p:a"
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert recorder.groups == [["a"], ["b", "c"]]
     leader.cancel()
-    await asyncio.sleep(0)
-    recorder.release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not follower.done()  # the group runs on without its leader
+    recorder.gates[1].set()
+    assert await follower == "p:c"
     with pytest.raises(asyncio.CancelledError):
         await leader
-    assert await follower == "p:e"
-    assert recorder.groups[-2:] == [["d"], ["e"]]
+    # The key is free again: the next item runs at once, alone.
+    after = await _started(groups.submit("p", "d"))
+    assert await _settled(recorder, after) == ["p:d"]
