@@ -28,7 +28,7 @@ import asyncpg
 
 from fieldsync.model.automerge_format.documents import AutomergeError, load_document, save_document
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
-from fieldsync.model.merge import DecodedChanges, EntityChanges, StoredEntity
+from fieldsync.model.merge import Applied, DecodedChanges, EntityChanges, StoredEntity, preapply
 from fieldsync.model.rejections import Rejection
 from fieldsync.store.append_plan import (
     Authorize,
@@ -214,7 +214,32 @@ class ChangeLog:
         if not batch:
             return []  # nothing to log: no lock, no transaction
         decoded = prepare_batch(batch, self._limits)
-        return await self._groups.submit(project_id, _Push(batch, decoded, sender, authorize))
+        applied = self._preapply(project_id, decoded)
+        return await self._groups.submit(
+            project_id, _Push(batch, decoded, sender, authorize, applied)
+        )
+
+    def _preapply(
+        self, project_id: UUID, decoded: Sequence[DecodedChanges | Rejection]
+    ) -> dict[str, Applied]:
+        """Apply each entity's changes before the lock, onto the document this process has
+        cached, or onto none for a push that creates the entity: while the push waits for
+        the lock (behind a running group), the work overlaps the database's. Under the lock
+        the merge keeps it only if the entity is still at that version."""
+        found: dict[str, Applied] = {}
+        for item in decoded:
+            if isinstance(item, Rejection):
+                continue
+            cached = self._cache.get(project_id, item.entity_id)
+            if cached is not None:
+                applied = preapply(item, cached.version, cached.document, self._limits)
+            elif any(not c.deps for c in item.unique):  # its creation: likely a new entity
+                applied = preapply(item, 0, None, self._limits)
+            else:
+                continue
+            if applied is not None:
+                found[item.entity_id] = applied
+        return found
 
     @property
     def groups(self) -> GroupCommit[UUID, _Push, list[AppendResult]]:
@@ -269,7 +294,9 @@ class ChangeLog:
         logged, owners = index_logged(
             await find_logged(conn, project_id, asked_hashes(valid)) if valid else []
         )
-        outcomes = merge_batch(project_id, push.decoded, stored, logged, owners, self._limits)
+        outcomes = merge_batch(
+            project_id, push.decoded, stored, logged, owners, self._limits, push.applied
+        )
         if push.authorize is not None:  # a member's push
             outcomes = refuse_server_authored(outcomes)
         rule = await push.authorize(conn) if push.authorize is not None else None
@@ -389,12 +416,14 @@ class _Writes:
 
 @dataclass(frozen=True, slots=True)
 class _Push:
-    """One push waiting for its group: decoded before any lock."""
+    """One push waiting for its group: decoded, and applied where it could be, before any
+    lock."""
 
     batch: Sequence[EntityChanges]
     decoded: Sequence[DecodedChanges | Rejection]
     sender: str
     authorize: AuthorizeFactory | None
+    applied: Mapping[str, Applied]  # entities whose changes were applied ahead
 
 
 @dataclass(frozen=True, slots=True)
