@@ -402,7 +402,8 @@ def preapply(
     """Before the lock: every change of ``decoded`` applied to ``base`` (the entity's
     document at ``base_version`` as this process has it; None and 0 for a new entity), as
     the merge will apply them if none of them is logged yet. None when the merge would not
-    get that far on these grounds alone (unreadable values, ops or bytes over the limits)."""
+    get that far on these grounds alone (unreadable values, ops or bytes over the limits,
+    dependencies outside the push with no document to hold them)."""
     if decoded.unsupported or base_version < 0:
         return None
     ops = sum(c.op_count for c in decoded.unique)
@@ -411,6 +412,8 @@ def preapply(
         return None
     pushed = {c.hash for c in decoded.unique}
     outside = {dep for c in decoded.unique for dep in c.deps} - pushed
+    if base is None and outside:
+        return None  # its history is not all here: the merge refuses or reloads it
     ordered, missing = dependency_order(decoded.unique, outside)
     if missing or not ordered:
         return None
