@@ -314,6 +314,7 @@ class SyncHealthPort(Protocol):
         ignored); records of members since removed, or of unknown projects, are dropped."""
         ...
 
+
 class AttachmentPort(Protocol):
     """Attachment metadata (``store.attachment_records``). Refusals of the upload path are
     ``AttachmentRefusedError`` (``OffsetMismatchError`` for a part at the wrong offset)."""
