@@ -32,6 +32,7 @@ from fieldsync.live.admission import DEFAULT_ADMISSION_LIMITS, Admission, Admiss
 from fieldsync.live.attachments_http import attachment_routes
 from fieldsync.live.feed import Hub
 from fieldsync.live.http_auth import cors_preflight
+from fieldsync.live.load_gate import DEFAULT_LOAD_LIMITS, LoadLimits
 from fieldsync.live.memory import trim_periodically
 from fieldsync.live.operations import healthz, metrics_endpoint
 from fieldsync.live.origins import OriginPolicy
@@ -90,6 +91,7 @@ def create_app(
     handshake_seconds: float = HANDSHAKE_SECONDS,
     stall_seconds: float = STALL_SECONDS,
     admission_limits: AdmissionLimits = DEFAULT_ADMISSION_LIMITS,
+    load_limits: LoadLimits = DEFAULT_LOAD_LIMITS,
     metrics: Metrics | None = None,
     database_check_seconds: float = DATABASE_CHECK_SECONDS,
     replica_url: str | None = None,
@@ -188,11 +190,13 @@ def create_app(
                 status=status,
                 admission=admission,
                 log_limiter=connection_log_limiter(metrics.log_line_suppressed),
+                load_limits=load_limits,
             )
             recorder = sync.sync_health = HealthRecorder(store.sync_health)
             notifications = store.notifications
             workers = [
                 asyncio.create_task(trim_periodically()),
+                asyncio.create_task(sync.load.watch_lag()),
                 asyncio.create_task(recorder.run()),
                 asyncio.create_task(
                     notifications.poll_heads(

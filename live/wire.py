@@ -297,10 +297,16 @@ class SyncWire(asyncio.Protocol):
                 )
                 return rid, None
             address = await self._client_address(headers)
-            admitted = services.admission.admit(address)
+            # A saturated process answers at once with a hint (``live.load_gate``).
+            saturated = services.load.refusal()
+            admitted = saturated or services.admission.admit(address)
             if isinstance(admitted, Refusal):
                 services.metrics.connection_refused(admitted.reason)
-                retry = str(services.admission.limits.retry_after_seconds)
+                retry = str(
+                    services.load.retry_after()
+                    if saturated is not None
+                    else services.admission.limits.retry_after_seconds
+                )
                 self._deny(
                     admitted.status,
                     ErrorCode.SERVER_BUSY.value,
