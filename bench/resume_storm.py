@@ -15,7 +15,7 @@ addresses do (the server admits 64 unauthenticated connections per address).
 
 Figures: time from the start until every client is live (and percentiles), the server
 process's CPU (``/proc``) per resume over that window, refusals and retries, and the
-latency of ``/healthz`` and ``/metrics`` probed every 100 ms during the storm.
+latency of ``/healthz`` and ``/metrics`` probed every 250 ms during the storm.
 
     .venv/bin/python bench/resume_storm.py [--clients 10000] [--processes 4] [--projects 4]
 
@@ -63,6 +63,7 @@ from fieldsync_client.backoff import Backoff
 PER_USER = 4  # clients per user: several devices of one person, well under the cap of 16
 PER_ADDRESS = 16  # clients per loopback source address
 GIVE_UP_SECONDS = 60.0
+PROBE_SECONDS = 0.25  # /metrics walks every connection's queue: probing costs the server
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Outcome:
     failed: int = 0  # connections that failed otherwise (reset, refused, error frame)
     snapshot: bool = False  # a snapshot was sent: the resume was not honoured
     errors: list[str] = field(default_factory=list)
+    hints: list[float] = field(default_factory=list)  # the Retry-After of each refusal
 
 
 def _masked_frame(payload: bytes) -> bytes:
@@ -220,6 +222,7 @@ async def resume(base: str, client: Client, outcome: Outcome, deadline: float) -
         if how.startswith("refused"):
             outcome.refused += 1
             retry = float(how.rsplit(" ", 1)[1])
+            outcome.hints.append(retry)
         else:
             outcome.failed += 1
             if len(outcome.errors) < 3:
@@ -228,29 +231,55 @@ async def resume(base: str, client: Client, outcome: Outcome, deadline: float) -
     return None
 
 
-async def storm(base: str, clients: list[Client], start_ns: int) -> list[Outcome]:
+async def storm(base: str, clients: list[Client], signals: Signals) -> list[Outcome]:
+    """Resume every client from the agreed instant; report when all are live, and close
+    them only when told (so closing costs the server nothing inside the measured window)."""
+    loop = asyncio.get_running_loop()
     outcomes = [Outcome() for _ in clients]
-    await asyncio.sleep(max(0.0, (start_ns - now_ns()) / 1e9))
-    deadline = asyncio.get_running_loop().time() + GIVE_UP_SECONDS
+    signals.ready.put(1)
+    await loop.run_in_executor(None, signals.go.wait)
+    await asyncio.sleep(max(0.0, (signals.start_ns.value - now_ns()) / 1e9))
+    deadline = loop.time() + GIVE_UP_SECONDS
     transports = await asyncio.gather(
         *(resume(base, c, o, deadline) for c, o in zip(clients, outcomes, strict=True))
     )
+    signals.ready.put(1)  # all live (or given up)
+    await loop.run_in_executor(None, signals.close.wait)
     for transport in transports:
         if transport is not None:
             transport.write(_CLOSE)
             transport.close()
+    await asyncio.sleep(0.5)
     return outcomes
 
 
-def client_process(base: str, clients: list[Client], start_ns: int, results: Any) -> None:
+@dataclass
+class Signals:
+    """Between the benchmark and its client processes."""
+
+    ready: Any  # a Queue: one message per process when ready, one when all are live
+    go: Any  # an Event: the start instant is set
+    start_ns: Any  # a Value: the start instant (``now_ns``)
+    close: Any  # an Event: the window is over, close the connections
+    results: Any  # a Queue: each process's clients, outcomes and CPU seconds
+
+
+def client_process(base: str, clients: list[Client], signals: Signals) -> None:
     """A client process (the target of ``multiprocessing``): its clients' outcomes."""
     cpu = time.process_time()
-    outcomes = asyncio.run(storm(base, clients, start_ns))
-    results.put((clients, outcomes, time.process_time() - cpu))
+    outcomes = asyncio.run(storm(base, clients, signals))
+    signals.results.put((clients, outcomes, time.process_time() - cpu))
+
+
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """A process's user and system CPU seconds so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 class Probe(threading.Thread):
-    """GETs ``/healthz`` and ``/metrics`` every 100 ms; their latencies (ms) and failures."""
+    """GETs ``/healthz`` and ``/metrics`` every ``PROBE_SECONDS``; latencies (ms), failures."""
 
     def __init__(self, base: str) -> None:
         super().__init__(daemon=True)
@@ -269,7 +298,7 @@ class Probe(threading.Thread):
                     latencies.append((time.perf_counter() - started) * 1000)
                 except Exception as exc:
                     self.failures.append(f"{path}: {exc!r}")
-            self.stopping.wait(0.1)
+            self.stopping.wait(PROBE_SECONDS)
 
 
 async def prepare(
@@ -298,37 +327,46 @@ async def prepare(
 def run(url: str, args: argparse.Namespace) -> None:
     clients, heads = asyncio.run(prepare(url, args.projects, args.clients, args.behind))
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
+    signals = Signals(
+        context.Queue(), context.Event(), context.Value("q", 0), context.Event(), context.Queue()
+    )
     with server_process(url) as server:
-        start_ns = now_ns() + int(3e9)  # time for the client processes to start
         workers = [
             context.Process(
                 target=client_process,
-                args=(server.base, clients[i :: args.processes], start_ns, results),
+                args=(server.base, clients[i :: args.processes], signals),
                 daemon=True,
             )
             for i in range(args.processes)
         ]
         for worker in workers:
             worker.start()
-        time.sleep(max(0.0, (start_ns - now_ns()) / 1e9 - 1.5))
+        for _ in workers:
+            signals.ready.get(timeout=120)
         probe = Probe(server.base)
         profile = ServerProfile(server.pid, args.profile)
         with profile:  # attaching takes a second
-            time.sleep(max(0.0, (start_ns - now_ns()) / 1e9 - 0.1))
+            start_ns = signals.start_ns.value = now_ns() + int(0.3e9)
+            signals.go.set()
+            time.sleep(max(0.0, (start_ns - now_ns()) / 1e9))
             cpu = CpuUse(server.pid, url)
+            split = user_system_seconds(server.pid)
             probe.start()
-            gathered = [results.get(timeout=GIVE_UP_SECONDS + 60) for _ in workers]
+            for _ in workers:
+                signals.ready.get(timeout=GIVE_UP_SECONDS + 60)
+            cpu.stop()
+            split = tuple(
+                b - a for a, b in zip(split, user_system_seconds(server.pid), strict=True)
+            )
+            probe.stopping.set()
+        signals.close.set()
+        gathered = [signals.results.get(timeout=60) for _ in workers]
         for worker in workers:
             worker.join()
+        probe.join()
         pairs = [(c, o) for sent, got, _ in gathered for c, o in zip(sent, got, strict=True)]
         outcomes = [o for _, o in pairs]
         last_live = max((o.live_ns for o in outcomes), default=0)
-        # The window is from the start to the last client live; the CPU sample is taken
-        # when the results arrive, a moment later (an idle server adds almost nothing).
-        cpu.stop()
-        probe.stopping.set()
-        probe.join()
     live = [o for o in outcomes if o.live_ns]
     wall = (last_live - start_ns) / 1e9 if live else float("nan")
     # Every client ends live at its project's head (nothing is pushed during the storm).
@@ -342,12 +380,21 @@ def run(url: str, args: argparse.Namespace) -> None:
         f"upgrades refused (retried after Retry-After): {sum(o.refused for o in outcomes)}; "
         f"other failures: {sum(o.failed for o in outcomes)}; synced short of the head: {len(wrong)}"
     )
+    hints = [h for o in outcomes for h in o.hints]
+    if hints:
+        refused = [(o.live_ns - start_ns) / 1e6 for o in live if o.refused]
+        print(
+            f"Retry-After hints: p50 {percentile(hints, 0.5):g} s, max {max(hints):g} s; "
+            f"most refusals of one client {max(o.refused for o in outcomes)}; "
+            f"time to live of refused clients: {describe_ms(refused)}"
+        )
     errors = [e for o in outcomes for e in o.errors][:5]
     if errors:
         print("first failures:", "; ".join(errors))
     to_live = [(o.live_ns - start_ns) / 1e6 for o in live]
     print(f"time to live: {describe_ms(to_live)}")
     print(cpu.describe(wall, [cpu for _, _, cpu in gathered]))
+    print(f"server process: user {split[0]:.2f} s, system {split[1]:.2f} s")
     for path, latencies in probe.latencies.items():
         print(f"{path} during the storm: {describe_ms(latencies)}")
     if probe.failures:

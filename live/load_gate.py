@@ -9,7 +9,8 @@ late the event loop runs (``watch_lag``). Over either bound the upgrade is answe
 with 503 and a ``Retry-After`` hint that the SDKs honour with their jitter.
 
 The hint is the time the process needs to work off what it already holds, at the rate it
-has recently been finishing resumes, within ``[min_retry_seconds, max_retry_seconds]``.
+has recently been finishing resumes (never assumed below ``assumed_rate``), plus the loop's
+lag, within ``[min_retry_seconds, max_retry_seconds]``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ LAG_CHECK_SECONDS = 0.05
 @dataclass(frozen=True, slots=True)
 class LoadLimits:
     max_in_progress: int = 3_000  # connections between their upgrade and live
-    max_lag_seconds: float = 0.25  # how late the event loop may run
+    max_lag_seconds: float = 0.5  # how late the event loop may run
+    # Resumes a second the process is assumed to finish until it has measured its own rate
+    # (the hint for the first refusals after a start): a cautious figure for one core.
+    assumed_rate: float = 1_000.0
     min_retry_seconds: int = 1
     max_retry_seconds: int = 30
 
@@ -85,7 +89,7 @@ class LoadGate:
         """Seconds until what the process holds is likely done (the ``Retry-After``)."""
         self._take_rate()
         limits = self.limits
-        rate = max(self._rate, 1.0)
+        rate = max(self._rate, limits.assumed_rate)
         backlog = self.in_progress / rate + self.lag
         return min(limits.max_retry_seconds, max(limits.min_retry_seconds, math.ceil(backlog)))
 

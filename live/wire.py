@@ -302,11 +302,7 @@ class SyncWire(asyncio.Protocol):
             admitted = saturated or services.admission.admit(address)
             if isinstance(admitted, Refusal):
                 services.metrics.connection_refused(admitted.reason)
-                retry = str(
-                    services.load.retry_after()
-                    if saturated is not None
-                    else services.admission.limits.retry_after_seconds
-                )
+                retry = str(self._retry_after(services, admitted))
                 self._deny(
                     admitted.status,
                     ErrorCode.SERVER_BUSY.value,
@@ -347,6 +343,20 @@ class SyncWire(asyncio.Protocol):
         self._accepted = True
         self._schedule_ping()
         return True
+
+    @staticmethod
+    def _retry_after(services: SyncServices, refusal: Refusal) -> int:
+        """The ``Retry-After`` of a refused upgrade. A saturated process (503) hints how
+        long it needs for what it holds (``live.load_gate``), capped for the process-wide
+        admission cap by its configured wait; one address over its cap (429) gets that
+        wait as it is, however idle the process."""
+        configured = services.admission.limits.retry_after_seconds
+        if refusal.status != 503:
+            return configured
+        hint = services.load.retry_after()
+        if refusal.reason == "unauthenticated_process":
+            return min(hint, configured)
+        return hint
 
     def _deny(
         self, status: int, code: str, message: str, rid: str, extra: dict[str, str] | None = None
