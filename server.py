@@ -69,6 +69,11 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 2.0
 HEAD_POLL_SECONDS = 2.0
 PING_INTERVAL_SECONDS = 20.0
+# Connections the kernel holds before the server accepts them (capped by net.core.somaxconn).
+# A reconnect storm arrives faster than the event loop accepts: a SYN dropped from a full
+# queue costs its client 1, then 3, then 7 s of TCP retransmission, where a refusal with a
+# hint costs it what the server asks.
+LISTEN_BACKLOG = 16_384
 DATABASE_CHECK_SECONDS = 1.0
 
 
@@ -290,4 +295,5 @@ def uvicorn_config(
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        backlog=LISTEN_BACKLOG,
     )

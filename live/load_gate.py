@@ -8,9 +8,10 @@ between their upgrade and live (unauthenticated, or a project still catching up)
 late the event loop runs (``watch_lag``). Over either bound the upgrade is answered at once
 with 503 and a ``Retry-After`` hint that the SDKs honour with their jitter.
 
-The hint is the time the process needs to work off what it already holds, at the rate it
-has recently been finishing resumes (never assumed below ``assumed_rate``), plus the loop's
-lag, within ``[min_retry_seconds, max_retry_seconds]``.
+The hint gives each refused client a turn: after what the process already holds and after
+the clients refused before it, at the rate the process has recently been finishing resumes
+(never assumed below ``assumed_rate``), plus the loop's lag, within ``[min_retry_seconds,
+max_retry_seconds]``. So a refused crowd returns spread over the time it needs.
 """
 
 from __future__ import annotations
@@ -24,15 +25,19 @@ from dataclasses import dataclass
 from fieldsync.live.admission import Refusal
 
 LAG_CHECK_SECONDS = 0.05
+RATE_WINDOW_SECONDS = 1.0  # resumes finish in bursts: the rate is taken over this window
 
 
 @dataclass(frozen=True, slots=True)
 class LoadLimits:
-    max_in_progress: int = 3_000  # connections between their upgrade and live
-    max_lag_seconds: float = 0.5  # how late the event loop may run
-    # Resumes a second the process is assumed to finish until it has measured its own rate
-    # (the hint for the first refusals after a start): a cautious figure for one core.
-    assumed_rate: float = 1_000.0
+    max_in_progress: int = 1_000  # connections between their upgrade and live
+    # How late the event loop may run. A burst of connections makes it late by itself
+    # (accepting them, reading their requests): only a loop far behind refuses everyone.
+    max_lag_seconds: float = 2.0
+    # Resumes a second the process is assumed to finish at least (the hint for the first
+    # refusals after a start, before it has measured its own rate): a cautious figure, so
+    # a crowd is spread too thin rather than back in a wave it cannot take.
+    assumed_rate: float = 500.0
     min_retry_seconds: int = 1
     max_retry_seconds: int = 30
 
@@ -58,6 +63,7 @@ class LoadGate:
         self._finished = 0  # streams that went live since the rate was last taken
         self._rate = 0.0  # streams going live per second, smoothed
         self._rate_at = clock()
+        self._next_turn = 0.0  # the clock time of the last turn handed to a refused client
 
     @property
     def in_progress(self) -> int:
@@ -86,17 +92,21 @@ class LoadGate:
         return None
 
     def retry_after(self) -> int:
-        """Seconds until what the process holds is likely done (the ``Retry-After``)."""
+        """Seconds until this client's turn (the ``Retry-After``). Refused clients are
+        given turns one after another, at the rate the process finishes resumes, after
+        what it already holds: a refused crowd comes back spread out, not in one wave."""
         self._take_rate()
         limits = self.limits
         rate = max(self._rate, limits.assumed_rate)
-        backlog = self.in_progress / rate + self.lag
-        return min(limits.max_retry_seconds, max(limits.min_retry_seconds, math.ceil(backlog)))
+        now = self._clock()
+        self._next_turn = max(self._next_turn, now + self.in_progress / rate) + 1 / rate
+        wait = self._next_turn - now + self.lag
+        return min(limits.max_retry_seconds, max(limits.min_retry_seconds, math.ceil(wait)))
 
     def _take_rate(self) -> None:
         now = self._clock()
         elapsed = now - self._rate_at
-        if elapsed < 0.2:
+        if elapsed < RATE_WINDOW_SECONDS:
             return
         current = self._finished / elapsed
         self._rate = current if self._rate == 0 else 0.5 * self._rate + 0.5 * current
