@@ -350,14 +350,13 @@ def run(url: str, args: argparse.Namespace) -> None:
             signals.go.set()
             time.sleep(max(0.0, (start_ns - now_ns()) / 1e9))
             cpu = CpuUse(server.pid, url)
-            split = user_system_seconds(server.pid)
+            user, system = user_system_seconds(server.pid)
             probe.start()
             for _ in workers:
                 signals.ready.get(timeout=GIVE_UP_SECONDS + 60)
             cpu.stop()
-            split = tuple(
-                b - a for a, b in zip(split, user_system_seconds(server.pid), strict=True)
-            )
+            user_end, system_end = user_system_seconds(server.pid)
+            user, system = user_end - user, system_end - system
             probe.stopping.set()
         signals.close.set()
         gathered = [signals.results.get(timeout=60) for _ in workers]
@@ -394,7 +393,7 @@ def run(url: str, args: argparse.Namespace) -> None:
     to_live = [(o.live_ns - start_ns) / 1e6 for o in live]
     print(f"time to live: {describe_ms(to_live)}")
     print(cpu.describe(wall, [cpu for _, _, cpu in gathered]))
-    print(f"server process: user {split[0]:.2f} s, system {split[1]:.2f} s")
+    print(f"server process: user {user:.2f} s, system {system:.2f} s")
     for path, latencies in probe.latencies.items():
         print(f"{path} during the storm: {describe_ms(latencies)}")
     if probe.failures:
