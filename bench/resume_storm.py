@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
+import json
 import multiprocessing
 import os
 import random
@@ -36,6 +38,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,8 +228,7 @@ async def resume(base: str, client: Client, outcome: Outcome, deadline: float) -
             outcome.hints.append(retry)
         else:
             outcome.failed += 1
-            if len(outcome.errors) < 3:
-                outcome.errors.append(how)
+            outcome.errors.append(how)
         await asyncio.sleep(backoff.next_delay(retry))
     return None
 
@@ -269,6 +271,17 @@ def client_process(base: str, clients: list[Client], signals: Signals) -> None:
     cpu = time.process_time()
     outcomes = asyncio.run(storm(base, clients, signals))
     signals.results.put((clients, outcomes, time.process_time() - cpu))
+
+
+def ended_by(log: Path) -> str:
+    """How the server's connection lines say connections ended, most common first."""
+    reasons: Counter[str] = Counter()
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("event") in ("connection_closed", "connection_refused"):
+                reasons[str(record.get("ended_by"))[:80]] += 1 + int(record.get("suppressed", 0))
+    return ", ".join(f"{n} {why}" for why, n in reasons.most_common(6))
 
 
 def user_system_seconds(pid: int) -> tuple[float, float]:
@@ -364,6 +377,8 @@ def run(url: str, args: argparse.Namespace) -> None:
             worker.join()
         probe.join()
         pairs = [(c, o) for sent, got, _ in gathered for c, o in zip(sent, got, strict=True)]
+        if any(not o.live_ns for _, o in pairs):
+            print("why the server ended connections:", ended_by(server.log_path))
         outcomes = [o for _, o in pairs]
         last_live = max((o.live_ns for o in outcomes), default=0)
     live = [o for o in outcomes if o.live_ns]
@@ -387,9 +402,9 @@ def run(url: str, args: argparse.Namespace) -> None:
             f"most refusals of one client {max(o.refused for o in outcomes)}; "
             f"time to live of refused clients: {describe_ms(refused)}"
         )
-    errors = [e for o in outcomes for e in o.errors][:5]
-    if errors:
-        print("first failures:", "; ".join(errors))
+    failures = Counter(e.split(":")[0][:60] for o in outcomes for e in o.errors)
+    if failures:
+        print("client failures:", ", ".join(f"{n} {why}" for why, n in failures.most_common(6)))
     to_live = [(o.live_ns - start_ns) / 1e6 for o in live]
     print(f"time to live: {describe_ms(to_live)}")
     print(cpu.describe(wall, [cpu for _, _, cpu in gathered]))
