@@ -99,6 +99,10 @@ STALL_SECONDS = 30.0
 # How many queued bytes the writer hands the socket at once: few system calls, while the
 # socket's own buffer never holds much more than its high-water mark.
 WRITE_BATCH_BYTES = 256 * 1024
+# Pushes of one connection being appended at once while it reads its answers promptly: the
+# reader goes on while they wait for the project's lock, so a client's pipelined pushes
+# share a group commit (and their changes one fan-out round).
+PUSHES_IN_FLIGHT = 4
 NOT_A_MEMBER = "no such project, or you are not a member of it"
 REMOVED = "you are no longer a member of this project"
 DATABASE_DOWN = "the server cannot reach its database; try again later"
@@ -234,6 +238,8 @@ class SyncSession:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._next: asyncio.Task[bytes | str | None] | None = None  # read during the handshake
+        self._pushing: set[asyncio.Task[None]] = set()  # pushes being appended
+        self._push_turn: asyncio.Future[None] | None = None  # set once the last push queued
         self._opened = time.monotonic()
         self._deadline = asyncio.get_running_loop().time() + services.handshake_seconds
         self._ended_by: str | None = None  # why the server ended it, for the closing line
@@ -260,6 +266,8 @@ class SyncSession:
                 self._next.cancel()
             for task in self._streams.values():
                 task.cancel()
+            if self._pushing:  # appends under way end on their own; their answers still go
+                await asyncio.wait(self._pushing)
             for subscription in self._live.values():
                 self._services.hub.leave(subscription)
             if self._counted and self._user_id is not None:
@@ -309,6 +317,12 @@ class SyncSession:
             except TimeoutError:
                 self._handshake_timed_out()
                 return None
+        if self._pushing and self._outbox.queued_bytes:
+            # A client behind on its answers gets one push at a time: the queue grows by one
+            # answer at most past its soft bound, as without pipelining.
+            await asyncio.wait(self._pushing)
+        elif len(self._pushing) >= PUSHES_IN_FLIGHT:
+            await asyncio.wait(self._pushing, return_when=asyncio.FIRST_COMPLETED)
         if not self._outbox.has_room:
             try:
                 async with asyncio.timeout(self._services.stall_seconds):
@@ -502,7 +516,7 @@ class SyncSession:
             elif isinstance(event, Unsubscribe):
                 self._unsubscribed(event.project_id)
             elif isinstance(event, Push):
-                await self._push(event)
+                self._start_push(event)
         except StoreError as exc:
             self._database_failed(event, exc)
 
@@ -875,9 +889,39 @@ class SyncSession:
 
     # -- pushes -------------------------------------------------------------------------------
 
-    async def _push(self, push: Push) -> None:
+    def _start_push(self, push: Push) -> None:
+        """Append ``push`` while the reader goes on. Pushes enter the change log in the order
+        they arrived: each waits for the one before it to be queued for its project's lock
+        (``ChangeLog.append`` queues before it first yields), so a push that builds on the
+        previous one's changes always finds them."""
+        loop = asyncio.get_running_loop()
+        previous, turn = self._push_turn, loop.create_future()
+        self._push_turn = turn
+        task = loop.create_task(self._pipelined_push(push, previous, turn))
+        self._pushing.add(task)
+        task.add_done_callback(self._pushing.discard)
+
+    async def _pipelined_push(
+        self, push: Push, previous: asyncio.Future[None] | None, turn: asyncio.Future[None]
+    ) -> None:
+        try:
+            await self._push(push, previous, turn)
+        except StoreError as exc:
+            self._database_failed(push, exc)
+        finally:
+            if not turn.done():  # refused, or failed before its turn: pass the turn on
+                if previous is None or previous.done():
+                    turn.set_result(None)
+                else:
+                    previous.add_done_callback(lambda _: _pass_turn(turn))
+
+    async def _push(
+        self, push: Push, previous: asyncio.Future[None] | None, turn: asyncio.Future[None]
+    ) -> None:
         started = time.monotonic()
         access = await self._level(push.project_id)
+        if previous is not None:
+            await asyncio.shield(previous)
         if access is None:
             code, message = self._refusal(push.project_id)
             self._services.metrics.push_refused(code.value)
@@ -895,6 +939,7 @@ class SyncSession:
         batch = [EntityChanges(e.entity_type, e.entity_id, e.changes) for e in push.entities]
         try:
             assert self._user_id is not None
+            turn.set_result(None)  # wakes the next push only after this one has queued
             results = await self._services.changelog.append(
                 project, batch, str(self._user_id), as_member=self._user_id
             )
@@ -931,3 +976,8 @@ class SyncSession:
                     )
                 )
         self._queue(self._protocol.answer_push(push.push_id, push.project_id, entity_results))
+
+
+def _pass_turn(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_result(None)

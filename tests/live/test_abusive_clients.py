@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from fieldsync.auth.tokens import SecretVerifier, TokenClaims
 from fieldsync.live.admission import AdmissionLimits
 from fieldsync.live.outbox import OutboxLimits
+from fieldsync.live.session import PUSHES_IN_FLIGHT
 from fieldsync.model.merge import MAX_VIOLATIONS_LISTED
 from fieldsync.observability.metrics import Metrics
 from fieldsync.sync.codec import encode
@@ -62,7 +63,9 @@ async def test_a_client_that_pushes_but_never_reads_is_bounded_then_closed(
 ) -> None:
     _, token = await member(project)
     metrics = Metrics()
-    limits = OutboxLimits(soft_bytes=64 * 1024, hard_bytes=256 * 1024, control_bytes=128 * 1024)
+    # A soft bound above the answers of PUSHES_IN_FLIGHT pushes, which a client that read
+    # everything so far may have in flight when it stops reading.
+    limits = OutboxLimits(soft_bytes=512 * 1024, hard_bytes=2048 * 1024, control_bytes=1024 * 1024)
     async with running_server(
         database_url, outbox_limits=limits, stall_seconds=2.0, metrics=metrics
     ) as base:
@@ -107,6 +110,7 @@ async def test_a_client_that_pushes_but_never_reads_is_bounded_then_closed(
         # The next frame is read only below the soft bound: one push's answer at most on top
         # of it, never the whole flood.
         one_answer = len(encode(PushResult(0, str(project), (refused,) * len(entities))))
+        assert PUSHES_IN_FLIGHT * one_answer <= limits.soft_bytes + one_answer
         assert sent >= 2
         assert 0 < fullest <= limits.soft_bytes + one_answer
         client.ws.transport.resume_reading()
