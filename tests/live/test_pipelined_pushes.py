@@ -37,13 +37,13 @@ async def test_pushes_sent_at_once_are_appended_in_order_and_grouped(
             await client.send(
                 Push(push_id, str(project), (EntityPush("location", entity_id, (change,)),))
             )
-        answers = {}
+        answers: dict[int, PushResult] = {}
         for _ in changes:
             answer = await client.expect(PushResult, within=20)
             answers[answer.push_id] = answer
         await client.close()
 
-    seqs = []
+    seqs: list[int] = []
     for push_id in range(1, PUSHES + 1):
         [result] = answers[push_id].results
         assert isinstance(result, EntityAccepted), result  # never missing_dependencies
