@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fieldsync.auth.tokens import TokenClaims
-from fieldsync.live.http_auth import bearer_claims
+from fieldsync.live.http_auth import bearer_claims, cors_preflight
 from fieldsync.live.origins import cors_headers
 from fieldsync.live.snapshot_http import none_match
 from fieldsync.media import entity
@@ -80,6 +80,10 @@ def attachment_routes() -> list[Route]:
         Route(base + "/content", _guarded(_upload), methods=["PATCH"]),
         Route(base + "/content", _guarded(_download), methods=["GET"]),
         Route(base + "/thumbnails/{size}", _guarded(_thumbnail), methods=["GET"]),
+        *(
+            Route(path, cors_preflight, methods=["OPTIONS"])
+            for path in (base, base + "/content", base + "/thumbnails/{size}")
+        ),
     ]
 
 
