@@ -17,6 +17,7 @@ a name or header. A part is acknowledged only once stored and counted.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -204,7 +205,9 @@ def _header_int(request: Request, name: str) -> int:
     return int(raw)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int) -> list[bytes]:
+    """The body as the chunks it arrived in (never joined: the blob store writes and hashes
+    them one by one)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _Refusal(
@@ -217,8 +220,26 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _Refusal(
                 413, "chunk_too_large", f"one request carries at most {limit} bytes", limit=limit
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if chunk:
+            chunks.append(chunk)
+    return chunks
+
+
+def _head(chunks: list[bytes], length: int) -> bytes:
+    """The first ``length`` bytes of the chunks, copying no more than that."""
+    head = b""
+    for chunk in chunks:
+        head += chunk[: length - len(head)]
+        if len(head) >= length:
+            break
+    return head
+
+
+def _sha256(chunks: list[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 async def _upload(request: Request) -> Response:
@@ -241,14 +262,15 @@ async def _upload(request: Request) -> Response:
             raise _Refusal(409, "attachment_id_taken", "this id names an attachment of other bytes")
         return JSONResponse(_describe(existing))  # the same bytes again: nothing to do
     limit = min(ctx.limits.max_chunk_bytes, max(size - offset, 0))
-    body = await _read_body(request, limit)
-    if offset + len(body) > size:
+    chunks = await _read_body(request, limit)
+    length = sum(len(chunk) for chunk in chunks)
+    if offset + length > size:
         raise _Refusal(400, "beyond_declared_length", "the part ends after Upload-Length")
     claimed = request.headers.get("upload-type")
     name = display_name(unquote(request.headers.get("upload-name", ""))[:1024] or None)
     detected: str | None = None
     if offset == 0:
-        head = body[:SNIFF_BYTES]
+        head = _head(chunks, SNIFF_BYTES)
         if len(head) < min(size, SNIFF_BYTES):
             raise _Refusal(400, "part_too_small", f"the first part needs {SNIFF_BYTES} bytes")
         detected = detect_type(head)
@@ -259,16 +281,11 @@ async def _upload(request: Request) -> Response:
                 415, "type_mismatch", f"the content is {detected}, not {claimed}",
                 detected=detected,
             )  # fmt: skip
-        same = await _same_content(ctx, sha256)
-        if same is not None:  # this project already holds these bytes: nothing to upload
-            return await _finish(ctx, UploadRow(
-                ctx.attachment_id, ctx.project_id, sha256, same.size, same.content_type,
-                name, ctx.user_id, same.size,
-            ), status=201)  # fmt: skip
-    upload = await ctx.port.begin_upload(
+    reservation = await ctx.port.begin_upload(
         UploadRow(ctx.attachment_id, ctx.project_id, sha256, size, detected, name, ctx.user_id),
         ctx.limits,
     )
+    upload = reservation.upload
     if upload.project_id != ctx.project_id:
         raise _not_found()
     if (upload.sha256, upload.size) != (sha256, size):
@@ -276,17 +293,27 @@ async def _upload(request: Request) -> Response:
             409, "upload_mismatch",
             "an upload under this id declared other bytes (Upload-Sha256, Upload-Length)",
         )  # fmt: skip
+    if offset == 0 and reservation.same_content:
+        same = await _stored_original(ctx, sha256)
+        if same is not None:  # this project already holds these bytes: nothing to upload
+            return await _finish(ctx, UploadRow(
+                ctx.attachment_id, ctx.project_id, sha256, same.size, same.content_type,
+                name, ctx.user_id, same.size,
+            ), status=201)  # fmt: skip
     if offset != upload.received:
         raise OffsetMismatchError(upload.received)
-    if offset == 0 and len(body) == size:  # the whole file at once: no parts to keep
-        if hashlib.sha256(body).hexdigest() != sha256:
+    if offset == 0 and length == size:  # the whole file at once: no parts to keep
+        key = original_key(sha256)
+        if await ctx.blobs.size(key) == size:  # another project's copy: only check the hash
+            whole = await asyncio.to_thread(_sha256, chunks) == sha256
+        else:  # hashed while written, and kept only if it matches
+            whole = await ctx.blobs.put(key, chunks, sha256=sha256)
+        if not whole:
             await ctx.port.drop_upload(ctx.attachment_id)
             raise _hash_mismatch()
-        if await ctx.blobs.size(original_key(sha256)) != size:
-            await ctx.blobs.put(original_key(sha256), body)
         return await _finish(ctx, upload, status=201)
-    await ctx.blobs.put(part_key(ctx.attachment_id, offset), body)
-    upload = await ctx.port.part_stored(ctx.attachment_id, offset, len(body))
+    await ctx.blobs.put(part_key(ctx.attachment_id, offset), chunks)
+    upload = await ctx.port.part_stored(ctx.attachment_id, offset, length)
     if upload.received < size:
         return JSONResponse(
             {"attachment_id": ctx.attachment_id, "status": "uploading",
@@ -311,10 +338,8 @@ def _hash_mismatch() -> _Refusal:
     )  # fmt: skip
 
 
-async def _same_content(ctx: _Context, sha256: str) -> AttachmentRow | None:
-    """An attachment of this project whose original has these bytes and is stored."""
-    if not await ctx.port.holds_content(ctx.project_id, sha256):
-        return None
+async def _stored_original(ctx: _Context, sha256: str) -> AttachmentRow | None:
+    """The stored original of these bytes (its size and type), if blob storage has it."""
     size = await ctx.blobs.size(original_key(sha256))
     if size is None:
         return None

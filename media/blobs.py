@@ -63,8 +63,12 @@ def variant_key(attachment_id: str, variant: str) -> str:
 class BlobStore(Protocol):
     """Bytes by key. Every method raises OSError (or a subclass) when storage fails."""
 
-    async def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` at ``key`` atomically (replacing what was there)."""
+    async def put(
+        self, key: str, data: bytes | Sequence[bytes], *, sha256: str | None = None
+    ) -> bool:
+        """Store ``data`` (bytes, or chunks written one after another) at ``key`` atomically,
+        replacing what was there. With ``sha256``, the bytes are hashed as they are written
+        and kept only if they match: False, and nothing stored, if they do not."""
         ...
 
     async def compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
@@ -91,7 +95,7 @@ class _ThreadedBlobs:
     """A :class:`BlobStore` over blocking calls, each run in a worker thread so the event loop
     never waits on a disk or a network; subclasses implement the ``_`` methods."""
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, chunks: Sequence[bytes], sha256: str | None) -> bool:
         raise NotImplementedError
 
     def _compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
@@ -109,8 +113,11 @@ class _ThreadedBlobs:
     def _close(self) -> None:
         return None
 
-    async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(self._put, key, data)
+    async def put(
+        self, key: str, data: bytes | Sequence[bytes], *, sha256: str | None = None
+    ) -> bool:
+        chunks = [data] if isinstance(data, bytes) else data
+        return await asyncio.to_thread(self._put, key, chunks, sha256)
 
     async def compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
         return await asyncio.to_thread(self._compose, parts, key, sha256)
@@ -162,9 +169,13 @@ class LocalBlobs(_ThreadedBlobs):
             raise
         return temp, digest.hexdigest()
 
-    def _put(self, key: str, data: bytes) -> None:
-        temp, _ = self._write(key, [data], [])
+    def _put(self, key: str, chunks: Sequence[bytes], sha256: str | None) -> bool:
+        temp, digest = self._write(key, chunks, [])
+        if sha256 is not None and digest != sha256:
+            os.unlink(temp)
+            return False
         os.replace(temp, self._path(key))
+        return True
 
     def _compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
         temp, digest = self._write(key, [], [self._path(p) for p in parts])
@@ -273,8 +284,12 @@ class S3Blobs(_ThreadedBlobs):
             if batch:
                 self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, chunks: Sequence[bytes], sha256: str | None) -> bool:
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            return False
         self._call("put_object", Key=self._name(key), Body=data)
+        return True
 
     def _close(self) -> None:
         self._client.close()

@@ -53,6 +53,14 @@ class UploadRow:
     parts: tuple[int, ...] = ()  # offsets of the stored parts
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An upload as recorded, and whether its project already holds these bytes."""
+
+    upload: UploadRow
+    same_content: bool
+
+
 class AttachmentRefusedError(StoreError):
     """The upload cannot go on as asked; ``code`` is the wire error code."""
 

@@ -11,7 +11,7 @@ on the project, so concurrent first parts cannot both slip under it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +20,7 @@ from fieldsync.store.attachment_records import (
     AttachmentRefusedError,
     AttachmentRow,
     OffsetMismatchError,
+    Reservation,
     UploadRow,
     Variant,
 )
@@ -39,6 +40,23 @@ def _attachment(r: Any) -> AttachmentRow:
         {name: Variant(**v) for name, v in (variants or {}).items()},
         r["width"], r["height"], r["created_at"],
     )  # fmt: skip
+
+
+_REFUSALS: dict[str, Callable[[AttachmentLimits, str], AttachmentRefusedError]] = {
+    "attachment_id_taken": lambda _, aid: AttachmentRefusedError(
+        "attachment_id_taken", f"{aid} is already the id of another entity or upload"
+    ),
+    "too_many_attachments": lambda limits, _: AttachmentRefusedError(
+        "too_many_attachments",
+        f"the project holds {limits.max_per_project} attachments, its limit",
+    ),
+    "too_many_uploads": lambda limits, _: AttachmentRefusedError(
+        "too_many_uploads",
+        f"you have {limits.max_uploads_per_user} unfinished uploads in this project: "
+        "finish or abandon one first",
+        429,
+    ),
+}
 
 
 def _upload(r: Any) -> UploadRow:
@@ -70,58 +88,20 @@ class PostgresAttachments:
         return None if r is None else _upload(r)
 
     @translated("starting an upload")
-    async def begin_upload(self, upload: UploadRow, limits: AttachmentLimits) -> UploadRow:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
-                str(upload.project_id),
-            )
+    async def begin_upload(self, upload: UploadRow, limits: AttachmentLimits) -> Reservation:
+        """One round trip: ``attachment_begin_upload`` (migration 0007) locks the project,
+        checks the limits and records the upload in one statement."""
+        async with self._pool.acquire() as conn:
             r = await conn.fetchrow(
-                "SELECT * FROM attachment_uploads WHERE attachment_id = $1", upload.attachment_id
-            )
-            if r is not None:
-                return _upload(r)
-            taken = await conn.fetchval(
-                "SELECT 1 FROM documents WHERE entity_id = $1 UNION ALL "
-                "SELECT 1 FROM attachments WHERE attachment_id = $1",
-                upload.attachment_id,
-            )
-            if taken:
-                raise AttachmentRefusedError(
-                    "attachment_id_taken",
-                    f"{upload.attachment_id} is already the id of another entity or upload",
-                )
-            count = await conn.fetchval(
-                "SELECT (SELECT count(*) FROM attachments WHERE project_id = $1"
-                "        AND status <> 'deleted')"
-                "     + (SELECT count(*) FROM attachment_uploads WHERE project_id = $1)",
-                upload.project_id,
-            )
-            if count >= limits.max_per_project:
-                raise AttachmentRefusedError(
-                    "too_many_attachments",
-                    f"the project holds {limits.max_per_project} attachments, its limit",
-                )
-            mine = await conn.fetchval(
-                "SELECT count(*) FROM attachment_uploads WHERE project_id = $1"
-                " AND uploaded_by = $2",
-                upload.project_id,
-                upload.uploaded_by,
-            )
-            if mine >= limits.max_uploads_per_user:
-                raise AttachmentRefusedError(
-                    "too_many_uploads",
-                    f"you have {limits.max_uploads_per_user} unfinished uploads in this "
-                    "project: finish or abandon one first",
-                    429,
-                )
-            await conn.execute(
-                "INSERT INTO attachment_uploads (attachment_id, project_id, sha256, size,"
-                " content_type, file_name, uploaded_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "SELECT * FROM attachment_begin_upload($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 upload.attachment_id, upload.project_id, upload.sha256, upload.size,
                 upload.content_type, upload.file_name, upload.uploaded_by,
+                limits.max_per_project, limits.max_uploads_per_user,
             )  # fmt: skip
-        return upload
+        refusal = r["refusal"]
+        if refusal is not None:
+            raise _REFUSALS[refusal](limits, upload.attachment_id)
+        return Reservation(_upload(r), r["same_content"])
 
     @translated("recording a stored part")
     async def part_stored(self, attachment_id: str, offset: int, length: int) -> UploadRow:
@@ -153,29 +133,16 @@ class PostgresAttachments:
     async def finish_upload(self, row: AttachmentRow) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
-                "INSERT INTO attachments (attachment_id, project_id, sha256, size,"
+                "WITH forgotten AS (DELETE FROM attachment_uploads WHERE attachment_id = $1)"
+                " INSERT INTO attachments (attachment_id, project_id, sha256, size,"
                 " content_type, file_name, uploaded_by, status)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, 'uploaded')"
                 " ON CONFLICT (attachment_id) DO NOTHING RETURNING 1",
                 row.attachment_id, row.project_id, row.sha256, row.size, row.content_type,
                 row.file_name, row.uploaded_by,
             )  # fmt: skip
-            await conn.execute(
-                "DELETE FROM attachment_uploads WHERE attachment_id = $1", row.attachment_id
-            )
             if inserted:
                 await enqueue_processing(conn, row.attachment_id)
-
-    @translated("looking up content")
-    async def holds_content(self, project_id: UUID, sha256: str) -> bool:
-        async with self._pool.acquire() as conn:
-            found = await conn.fetchval(
-                "SELECT 1 FROM attachments WHERE project_id = $1 AND sha256 = $2"
-                " AND status <> 'deleted' LIMIT 1",
-                project_id,
-                sha256,
-            )
-        return bool(found)
 
     @translated("starting processing")
     async def start_processing(self, attachment_id: str) -> AttachmentRow | None:

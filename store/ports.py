@@ -42,7 +42,7 @@ from fieldsync.query.items import Activity, Conflict, MemberHealth, Summoning
 from fieldsync.query.specs import ActivityQuery, ConflictQuery, MemberQuery, Page, SummoningQuery
 from fieldsync.store.accounts import AccountRow, MemberRow, ProjectDetail, ProjectRow, UserRow
 from fieldsync.store.append_plan import OnCommit
-from fieldsync.store.attachment_records import AttachmentRow, UploadRow, Variant
+from fieldsync.store.attachment_records import AttachmentRow, Reservation, UploadRow, Variant
 from fieldsync.store.records import (
     AppendResult,
     ClientSeen,
@@ -314,6 +314,7 @@ class SyncHealthPort(Protocol):
         ignored); records of members since removed, or of unknown projects, are dropped."""
         ...
 
+
 class AttachmentPort(Protocol):
     """Attachment metadata (``store.attachment_records``). Refusals of the upload path are
     ``AttachmentRefusedError`` (``OffsetMismatchError`` for a part at the wrong offset)."""
@@ -322,9 +323,10 @@ class AttachmentPort(Protocol):
 
     async def upload(self, attachment_id: str) -> UploadRow | None: ...
 
-    async def begin_upload(self, upload: UploadRow, limits: AttachmentLimits) -> UploadRow:
+    async def begin_upload(self, upload: UploadRow, limits: AttachmentLimits) -> Reservation:
         """Record a new upload (or return the one already recorded under its id), within
-        the project's and the user's limits."""
+        the project's and the user's limits; also whether the project already holds an
+        attachment of these bytes."""
         ...
 
     async def part_stored(self, attachment_id: str, offset: int, length: int) -> UploadRow:
@@ -337,10 +339,6 @@ class AttachmentPort(Protocol):
     async def finish_upload(self, row: AttachmentRow) -> None:
         """Record the attachment (status uploaded), forget its upload and queue its
         processing, all in one transaction; a second call changes nothing."""
-        ...
-
-    async def holds_content(self, project_id: UUID, sha256: str) -> bool:
-        """Whether an attachment of the project already has these bytes."""
         ...
 
     async def start_processing(self, attachment_id: str) -> AttachmentRow | None:

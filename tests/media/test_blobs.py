@@ -54,6 +54,18 @@ async def test_compose_writes_only_bytes_that_match_their_hash(blobs: BlobStore)
     assert await blobs.read(target) == whole
 
 
+async def test_a_checked_put_hashes_the_chunks_and_keeps_only_matching_bytes(
+    blobs: BlobStore,
+) -> None:
+    chunks = [b"a" * 70_000, b"b" * 5, b"c" * 100_001]
+    sha = hashlib.sha256(b"".join(chunks)).hexdigest()
+    key = original_key(sha)
+    assert not await blobs.put(key, chunks[:2], sha256=sha)  # a chunk short
+    assert await blobs.size(key) is None
+    assert await blobs.put(key, chunks, sha256=sha)
+    assert await blobs.read(key) == b"".join(chunks)
+
+
 @pytest.mark.parametrize(
     "key", ["../etc/passwd", "originals/ab/../../x", "/abs", "variants/a b/small", ""]
 )
