@@ -34,7 +34,7 @@ from fieldsync.live.http_auth import bearer_claims, cors_preflight
 from fieldsync.live.origins import cors_headers
 from fieldsync.live.snapshot_http import none_match
 from fieldsync.media import entity
-from fieldsync.media.blobs import BlobStore, original_key, part_key
+from fieldsync.media.blobs import BlobStore, original_key
 from fieldsync.media.detect import SNIFF_BYTES, detect_type, display_name, is_sha256
 from fieldsync.media.limits import AttachmentLimits
 from fieldsync.model.schema import is_valid_entity_id
@@ -312,22 +312,28 @@ async def _upload(request: Request) -> Response:
             await ctx.port.drop_upload(ctx.attachment_id)
             raise _hash_mismatch()
         return await _finish(ctx, upload, status=201)
-    await ctx.blobs.put(part_key(ctx.attachment_id, offset), chunks)
-    upload = await ctx.port.part_stored(ctx.attachment_id, offset, length)
-    if upload.received < size:
-        return JSONResponse(
-            {"attachment_id": ctx.attachment_id, "status": "uploading",
-             "received": upload.received, "size": size},
-            status_code=202,
-        )  # fmt: skip
-    parts = [part_key(ctx.attachment_id, o) for o in upload.parts]
-    whole = await ctx.blobs.compose(parts, original_key(sha256), sha256)
+    try:
+        await ctx.blobs.put_part(ctx.attachment_id, offset, chunks)
+        upload = await ctx.port.part_stored(ctx.attachment_id, offset, length)
+        if upload.received < size:
+            return JSONResponse(
+                {"attachment_id": ctx.attachment_id, "status": "uploading",
+                 "received": upload.received, "size": size},
+                status_code=202,
+            )  # fmt: skip
+        whole = await ctx.blobs.join_parts(
+            ctx.attachment_id, upload.parts, size, original_key(sha256), sha256
+        )
+    except FileNotFoundError:  # the earlier parts expired meanwhile (media.gc)
+        await ctx.port.drop_upload(ctx.attachment_id)
+        await ctx.blobs.delete_parts(ctx.attachment_id)
+        raise OffsetMismatchError(0) from None
     if not whole:
         await ctx.port.drop_upload(ctx.attachment_id)
-        await ctx.blobs.delete(parts)
+        await ctx.blobs.delete_parts(ctx.attachment_id)
         raise _hash_mismatch()
     response = await _finish(ctx, upload, status=201)
-    await ctx.blobs.delete(parts)
+    await ctx.blobs.delete_parts(ctx.attachment_id)
     return response
 
 

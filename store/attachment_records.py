@@ -51,6 +51,7 @@ class UploadRow:
     uploaded_by: UUID
     received: int = 0
     parts: tuple[int, ...] = ()  # offsets of the stored parts
+    updated_at: datetime | None = None  # when the last part was stored (or the upload began)
 
 
 @dataclass(frozen=True, slots=True)

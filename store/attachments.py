@@ -32,6 +32,20 @@ _ATTACHMENT_COLUMNS = """attachment_id, project_id, sha256, size, content_type, 
 uploaded_by, status, failure, attempts, variants, width, height, created_at"""
 
 
+# References from the read models (migration 0007): the candidates some live activity or
+# location lists, and whether any live row was written before the column existed.
+_REFERENCED = """
+WITH lists AS (
+    SELECT attachments FROM rm_activities WHERE project_id = $1 AND NOT deleted
+    UNION ALL
+    SELECT attachments FROM rm_locations WHERE project_id = $1 AND NOT deleted
+)
+SELECT EXISTS (SELECT 1 FROM lists WHERE attachments IS NULL) AS unknown,
+       ARRAY(SELECT DISTINCT a FROM lists, unnest(lists.attachments) AS a
+             WHERE a = ANY($2::text[])) AS referenced
+"""
+
+
 def _attachment(r: Any) -> AttachmentRow:
     variants = json.loads(r["variants"]) if isinstance(r["variants"], str) else r["variants"]
     return AttachmentRow(
@@ -63,6 +77,7 @@ def _upload(r: Any) -> UploadRow:
     return UploadRow(
         r["attachment_id"], r["project_id"], r["sha256"], r["size"], r["content_type"],
         r["file_name"], r["uploaded_by"], r["received"], tuple(r["parts"]),
+        r.get("updated_at"),
     )  # fmt: skip
 
 
@@ -213,6 +228,40 @@ class PostgresAttachments:
                 older_than_seconds,
             )
         return [_attachment(r) for r in rows]
+
+    @translated("reading attachment references")
+    async def referenced(self, project_id: UUID, attachment_ids: Sequence[str]) -> set[str] | None:
+        """Which of ``attachment_ids`` a non-deleted activity or location of the project
+        lists, from the read models; None while a row predates its ``attachments`` column
+        (migration 0007: ``rebuild-read-models`` fills it in), when nothing is known."""
+        async with self._pool.acquire() as conn:
+            r = await conn.fetchrow(_REFERENCED, project_id, list(attachment_ids))
+        if r["unknown"]:
+            return None
+        return set(r["referenced"])
+
+    @translated("listing abandoned uploads")
+    async def idle_uploads(self, idle_seconds: float) -> list[UploadRow]:
+        """Uploads no part has reached for ``idle_seconds``."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM attachment_uploads"
+                " WHERE updated_at < now() - make_interval(secs => $1) ORDER BY updated_at",
+                idle_seconds,
+            )
+        return [_upload(r) for r in rows]
+
+    @translated("forgetting an abandoned upload")
+    async def forget_idle_upload(self, upload: UploadRow) -> bool:
+        """Forget the upload unless a part reached it since it was read."""
+        async with self._pool.acquire() as conn:
+            gone = await conn.fetchval(
+                "DELETE FROM attachment_uploads WHERE attachment_id = $1 AND updated_at = $2"
+                " RETURNING 1",
+                upload.attachment_id,
+                upload.updated_at,
+            )
+        return bool(gone)
 
     @translated("marking attachments unreferenced")
     async def mark_unreferenced(

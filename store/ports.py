@@ -364,6 +364,19 @@ class AttachmentPort(Protocol):
 
     async def collectable(self, older_than_seconds: float) -> list[AttachmentRow]: ...
 
+    async def referenced(self, project_id: UUID, attachment_ids: Sequence[str]) -> set[str] | None:
+        """Which of ``attachment_ids`` a non-deleted activity or location of the project
+        lists (from the read models); None when the read models cannot tell yet."""
+        ...
+
+    async def idle_uploads(self, idle_seconds: float) -> list[UploadRow]:
+        """Unfinished uploads no part has reached for ``idle_seconds``."""
+        ...
+
+    async def forget_idle_upload(self, upload: UploadRow) -> bool:
+        """Forget an upload of ``idle_uploads`` unless a part reached it since."""
+        ...
+
     async def mark_unreferenced(
         self, unreferenced: Sequence[str], referenced: Sequence[str], grace_seconds: float
     ) -> list[str]: ...
