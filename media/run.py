@@ -60,6 +60,9 @@ async def run_single(
                     return
                 try:
                     await expire_uploads(attachments, blobs, upload_expiry_seconds)
+                except Exception:
+                    log.exception("expiring abandoned uploads failed; trying again later")
+                try:
                     await collect(storage, changelog, blobs, grace_seconds)
                 except Exception:
                     log.exception("attachment collection failed; trying again later")
