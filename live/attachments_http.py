@@ -131,7 +131,14 @@ def _guarded(handler: Handler) -> Handler:
 class _Context:
     """A request that passed the token, id and membership checks."""
 
-    def __init__(self, request: Request, claims: TokenClaims, project_id: UUID, level: str):
+    def __init__(
+        self,
+        request: Request,
+        claims: TokenClaims,
+        project_id: UUID,
+        level: str,
+        row: AttachmentRow | None,
+    ) -> None:
         state = request.app.state
         self.request = request
         self.user_id = claims.user_id
@@ -142,13 +149,13 @@ class _Context:
         self.blobs: BlobStore = state.blobs
         self.limits: AttachmentLimits = state.attachment_limits
         self.changelog: ChangeLogPort = state.sync.changelog
+        self._row = row
 
-    async def attachment(self) -> AttachmentRow | None:
+    def attachment(self) -> AttachmentRow | None:
         """This project's attachment of that id (another project's is not found)."""
-        row = await self.port.get(self.attachment_id)
-        if row is not None and row.project_id != self.project_id:
+        if self._row is not None and self._row.project_id != self.project_id:
             raise _not_found()
-        return row
+        return self._row
 
 
 async def _context(request: Request) -> _Context:
@@ -169,15 +176,17 @@ async def _context(request: Request) -> _Context:
         raise _Refusal(
             400, "invalid_attachment_id", "attachment ids are 1-64 characters of A-Z a-z 0-9 _ -"
         )
-    level = await storage.membership.level(project_id, claims.user_id)
+    level, row = await storage.attachments.access(
+        project_id, claims.user_id, request.path_params["attachment_id"]
+    )
     if level is None:
         raise _not_found()
-    return _Context(request, claims, project_id, level)
+    return _Context(request, claims, project_id, level, row)
 
 
 async def _status(request: Request) -> Response:
     ctx = await _context(request)
-    row = await ctx.attachment()
+    row = ctx.attachment()
     if row is not None:
         return JSONResponse(_describe(row))
     upload = await ctx.port.upload(ctx.attachment_id)
@@ -256,7 +265,7 @@ async def _upload(request: Request) -> Response:
             413, "too_large", f"attachments are at most {ctx.limits.max_file_bytes} bytes",
             limit=ctx.limits.max_file_bytes,
         )  # fmt: skip
-    existing = await ctx.attachment()
+    existing = ctx.attachment()
     if existing is not None:
         if existing.sha256 != sha256:
             raise _Refusal(409, "attachment_id_taken", "this id names an attachment of other bytes")
@@ -296,10 +305,13 @@ async def _upload(request: Request) -> Response:
     if offset == 0 and reservation.same_content:
         same = await _stored_original(ctx, sha256)
         if same is not None:  # this project already holds these bytes: nothing to upload
-            return await _finish(ctx, UploadRow(
+            response = await _finish(ctx, UploadRow(
                 ctx.attachment_id, ctx.project_id, sha256, same.size, same.content_type,
                 name, ctx.user_id, same.size,
             ), status=201)  # fmt: skip
+            if upload.received:  # parts sent before the project had these bytes
+                await ctx.blobs.delete_parts(ctx.attachment_id)
+            return response
     if offset != upload.received:
         raise OffsetMismatchError(upload.received)
     if offset == 0 and length == size:  # the whole file at once: no parts to keep
@@ -393,7 +405,7 @@ async def _thumbnail(request: Request) -> Response:
 
 
 async def _serve_variant(ctx: _Context, name: str) -> Response:
-    row = await ctx.attachment()
+    row = ctx.attachment()
     if row is None or row.status == "deleted":
         raise _not_found()
     if row.status != "ready":

@@ -46,6 +46,14 @@ SELECT EXISTS (SELECT 1 FROM lists WHERE attachments IS NULL) AS unknown,
 """
 
 
+_ACCESS = f"""
+SELECT m.level, {", ".join("a." + c.strip() for c in _ATTACHMENT_COLUMNS.split(","))}
+FROM (SELECT 1) AS one
+LEFT JOIN project_members m ON m.project_id = $1 AND m.user_id = $2
+LEFT JOIN attachments a ON a.attachment_id = $3
+"""
+
+
 def _attachment(r: Any) -> AttachmentRow:
     variants = json.loads(r["variants"]) if isinstance(r["variants"], str) else r["variants"]
     return AttachmentRow(
@@ -85,14 +93,15 @@ class PostgresAttachments:
     def __init__(self, pool: DatabasePool) -> None:
         self._pool = pool
 
-    @translated("reading an attachment")
-    async def get(self, attachment_id: str) -> AttachmentRow | None:
+    @translated("reading membership and an attachment")
+    async def access(
+        self, project_id: UUID, user_id: UUID, attachment_id: str
+    ) -> tuple[str | None, AttachmentRow | None]:
+        """The user's level in the project (as ``projects.member_level`` reads it) and the
+        attachment of that id, whichever project it is in: one round trip per request."""
         async with self._pool.acquire() as conn:
-            r = await conn.fetchrow(
-                f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE attachment_id = $1",
-                attachment_id,
-            )
-        return None if r is None else _attachment(r)
+            r = await conn.fetchrow(_ACCESS, project_id, user_id, attachment_id)
+        return r["level"], None if r["attachment_id"] is None else _attachment(r)
 
     @translated("reading an upload")
     async def upload(self, attachment_id: str) -> UploadRow | None:

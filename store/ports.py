@@ -319,7 +319,12 @@ class AttachmentPort(Protocol):
     """Attachment metadata (``store.attachment_records``). Refusals of the upload path are
     ``AttachmentRefusedError`` (``OffsetMismatchError`` for a part at the wrong offset)."""
 
-    async def get(self, attachment_id: str) -> AttachmentRow | None: ...
+    async def access(
+        self, project_id: UUID, user_id: UUID, attachment_id: str
+    ) -> tuple[str | None, AttachmentRow | None]:
+        """The user's level in the project (None: not a member, or no such project) and the
+        attachment of that id in whichever project it is, read together."""
+        ...
 
     async def upload(self, attachment_id: str) -> UploadRow | None: ...
 

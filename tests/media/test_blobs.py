@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fieldsync.media.blobs import (
     BlobKeyError,
@@ -54,6 +57,28 @@ async def test_parts_join_into_a_blob_only_when_they_match_their_hash(blobs: Blo
     assert await blobs.join_parts("up1", offsets, len(whole), target, sha)
     assert await blobs.read(target) == whole
     await blobs.delete_parts("up1")
+
+
+@given(
+    data=st.binary(min_size=1, max_size=4000),
+    cuts=st.lists(st.integers(1, 3999), max_size=6),
+    retried=st.lists(st.booleans(), max_size=7),
+)
+@settings(max_examples=40, deadline=None)
+async def test_local_parts_cut_anywhere_and_written_again_join_to_the_bytes(
+    data: bytes, cuts: list[int], retried: list[bool]
+) -> None:
+    """A part sent twice (a retry whose first answer was lost) changes nothing."""
+    offsets = sorted({0, *(c for c in cuts if c < len(data))})
+    ends = [*offsets[1:], len(data)]
+    with tempfile.TemporaryDirectory() as root:
+        blobs = LocalBlobs(Path(root))
+        for n, (start, end) in enumerate(zip(offsets, ends, strict=True)):
+            for _ in range(2 if n < len(retried) and retried[n] else 1):
+                await blobs.put_part("prop", start, [data[start:end]])
+        sha = hashlib.sha256(data).hexdigest()
+        assert await blobs.join_parts("prop", offsets, len(data), original_key(sha), sha)
+        assert await blobs.read(original_key(sha)) == data
 
 
 async def test_a_later_part_of_an_upload_whose_parts_are_gone_is_refused(
