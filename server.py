@@ -192,7 +192,7 @@ def create_app(
             recorder = sync.sync_health = HealthRecorder(store.sync_health)
             notifications = store.notifications
             workers = [
-                asyncio.create_task(trim_periodically()),
+                asyncio.create_task(trim_periodically(lambda: metrics.open_connections)),
                 asyncio.create_task(recorder.run()),
                 asyncio.create_task(
                     notifications.poll_heads(

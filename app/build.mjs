@@ -91,7 +91,7 @@ await build({
 });
 
 await build({
-  entryPoints: ["e2e.ts", "timeline-bench.ts", "permissions-cli.ts"].map((name) => join(here, "test", name)),
+  entryPoints: ["e2e.ts", "attach-e2e.ts", "timeline-bench.ts", "permissions-cli.ts"].map((name) => join(here, "test", name)),
   outdir: join(here, "test-dist"),
   bundle: true,
   format: "esm",

@@ -315,7 +315,7 @@ class ServerProfile:
 _LINE_NUMBER = re.compile(r":\d+\)$")
 # Waiting in the event loop's poll is idle time, however py-spy classifies it.
 _IDLE_LEAF = "EpollSelector.select (selectors.py)"
-_PROJECT_FILE = re.compile(r"\((live|store|model|sync|auth|conflict)/|\(server\.py")
+_PROJECT_FILE = re.compile(r"\((?:fieldsync/)?(live|store|model|sync|auth|conflict)/|\(server\.py")
 
 
 def summarize_profile(path: Path, rate: int, seconds: float, top: int = 25) -> str:

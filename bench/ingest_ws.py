@@ -55,7 +55,7 @@ CHANGES_PER_ENTITY = 11
 ROUNDS = (3, 4, 4)  # changes per entity in each round; they add up to CHANGES_PER_ENTITY
 ENTITIES_PER_PUSH = 10
 IN_FLIGHT = 4
-TARGET_CHANGES_PER_SECOND = 3_000
+TARGET_CHANGES_PER_SECOND = 10_000
 KINDS = ["activity"] * 5 + ["location"] * 2 + ["role"] + ["summoning"] * 2
 
 

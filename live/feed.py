@@ -6,9 +6,10 @@ PostgreSQL NOTIFY or the periodic head check), and the feed reads them from the 
 cursor, so a lost notification costs latency, never data. A subscriber goes live only once
 its own catch-up from the log has reached the feed's head (``try_go_live``).
 
-Each dispatched piece is encoded once (``sync.server_protocol.prepare_changes``) and handed to
-every subscriber; each connection's protocol sends it as is, cuts what its client already
-holds, and refuses a gap. This module also turns the store's rows into wire records, in one
+Each dispatched piece is encoded once (``sync.server_protocol.prepare_changes``), framed once
+as a WebSocket message (``live.ws_frames``), and handed to every subscriber as a
+``LivePiece``; each connection's protocol sends those bytes as they are, cuts what its client
+already holds, and refuses a gap. This module also turns the store's rows into wire records, in one
 place (``wire_changes``, ``wire_conflicts``, ``wire_updates``).
 """
 
@@ -17,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
 from fieldsync.conflict.ledger import ConflictRow
+from fieldsync.live.ws_frames import binary_message
 from fieldsync.store import records as stored
 from fieldsync.store.errors import StoreError
 from fieldsync.store.records import LoggedChange, LogSlice
@@ -82,16 +85,29 @@ class _Unobserved:
 UNOBSERVED = _Unobserved()
 
 
+@dataclass(frozen=True, slots=True)
+class LivePiece:
+    """What the feed hands every subscriber: consecutive changes, their ``changes`` frame as
+    a whole WebSocket message (built once for all), and the conflict updates that go before
+    them (only with a commit's first piece)."""
+
+    prepared: PreparedChanges
+    message: bytes
+    updates: Sequence[ConflictRecordAt]
+
+
 class LiveSubscription:
     """One connection's interest in one project, as the feed sees it: where the client is
     (``cursor``) and how to hand it a piece (``deliver``). The connection's protocol keeps
     the cursor; this only asks it."""
 
+    __slots__ = ("_cursor", "deliver", "project_id")
+
     def __init__(
         self,
         project_id: UUID,
         cursor: Callable[[], int],
-        deliver: Callable[[PreparedChanges, Sequence[ConflictRecordAt]], None],
+        deliver: Callable[[LivePiece], None],
     ) -> None:
         self.project_id = project_id
         self._cursor = cursor
@@ -187,9 +203,11 @@ class ProjectFeed:
         for index, prepared in enumerate(prepare_changes(self._name, wire_changes(fresh))):
             # The conflict updates go before the first changes; each connection keeps those
             # of pushes its client has not seen.
-            with_updates = updates if index == 0 else ()
+            shared = LivePiece(
+                prepared, binary_message(prepared.frame), updates if index == 0 else ()
+            )
             for subscription in subscribers:
-                subscription.deliver(prepared, with_updates)
+                subscription.deliver(shared)
         self._observer.dispatched(self.project_id, self.head)
 
 

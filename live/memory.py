@@ -4,8 +4,13 @@ Connection churn allocates and frees many small blocks; glibc keeps freed pages 
 arenas, so a process's resident memory creeps up under churn and stays there when the
 churn stops, although the Python heap itself does not grow (``bench/churn_heap.py``:
 traced memory flat, resident memory back to its plateau after ``malloc_trim``). A
-background task calls ``malloc_trim(0)`` now and then. Where the C library has no
-``malloc_trim`` (musl, macOS) it does nothing.
+background task calls ``malloc_trim(0)`` every minute, and within a second of many
+connections closing (``TrimPolicy``), so a wave of disconnects gives back what the C
+allocator can. Where the C library has no ``malloc_trim`` (musl, macOS) it does nothing.
+
+What it cannot give back: Python's own small-object allocator keeps a 1 MiB arena as long
+as one object in it lives, and a few long-lived objects (cache entries, pooled database
+statements) made while sockets opened are spread among theirs (``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -14,8 +19,34 @@ import asyncio
 import ctypes
 import ctypes.util
 from collections.abc import Callable
+from dataclasses import dataclass
 
 TRIM_SECONDS = 60.0
+CHECK_SECONDS = 1.0
+TRIM_AFTER_CLOSED = 256
+"""Connections closed since the last trim (net of those opened) that call for one now."""
+
+
+@dataclass(slots=True)
+class TrimPolicy:
+    """When to trim: every ``interval`` seconds, and as soon as the number of open
+    connections has fallen by ``after_closed`` from its highest point since the last trim."""
+
+    interval: float = TRIM_SECONDS
+    after_closed: int = TRIM_AFTER_CLOSED
+    _last: float | None = None
+    _peak: int = 0
+
+    def due(self, now: float, open_connections: int) -> bool:
+        """Whether to trim now (``now``: a monotonic clock); a True starts a new period."""
+        if self._last is None:
+            self._last, self._peak = now, open_connections
+            return False
+        self._peak = max(self._peak, open_connections)
+        if now - self._last < self.interval and self._peak - open_connections < self.after_closed:
+            return False
+        self._last, self._peak = now, open_connections
+        return True
 
 
 def heap_trimmer() -> Callable[[], None] | None:
@@ -32,10 +63,17 @@ def heap_trimmer() -> Callable[[], None] | None:
     return lambda: trim(0)
 
 
-async def trim_periodically(interval: float = TRIM_SECONDS) -> None:
+async def trim_periodically(
+    open_connections: Callable[[], int],
+    policy: TrimPolicy | None = None,
+    check_seconds: float = CHECK_SECONDS,
+) -> None:
     trim = heap_trimmer()
     if trim is None:
         return
+    policy = policy or TrimPolicy()
+    loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(interval)
-        trim()
+        if policy.due(loop.time(), open_connections()):
+            trim()
+        await asyncio.sleep(check_seconds)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -36,9 +33,22 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
 
-@contextmanager
-def observed_connection(metrics: Metrics, connection_id: str) -> Iterator[None]:
-    """A sync connection's lifetime: counted, with every line logged meanwhile naming it.
-    The session writes the lines about the connection itself (``live.session``)."""
-    with bind(connection_id=connection_id), metrics.connection():
-        yield
+class ObservedConnection:
+    """A sync connection's lifetime: counted, with every line logged meanwhile naming it
+    and the request that opened it. The session writes the lines about the connection
+    itself (``live.session``). A plain object, not a generator: every open connection holds
+    one for its whole life."""
+
+    __slots__ = ("_binding", "_metrics")
+
+    def __init__(self, metrics: Metrics, connection_id: str, *, request_id: str) -> None:
+        self._metrics = metrics
+        self._binding = bind(request_id=request_id, connection_id=connection_id)
+
+    def __enter__(self) -> None:
+        self._binding.__enter__()
+        self._metrics.connection_opened()
+
+    def __exit__(self, *exc: object) -> None:
+        self._metrics.connection_closed()
+        self._binding.__exit__()

@@ -17,7 +17,6 @@ A refused frame means the client is too slow: the session tells it so and closes
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,11 +27,9 @@ class OutboxClosedError(Exception):
 
 
 class QueueMonitor(Protocol):
-    """Watches send queues for the metrics: their depth when live frames are queued."""
+    """Watches send queues for the metrics (``Outbox`` registers itself)."""
 
     def watch(self, queue: Outbox) -> None: ...
-
-    def observe(self, depth: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,18 +51,23 @@ DEFAULT_OUTBOX_LIMITS = OutboxLimits()
 
 
 class Outbox(Sized):
+    """The frames waiting to be written, oldest first, and their bytes.
+
+    It holds nothing else while nobody waits: the list is empty, and the future that wakes
+    waiters for room exists only while one waits (an idle connection's outbox is small).
+    """
+
+    __slots__ = ("__weakref__", "_bytes", "_closed", "_frames", "_limits", "_room")
+
     def __init__(
         self, limits: OutboxLimits = DEFAULT_OUTBOX_LIMITS, monitor: QueueMonitor | None = None
     ) -> None:
-        self._frames: deque[bytes] = deque()
+        self._frames: list[bytes] = []
         self._bytes = 0
         self._limits = limits
-        self._monitor = monitor
         if monitor is not None:
             monitor.watch(self)
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        self._room: asyncio.Future[None] | None = None
         self._closed = False
 
     def __len__(self) -> int:
@@ -87,8 +89,9 @@ class Outbox(Sized):
     async def wait_for_room(self) -> None:
         """Return once the queue is below the soft bound (or closed)."""
         while not self.has_room and not self._closed:
-            self._writable.clear()
-            await self._writable.wait()
+            if self._room is None:
+                self._room = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._room)
 
     async def put_bulk(self, frame: bytes) -> None:
         await self.wait_for_room()
@@ -96,8 +99,6 @@ class Outbox(Sized):
 
     def put_live(self, frame: bytes) -> bool:
         """Queue a live frame; False if the reader is too far behind to take it."""
-        if self._monitor is not None:
-            self._monitor.observe(len(self._frames))
         if self._frames and self._bytes + len(frame) > self._limits.hard_bytes:
             return False
         self._append(frame)
@@ -116,31 +117,39 @@ class Outbox(Sized):
             raise OutboxClosedError
         self._frames.append(frame)
         self._bytes += len(frame)
-        self._readable.set()
 
-    async def get(self) -> bytes:
-        """The next frame to send; raises OutboxClosedError once closed and drained."""
-        while not self._frames:
-            if self._closed:
-                raise OutboxClosedError
-            self._readable.clear()
-            await self._readable.wait()
-        frame = self._frames.popleft()
-        self._bytes -= len(frame)
+    def take(self, max_bytes: int) -> list[bytes]:
+        """The oldest frames, about ``max_bytes`` of them (at least one while any wait), to
+        be written together; empty once nothing waits."""
+        frames = self._frames
+        count = size = 0
+        for frame in frames:
+            if count and size + len(frame) > max_bytes:
+                break
+            count += 1
+            size += len(frame)
+        taken = frames[:count]
+        del frames[:count]
+        self._bytes -= size
         if self.has_room:
-            self._writable.set()
-        return frame
+            self._wake()
+        return taken
+
+    def _wake(self) -> None:
+        if self._room is not None:
+            if not self._room.done():
+                self._room.set_result(None)
+            self._room = None
 
     def discard_pending(self) -> int:
         """Drop every queued frame (they are moot once the client must resync)."""
         dropped = len(self._frames)
         self._frames.clear()
         self._bytes = 0
-        self._writable.set()
+        self._wake()
         return dropped
 
     def close(self) -> None:
-        """No more frames in; frames already queued are still handed out."""
+        """No more frames in; frames already queued are still taken."""
         self._closed = True
-        self._readable.set()
-        self._writable.set()
+        self._wake()

@@ -3,8 +3,14 @@
 The protocol decides what every incoming frame means, which frames go out and in which
 order; this shell only does the waiting: verifying the token, reading membership, the log
 and snapshots, appending pushes, queueing the protocol's frames on the connection's send
-queue (``live.outbox``) by their lane, and writing that queue to the socket from one writer
-task, so the order of frames on the wire is the order they were queued.
+queue (``live.outbox``) by their lane, so the order of frames on the wire is the order they
+were queued.
+
+Sending costs little, since a project's live change goes to every subscriber: while nothing
+waits in a connection's queue and its socket takes data, a frame is written at once, with no
+task switch; otherwise it is queued, and a writer task, which exists only while frames wait,
+writes them, several at a time, whenever the socket takes data again. An idle connection
+holds one task, the reader.
 
 Three kinds of tasks call the protocol: the reader (this class's ``run``), one task per
 project being snapshotted or caught up, and the live feed (``live.feed``), which hands each
@@ -21,18 +27,27 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 from uuid import UUID
 
 from fieldsync.auth.tokens import TokenClaims, TokenError, TokenVerifier
 from fieldsync.live.admission import Admission, Ticket
-from fieldsync.live.feed import Hub, LiveSubscription, wire_changes, wire_conflicts, wire_updates
+from fieldsync.live.feed import (
+    Hub,
+    LivePiece,
+    LiveSubscription,
+    wire_changes,
+    wire_conflicts,
+    wire_updates,
+)
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, Outbox, OutboxClosedError, OutboxLimits
 from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
 from fieldsync.live.status import StatusBoard
 from fieldsync.live.sync_health import ClientHello, HealthRecorder
+from fieldsync.live.ws_frames import binary_message
 from fieldsync.model.limits import Limits
 from fieldsync.model.merge import EntityChanges
 from fieldsync.model.permissions import WRITE_LEVELS
@@ -59,10 +74,8 @@ from fieldsync.sync.messages import (
     Welcome,
 )
 from fieldsync.sync.server_protocol import (
-    ConflictRecordAt,
     Lane,
     Outgoing,
-    PreparedChanges,
     ProtocolMisuseError,
     ServerProtocol,
 )
@@ -80,6 +93,9 @@ DROP_GRACE_SECONDS = 1.0
 HANDSHAKE_SECONDS = 10.0
 # A client whose answers stay unread this long (its send queue full) is closed as too slow.
 STALL_SECONDS = 30.0
+# How many queued bytes the writer hands the socket at once: few system calls, while the
+# socket's own buffer never holds much more than its high-water mark.
+WRITE_BATCH_BYTES = 256 * 1024
 NOT_A_MEMBER = "no such project, or you are not a member of it"
 REMOVED = "you are no longer a member of this project"
 DATABASE_DOWN = "the server cannot reach its database; try again later"
@@ -138,18 +154,30 @@ def recheck_memberships(services: SyncServices) -> asyncio.Task[None]:
     return asyncio.get_running_loop().create_task(check())
 
 
-class Transport:
-    """The socket side of a session, as the shell sees it."""
+class Transport(Protocol):
+    """The socket side of a session, as the shell sees it (``live.wire.SyncWire``)."""
 
-    def __init__(
-        self,
-        receive: Callable[[], Awaitable[bytes | str | None]],
-        send: Callable[[bytes], Awaitable[None]],
-        close: Callable[[int, str], Awaitable[None]],
-    ) -> None:
-        self.receive = receive
-        self.send = send
-        self.close = close
+    async def receive(self) -> bytes | str | None:
+        """The client's next message; None once the connection is over."""
+        ...
+
+    def write_now(self, message: bytes) -> bool:
+        """Write one whole WebSocket message (``live.ws_frames``) if the socket takes data
+        now (its buffer is below its high-water mark); False: it must wait."""
+        ...
+
+    def write(self, messages: Sequence[bytes]) -> None:
+        """Write whole WebSocket messages (``live.ws_frames``) in one go; once the
+        connection is closed they are dropped."""
+        ...
+
+    async def drained(self) -> None:
+        """Return once the socket takes data again, or the connection is gone."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake."""
+        ...
 
 
 class SyncSession:
@@ -201,22 +229,14 @@ class SyncSession:
     # -- the pump ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        writer = self._writer = asyncio.create_task(self._write_frames())
         try:
             while not self._protocol.closing:
                 frame = await self._next_frame()
                 if frame is None:
                     break
-                limited = not self._within_rate()
-                self._protocol.receive_frame(frame)
-                self._count_refusals()
-                for event in self._protocol.events_received():
-                    self._services.metrics.received(event)
-                    if limited:
-                        self._rate_limited(event)
-                    else:
-                        await self._handle(event)
-                self._queue(self._protocol.data_to_send())
+                await self._take(frame)
+                # An idle connection waits here for its next frame: hold nothing of the last.
+                del frame
         finally:
             if self._next is not None:
                 self._next.cancel()
@@ -232,16 +252,31 @@ class SyncSession:
                 self._ticket.release()
             self._queue(self._protocol.data_to_send())
             self._outbox.close()
-            with contextlib.suppress(Exception):
-                if self._drop:
-                    await asyncio.wait_for(writer, DROP_GRACE_SECONDS)
-                else:
-                    await writer
+            writer = self._writer
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    if self._drop:
+                        await asyncio.wait_for(writer, DROP_GRACE_SECONDS)
+                    else:
+                        await writer
             requested = self._protocol.close_requested
             if requested is not None and not self._drop:
                 with contextlib.suppress(Exception):
                     await self._transport.close(int(requested[0]), requested[1])
             self._log_end()
+
+    async def _take(self, frame: bytes | str) -> None:
+        """One frame from the client: its messages handled, the answers sent."""
+        limited = not self._within_rate()
+        self._protocol.receive_frame(frame)
+        self._count_refusals()
+        for event in self._protocol.events_received():
+            self._services.metrics.received(event)
+            if limited:
+                self._rate_limited(event)
+            else:
+                await self._handle(event)
+        self._queue(self._protocol.data_to_send())
 
     async def _next_frame(self) -> bytes | str | None:
         """The client's next frame, read only once its answers so far have room to go out;
@@ -270,37 +305,70 @@ class SyncSession:
         return await self._transport.receive()
 
     def _queue(self, frames: Sequence[Outgoing]) -> None:
-        """Queue frames that never wait: answers, errors, ``synced``, status, live changes.
+        """Send frames that never wait: answers, errors, ``synced``, status, live changes.
         A frame that no longer fits means the client does not read: it is too slow."""
         for out in frames:
             try:
-                if out.lane is Lane.LIVE:
-                    queued = self._outbox.put_live(out.frame)
-                else:
-                    queued = self._outbox.put_control(out.frame)
+                sent = self._send(binary_message(out.frame), out.lane)
             except OutboxClosedError:
                 return
-            if not queued:
+            if not sent:
                 self._too_slow(f"its {out.kind} frames no longer fit in its send queue")
                 return
             self._services.metrics.sent(out.kind, len(out.frame))
 
     async def _queue_bulk(self, frames: Sequence[Outgoing]) -> None:
-        """Queue a stream's frames in order; bulk ones wait while the client's queue is full
+        """Send a stream's frames in order; bulk ones wait while the client's queue is full
         (a slow reader slows its own snapshot). Raises OutboxClosedError once closed."""
         for out in frames:
-            if out.lane is Lane.BULK:
-                await self._outbox.put_bulk(out.frame)
-                self._services.metrics.sent(out.kind, len(out.frame))
-            else:
+            if out.lane is not Lane.BULK:
                 self._queue((out,))
+                continue
+            message = binary_message(out.frame)
+            if not self._send_now(message):
+                await self._outbox.put_bulk(message)
+                self._start_writer()
+            self._services.metrics.sent(out.kind, len(out.frame))
+
+    def _send_now(self, message: bytes) -> bool:
+        """Write ``message`` at once if nothing waits before it and the socket takes data;
+        False when it must be queued. Raises OutboxClosedError once the queue is closed."""
+        if self._outbox.closed:
+            raise OutboxClosedError
+        # No writer means an empty queue: the writer ends only once it emptied it.
+        return self._writer is None and self._transport.write_now(message)
+
+    def _send(self, message: bytes, lane: Lane) -> bool:
+        """Write or queue a frame that does not wait (live or control); False if it does not
+        fit in the queue. Raises OutboxClosedError once the queue is closed."""
+        if lane is Lane.LIVE:
+            self._services.metrics.send_queues.observe(len(self._outbox))
+        if self._send_now(message):
+            return True
+        if lane is Lane.LIVE:
+            queued = self._outbox.put_live(message)
+        else:
+            queued = self._outbox.put_control(message)
+        if queued:
+            self._start_writer()
+        return queued
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_frames())
 
     async def _write_frames(self) -> None:
+        """Write what is queued, a batch at a time, whenever the socket takes data; end
+        once the queue is empty (the next frame is then written at once again)."""
         try:
             while True:
-                await self._transport.send(await self._outbox.get())
-        except OutboxClosedError:
-            return
+                await self._transport.drained()
+                batch = self._outbox.take(WRITE_BATCH_BYTES)
+                if not batch:
+                    return
+                self._transport.write(batch)
+        finally:
+            self._writer = None
 
     def _handshake_timed_out(self) -> None:
         self._protocol.fail(
@@ -675,7 +743,7 @@ class SyncSession:
             subscription = LiveSubscription(
                 project,
                 lambda: self._protocol.cursor(name) or 0,
-                lambda prepared, updates: self._deliver(name, prepared, updates),
+                lambda piece: self._deliver(name, piece),
             )
             self._queue(self._protocol.go_live(name))
             feed.try_go_live(subscription)
@@ -716,19 +784,28 @@ class SyncSession:
                 "websocket", project, snapshot.document_bytes, snapshot.started
             )
 
-    def _deliver(
-        self, project: str, prepared: PreparedChanges, updates: Sequence[ConflictRecordAt]
-    ) -> None:
-        """The live feed hands this client a piece of the log."""
+    def _deliver(self, project: str, piece: LivePiece) -> None:
+        """The live feed hands this client a piece of the log: the message built once for
+        every subscriber goes as is, unless this client holds part of it already."""
         try:
-            frames = self._protocol.deliver_live(project, prepared, updates)
+            frames = self._protocol.deliver_live(project, piece.prepared, piece.updates)
         except ProtocolMisuseError:
             # A gap would mean a change this client never gets: resuming from its cursor
             # is always right, so end the connection that way rather than lose one.
             log.exception("live delivery out of order for project %s", project)
             self._too_slow("the live feed skipped changes")
             return
-        self._queue(frames)
+        shared = piece.prepared.frame
+        for out in frames:
+            message = piece.message if out.frame is shared else binary_message(out.frame)
+            try:
+                sent = self._send(message, Lane.LIVE)
+            except OutboxClosedError:
+                return
+            if not sent:
+                self._too_slow(f"its {out.kind} frames no longer fit in its send queue")
+                return
+            self._services.metrics.sent(out.kind, len(out.frame))
 
     def _too_slow(self, why: str) -> None:
         """The client does not take what is sent to it (a live frame or an answer did not fit,

@@ -22,11 +22,12 @@ socket with 1012.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
 import struct
-from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -36,12 +37,13 @@ from uvicorn.server import ServerState
 from websockets.datastructures import Headers
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from fieldsync.live.admission import Refusal
-from fieldsync.live.operations import observed_connection
+from fieldsync.live.operations import ObservedConnection
 from fieldsync.live.origins import OriginPolicy, same_origin
-from fieldsync.live.session import SyncServices, SyncSession, Transport
+from fieldsync.live.session import SyncServices, SyncSession
 from fieldsync.observability.logs import bind
 from fieldsync.observability.metrics import Metrics
 from fieldsync.observability.request_ids import HEADER as REQUEST_ID_HEADER
@@ -53,6 +55,9 @@ log = logging.getLogger("fieldsync.live.wire")
 SYNC_PATH = "/sync"
 CLOSE_TIMEOUT_SECONDS = 10.0
 """How long a close we sent waits for the client's answer before the socket is dropped."""
+_TIMERS = contextvars.Context()
+"""The context keepalive and close timers run in (they log nothing): a pending timer would
+otherwise hold a copy of the context it was set in, the upgrade's log binding included."""
 
 
 class SyncWire(asyncio.Protocol):
@@ -65,6 +70,29 @@ class SyncWire(asyncio.Protocol):
     app: Starlette  # set on the subclass :func:`sync_wire_protocol` makes
     _proxy: ProxyHeadersMiddleware | None = None  # per subclass, so per server
 
+    __slots__ = (
+        "__weakref__",
+        "_accepted",
+        "_close_sent",
+        "_config",
+        "_connections",
+        "_drained",
+        "_fragment_text",
+        "_fragments",
+        "_inbox",
+        "_loop",
+        "_lost",
+        "_peer",
+        "_ping_payload",
+        "_read_paused",
+        "_reader",
+        "_tasks",
+        "_timer",
+        "_transport",
+        "_write_paused",
+        "_ws",
+    )
+
     def __init__(
         self, config: Config, server_state: ServerState, app_state: dict[str, Any]
     ) -> None:
@@ -75,7 +103,7 @@ class SyncWire(asyncio.Protocol):
         self._ws = ServerProtocol(max_size=config.ws_max_size)
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] | None = None
-        self._inbox: deque[bytes | str] = deque()
+        self._inbox: list[bytes | str] = []  # a message or two: reading pauses meanwhile
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._reader: asyncio.Future[None] | None = None
@@ -196,7 +224,7 @@ class SyncWire(asyncio.Protocol):
             await self._reader
         if self._close_sent:
             return None  # the session closed: what the client sent since goes unread
-        message = self._inbox.popleft()
+        message = self._inbox.pop(0)
         if not self._inbox:
             self._resume_reading()
         return message
@@ -209,15 +237,33 @@ class SyncWire(asyncio.Protocol):
 
     # -- frames to the client -------------------------------------------------------------------
 
-    async def send(self, frame: bytes) -> None:
-        """Write one binary message, waiting while the kernel's send buffer is full."""
+    def write_now(self, message: bytes) -> bool:
+        """Write one whole binary message if the socket takes data now (its buffer is below
+        the high-water mark, the connection open); False: it must wait."""
+        if self._write_paused or self._lost or self._close_sent:
+            return False
+        if self._ws.state is not State.OPEN:
+            return False
+        assert self._transport is not None
+        self._transport.write(message)
+        return True
+
+    def write(self, messages: Sequence[bytes]) -> None:
+        """Write whole binary messages (``live.ws_frames``), in one system call where the
+        kernel takes them; dropped once the connection is closing or gone."""
+        if self._lost or self._close_sent or self._ws.state is not State.OPEN:
+            return
+        assert self._transport is not None
+        # websockets' own frames (pongs) are written as they are made: none is pending here.
+        self._transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
+
+    async def drained(self) -> None:
+        """Return once the socket's buffer is below its low-water mark, or it is gone."""
         while self._write_paused and not self._lost:
-            self._drained = self._loop.create_future()
-            await self._drained
-        if self._lost or self._close_sent:
-            raise ConnectionResetError("the sync connection is closed")
-        self._ws.send_binary(frame)
-        self._write()
+            if self._drained is None or self._drained.done():
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
+        self._drained = None
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake; the socket is dropped when the client answers, or
@@ -271,11 +317,10 @@ class SyncWire(asyncio.Protocol):
     async def _serve(self, request: Request) -> None:
         rid, opened = await self._open(request)
         del request  # an idle socket keeps nothing of its upgrade request
-        with bind(request_id=rid):
-            if opened is not None:
-                session, metrics = opened
-                with observed_connection(metrics, session.session_id):
-                    await session.run()
+        if opened is not None:
+            session, metrics = opened
+            with ObservedConnection(metrics, session.session_id, request_id=rid):
+                await session.run()
         if self._transport is not None and not self._close_sent:
             self._transport.close()
 
@@ -319,7 +364,7 @@ class SyncWire(asyncio.Protocol):
                     return rid, None
                 session = SyncSession(
                     services,
-                    Transport(self.receive, self.send, self.close),
+                    self,
                     ticket=admitted,
                     address=address,
                 )
@@ -380,7 +425,7 @@ class SyncWire(asyncio.Protocol):
         interval = self._config.ws_ping_interval
         self._cancel_timer()
         if interval is not None and interval > 0 and not self._close_sent:
-            self._timer = self._loop.call_later(interval, self._ping)
+            self._timer = self._loop.call_later(interval, self._ping, context=_TIMERS)
 
     def _ping(self) -> None:
         self._timer = None
@@ -391,7 +436,7 @@ class SyncWire(asyncio.Protocol):
         self._write()
         timeout = self._config.ws_ping_timeout
         if timeout is not None and timeout > 0:
-            self._timer = self._loop.call_later(timeout, self._pong_missing)
+            self._timer = self._loop.call_later(timeout, self._pong_missing, context=_TIMERS)
         else:
             self._schedule_ping()
 
@@ -408,7 +453,9 @@ class SyncWire(asyncio.Protocol):
     def _wait_then_drop(self) -> None:
         self._cancel_timer()
         if self._transport is not None and not self._lost:
-            self._timer = self._loop.call_later(CLOSE_TIMEOUT_SECONDS, self._transport.close)
+            self._timer = self._loop.call_later(
+                CLOSE_TIMEOUT_SECONDS, self._transport.close, context=_TIMERS
+            )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -426,4 +473,4 @@ _REASONS = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailabl
 def sync_wire_protocol(app: Starlette) -> type[SyncWire]:
     """The ``ws`` protocol class for uvicorn: ``/sync`` upgrades served by :class:`SyncWire`
     with ``app``'s services."""
-    return type("AppSyncWire", (SyncWire,), {"app": app})
+    return type("AppSyncWire", (SyncWire,), {"app": app, "__slots__": ()})

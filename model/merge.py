@@ -4,6 +4,12 @@ The store calls :func:`decode_entity_changes` before it takes any lock (cheap ch
 bytes alone), then :func:`merge_entity` under the project's lock with what the log already
 holds. Either every new change of the entity goes in, or none does and a :class:`Rejection`
 says why.
+
+The costly part of a merge, applying the changes and reading the result
+(:func:`apply_and_inspect`), depends only on the document it starts from and the changes in
+order. So the store may do it before the lock (:func:`preapply`, onto the document it has
+cached) and hand it to :func:`merge_entity`, which uses it only when the entity is still at
+that version and the changes to apply are exactly those; otherwise it applies them again.
 """
 
 from __future__ import annotations
@@ -74,6 +80,17 @@ class Merged:
     document: Document | None = None
     heads: tuple[bytes, ...] = ()
     values: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """Changes applied to a document and the result read (or why that failed), made before
+    the lock: valid for the entity at ``base_version`` (0: not stored yet) and exactly the
+    changes ``hashes``, in that order."""
+
+    base_version: int
+    hashes: tuple[bytes, ...]
+    result: tuple[Document, tuple[bytes, ...], Mapping[str, object]] | Rejection
 
 
 def decode_entity_changes(item: EntityChanges, limits: Limits) -> DecodedChanges | Rejection:
@@ -274,13 +291,15 @@ def merge_entity(
     logged: Mapping[bytes, int],
     limits: Limits,
     elsewhere: Mapping[bytes, str] | None = None,
+    applied: Applied | None = None,
 ) -> Merged | Rejection:
     """Merge ``decoded`` into the stored entity; ``logged`` maps its logged hashes to seqs.
 
     ``logged`` must contain every hash of ``decoded`` and every dependency they name that
     the log holds for this entity (the store asks for exactly those). ``elsewhere`` maps
     those of the same hashes that belong to *other* entities of the project (logged, or
-    taken by an earlier entity of the same push) to that entity's id.
+    taken by an earlier entity of the same push) to that entity's id. ``applied``: the
+    changes applied before the lock (:func:`preapply`), used only if still valid.
     """
     if stored is not None and stored.project_id != project_id:
         return Rejection(
@@ -331,11 +350,30 @@ def merge_entity(
             f"at most {limits.max_document_bytes}",
             {"limit": limits.max_document_bytes},
         )
+    base_version = stored.version if stored is not None else 0
+    hashes = tuple(c.hash for c in ordered)
+    if applied is None or (applied.base_version, applied.hashes) != (base_version, hashes):
+        applied = Applied(
+            base_version,
+            hashes,
+            apply_and_inspect(decoded.entity_type, stored.document if stored else None, ordered),
+        )
+    if isinstance(applied.result, Rejection):
+        return applied.result
+    document, heads, values = applied.result
+    return Merged(decoded, tuple(ordered), logged, document, heads, values)
+
+
+def apply_and_inspect(
+    entity_type: str, base: Document | None, ordered: Sequence[ChangeHeader]
+) -> tuple[Document, tuple[bytes, ...], Mapping[str, object]] | Rejection:
+    """``ordered`` applied to (a fork of) ``base`` and the result validated: the document,
+    its heads and its values, or the rejection."""
     try:
-        document = apply_changes(stored.document if stored else None, ordered)
+        document = apply_changes(base, ordered)
     except AutomergeError as exc:
         return Rejection(RejectCode.CORRUPT_CHANGE, f"changes could not be applied: {exc}")
-    schema = SCHEMAS[decoded.entity_type]
+    schema = SCHEMAS[entity_type]
     try:
         inspection = contained(lambda: inspect_document(schema, document))
         heads = tuple(sorted(contained(document.get_heads)))
@@ -355,4 +393,29 @@ def merge_entity(
                 "violation_count": len(inspection.violations),
             },
         )
-    return Merged(decoded, tuple(ordered), logged, document, heads, inspection.values)
+    return document, heads, inspection.values
+
+
+def preapply(
+    decoded: DecodedChanges, base_version: int, base: Document | None, limits: Limits
+) -> Applied | None:
+    """Before the lock: every change of ``decoded`` applied to ``base`` (the entity's
+    document at ``base_version`` as this process has it; None and 0 for a new entity), as
+    the merge will apply them if none of them is logged yet. None when the merge would not
+    get that far on these grounds alone (unreadable values, ops or bytes over the limits,
+    dependencies outside the push with no document to hold them)."""
+    if decoded.unsupported or base_version < 0:
+        return None
+    ops = sum(c.op_count for c in decoded.unique)
+    size = sum(len(c.data) for c in decoded.unique)
+    if ops > limits.max_document_ops or size > limits.max_document_bytes:
+        return None
+    pushed = {c.hash for c in decoded.unique}
+    outside = {dep for c in decoded.unique for dep in c.deps} - pushed
+    if base is None and outside:
+        return None  # its history is not all here: the merge refuses or reloads it
+    ordered, missing = dependency_order(decoded.unique, outside)
+    if missing or not ordered:
+        return None
+    hashes = tuple(c.hash for c in ordered)
+    return Applied(base_version, hashes, apply_and_inspect(decoded.entity_type, base, ordered))

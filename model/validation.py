@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import TypeVar
 
 from automerge.core import ROOT, Document, ObjType, ScalarType, Value
@@ -248,6 +249,13 @@ def timestamp_value(raw: object) -> datetime | None:
     """
     if not isinstance(raw, datetime):
         return None
+    return _utc_millisecond(raw)
+
+
+@lru_cache(maxsize=16_384)
+def _utc_millisecond(raw: datetime) -> datetime | None:
+    """Remembered: every push of an entity validates its whole document again, reading the
+    same timestamps, and the local-time conversion is the costly part of reading one."""
     try:
         moment = raw.astimezone(UTC)
         millis = (moment - _EPOCH + _MILLISECOND / 2) // _MILLISECOND

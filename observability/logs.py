@@ -16,9 +16,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,14 +27,28 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+")
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
-@contextmanager
-def bind(**fields: str) -> Iterator[None]:
+class Binding:
+    """The block of one ``bind``: a plain object rather than a generator, since every open
+    connection holds one for its whole life."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self._fields = fields
+        self._token: Token[dict[str, str] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _context.set({**(_context.get() or {}), **self._fields})
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _context.reset(self._token)
+            self._token = None
+
+
+def bind(**fields: str) -> Binding:
     """Add ``fields`` to every line logged inside this block (and tasks started in it)."""
-    token = _context.set({**(_context.get() or {}), **fields})
-    try:
-        yield
-    finally:
-        _context.reset(token)
+    return Binding(fields)
 
 
 def annotate(**fields: str | None) -> None:

@@ -16,13 +16,18 @@ import logging
 import re
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence, Sized
-from contextlib import contextmanager
 from typing import Protocol
 from uuid import UUID
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from fieldsync.observability.fanout import LOCAL, REMOTE, FanoutClock
@@ -65,25 +70,37 @@ class SendQueue(Sized, Protocol):
 
 class SendQueues(Collector):
     """Every open connection's send queue: a histogram of its depth whenever a live frame is
-    queued, and at scrape time the total and the deepest queue."""
+    queued, and at scrape time the total and the deepest queue.
+
+    The histogram is observed once per live frame and subscriber, so it is kept in plain
+    counts (the event loop's thread alone observes) and only turned into a metric when
+    scraped: a prometheus ``Histogram`` takes a lock for each observation."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._queues: weakref.WeakSet[SendQueue] = weakref.WeakSet()
-        self.depth = Histogram(
-            "fieldsync_send_queue_depth",
-            "Frames already waiting in a connection's send queue when a live frame is queued",
-            buckets=_QUEUE_BUCKETS,
-            registry=registry,
-        )
+        self._bucket_counts = [0] * (len(_QUEUE_BUCKETS) + 1)  # the last one: +Inf
+        self._depth_sum = 0
         registry.register(self)
 
     def watch(self, queue: SendQueue) -> None:
         self._queues.add(queue)
 
     def observe(self, depth: int) -> None:
-        self.depth.observe(depth)
+        self._bucket_counts[bisect_left(_QUEUE_BUCKETS, depth)] += 1
+        self._depth_sum += depth
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        bounds = [str(float(bound)) for bound in _QUEUE_BUCKETS] + ["+Inf"]
+        for bound, count in zip(bounds, self._bucket_counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            "fieldsync_send_queue_depth",
+            "Frames already waiting in a connection's send queue when a live frame is queued",
+            buckets=buckets,
+            sum_value=self._depth_sum,
+        )
         queues = list(self._queues)
         depths = [len(queue) for queue in queues]
         sizes = [queue.queued_bytes for queue in queues]
@@ -103,6 +120,35 @@ class SendQueues(Collector):
             "Bytes waiting in the fullest send queue",
             max(sizes, default=0),
         )
+
+
+class _SentMessages(Collector):
+    """``fieldsync_messages_sent_total`` and ``fieldsync_sent_bytes_total`` by message type,
+    kept in plain ints (counted from the event loop's thread only) and read when scraped."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._by_kind: dict[str, list[int]] = {}  # type -> [messages, bytes]
+        registry.register(self)
+
+    def add(self, kind: str, size: int) -> None:
+        tally = self._by_kind.get(kind)
+        if tally is None:
+            tally = self._by_kind[kind] = [0, 0]
+        tally[0] += 1
+        tally[1] += size
+
+    def collect(self) -> Iterator[Metric]:
+        messages = CounterMetricFamily(
+            "fieldsync_messages_sent", "Protocol messages sent, by type", labels=["type"]
+        )
+        sizes = CounterMetricFamily(
+            "fieldsync_sent_bytes", "Bytes of protocol messages sent, by type", labels=["type"]
+        )
+        for kind, (count, size) in list(self._by_kind.items()):
+            messages.add_metric([kind], count)
+            sizes.add_metric([kind], size)
+        yield messages
+        yield sizes
 
 
 class _PoolCollector(Collector):
@@ -174,10 +220,10 @@ class Metrics:
     def __init__(self, *, slow_ms: float = 500.0) -> None:
         self.slow_seconds = slow_ms / 1000
         self.registry = registry = CollectorRegistry()
-        self._sent_by_kind: dict[str, tuple[Counter, Counter]] = {}
         self.connections = Gauge(
             "fieldsync_connections_open", "Open sync WebSocket connections", registry=registry
         )
+        self.open_connections = 0  # the gauge's value, for the process's own use
         self.messages_in = Counter(
             "fieldsync_messages_received",
             "Valid protocol messages received, by type",
@@ -207,18 +253,7 @@ class Metrics:
             ["event"],
             registry=registry,
         )
-        self.messages_out = Counter(
-            "fieldsync_messages_sent",
-            "Protocol messages sent, by type",
-            ["type"],
-            registry=registry,
-        )
-        self.bytes_out = Counter(
-            "fieldsync_sent_bytes",
-            "Bytes of protocol messages sent, by type",
-            ["type"],
-            registry=registry,
-        )
+        self._sent = _SentMessages(registry)
         self.pushes = Counter(
             "fieldsync_pushes",
             "Pushes answered: accepted (a push_result went out) or refused whole (reason: "
@@ -290,13 +325,13 @@ class Metrics:
     def watch_replica(self, replica: ReplicaLike) -> None:
         self.registry.register(_ReplicaCollector(replica))
 
-    @contextmanager
-    def connection(self) -> Iterator[None]:
+    def connection_opened(self) -> None:
+        self.open_connections += 1
         self.connections.inc()
-        try:
-            yield
-        finally:
-            self.connections.dec()
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
+        self.connections.dec()
 
     def received(self, message: object) -> None:
         self.messages_in.labels(getattr(message, "TYPE", "unknown")).inc()
@@ -304,18 +339,9 @@ class Metrics:
             self.outbox_age.observe(message.outbox_age_ms / 1000)
 
     def sent(self, kind: str, size: int) -> None:
-        """A frame of message type ``kind`` and ``size`` bytes was queued for a client.
-
-        Called once per frame and client (fan-out): the labelled counters are looked up
-        once per message type, not per call."""
-        counters = self._sent_by_kind.get(kind)
-        if counters is None:
-            counters = self._sent_by_kind[kind] = (
-                self.messages_out.labels(kind),
-                self.bytes_out.labels(kind),
-            )
-        counters[0].inc()
-        counters[1].inc(size)
+        """A frame of message type ``kind`` and ``size`` bytes was sent or queued for a
+        client. Called once per frame and client (fan-out), so it only adds to two ints."""
+        self._sent.add(kind, size)
 
     def push_committed(self, started: float, push: Push, results: Sequence[AppendResult]) -> None:
         """A push's transaction committed; ``started`` is when it was handled (monotonic)."""

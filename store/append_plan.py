@@ -5,7 +5,9 @@ An implementation (``store.changelog`` on PostgreSQL, ``store.memory``) does onl
 waiting and the writing; every decision is made here, in this order:
 
 1. :func:`prepare_batch`, before any lock: the batch limit, each entity's bytes decoded,
-   an entity named twice refused, the push's op budget.
+   an entity named twice refused, the push's op budget; a store may also apply the
+   changes ahead onto the documents it has cached (``model.merge.preapply``), which the
+   merge then uses if they are still current.
 2. Under the project's lock, with what storage holds for the pushed entities and hashes:
    :func:`merge_batch` (``model.merge.merge_entity`` per entity, a change taken by one
    entity refused for a later one), :func:`authorize_all` with the writer's rule
@@ -29,6 +31,7 @@ from uuid import UUID
 from fieldsync.model.entities import SERVER_AUTHORED
 from fieldsync.model.limits import Limits
 from fieldsync.model.merge import (
+    Applied,
     DecodedChanges,
     EntityChanges,
     Merged,
@@ -162,8 +165,10 @@ def merge_batch(
     logged: Mapping[str, Mapping[bytes, int]],
     owners: Mapping[bytes, str],
     limits: Limits,
+    applied: Mapping[str, Applied] | None = None,
 ) -> list[Outcome]:
-    """Each entity merged into what storage holds, in push order."""
+    """Each entity merged into what storage holds, in push order; ``applied``: the changes
+    of some entities applied before the lock (``model.merge.preapply``), by entity id."""
     taken = dict(owners)
     outcomes: list[Outcome] = []
     for item in decoded:
@@ -178,6 +183,7 @@ def merge_batch(
             logged.get(item.entity_id, {}),
             limits,
             _owned_elsewhere(item, taken),
+            applied.get(item.entity_id) if applied is not None else None,
         )
         if isinstance(outcome, Merged):
             # Taken by this entity: a later entity of the push may not log them too.

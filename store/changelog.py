@@ -1,12 +1,19 @@
 """The change log on PostgreSQL: appending entity changes, reading them back by cursor.
 
-One push is one transaction. It first locks the project's ``log_heads`` row: every appender
-of a project queues there, so seqs are handed out in commit order and a reader that has seen
-seq N can never later find a smaller seq it missed (a global sequence would let a slow
-transaction commit seq 5 after a fast one committed seq 6). Under that lock the store reads
-the entities' current state, decides in pure code (``store.append_plan``, the same for the
-in-memory storage), then writes the log, the document cache and the read models, and
-commits. Results go back only after the commit.
+Appends to a project take its ``log_heads`` row lock: every appender of a project queues
+there, so seqs are handed out in commit order and a reader that has seen seq N can never
+later find a smaller seq it missed (a global sequence would let a slow transaction commit
+seq 5 after a fast one committed seq 6). Pushes to a project that arrive while an append to
+it is running in this process wait for it, then go in together (``store.group_commit``):
+one transaction, one lock acquisition, one commit for the whole group, each push planned
+after the one before it exactly as if it were appended alone. A push to an idle project
+goes straight in.
+
+Under the lock the store reads the entities' current state, decides in pure code
+(``store.append_plan``, the same for the in-memory storage), then writes the log, the
+document cache and the read models, and commits. Results go back only after the commit; a
+push's own rejections never fail the others of its group, a database error fails all of
+them.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import asyncpg
 
 from fieldsync.model.automerge_format.documents import AutomergeError, load_document, save_document
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
-from fieldsync.model.merge import DecodedChanges, EntityChanges, StoredEntity
+from fieldsync.model.merge import Applied, DecodedChanges, EntityChanges, StoredEntity, preapply
 from fieldsync.model.rejections import Rejection
 from fieldsync.store.append_plan import (
     Authorize,
@@ -42,10 +49,16 @@ from fieldsync.store.append_plan import (
 )
 from fieldsync.store.authorization import AuthorizeFactory, write_rule
 from fieldsync.store.compaction import should_compact
-from fieldsync.store.conflicts import conflict_updates, plan_conflicts, write_conflicts
+from fieldsync.store.conflicts import (
+    ConflictWrites,
+    conflict_updates,
+    plan_conflicts,
+    write_conflicts,
+)
 from fieldsync.store.document_cache import CachedDocument, DocumentCache
 from fieldsync.store.driver import translated
 from fieldsync.store.errors import StoreError
+from fieldsync.store.group_commit import GroupCommit
 from fieldsync.store.hashes import find_logged
 from fieldsync.store.log_heads import read_head
 from fieldsync.store.readmodels import read_model_row, upsert_read_models
@@ -84,27 +97,43 @@ FROM documents d
 JOIN unnest($1::text[], $2::bigint[]) AS k(entity_id, version) USING (entity_id)
 """
 
-_INSERT_CHANGE = """
+# Each statement writes all of a push's rows at once. Heads travel as one bytea of 32-byte
+# hashes per row (a bytea[][] cannot hold rows of different lengths).
+_INSERT_CHANGES = """
 INSERT INTO changes (project_id, seq, entity_type, entity_id, hash, actor, actor_seq, change,
                      sender)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+SELECT $1, u.seq, u.entity_type, u.entity_id, u.hash, u.actor, u.actor_seq, u.change, $2
+FROM unnest($3::bigint[], $4::text[], $5::text[], $6::bytea[], $7::bytea[], $8::bigint[],
+            $9::bytea[]) AS u(seq, entity_type, entity_id, hash, actor, actor_seq, change)
 """
 
-_INSERT_DOCUMENT = """
+_HEADS = (
+    "ARRAY(SELECT substring(u.heads FROM i FOR 32) "
+    "FROM generate_series(1, length(u.heads), 32) AS i ORDER BY i)"
+)
+
+_INSERT_DOCUMENTS = f"""
 INSERT INTO documents (project_id, entity_id, entity_type, heads, saved, tail, tail_changes,
                        change_count, version, op_count)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+SELECT $1, u.entity_id, u.entity_type, {_HEADS}, u.saved, ''::bytea, 0, u.change_count,
+       u.version, u.op_count
+FROM unnest($2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::int[], $7::bigint[],
+            $8::bigint[]) AS u(entity_id, entity_type, heads, saved, change_count, version,
+                               op_count)
 """
 
-_UPDATE_DOCUMENT = """
-UPDATE documents SET heads = $3,
-       saved = CASE WHEN $4 THEN $5 ELSE saved END,
-       tail = CASE WHEN $4 THEN $6 ELSE tail || $6 END,
-       tail_changes = CASE WHEN $4 THEN 0 ELSE tail_changes + $7 END,
-       change_count = change_count + $7,
-       version = $8,
-       op_count = op_count + $9
-WHERE project_id = $1 AND entity_id = $2
+_UPDATE_DOCUMENTS = f"""
+UPDATE documents d SET heads = {_HEADS},
+       saved = CASE WHEN u.compact THEN u.saved ELSE d.saved END,
+       tail = CASE WHEN u.compact THEN u.tail ELSE d.tail || u.tail END,
+       tail_changes = CASE WHEN u.compact THEN 0 ELSE d.tail_changes + u.change_count END,
+       change_count = d.change_count + u.change_count,
+       version = u.version,
+       op_count = d.op_count + u.op_count
+FROM unnest($2::text[], $3::bytea[], $4::bool[], $5::bytea[], $6::bytea[], $7::int[],
+            $8::bigint[], $9::bigint[]) AS u(entity_id, heads, compact, saved, tail,
+                                             change_count, version, op_count)
+WHERE d.project_id = $1 AND d.entity_id = u.entity_id
 """
 
 _SET_HEAD = "UPDATE log_heads SET head_seq = $2 WHERE project_id = $1"
@@ -149,6 +178,7 @@ class ChangeLog:
         self._limits = limits
         self._cache = DocumentCache(cache_size)
         self._observers = CommitObservers(on_append, on_conflicts_found, on_commit)
+        self._groups: GroupCommit[UUID, _Push, list[AppendResult]] = GroupCommit(self._append_group)
 
     @property
     def limits(self) -> Limits:
@@ -184,9 +214,44 @@ class ChangeLog:
         if not batch:
             return []  # nothing to log: no lock, no transaction
         decoded = prepare_batch(batch, self._limits)
+        applied = self._preapply(project_id, decoded)
+        return await self._groups.submit(
+            project_id, _Push(batch, decoded, sender, authorize, applied)
+        )
+
+    def _preapply(
+        self, project_id: UUID, decoded: Sequence[DecodedChanges | Rejection]
+    ) -> dict[str, Applied]:
+        """Apply each entity's changes before the lock, onto the document this process has
+        cached, or onto none for a push that creates the entity: while the push waits for
+        the lock (behind a running group), the work overlaps the database's. Under the lock
+        the merge keeps it only if the entity is still at that version."""
+        found: dict[str, Applied] = {}
+        for item in decoded:
+            if isinstance(item, Rejection):
+                continue
+            cached = self._cache.get(project_id, item.entity_id)
+            if cached is not None:
+                applied = preapply(item, cached.version, cached.document, self._limits)
+            elif any(not c.deps for c in item.unique):  # its creation: likely a new entity
+                applied = preapply(item, 0, None, self._limits)
+            else:
+                continue
+            if applied is not None:
+                found[item.entity_id] = applied
+        return found
+
+    @property
+    def groups(self) -> GroupCommit[UUID, _Push, list[AppendResult]]:
+        """The per-project grouping of appends (its counters tell how pushes were grouped)."""
+        return self._groups
+
+    async def _append_group(
+        self, project_id: UUID, pushes: Sequence[_Push]
+    ) -> list[list[AppendResult]]:
         for attempt in range(2):
             try:
-                return await self._append_locked(project_id, batch, decoded, sender, authorize)
+                return await self._append_locked(project_id, pushes)
             except asyncpg.UniqueViolationError:
                 # Another project created one of these entity ids concurrently; the retry
                 # sees its row and rejects the entity as belonging to another project.
@@ -195,45 +260,74 @@ class ChangeLog:
         raise AssertionError("unreachable")
 
     async def _append_locked(
-        self,
-        project_id: UUID,
-        batch: Sequence[EntityChanges],
-        decoded: Sequence[DecodedChanges | Rejection],
-        sender: str,
-        authorize: AuthorizeFactory | None = None,
-    ) -> list[AppendResult]:
+        self, project_id: UUID, pushes: Sequence[_Push]
+    ) -> list[list[AppendResult]]:
+        """One transaction for the group: each push planned on what the pushes before it
+        wrote (the database rows, and the documents they produced, kept in ``written``)."""
+        written: dict[str, CachedDocument] = {}
+        appended: list[_Appended] = []
         async with self._pool.acquire() as conn, conn.transaction():
-            head = await read_head(conn, project_id, lock=True)
-            valid = decoded_only(decoded)
-            stored = await self._stored_entities(conn, project_id, valid)
-            logged, owners = index_logged(
-                await find_logged(conn, project_id, asked_hashes(valid)) if valid else []
-            )
-            outcomes = merge_batch(project_id, decoded, stored, logged, owners, self._limits)
-            if authorize is not None:  # a member's push
-                outcomes = refuse_server_authored(outcomes)
-            rule = await authorize(conn) if authorize is not None else None
-            if rule is not None:
-                outcomes = authorize_all(outcomes, stored, rule)
-            plan = assign_seqs(head, outcomes)
-            writes = _plan_writes(project_id, plan, stored, sender)
-            conflicts = await plan_conflicts(conn, project_id, entity_merges(plan, stored), sender)
-            await _write(conn, project_id, writes)
-            await write_conflicts(conn, project_id, conflicts, plan.head)
-        for entity_id, cached in writes.cache_updates:
+            start = head = await read_head(conn, project_id, lock=True)
+            for push in pushes:
+                one = await self._append_one(conn, project_id, head, push, written)
+                head = one.plan.head
+                appended.append(one)
+            if head != start:
+                await conn.execute(_SET_HEAD, project_id, head)
+        for entity_id, cached in written.items():
             self._cache.put(project_id, entity_id, cached)
-        tell_observers(self._observers, project_id, plan, conflicts)
-        return results(batch, outcomes, plan.seqs)
+        for one in appended:
+            tell_observers(self._observers, project_id, one.plan, one.conflicts)
+        return [one.results for one in appended]
+
+    async def _append_one(
+        self,
+        conn: Any,
+        project_id: UUID,
+        head: int,
+        push: _Push,
+        written: dict[str, CachedDocument],
+    ) -> _Appended:
+        """Plan and write one push of a group, after ``head``, under the group's lock."""
+        valid = decoded_only(push.decoded)
+        stored = await self._stored_entities(conn, project_id, valid, written)
+        logged, owners = index_logged(
+            await find_logged(conn, project_id, asked_hashes(valid)) if valid else []
+        )
+        outcomes = merge_batch(
+            project_id, push.decoded, stored, logged, owners, self._limits, push.applied
+        )
+        if push.authorize is not None:  # a member's push
+            outcomes = refuse_server_authored(outcomes)
+        rule = await push.authorize(conn) if push.authorize is not None else None
+        if rule is not None:
+            outcomes = authorize_all(outcomes, stored, rule)
+        plan = assign_seqs(head, outcomes)
+        writes = _plan_writes(project_id, plan, stored, push.sender)
+        conflicts = await plan_conflicts(conn, project_id, entity_merges(plan, stored), push.sender)
+        await _write(conn, project_id, push.sender, writes)
+        await write_conflicts(conn, project_id, conflicts, plan.head)
+        written.update(writes.cache_updates)
+        return _Appended(results(push.batch, outcomes, plan.seqs), plan, conflicts)
 
     async def _stored_entities(
-        self, conn: Any, project_id: UUID, valid: Sequence[DecodedChanges]
+        self,
+        conn: Any,
+        project_id: UUID,
+        valid: Sequence[DecodedChanges],
+        written: Mapping[str, CachedDocument],
     ) -> dict[str, _StoredRow]:
+        """The documents rows of ``valid``; the document itself from this transaction's
+        writes or this process's cache when its version is the row's."""
         ids = [d.entity_id for d in valid]
         if not ids:
             return {}
+        known: dict[str, CachedDocument] = {}
         versions = []
         for entity_id in ids:
-            cached = self._cache.get(project_id, entity_id)
+            cached = written.get(entity_id) or self._cache.get(project_id, entity_id)
+            if cached is not None:
+                known[entity_id] = cached
             versions.append(cached.version if cached else -1)
         rows = await conn.fetch(_STORED_ENTITIES, ids, versions)
         found: dict[str, _StoredRow] = {}
@@ -243,7 +337,7 @@ class ChangeLog:
             if r["project_id"] != project_id:
                 document = None
             elif document_bytes is None:
-                cached = self._cache.get(project_id, r["entity_id"])
+                cached = known.get(r["entity_id"])
                 assert cached is not None, "the database said our cached version is current"
                 document = cached.document
                 values = cached.values
@@ -313,7 +407,6 @@ async def read_log(conn: Any, project_id: UUID, cursor: int, limit: int) -> LogS
 class _Writes:
     """Everything one append transaction writes, planned before any write is issued."""
 
-    head: int
     change_rows: list[tuple[object, ...]]
     new_documents: list[tuple[object, ...]]
     updated_documents: list[tuple[object, ...]]
@@ -321,42 +414,53 @@ class _Writes:
     cache_updates: list[tuple[str, CachedDocument]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Push:
+    """One push waiting for its group: decoded, and applied where it could be, before any
+    lock."""
+
+    batch: Sequence[EntityChanges]
+    decoded: Sequence[DecodedChanges | Rejection]
+    sender: str
+    authorize: AuthorizeFactory | None
+    applied: Mapping[str, Applied]  # entities whose changes were applied ahead
+
+
+@dataclass(frozen=True, slots=True)
+class _Appended:
+    """One push of a group, planned and written (committed with the group)."""
+
+    results: list[AppendResult]
+    plan: SeqPlan
+    conflicts: ConflictWrites
+
+
 def _plan_writes(
     project_id: UUID, plan: SeqPlan, stored: Mapping[str, _StoredRow], sender: str
 ) -> _Writes:
-    writes = _Writes(plan.head, [], [], [], defaultdict(list), [])
+    """Rows in the column order of ``_INSERT_CHANGES``, ``_INSERT_DOCUMENTS`` and
+    ``_UPDATE_DOCUMENTS`` (after their project id)."""
+    writes = _Writes([], [], [], defaultdict(list), [])
     for logged in plan.entities:
         merged = logged.merged
         entity_id, entity_type = logged.entity_id, logged.entity_type
         assert merged.document is not None
         for change, seq in zip(merged.new_changes, logged.seqs, strict=True):
             writes.change_rows.append(
-                (
-                    project_id,
-                    seq,
-                    entity_type,
-                    entity_id,
-                    change.hash,
-                    change.actor,
-                    change.seq,
-                    change.data,
-                    sender,
-                )
+                (seq, entity_type, entity_id, change.hash, change.actor, change.seq, change.data)
             )
         version = logged.version
         new_bytes = b"".join(c.data for c in merged.new_changes)
         count = len(merged.new_changes)
         ops = sum(c.op_count for c in merged.new_changes)
-        heads = list(merged.heads)
+        heads = b"".join(merged.heads)
         row = stored.get(entity_id)
         if row is None:
             # Saved at once: a saved document loads about twice as fast as its change chunks,
             # and for a new (small) document saving costs a few microseconds.
             saved = save_document(merged.document)
             size = len(saved)
-            writes.new_documents.append(
-                (project_id, entity_id, entity_type, heads, saved, b"", 0, count, version, ops)
-            )
+            writes.new_documents.append((entity_id, entity_type, heads, saved, count, version, ops))
         else:
             compact = should_compact(
                 row.saved_bytes,
@@ -368,7 +472,7 @@ def _plan_writes(
             tail = b"" if compact else new_bytes
             size = len(saved) if compact else row.saved_bytes + row.tail_bytes + len(new_bytes)
             writes.updated_documents.append(
-                (project_id, entity_id, heads, compact, saved, tail, count, version, ops)
+                (entity_id, heads, compact, saved, tail, count, version, ops)
             )
         writes.read_models[entity_type].append(
             read_model_row(project_id, entity_type, entity_id, merged.values, version)
@@ -379,13 +483,18 @@ def _plan_writes(
     return writes
 
 
-async def _write(conn: Any, project_id: UUID, writes: _Writes) -> None:
+async def _write(conn: Any, project_id: UUID, sender: str, writes: _Writes) -> None:
+    """A push's rows, one statement per table (read models: per entity type)."""
     if not writes.change_rows:
         return
-    await conn.executemany(_INSERT_CHANGE, writes.change_rows)
+    await conn.execute(_INSERT_CHANGES, project_id, sender, *_columns(writes.change_rows, 7))
     if writes.new_documents:
-        await conn.executemany(_INSERT_DOCUMENT, writes.new_documents)
+        await conn.execute(_INSERT_DOCUMENTS, project_id, *_columns(writes.new_documents, 7))
     if writes.updated_documents:
-        await conn.executemany(_UPDATE_DOCUMENT, writes.updated_documents)
+        await conn.execute(_UPDATE_DOCUMENTS, project_id, *_columns(writes.updated_documents, 8))
     await upsert_read_models(conn, writes.read_models)
-    await conn.execute(_SET_HEAD, project_id, writes.head)
+
+
+def _columns(rows: Sequence[tuple[object, ...]], width: int) -> list[list[object]]:
+    """Rows turned into one array per column, for ``unnest``."""
+    return [list(column) for column in zip(*rows, strict=True)] or [[] for _ in range(width)]

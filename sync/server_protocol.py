@@ -132,19 +132,19 @@ class ConflictRecordAt:
 @dataclass(frozen=True, slots=True)
 class PreparedChanges:
     """Consecutive logged changes of one project and their ``changes`` frame, encoded once
-    for every subscriber."""
+    for every subscriber (with the ``Outgoing`` that carries it, also made once)."""
 
     project_id: str
     records: tuple[ChangeRecord, ...]
     frame: bytes
+    first_seq: int = field(init=False)
+    last_seq: int = field(init=False)
+    outgoing: Outgoing = field(init=False)
 
-    @property
-    def first_seq(self) -> int:
-        return self.records[0].seq
-
-    @property
-    def last_seq(self) -> int:
-        return self.records[-1].seq
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "first_seq", self.records[0].seq)
+        object.__setattr__(self, "last_seq", self.records[-1].seq)
+        object.__setattr__(self, "outgoing", Outgoing(Changes.TYPE, self.frame, Lane.LIVE))
 
 
 def prepare_changes(project_id: str, records: Sequence[ChangeRecord]) -> list[PreparedChanges]:
@@ -446,28 +446,36 @@ class ServerProtocol:
     ) -> list[Outgoing]:
         """A piece of the live feed for this client: what to queue on the LIVE lane now
         (nothing if it holds the piece already). Conflict updates of pushes it has not seen
-        go first. The prepared frame is sent as is unless the client holds part of it."""
-        project = project_key(project)
-        stream = self._streams.get(project)
+        go first. The prepared frame is sent as is unless the client holds part of it.
+
+        Called for every subscriber of every piece, so the common case (the next piece,
+        no conflict updates) allocates nothing but the list it returns."""
+        stream = self._streams.get(project)  # the shell passes the canonical key
+        if stream is None:
+            project = project_key(project)
+            stream = self._streams.get(project)
         if stream is None or stream.state is not StreamState.LIVE or self.closing:
             return []
-        if prepared.last_seq <= stream.cursor:
+        cursor = stream.cursor
+        if prepared.last_seq <= cursor:
             return []
-        if prepared.first_seq > stream.cursor + 1:
+        if prepared.first_seq > cursor + 1:
             raise ProtocolMisuseError(
                 f"live changes of {project} from seq {prepared.first_seq} would leave a gap "
-                f"after {stream.cursor}"
+                f"after {cursor}"
             )
+        stream.cursor = prepared.last_seq
+        if not conflicts and prepared.first_seq == cursor + 1:
+            return [prepared.outgoing]
         out: list[Outgoing] = []
-        fresh = [u for u in conflicts if u.seq > stream.cursor]
+        fresh = [u for u in conflicts if u.seq > cursor]
         for frame in prepare_conflicts(project, _latest(fresh)):
             out.append(Outgoing(Conflicts.TYPE, frame, Lane.LIVE))
-        frame = prepared.frame
-        if prepared.first_seq <= stream.cursor:
-            cut = tuple(r for r in prepared.records if r.seq > stream.cursor)
-            frame = encode(Changes(project, cut))
-        out.append(Outgoing(Changes.TYPE, frame, Lane.LIVE))
-        stream.cursor = prepared.last_seq
+        if prepared.first_seq == cursor + 1:
+            out.append(prepared.outgoing)
+        else:
+            cut = tuple(r for r in prepared.records if r.seq > cursor)
+            out.append(Outgoing(Changes.TYPE, encode(Changes(project, cut)), Lane.LIVE))
         return out
 
     def end_stream(

@@ -34,6 +34,7 @@ STORAGE_NEUTRAL = frozenset(
         "demo",
         "document_cache",
         "errors",
+        "group_commit",
         "heads",
         "memory",
         "memory_admin",

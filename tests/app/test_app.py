@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
 from automerge.core import ROOT
 
 from fieldsync.auth.tokens import issue_token
@@ -24,15 +22,6 @@ from tests.app.build import APP, SCREENSHOTS, build_app
 from tests.client.helpers import server_documents, values_of
 from tests.live_server import TEST_SECRET, running_server
 from tests.typescript.node import chromium, node
-
-
-@pytest.fixture
-async def storage(database_url: str) -> AsyncIterator[PostgresStorage]:
-    opened = await PostgresStorage.open(database_url, max_size=2)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def _double_book(storage: PostgresStorage, demo: Demo, activity: str, day: datetime) -> str:

@@ -8,9 +8,11 @@ holds one line per failure, never a traceback.
 
 How the kill is made to land where it hurts:
 
-- Inside the push transactions: a test connection holds the project's log lock, so every
-  push in flight waits in its transaction (on ``SELECT ... FOR UPDATE``) when PostgreSQL
-  dies; the test waits until PostgreSQL shows each of them waiting before it kills.
+- Inside the push transactions: a test connection holds the project's log lock, so the
+  push in flight that leads the project's next group waits in its transaction (on
+  ``SELECT ... FOR UPDATE``) when PostgreSQL dies, and the others wait in the server for
+  that group to end (group commit, ``store.group_commit``); the test waits until
+  PostgreSQL shows the leader waiting before it kills.
 - On idle pooled connections: with only the postmaster killed, each idle backend sends its
   client a FATAL error before it closes the connection. The kill blocks this process (the
   server runs in it) until every PostgreSQL process is gone, so when the server next looks,
@@ -201,12 +203,13 @@ async def log_locked(url: str, project: uuid.UUID) -> AsyncIterator[asyncpg.Conn
 
 
 async def open_pooled_connections(url: str, project: uuid.UUID, pushers: list[Pusher]) -> None:
-    """Make the server's pool open a connection per pusher: one push each, all held up
-    on the log lock together, then let through."""
+    """Make the server's pool open connections: one push each, held up on the log lock
+    (one of them in its transaction, the rest queued behind it in the server), then let
+    through."""
     async with log_locked(url, project) as blocker:
         for pusher in pushers:
             await pusher.push_new()
-        await waiting_on_lock(blocker, len(pushers))
+        await waiting_on_lock(blocker, 1)
         await blocker.execute("COMMIT")
     for pusher in pushers:
         await pusher.settle()
@@ -224,7 +227,7 @@ async def kill_inside_transactions(
         for pusher in waiting:
             await pusher.push_new()
             await pusher.push_new()  # a session handles one message at a time
-        await waiting_on_lock(blocker, len(waiting))
+        await waiting_on_lock(blocker, 1)
         for pusher in late:
             await pusher.push_new()
         crash(pgdata, every_process=every_process)

@@ -18,7 +18,7 @@ async def test_bulk_waits_below_the_soft_bound_and_resumes_as_frames_go_out() ->
     waiting = asyncio.create_task(outbox.put_bulk(b"b" * 10))
     await asyncio.sleep(0.01)
     assert not waiting.done()
-    assert await outbox.get() == b"a" * 150
+    assert outbox.take(1) == [b"a" * 150]  # at least one frame, whatever the budget
     await asyncio.wait_for(waiting, 1)
     assert outbox.queued_bytes == 10
 
@@ -27,7 +27,7 @@ async def test_live_frames_are_refused_past_the_hard_bound_but_one_always_fits()
     outbox = Outbox(LIMITS)
     assert outbox.put_live(b"x" * 1000)  # larger than every bound, into an empty queue
     assert not outbox.put_live(b"y")
-    await outbox.get()
+    outbox.take(1)
     assert outbox.put_live(b"y" * 300)
     assert not outbox.put_live(b"z")
 
@@ -48,11 +48,33 @@ async def test_wait_for_room_returns_once_drained_or_closed() -> None:
     assert not waiting.done()
     outbox.close()
     await asyncio.wait_for(waiting, 1)
-    assert await outbox.get() == b"c" * 120  # queued frames still go out after close
-    with pytest.raises(OutboxClosedError):
-        await outbox.get()
+    assert outbox.take(1000) == [b"c" * 120]  # queued frames still go out after close
+    assert outbox.take(1000) == []
     with pytest.raises(OutboxClosedError):
         outbox.put_control(b"late")
+
+
+async def test_frames_are_taken_oldest_first_in_batches_of_about_a_budget() -> None:
+    outbox = Outbox(LIMITS)
+    for size in (40, 40, 40, 200):
+        assert outbox.put_control(bytes([size]) * size)
+    assert [len(f) for f in outbox.take(100)] == [40, 40]
+    assert [len(f) for f in outbox.take(100)] == [40]
+    assert [len(f) for f in outbox.take(100)] == [200]  # one frame over the budget goes alone
+    assert (outbox.take(100), outbox.queued_bytes) == ([], 0)
+
+
+async def test_several_waiters_for_room_wake_and_a_cancelled_one_does_not_stop_others() -> None:
+    outbox = Outbox(LIMITS)
+    outbox.put_control(b"c" * 150)
+    first = asyncio.create_task(outbox.wait_for_room())
+    second = asyncio.create_task(outbox.wait_for_room())
+    await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.sleep(0.01)
+    outbox.take(1000)
+    await asyncio.wait_for(second, 1)
+    assert first.cancelled()
 
 
 async def test_discarding_empties_the_byte_count() -> None:

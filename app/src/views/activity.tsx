@@ -2,6 +2,7 @@
  * One activity: every field, editable where the write rules let this member change it and
  * read-only where they do not (so nothing is refused later). The description is edited as
  * collaborative text: each keystroke becomes a splice, so others' edits elsewhere merge.
+ * Photos are attached below (views/attachments.tsx).
  */
 import type { Activity } from "@fieldsync/client";
 import { useEffect, useRef, useState } from "preact/hooks";
@@ -9,6 +10,7 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import { fromLocalInput, toLocalInput } from "../format.js";
 import { mayEdit } from "../permissions.js";
 import type { AppStore } from "../store.js";
+import { Attachments } from "./attachments.js";
 
 const STATUSES: Activity["status"][] = ["planned", "confirmed", "in_progress", "done", "cancelled"];
 
@@ -143,6 +145,7 @@ export function ActivityDetail({ store, id }: { store: AppStore; id: string }) {
           <button type="submit" disabled={!may("tasks")}>Add task</button>
         </form>
       </section>
+      <Attachments store={store} activityId={id} ids={activity.attachments ?? []} editable={may("attachments")} />
     </section>
   );
 }

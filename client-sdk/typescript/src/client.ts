@@ -8,9 +8,10 @@
  * reports through `onStatus`. `pause()` stops syncing (the app keeps working offline) and
  * `resume()` starts again.
  */
+import { Uploader, type UploadHost } from "./attachments.js";
 import { Backoff } from "./backoff.js";
 import type { ConflictUpdate } from "./conflicts.js";
-import { ClientClosed, FieldsyncError, ProjectUnavailable, ValidationError } from "./errors.js";
+import { ClientClosed, FieldsyncError, Offline, ProjectUnavailable, ValidationError } from "./errors.js";
 import { Listeners } from "./events.js";
 import { DECODER_BOUNDS, DEFAULT_LIMITS, PROTOCOL_VERSIONS, type Limits } from "./generated/protocol.js";
 import { Project } from "./project.js";
@@ -38,6 +39,8 @@ export interface ClientOptions {
   /** Opens WebSockets; the default is the platform's `WebSocket` (browsers, React Native). */
   readonly webSocket?: WebSocketFactory;
   readonly fetch?: typeof fetch;
+  /** Bytes per attachment upload request (default 1 MiB). */
+  readonly uploadPartBytes?: number;
 }
 
 function defaultWebSocket(): WebSocketFactory {
@@ -46,17 +49,26 @@ function defaultWebSocket(): WebSocketFactory {
   return (url) => new Native(url);
 }
 
-export class FieldsyncClient implements SyncHost {
+export class FieldsyncClient implements SyncHost, UploadHost {
   readonly projects = new Map<string, Project>();
   private readonly replicaMap = new Map<string, ProjectReplica>();
   private readonly statuses = new Listeners<SyncStatus>();
   private readonly sync: SyncLoop | null;
+  /** Sends attachments waiting to upload (null for a client with no server). */
+  readonly uploader: Uploader | null;
   private currentStatus: SyncStatus;
   private closed = false;
+  /** Between `pause()` and `resume()`: nothing is sent, attachments neither. */
+  private paused = false;
+  private readonly fetcher: typeof fetch | undefined;
   private ticks: (() => void)[] = [];
-  private readonly onlineListener = (): void => this.sync?.reconnectNow();
+  private readonly onlineListener = (): void => {
+    this.sync?.reconnectNow();
+    this.uploader?.wake();
+  };
 
   private constructor(readonly storage: Storage, readonly clientId: string, readonly options: ClientOptions) {
+    this.fetcher = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
     this.sync =
       options.url === null
         ? null
@@ -70,7 +82,16 @@ export class FieldsyncClient implements SyncHost {
             versions: options.protocolVersions ?? PROTOCOL_VERSIONS,
             httpSnapshots: options.httpSnapshots ?? true,
             webSocket: options.webSocket ?? defaultWebSocket(),
-            fetch: options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined),
+            fetch: this.fetcher,
+          });
+    this.uploader =
+      this.sync === null || this.fetcher === undefined
+        ? null
+        : new Uploader(this, {
+            endpoint: syncUrl(options.url!),
+            fetch: this.fetcher,
+            backoff: new Backoff(options.backoffBaseMs ?? 500, options.backoffCapMs ?? 30_000),
+            ...(options.uploadPartBytes === undefined ? {} : { partBytes: options.uploadPartBytes }),
           });
     this.currentStatus = this.computeStatus();
     // A browser that comes back online need not wait for the backoff delay.
@@ -106,6 +127,7 @@ export class FieldsyncClient implements SyncHost {
       this.replicaMap.set(projectId, replica);
       this.sync?.start();
       this.sync?.projectAdded(projectId);
+      if (!this.paused) this.uploader?.start(); // uploads left waiting by an earlier run go on
       this.stateChanged();
     }
     const sync = this.sync;
@@ -156,13 +178,17 @@ export class FieldsyncClient implements SyncHost {
 
   /** Stop syncing (the connection closes; edits go on offline) until `resume()`. */
   async pause(): Promise<void> {
-    await this.sync?.stop();
+    this.paused = true;
+    await Promise.all([this.sync?.stop(), this.uploader?.stop()]);
   }
 
   resume(): void {
     if (this.sync !== null && !this.closed) {
+      this.paused = false;
       this.sync.start();
       this.sync.reconnectNow();
+      if (this.projects.size > 0) this.uploader?.start();
+      this.uploader?.wake();
     }
   }
 
@@ -188,7 +214,7 @@ export class FieldsyncClient implements SyncHost {
     if (this.closed) return;
     this.closed = true;
     (globalThis as { removeEventListener?: (name: string, f: () => void) => void }).removeEventListener?.("online", this.onlineListener);
-    await this.sync?.stop();
+    await Promise.all([this.sync?.stop(), this.uploader?.stop()]);
     this.statuses.clear();
     for (const project of this.projects.values()) project.closeListeners();
     for (const tick of this.ticks.splice(0)) tick();
@@ -231,10 +257,40 @@ export class FieldsyncClient implements SyncHost {
     if (this.closed) return;
     for (const tick of this.ticks.splice(0)) tick();
     const status = this.computeStatus();
+    if (status.connection === "online" && this.currentStatus.connection !== "online") this.uploader?.wake(); // the network is back
     if (!sameStatus(status, this.currentStatus)) {
       this.currentStatus = status;
       this.statuses.emit(status);
     }
+  }
+
+  /** A token for an HTTP request: the current one, or a fresh one from the token function. */
+  async currentToken(): Promise<string> {
+    const source = this.sync?.token ?? this.options.token;
+    return typeof source === "string" ? source : source();
+  }
+
+  /** A GET to the server with the user's token (attachments' files); Offline when unreachable. */
+  async httpGet(url: string): Promise<Response> {
+    this.check();
+    const fetcher = this.fetcher;
+    if (this.sync === null || fetcher === undefined) throw new Offline("this client has no server URL");
+    const token = await this.currentToken();
+    try {
+      return await fetcher(url, { headers: { Authorization: `Bearer ${token}` } });
+    } catch (error) {
+      throw new Offline(`the server cannot be reached: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+
+  attached(): void {
+    if (this.paused) return;
+    this.uploader?.start();
+    this.uploader?.wake();
+  }
+
+  uploadChanged(projectId: string, attachmentId: string): void {
+    if (!this.closed) this.projects.get(projectId)?.attachmentUpdates.emit([attachmentId]);
   }
 
   private computeStatus(): SyncStatus {

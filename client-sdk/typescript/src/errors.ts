@@ -55,6 +55,10 @@ export class ProjectUnavailable extends ServerError {
 /** The user was removed from the project while syncing it; its outbox is rejected. */
 export class MembershipRemoved extends ProjectUnavailable {}
 
+/** An attachment's file cannot be downloaded: `code` is the server's (`not_ready`,
+ * `no_such_thumbnail`, `project_unavailable`). */
+export class AttachmentUnavailable extends ServerError {}
+
 /** The server could not be reached; sync retries by itself. */
 export class Offline extends FieldsyncError {}
 

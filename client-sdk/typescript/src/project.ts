@@ -6,14 +6,17 @@
  * edit that resolves has been written to storage, with its change in the outbox; sync
  * pushes it when it can. Edits of one project run one at a time, in call order.
  */
+import { attachmentUrl, type AttachmentStatus, type AttachmentVariant, type LocalCopy } from "./attachments.js";
 import type { FieldsyncClient } from "./client.js";
 import { Conflict, type ConflictUpdate } from "./conflicts.js";
-import { ConflictNotResolvable, ValidationError, type ProjectUnavailable } from "./errors.js";
+import { AttachmentUnavailable, ConflictNotResolvable, Offline, ValidationError, type ProjectUnavailable } from "./errors.js";
 import { Listeners } from "./events.js";
-import type { EntityType, EntityTypes } from "./generated/entities.js";
+import type { Attachment, EntityType, EntityTypes } from "./generated/entities.js";
 import type { Doc, ProjectReplica } from "./replica.js";
 import { isValidEntityId } from "./schema.js";
-import type { OutboxRow } from "./store/types.js";
+import { sha256Hex } from "./sha256.js";
+import type { OutboxRow, UploadRow } from "./store/types.js";
+import { syncUrl } from "./sync-loop.js";
 import type { RemoteChanges } from "./sync-loop.js";
 import * as writer from "./writer.js";
 
@@ -67,6 +70,7 @@ export class Project {
   readonly changes = new Listeners<RemoteChanges>();
   readonly rejections = new Listeners<RejectedChange[]>();
   readonly conflictUpdates = new Listeners<ConflictUpdate>();
+  readonly attachmentUpdates = new Listeners<string[]>();
 
   constructor(private readonly client: FieldsyncClient, private readonly replica: ProjectReplica) {
     this.projectId = replica.projectId;
@@ -182,6 +186,107 @@ export class Project {
     return changed;
   }
 
+  // --- attachments ----------------------------------------------------------------------------
+
+  /**
+   * Attach a file or photo to an activity or location; its new attachment id. Works offline:
+   * the bytes are kept in the local storage (once per SHA-256), the upload is queued beside
+   * the outbox and the id is appended to the entity's `attachments` list, all in one storage
+   * write before this resolves. The upload starts by itself when the client is online.
+   */
+  async attach(
+    entityType: "activity" | "location",
+    entityId: string,
+    data: Uint8Array | ArrayBuffer | Blob,
+    options: { fileName?: string; contentType?: string } = {},
+  ): Promise<string> {
+    this.client.check();
+    const isBlob = typeof Blob !== "undefined" && data instanceof Blob;
+    const bytes = data instanceof Uint8Array ? data.slice() : isBlob ? new Uint8Array(await data.arrayBuffer()) : new Uint8Array((data as ArrayBuffer).slice(0));
+    if (bytes.length === 0) throw new ValidationError("an attachment needs at least one byte");
+    const named = (data as { name?: unknown }).name;
+    const fileName = options.fileName ?? (typeof named === "string" && named !== "" ? named : null);
+    const contentType = options.contentType ?? (isBlob && (data as Blob).type !== "" ? (data as Blob).type : null);
+    const sha256 = await sha256Hex(bytes);
+    const attachmentId = newId();
+    await this.replica.run(async () => {
+      const doc = await this.replica.draft(entityType, entityId);
+      const listed = doc.attachments;
+      const after = writer.insertItem(doc, entityType, "attachments", Array.isArray(listed) ? listed.length : 0, attachmentId)!;
+      const row: UploadRow = {
+        projectId: this.projectId, attachmentId, sha256, size: bytes.length, fileName, contentType,
+        createdAt: Date.now(), state: "waiting", code: null, message: null,
+      };
+      await this.replica.commitLocal(entityType, entityId, after, [
+        { op: "putBlob", sha256, data: bytes },
+        { op: "addUpload", row },
+      ]);
+    });
+    this.client.localChange(this.projectId);
+    this.client.attached();
+    return attachmentId;
+  }
+
+  /** Where an attachment stands (see `AttachmentStatus`): the server's status once its
+   * attachment entity has synced, else this device's upload queue. */
+  async attachmentStatus(attachmentId: string): Promise<AttachmentStatus> {
+    this.client.check();
+    const upload = await this.replica.run(() => this.client.storage.upload(this.projectId, attachmentId));
+    const hasLocalCopy = upload !== undefined;
+    if (this.replica.entityType(attachmentId) === "attachment") {
+      const values = (await this.replica.values("attachment", attachmentId)) as unknown as Attachment;
+      const failed = values.status === "failed";
+      return {
+        attachmentId, status: values.status, received: values.size, size: values.size,
+        code: failed ? "processing_failed" : null, message: failed ? (values.failure ?? null) : null, hasLocalCopy,
+      };
+    }
+    if (upload === undefined) return { attachmentId, status: "unknown", received: null, size: null, code: null, message: null, hasLocalCopy };
+    const base = { attachmentId, size: upload.size, hasLocalCopy };
+    if (upload.state === "refused") return { ...base, status: "failed", received: null, code: upload.code, message: upload.message };
+    if (upload.state === "uploaded") return { ...base, status: "uploaded", received: upload.size, code: null, message: null };
+    const received = this.client.uploader?.received(this.projectId, attachmentId);
+    return { ...base, status: received === undefined ? "local" : "uploading", received: received ?? null, code: null, message: null };
+  }
+
+  /** The bytes this device attached (to show before any thumbnail exists); null for
+   * another device's attachment. */
+  async localCopy(attachmentId: string): Promise<LocalCopy | null> {
+    this.client.check();
+    const storage = this.client.storage;
+    const upload = await this.replica.run(() => storage.upload(this.projectId, attachmentId));
+    if (upload === undefined) return null;
+    const data = await this.replica.run(() => storage.blob(upload.sha256));
+    return data === undefined ? null : { data, contentType: upload.contentType, fileName: upload.fileName };
+  }
+
+  /** The server's address of a thumbnail or the shared copy; requests need the header
+   * `Authorization: Bearer <token>` (or use `downloadAttachment`). */
+  attachmentUrl(attachmentId: string, variant: AttachmentVariant = "small"): string {
+    const url = this.client.options.url;
+    if (url === null) throw new Offline("this client has no server URL");
+    return attachmentUrl(syncUrl(url), this.projectId, attachmentId, variant);
+  }
+
+  /** Download a thumbnail (`small` 256 px, `large` 1280 px, JPEG) or the shared copy
+   * (`content`) once the attachment is `ready`. Throws `AttachmentUnavailable` with the
+   * server's code (`not_ready`, `no_such_thumbnail`, `project_unavailable`), `Offline`. */
+  async downloadAttachment(attachmentId: string, variant: AttachmentVariant = "small"): Promise<{ data: Uint8Array; contentType: string }> {
+    const response = await this.client.httpGet(this.attachmentUrl(attachmentId, variant));
+    if (response.status !== 200) {
+      const answer = (await response.json().catch(() => ({}))) as { code?: unknown; message?: unknown };
+      const code = typeof answer.code === "string" ? answer.code : `http_${response.status}`;
+      throw new AttachmentUnavailable(code, typeof answer.message === "string" ? answer.message : `the server answered ${response.status}`);
+    }
+    return { data: new Uint8Array(await response.arrayBuffer()), contentType: response.headers.get("content-type") ?? "application/octet-stream" };
+  }
+
+  /** This device's uploads moved (progress, uploaded, refused): the attachment ids. The
+   * server's later statuses arrive as changes of the attachment entities (`onChange`). */
+  onAttachments(callback: (attachmentIds: string[]) => void): () => void {
+    return this.attachmentUpdates.on(callback);
+  }
+
   // --- what the server refused ----------------------------------------------------------------
 
   /** Local changes the server refused, with its reason; they are never sent again. */
@@ -262,5 +367,6 @@ export class Project {
     this.changes.clear();
     this.rejections.clear();
     this.conflictUpdates.clear();
+    this.attachmentUpdates.clear();
   }
 }

@@ -244,8 +244,9 @@ export class ProjectReplica {
     return this.meta.has(entityId) || this.cache.has(entityId);
   }
 
-  /** Validate the edited document, then store it and its change in one write. */
-  async commitLocal(entityType: string, entityId: string, doc: Doc): Promise<void> {
+  /** Validate the edited document, then store it and its change in one write (with the
+   * `alongside` ops: an attachment's bytes and upload row go with the edit naming it). */
+  async commitLocal(entityType: string, entityId: string, doc: Doc, alongside: readonly WriteOp[] = []): Promise<void> {
     const change = A.getLastLocalChange(doc);
     if (change === undefined) throw new Error("the edited document made no change");
     const inspection = inspect(entityType, doc);
@@ -267,6 +268,7 @@ export class ProjectReplica {
     const [id] = await this.storage.write([
       { op: "putEntity", entity: { projectId: this.projectId, entityId, entityType, document: saved, deleted } },
       { op: "addOutbox", row },
+      ...alongside,
     ]);
     this.pending.push({ ...row, id: id!, state: "pending", code: null, message: null, details: null, rejectedAt: null });
     this.cache.set(entityId, entryOf(entityType, doc, saved));

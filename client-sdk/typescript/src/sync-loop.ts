@@ -109,14 +109,19 @@ export function syncUrl(url: string): string {
   return parsed.toString();
 }
 
-/** The snapshot URL next to a WebSocket endpoint: wss://h/x/sync gives https://h/x/projects/{id}/snapshot. */
-export function snapshotUrl(endpoint: string, projectId: string): string {
+/** An HTTP address next to a WebSocket endpoint: wss://h/x/sync and `/projects/p` give https://h/x/projects/p. */
+export function httpUrl(endpoint: string, path: string): string {
   const parsed = new URL(endpoint);
   parsed.protocol = parsed.protocol === "wss:" ? "https:" : "http:";
   const base = parsed.pathname.replace(/\/$/u, "").replace(/\/sync$/u, "");
-  parsed.pathname = `${base}/projects/${encodeURIComponent(projectId)}/snapshot`;
+  parsed.pathname = `${base}${path}`;
   parsed.search = "";
   return parsed.toString();
+}
+
+/** The snapshot URL next to a WebSocket endpoint: wss://h/x/sync gives https://h/x/projects/{id}/snapshot. */
+export function snapshotUrl(endpoint: string, projectId: string): string {
+  return httpUrl(endpoint, `/projects/${encodeURIComponent(projectId)}/snapshot`);
 }
 
 function describe(error: unknown): string {

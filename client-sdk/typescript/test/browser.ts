@@ -83,6 +83,38 @@ async function until(page: Page, what: string, predicate: string, timeoutMs = 20
 
 const evaluate = <T>(page: Page, code: string): Promise<T> => page.evaluate(code) as Promise<T>;
 
+/** A database left by an SDK of IndexedDB version 1 (no uploads, no blobs) is upgraded in
+ * place: its rows stay, and the upload queue and the bytes work. */
+const UPGRADE = `(async () => {
+  const old = await new Promise((resolve, reject) => {
+    const r = indexedDB.open("fieldsync-v1", 1);
+    r.onupgradeneeded = () => {
+      const db = r.result;
+      db.createObjectStore("meta");
+      db.createObjectStore("projects", { keyPath: "projectId" });
+      db.createObjectStore("entities", { keyPath: ["projectId", "entityId"] }).createIndex("byProject", "projectId");
+      db.createObjectStore("outbox", { keyPath: "id", autoIncrement: true }).createIndex("byState", ["projectId", "state"]);
+      db.createObjectStore("conflicts", { keyPath: ["projectId", "conflictId"] }).createIndex("byProject", "projectId");
+    };
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+  await new Promise((resolve) => {
+    const tx = old.transaction("projects", "readwrite");
+    tx.objectStore("projects").put({ projectId: "old", cursor: 5, lastSyncedAt: null });
+    tx.oncomplete = resolve;
+  });
+  old.close();
+  const s = await Fieldsync.IndexedDbStorage.open("fieldsync-v1");
+  const sha256 = "ab".repeat(32);
+  const row = { projectId: "old", attachmentId: "a1", sha256, size: 3, fileName: null, contentType: null, createdAt: 1, state: "waiting", code: null, message: null };
+  await s.write([{ op: "putBlob", sha256, data: new Uint8Array([1, 2, 3]) }, { op: "addUpload", row }]);
+  await s.write([{ op: "putBlob", sha256, data: new Uint8Array([9]) }, { op: "setUpload", projectId: "old", attachmentId: "a1", state: "uploaded", code: null, message: null }]);
+  const seen = { cursor: (await s.project("old"))?.cursor, uploads: (await s.uploads("old")).map((u) => u.state), blob: Array.from(await s.blob(sha256)) };
+  await s.close();
+  return JSON.stringify(seen);
+})()`;
+
 async function main(): Promise<void> {
   const [a, profileA] = await browserContext();
   const [b, profileB] = await browserContext();
@@ -94,6 +126,8 @@ async function main(): Promise<void> {
     const status = await evaluate<unknown>(pageA, "({ ...client.status, lastError: String(client.status.lastError) })");
     check(opened.cursor !== null && opened.cursor > 0, `the first page load bootstraps (cursor ${opened.cursor}, status ${JSON.stringify(status)})`);
     await open(pageB);
+    const upgraded = await evaluate<string>(pageB, UPGRADE);
+    check(upgraded === JSON.stringify({ cursor: 5, uploads: ["uploaded"], blob: [1, 2, 3] }), `a version 1 database is upgraded (${upgraded})`);
     const before = await evaluate<Record<string, unknown>>(pageA, `project.get("activity", ${JSON.stringify(args.activity)})`);
     check(before.title === "Core sampling", `the snapshot holds the activity (${JSON.stringify(before)})`);
     await evaluate(pageA, "client.waitSynced(15000)");

@@ -13,6 +13,23 @@ import { nodeWebSocket, SqliteStorage } from "../src/node.js";
 type Command = Record<string, unknown> & { cmd: string };
 
 let client: FieldsyncClient | null = null;
+/** PATCH requests (attachment parts) this process sent, and their body bytes. */
+const sent = { patches: 0, bytes: 0 };
+
+/** `fetch` that counts attachment parts and, after `cutAfter` of them, fails every request
+ * as a dropped network would (until the process ends). */
+function countingFetch(cutAfter: number | null): typeof fetch {
+  return async (input, init) => {
+    const isPatch = init?.method === "PATCH";
+    if (cutAfter !== null && sent.patches >= cutAfter) throw new TypeError("network cut (test)");
+    const response = await fetch(input, init);
+    if (isPatch) {
+      sent.patches += 1;
+      sent.bytes += (init?.body as Uint8Array | undefined)?.length ?? 0;
+    }
+    return response;
+  };
+}
 let project: Project | null = null;
 const remote: string[] = [];
 
@@ -79,6 +96,8 @@ async function run(c: Command): Promise<unknown> {
         backoffCapMs: 250,
         connectTimeoutMs: 2000,
         httpSnapshots: (c.http as boolean | undefined) ?? true,
+        fetch: countingFetch((c.cutAfterParts as number | undefined) ?? null),
+        ...(c.partBytes === undefined ? {} : { uploadPartBytes: c.partBytes as number }),
       });
       project = await client.openProject(c.project as string, { timeoutMs: 10_000 });
       project.onChange((event) => remote.push(...event.entityIds));
@@ -107,6 +126,43 @@ async function run(c: Command): Promise<unknown> {
       return { ...status, lastError: status.lastError?.message ?? null, cursor: p().cursor };
     }
     case "remote": return remote.splice(0);
+    case "attach": return p().attach(type, id, Buffer.from(c.data as string, "base64"), c.fileName ? { fileName: c.fileName as string } : {});
+    case "attachTimed": {
+      const data = Buffer.from(c.data as string, "base64");
+      const started = performance.now();
+      const attachmentId = await p().attach(type, id, data);
+      return { attachmentId, ms: performance.now() - started };
+    }
+    case "attachmentStatus": return p().attachmentStatus(id);
+    case "waitAttachment": {
+      const wanted = c.status as string[];
+      const deadline = Date.now() + ((c.timeoutMs as number | undefined) ?? 30_000);
+      for (;;) {
+        const status = await p().attachmentStatus(id);
+        if (wanted.includes(status.status)) return status;
+        if (Date.now() > deadline) throw new Error(`attachment ${id} stayed ${JSON.stringify(status)}`);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    }
+    case "waitUploadQueue": {
+      // Until this device's queue holds nothing waiting (the server's status can arrive over
+      // the WebSocket before the answer to the upload's last request).
+      const deadline = Date.now() + 30_000;
+      while ((await need(client, "client").storage.uploads(p().projectId, "waiting")).length > 0) {
+        if (Date.now() > deadline) throw new Error("uploads still waiting");
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      return null;
+    }
+    case "localCopy": {
+      const copy = await p().localCopy(id);
+      return copy && { data: Buffer.from(copy.data).toString("base64"), fileName: copy.fileName, contentType: copy.contentType };
+    }
+    case "download": {
+      const file = await p().downloadAttachment(id, c.variant as never);
+      return { data: Buffer.from(file.data).toString("base64"), contentType: file.contentType };
+    }
+    case "sent": return { ...sent };
     case "inspectRaw": {
       const doc = A.change(A.init<Record<string, unknown>>(), (d) => writeRaw(d, c.values as Record<string, unknown>));
       return { document: Buffer.from(A.save(doc)).toString("hex"), violations: inspect(c.type as string, doc).violations };

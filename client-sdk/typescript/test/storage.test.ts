@@ -64,6 +64,32 @@ for (const [name, make] of adapters) {
     assert.deepEqual(await store.conflicts(P), []);
     await store.close();
   });
+
+  test(`${name}: uploads are queued once, change state, and their bytes are kept once per SHA-256`, async () => {
+    const store = make();
+    const upload = (attachmentId: string, createdAt: number) => ({
+      projectId: P, attachmentId, sha256: "ab".repeat(32), size: 3, fileName: "a.jpg", contentType: "image/jpeg",
+      createdAt, state: "waiting" as const, code: null, message: null,
+    });
+    await store.write([
+      { op: "putBlob", sha256: "ab".repeat(32), data: new Uint8Array([1, 2, 3]) },
+      { op: "addUpload", row: upload("a1", 1) },
+      { op: "addUpload", row: upload("a2", 2) },
+    ]);
+    await store.write([
+      { op: "putBlob", sha256: "ab".repeat(32), data: new Uint8Array([9]) }, // already kept: unchanged
+      { op: "addUpload", row: { ...upload("a1", 3), fileName: "other.jpg" } }, // already queued: unchanged
+      { op: "setUpload", projectId: P, attachmentId: "a2", state: "refused", code: "unsupported_type", message: "no" },
+    ]);
+    assert.deepEqual(await store.blob("ab".repeat(32)), new Uint8Array([1, 2, 3]));
+    assert.equal(await store.blob("cd".repeat(32)), undefined);
+    assert.deepEqual((await store.uploads(P)).map((u) => [u.attachmentId, u.state, u.fileName]), [["a1", "waiting", "a.jpg"], ["a2", "refused", "a.jpg"]]);
+    assert.deepEqual((await store.uploads(P, "waiting")).map((u) => u.attachmentId), ["a1"]);
+    assert.deepEqual(await store.upload(P, "a2"), { ...upload("a2", 2), state: "refused", code: "unsupported_type", message: "no" });
+    assert.equal(await store.upload("other-project", "a1"), undefined);
+    assert.deepEqual(await store.uploads("other-project"), []);
+    await store.close();
+  });
 }
 
 test("sqlite: a write that fails half way leaves nothing behind, and a reopened store holds what was committed", async () => {

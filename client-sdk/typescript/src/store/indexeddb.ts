@@ -2,13 +2,14 @@
  * Storage in IndexedDB, for browsers and tablet WebViews. Every `write` is one readwrite
  * transaction over all stores with `durability: "strict"`, so a local edit's document and
  * its outbox entry are stored together or not at all, and are on disk when it resolves.
+ * Version 2 of the database adds the upload queue and the attachments' bytes.
  */
 import type { ConflictRecord } from "../generated/protocol.js";
 import { StorageError } from "../errors.js";
 import { applyOps } from "./memory.js";
-import { newClientId, type EntityMeta, type EntityRow, type OutboxRow, type ProjectRow, type Storage, type WriteOp } from "./types.js";
+import { newClientId, type EntityMeta, type EntityRow, type OutboxRow, type ProjectRow, type Storage, type UploadRow, type WriteOp } from "./types.js";
 
-const STORES = ["meta", "projects", "entities", "outbox", "conflicts"] as const;
+const STORES = ["meta", "projects", "entities", "outbox", "conflicts", "uploads", "blobs"] as const;
 
 function request<T>(req: IDBRequest<T>): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -25,22 +26,30 @@ function done(tx: IDBTransaction): Promise<void> {
   });
 }
 
+function createVersion1(db: IDBDatabase): void {
+  db.createObjectStore("meta");
+  db.createObjectStore("projects", { keyPath: "projectId" });
+  const entities = db.createObjectStore("entities", { keyPath: ["projectId", "entityId"] });
+  entities.createIndex("byProject", "projectId");
+  const outbox = db.createObjectStore("outbox", { keyPath: "id", autoIncrement: true });
+  outbox.createIndex("byState", ["projectId", "state"]);
+  db.createObjectStore("conflicts", { keyPath: ["projectId", "conflictId"] }).createIndex("byProject", "projectId");
+}
+
 export class IndexedDbStorage implements Storage {
   private constructor(private readonly db: IDBDatabase, private readonly id: string) {}
 
   /** Open (or create) the database `name` in this origin's IndexedDB. */
   static async open(name = "fieldsync", factory: IDBFactory = globalThis.indexedDB): Promise<IndexedDbStorage> {
     if (!factory) throw new StorageError("IndexedDB is not available here");
-    const opening = factory.open(name, 1);
-    opening.onupgradeneeded = () => {
+    const opening = factory.open(name, 2);
+    opening.onupgradeneeded = (event) => {
       const db = opening.result;
-      db.createObjectStore("meta");
-      db.createObjectStore("projects", { keyPath: "projectId" });
-      const entities = db.createObjectStore("entities", { keyPath: ["projectId", "entityId"] });
-      entities.createIndex("byProject", "projectId");
-      const outbox = db.createObjectStore("outbox", { keyPath: "id", autoIncrement: true });
-      outbox.createIndex("byState", ["projectId", "state"]);
-      db.createObjectStore("conflicts", { keyPath: ["projectId", "conflictId"] }).createIndex("byProject", "projectId");
+      if (event.oldVersion < 1) createVersion1(db);
+      if (event.oldVersion < 2) {
+        db.createObjectStore("uploads", { keyPath: ["projectId", "attachmentId"] }).createIndex("byProject", "projectId");
+        db.createObjectStore("blobs");
+      }
     };
     const db = await request(opening);
     const tx = db.transaction("meta", "readwrite", { durability: "strict" });
@@ -80,6 +89,30 @@ export class IndexedDbStorage implements Storage {
       putConflict: (p, r) => tx.objectStore("conflicts").put({ projectId: p, conflictId: r.conflict_id, record: r }),
       deleteConflict: (p, id) => tx.objectStore("conflicts").delete([p, id]),
       clearConflicts: (p) => tx.objectStore("conflicts").delete(IDBKeyRange.bound([p, ""], [p, "\uffff"])),
+      putBlob: (sha256, data) => {
+        const blobs = tx.objectStore("blobs");
+        pendingUpdates.push(
+          request(blobs.getKey(sha256)).then((key) => {
+            if (key === undefined) blobs.put(data, sha256);
+          }),
+        );
+      },
+      addUpload: (row) => {
+        const uploads = tx.objectStore("uploads");
+        pendingUpdates.push(
+          request(uploads.getKey([row.projectId, row.attachmentId])).then((key) => {
+            if (key === undefined) uploads.put(row);
+          }),
+        );
+      },
+      setUpload: (p, id, change) => {
+        const uploads = tx.objectStore("uploads");
+        pendingUpdates.push(
+          request(uploads.get([p, id])).then((row: UploadRow | undefined) => {
+            if (row) uploads.put({ ...row, ...change });
+          }),
+        );
+      },
     });
     await Promise.all(pendingUpdates);
     const ids = await Promise.all(added);
@@ -129,6 +162,20 @@ export class IndexedDbStorage implements Storage {
     const index = this.db.transaction("conflicts").objectStore("conflicts").index("byProject");
     const rows = (await request(index.getAll(projectId))) as { record: ConflictRecord }[];
     return rows.map((r) => r.record);
+  }
+
+  async uploads(projectId: string, state?: UploadRow["state"]): Promise<UploadRow[]> {
+    const index = this.db.transaction("uploads").objectStore("uploads").index("byProject");
+    const rows = (await request(index.getAll(IDBKeyRange.only(projectId)))) as UploadRow[];
+    return rows.filter((r) => state === undefined || r.state === state).sort((a, b) => a.createdAt - b.createdAt);
+  }
+
+  async upload(projectId: string, attachmentId: string): Promise<UploadRow | undefined> {
+    return (await request(this.db.transaction("uploads").objectStore("uploads").get([projectId, attachmentId]))) as UploadRow | undefined;
+  }
+
+  async blob(sha256: string): Promise<Uint8Array | undefined> {
+    return (await request(this.db.transaction("blobs").objectStore("blobs").get(sha256))) as Uint8Array | undefined;
   }
 
   async close(): Promise<void> {

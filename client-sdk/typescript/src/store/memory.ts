@@ -1,7 +1,7 @@
 /** Storage in memory: for tests and for apps that keep nothing between runs. Values are
  * copied in and out, so callers never share state with the store. */
 import type { ConflictRecord } from "../generated/protocol.js";
-import { newClientId, type EntityMeta, type EntityRow, type OutboxRow, type ProjectRow, type Storage, type WriteOp } from "./types.js";
+import { newClientId, type EntityMeta, type EntityRow, type OutboxRow, type ProjectRow, type Storage, type UploadRow, type WriteOp } from "./types.js";
 
 export class MemoryStorage implements Storage {
   private readonly id = newClientId("ts-mem-");
@@ -9,6 +9,8 @@ export class MemoryStorage implements Storage {
   private readonly entities = new Map<string, Map<string, EntityRow>>();
   private readonly rows = new Map<number, OutboxRow>();
   private readonly conflictRows = new Map<string, Map<string, ConflictRecord>>();
+  private readonly uploadRows = new Map<string, UploadRow>();
+  private readonly blobs = new Map<string, Uint8Array>();
   private nextId = 1;
 
   async clientId(): Promise<string> {
@@ -34,6 +36,18 @@ export class MemoryStorage implements Storage {
       putConflict: (p, r) => this.byProject(this.conflictRows, p).set(r.conflict_id, structuredClone(r)),
       deleteConflict: (p, id) => this.conflictRows.get(p)?.delete(id),
       clearConflicts: (p) => this.conflictRows.delete(p),
+      putBlob: (sha256, data) => {
+        if (!this.blobs.has(sha256)) this.blobs.set(sha256, data.slice());
+      },
+      addUpload: (row) => {
+        const key = uploadKey(row.projectId, row.attachmentId);
+        if (!this.uploadRows.has(key)) this.uploadRows.set(key, { ...row });
+      },
+      setUpload: (projectId, attachmentId, change) => {
+        const key = uploadKey(projectId, attachmentId);
+        const row = this.uploadRows.get(key);
+        if (row) this.uploadRows.set(key, { ...row, ...change });
+      },
     });
     return ids;
   }
@@ -66,7 +80,24 @@ export class MemoryStorage implements Storage {
     return [...(this.conflictRows.get(projectId)?.values() ?? [])].map((r) => structuredClone(r));
   }
 
+  async uploads(projectId: string, state?: UploadRow["state"]): Promise<UploadRow[]> {
+    return [...this.uploadRows.values()].filter((r) => r.projectId === projectId && (state === undefined || r.state === state)).map((r) => ({ ...r }));
+  }
+
+  async upload(projectId: string, attachmentId: string): Promise<UploadRow | undefined> {
+    const row = this.uploadRows.get(uploadKey(projectId, attachmentId));
+    return row && { ...row };
+  }
+
+  async blob(sha256: string): Promise<Uint8Array | undefined> {
+    return this.blobs.get(sha256)?.slice();
+  }
+
   async close(): Promise<void> {}
+}
+
+function uploadKey(projectId: string, attachmentId: string): string {
+  return `${projectId}\u0000${attachmentId}`;
 }
 
 /** How each op changes a store: shared by the adapters that are not SQL. */
@@ -80,6 +111,9 @@ export interface OpTarget {
   putConflict(projectId: string, record: ConflictRecord): void;
   deleteConflict(projectId: string, conflictId: string): void;
   clearConflicts(projectId: string): void;
+  putBlob(sha256: string, data: Uint8Array): void;
+  addUpload(row: UploadRow): void;
+  setUpload(projectId: string, attachmentId: string, change: Pick<UploadRow, "state" | "code" | "message">): void;
 }
 
 export function applyOps(ops: readonly WriteOp[], target: OpTarget): void {
@@ -97,6 +131,9 @@ export function applyOps(ops: readonly WriteOp[], target: OpTarget): void {
       case "putConflict": target.putConflict(op.projectId, op.record); break;
       case "deleteConflict": target.deleteConflict(op.projectId, op.conflictId); break;
       case "clearConflicts": target.clearConflicts(op.projectId); break;
+      case "putBlob": target.putBlob(op.sha256, op.data); break;
+      case "addUpload": target.addUpload(op.row); break;
+      case "setUpload": target.setUpload(op.projectId, op.attachmentId, { state: op.state, code: op.code, message: op.message }); break;
     }
   }
 }

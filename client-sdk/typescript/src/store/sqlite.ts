@@ -8,7 +8,7 @@ import Database from "better-sqlite3";
 
 import type { ConflictRecord } from "../generated/protocol.js";
 import { StorageError } from "../errors.js";
-import { newClientId, type EntityMeta, type EntityRow, type OutboxRow, type ProjectRow, type Storage, type WriteOp } from "./types.js";
+import { newClientId, type EntityMeta, type EntityRow, type OutboxRow, type ProjectRow, type Storage, type UploadRow, type WriteOp } from "./types.js";
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -26,6 +26,12 @@ CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (project_id, state, id);
 CREATE TABLE IF NOT EXISTS conflicts (
   project_id TEXT NOT NULL, conflict_id TEXT NOT NULL, record TEXT NOT NULL,
   PRIMARY KEY (project_id, conflict_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+  project_id TEXT NOT NULL, attachment_id TEXT NOT NULL, sha256 TEXT NOT NULL,
+  size INTEGER NOT NULL, file_name TEXT, content_type TEXT, created_at REAL NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('waiting', 'uploaded', 'refused')), code TEXT, message TEXT,
+  PRIMARY KEY (project_id, attachment_id));
+CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 `;
 
 type Row = Record<string, unknown>;
@@ -64,6 +70,12 @@ export class SqliteStorage implements Storage {
       outbox: "SELECT * FROM outbox WHERE project_id = ? AND state = ? ORDER BY id",
       conflicts: "SELECT record FROM conflicts WHERE project_id = ? ORDER BY conflict_id",
       clientId: "SELECT value FROM meta WHERE key = 'client_id'",
+      putBlob: "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)",
+      addUpload: "INSERT OR IGNORE INTO uploads (project_id, attachment_id, sha256, size, file_name, content_type, created_at, state, code, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      setUpload: "UPDATE uploads SET state = ?, code = ?, message = ? WHERE project_id = ? AND attachment_id = ?",
+      uploads: "SELECT * FROM uploads WHERE project_id = ? AND (? IS NULL OR state = ?) ORDER BY created_at, rowid",
+      upload: "SELECT * FROM uploads WHERE project_id = ? AND attachment_id = ?",
+      blob: "SELECT data FROM blobs WHERE sha256 = ?",
     };
     this.statements = Object.fromEntries(Object.entries(sql).map(([k, v]) => [k, this.db.prepare(v)]));
     const s = this.statements as Record<keyof typeof sql, Database.Statement>;
@@ -93,6 +105,13 @@ export class SqliteStorage implements Storage {
           case "putConflict": s.putConflict.run(op.projectId, op.record.conflict_id, JSON.stringify(op.record)); break;
           case "deleteConflict": s.deleteConflict.run(op.projectId, op.conflictId); break;
           case "clearConflicts": s.clearConflicts.run(op.projectId); break;
+          case "putBlob": s.putBlob.run(op.sha256, op.data); break;
+          case "addUpload": {
+            const r = op.row;
+            s.addUpload.run(r.projectId, r.attachmentId, r.sha256, r.size, r.fileName, r.contentType, r.createdAt, r.state, r.code, r.message);
+            break;
+          }
+          case "setUpload": s.setUpload.run(op.state, op.code, op.message, op.projectId, op.attachmentId); break;
         }
       }
       return ids;
@@ -146,6 +165,20 @@ export class SqliteStorage implements Storage {
     return (this.statements.conflicts!.all(projectId) as Row[]).map((row) => JSON.parse(row.record as string) as ConflictRecord);
   }
 
+  async uploads(projectId: string, state?: UploadRow["state"]): Promise<UploadRow[]> {
+    return (this.statements.uploads!.all(projectId, state ?? null, state ?? null) as Row[]).map(uploadOf);
+  }
+
+  async upload(projectId: string, attachmentId: string): Promise<UploadRow | undefined> {
+    const row = this.statements.upload!.get(projectId, attachmentId) as Row | undefined;
+    return row && uploadOf(row);
+  }
+
+  async blob(sha256: string): Promise<Uint8Array | undefined> {
+    const row = this.statements.blob!.get(sha256) as Row | undefined;
+    return row && new Uint8Array(row.data as Buffer);
+  }
+
   async close(): Promise<void> {
     if (this.db.open) this.db.close();
   }
@@ -153,4 +186,19 @@ export class SqliteStorage implements Storage {
 
 function deletedOf(value: unknown): boolean | null {
   return value === null || value === undefined ? null : value === 1;
+}
+
+function uploadOf(row: Row): UploadRow {
+  return {
+    projectId: row.project_id as string,
+    attachmentId: row.attachment_id as string,
+    sha256: row.sha256 as string,
+    size: row.size as number,
+    fileName: (row.file_name as string | null) ?? null,
+    contentType: (row.content_type as string | null) ?? null,
+    createdAt: row.created_at as number,
+    state: row.state as UploadRow["state"],
+    code: (row.code as string | null) ?? null,
+    message: (row.message as string | null) ?? null,
+  };
 }

@@ -3,7 +3,8 @@
  * memory in tests; React Native can plug its own). It holds, per project, every entity
  * document (Automerge saved bytes), the cursor, the outbox of changes the server has not
  * acknowledged (and those it refused, with the reason), and the last known record of each
- * conflict.
+ * conflict; and the attachments waiting to upload beside the outbox, with their bytes
+ * (stored once per SHA-256).
  *
  * An adapter has two duties: `write(ops)` applies every op of one call atomically and
  * durably (on disk when the promise resolves: a local edit's document and its outbox entry,
@@ -54,6 +55,23 @@ export interface OutboxRow {
   readonly rejectedAt: number | null;
 }
 
+/** An attachment this device attached: its upload, waiting, done or refused for good. */
+export interface UploadRow {
+  readonly projectId: string;
+  readonly attachmentId: string;
+  /** The bytes' SHA-256 (hex): the key of the local copy (`blob(sha256)`). */
+  readonly sha256: string;
+  readonly size: number;
+  readonly fileName: string | null;
+  /** The type the app gave (display only: the server reads the type from the bytes). */
+  readonly contentType: string | null;
+  readonly createdAt: number;
+  readonly state: "waiting" | "uploaded" | "refused";
+  /** Why the server refused it for good (`unsupported_type`, `too_large`, ...). */
+  readonly code: string | null;
+  readonly message: string | null;
+}
+
 export type NewOutboxRow = Pick<OutboxRow, "projectId" | "entityType" | "entityId" | "change" | "hash" | "createdAt">;
 
 export type WriteOp =
@@ -73,7 +91,19 @@ export type WriteOp =
   | { readonly op: "dismiss"; readonly ids: readonly number[] }
   | { readonly op: "putConflict"; readonly projectId: string; readonly record: ConflictRecord }
   | { readonly op: "deleteConflict"; readonly projectId: string; readonly conflictId: string }
-  | { readonly op: "clearConflicts"; readonly projectId: string };
+  | { readonly op: "clearConflicts"; readonly projectId: string }
+  /** Keep bytes under their SHA-256 (kept as they are if already there). */
+  | { readonly op: "putBlob"; readonly sha256: string; readonly data: Uint8Array }
+  /** Queue an upload (nothing changes if the attachment id is already queued). */
+  | { readonly op: "addUpload"; readonly row: UploadRow }
+  | {
+      readonly op: "setUpload";
+      readonly projectId: string;
+      readonly attachmentId: string;
+      readonly state: UploadRow["state"];
+      readonly code: string | null;
+      readonly message: string | null;
+    };
 
 export interface Storage {
   /** A stable id for this installation (created on first use), sent in `hello`. */
@@ -88,6 +118,11 @@ export interface Storage {
   /** Outbox rows of the project in one state, oldest first. */
   outbox(projectId: string, state: "pending" | "rejected"): Promise<OutboxRow[]>;
   conflicts(projectId: string): Promise<ConflictRecord[]>;
+  /** The project's uploads, oldest first; only those in `state` if given. */
+  uploads(projectId: string, state?: UploadRow["state"]): Promise<UploadRow[]>;
+  upload(projectId: string, attachmentId: string): Promise<UploadRow | undefined>;
+  /** The bytes kept under this SHA-256 (`putBlob`). */
+  blob(sha256: string): Promise<Uint8Array | undefined>;
   close(): Promise<void>;
 }
 
