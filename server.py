@@ -32,6 +32,7 @@ from fieldsync.live.admission import DEFAULT_ADMISSION_LIMITS, Admission, Admiss
 from fieldsync.live.attachments_http import attachment_routes
 from fieldsync.live.feed import Hub
 from fieldsync.live.http_auth import cors_preflight
+from fieldsync.live.load_gate import DEFAULT_LOAD_LIMITS, LoadLimits
 from fieldsync.live.memory import trim_periodically
 from fieldsync.live.operations import healthz, metrics_endpoint
 from fieldsync.live.origins import OriginPolicy
@@ -68,6 +69,11 @@ log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 2.0
 HEAD_POLL_SECONDS = 2.0
 PING_INTERVAL_SECONDS = 20.0
+# Connections the kernel holds before the server accepts them (capped by net.core.somaxconn).
+# A reconnect storm arrives faster than the event loop accepts: a SYN dropped from a full
+# queue costs its client 1, then 3, then 7 s of TCP retransmission, where a refusal with a
+# hint costs it what the server asks.
+LISTEN_BACKLOG = 16_384
 DATABASE_CHECK_SECONDS = 1.0
 
 
@@ -90,6 +96,7 @@ def create_app(
     handshake_seconds: float = HANDSHAKE_SECONDS,
     stall_seconds: float = STALL_SECONDS,
     admission_limits: AdmissionLimits = DEFAULT_ADMISSION_LIMITS,
+    load_limits: LoadLimits = DEFAULT_LOAD_LIMITS,
     metrics: Metrics | None = None,
     database_check_seconds: float = DATABASE_CHECK_SECONDS,
     replica_url: str | None = None,
@@ -188,11 +195,13 @@ def create_app(
                 status=status,
                 admission=admission,
                 log_limiter=connection_log_limiter(metrics.log_line_suppressed),
+                load_limits=load_limits,
             )
             recorder = sync.sync_health = HealthRecorder(store.sync_health)
             notifications = store.notifications
             workers = [
                 asyncio.create_task(trim_periodically(lambda: metrics.open_connections)),
+                asyncio.create_task(sync.load.watch_lag()),
                 asyncio.create_task(recorder.run()),
                 asyncio.create_task(
                     notifications.poll_heads(
@@ -286,4 +295,5 @@ def uvicorn_config(
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        backlog=LISTEN_BACKLOG,
     )

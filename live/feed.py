@@ -130,6 +130,10 @@ class ProjectFeed:
         self._read_since = read_since
         self._wanted = 0
         self._reader: asyncio.Task[None] | None = None
+        # Commits of this process not yet handed on: those made within one turn of the
+        # event loop (a group commit's pushes, or every commit made while the previous
+        # fan-out round ran) go out together, one message per subscriber.
+        self._pending: list[LogSlice] = []
 
     def can_go_live(self, cursor: int) -> bool:
         """Whether a catch-up that reached ``cursor`` has reached what the feed dispatched."""
@@ -154,20 +158,43 @@ class ProjectFeed:
         changes = piece.changes
         if not changes:
             return
-        if self.head is not None and changes[0].seq == self.head + 1 and self._reader is None:
-            self._dispatch(piece)
-        else:
+        if self.head is None or self._reader is not None or changes[0].seq != self._known + 1:
             self.poke(changes[-1].seq)
+            return
+        self._pending.append(piece)
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    @property
+    def _known(self) -> int:
+        """The last seq this feed has dispatched or holds to dispatch."""
+        if self._pending:
+            return self._pending[-1].changes[-1].seq
+        return self.head if self.head is not None else 0
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if self.head is None or not pending:
+            return
+        if len(pending) == 1:
+            self._dispatch(pending[0])
+            return
+        self._dispatch(
+            LogSlice(
+                [change for piece in pending for change in piece.changes],
+                [update for piece in pending for update in piece.conflicts],
+            )
+        )
 
     def poke(self, seq: int) -> None:
         """The log holds changes up to ``seq``: read whatever this feed has not dispatched."""
-        if self.head is not None and seq > max(self.head, self._wanted):
+        if self.head is not None and seq > max(self._known, self._wanted):
             self._observer.pointer(self.project_id, seq)
         self._wanted = max(self._wanted, seq)
         self._maybe_read()
 
     def _maybe_read(self) -> None:
-        if self.head is None or self._wanted <= self.head or self._reader is not None:
+        if self.head is None or self._wanted <= self._known or self._reader is not None:
             return
         self._reader = asyncio.create_task(self._read())
 

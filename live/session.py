@@ -43,6 +43,9 @@ from fieldsync.live.feed import (
     wire_conflicts,
     wire_updates,
 )
+from fieldsync.live.load_gate import DEFAULT_LOAD_LIMITS, LoadGate, LoadLimits
+from fieldsync.live.log_reads import CatchUpReads, HeadReads
+from fieldsync.live.membership_cache import MembershipCache
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, Outbox, OutboxClosedError, OutboxLimits
 from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit, TokenBucket
 from fieldsync.live.status import StatusBoard
@@ -134,16 +137,31 @@ class SyncServices:
     admission: Admission = field(default_factory=Admission)
     log_limiter: LogLimiter = field(default_factory=lambda: connection_log_limiter())
     sync_health: HealthRecorder | None = None  # members' sync health (``live.sync_health``)
+    load_limits: LoadLimits = DEFAULT_LOAD_LIMITS
+    # What makes a resume cheap, and what refuses one the process cannot take now: made
+    # from the fields above (``live.membership_cache``, ``live.log_reads``, ``live.load_gate``).
+    members: MembershipCache = field(init=False)
+    catch_ups: CatchUpReads = field(init=False)
+    heads: HeadReads = field(init=False)
+    load: LoadGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.members = MembershipCache(self.membership)
+        self.catch_ups = CatchUpReads(self.changelog.catch_up, CATCH_UP_BATCH)
+        self.heads = HeadReads(self.changelog.head)
+        self.load = LoadGate(lambda: self.admission.unauthenticated, self.load_limits)
 
 
 def membership_removed(services: SyncServices, project_id: UUID, user_id: UUID) -> None:
     """A removal committed (in any process): end the user's streams of that project now."""
+    services.members.forget(project_id, user_id)
     for session in list(services.sessions.get(user_id, ())):
         session.membership_removed(project_id)
 
 
 def recheck_memberships(services: SyncServices) -> asyncio.Task[None]:
     """Check every open stream's membership again (removal notices may have been missed)."""
+    services.members.forget_all()
 
     async def check() -> None:
         for sessions in list(services.sessions.values()):
@@ -628,14 +646,19 @@ class SyncSession:
 
     # -- membership ----------------------------------------------------------------------------
 
-    async def _level(self, project_id: str) -> tuple[UUID, str] | None:
-        """The caller's level in the project; None for unknown and forbidden alike."""
+    async def _level(self, project_id: str, *, cached: bool = False) -> tuple[UUID, str] | None:
+        """The caller's level in the project; None for unknown and forbidden alike. With
+        ``cached``, as this process recently read it (only to let a member read the
+        project: a push's level is read afresh)."""
         try:
             project = UUID(project_id)
         except ValueError:
             return None
         assert self._user_id is not None
-        level = await self._services.membership.level(project, self._user_id)
+        if cached:
+            level = await self._services.members.level(project, self._user_id)
+        else:
+            level = await self._services.membership.level(project, self._user_id)
         if level is None:
             return None
         self._member_of.add(project)
@@ -674,7 +697,7 @@ class SyncSession:
     # -- project streams -----------------------------------------------------------------------
 
     async def _subscribe(self, wanted: ProjectCursor) -> None:
-        access = await self._level(wanted.project_id)
+        access = await self._level(wanted.project_id, cached=True)
         if access is None:
             self._project_error(wanted.project_id, *self._refusal(wanted.project_id))
             return
@@ -686,8 +709,11 @@ class SyncSession:
         self._names[project] = wanted.project_id
         task = asyncio.create_task(self._sync_project(project, wanted))
         self._streams[project] = task
+        load = self._services.load
+        load.stream_started()
 
         def finished(done: asyncio.Task[None]) -> None:
+            load.stream_ended(live=project in self._live)
             if self._streams.get(project) is done:
                 del self._streams[project]
 
@@ -709,27 +735,36 @@ class SyncSession:
         return task is not None or subscription is not None
 
     async def _sync_project(self, project: UUID, wanted: ProjectCursor) -> None:
-        """Snapshot (if asked), catch up from the log, then go live."""
+        """Snapshot (if asked), catch up from the log, then go live.
+
+        A cursor at the head the project's feed has reached goes live with no read at all:
+        the feed hands over everything after it. Clients resuming the same project at once
+        share the reads they need (``live.log_reads``)."""
         name = str(project)
+        services = self._services
         try:
             if wanted.cursor is None:
                 await self._send_snapshot(project)
             else:
-                head = await self._services.changelog.head(project)
-                if wanted.cursor > head:
-                    self._project_error(
-                        wanted.project_id,
-                        ErrorCode.CURSOR_AHEAD,
-                        f"cursor {wanted.cursor} is beyond the project's head {head}",
-                    )
-                    return
+                reached = services.hub.feed(project).head
+                if reached is None or wanted.cursor > reached:
+                    head = await services.heads.at_least(project, wanted.cursor)
+                    if wanted.cursor > head:
+                        self._project_error(
+                            wanted.project_id,
+                            ErrorCode.CURSOR_AHEAD,
+                            f"cursor {wanted.cursor} is beyond the project's head {head}",
+                        )
+                        return
                 self._protocol.resume(name, wanted.cursor)
-            feed = self._services.hub.feed(project)
             while True:
                 cursor = self._protocol.cursor(name)
                 if cursor is None:
                     return  # the stream ended meanwhile (an unsubscribe)
-                piece = await self._services.changelog.catch_up(project, cursor, CATCH_UP_BATCH)
+                feed = services.hub.feed(project)
+                if feed.head is not None and feed.can_go_live(cursor):
+                    break
+                piece = await services.catch_ups.catch_up(project, cursor)
                 if piece.changes:
                     await self._queue_bulk(
                         self._protocol.catch_up(
@@ -745,11 +780,14 @@ class SyncSession:
                 lambda: self._protocol.cursor(name) or 0,
                 lambda piece: self._deliver(name, piece),
             )
+            first = feed.head is None
             self._queue(self._protocol.go_live(name))
             feed.try_go_live(subscription)
             self._live[project] = subscription
-            # A commit whose notification came before this feed existed is picked up here.
-            feed.poke(await self._services.changelog.head(project))
+            if first:
+                # This stream gave the feed its head: a commit whose notification came
+                # before the feed existed is picked up here.
+                feed.poke(await services.changelog.head(project))
         except (OutboxClosedError, asyncio.CancelledError):
             return
         except StoreError as exc:

@@ -12,7 +12,9 @@ gives it. Every other path still goes through the ASGI app.
 
 What the ASGI path did is kept: the Origin rules (the allow-list, or the server's own
 pages) and admission are checked before the
-upgrade (403, or 429/503 with ``Retry-After``, as JSON); the client address follows uvicorn's
+upgrade (403, or 429/503 with ``Retry-After``, as JSON); a saturated process
+(``live.load_gate``) answers 503 with its hint before even parsing the request (with a
+request id of its own); the client address follows uvicorn's
 proxy-header rules; the response carries ``X-Request-Id``; keepalive pings find dead peers;
 reading pauses while a frame waits for the session (the session paces its own reads);
 writing waits while the kernel's buffer is full; uvicorn's graceful shutdown closes the
@@ -126,6 +128,8 @@ class SyncWire(asyncio.Protocol):
             self._peer = (str(peer[0]), int(peer[1]))
 
     def data_received(self, data: bytes) -> None:
+        if not self._accepted and not self._close_sent and self._saturated():
+            return
         self._ws.receive_data(data)
         if self._ws.handshake_exc is not None and not self._accepted:
             # An upgrade request websockets cannot take (it may have queued a 4xx of its own).
@@ -171,6 +175,19 @@ class SyncWire(asyncio.Protocol):
             self._ws.send_close(1012, "server restarting")
             self._write()
         self._transport.close()
+
+    def _saturated(self) -> bool:
+        """Refuse the upgrade before reading it if the process cannot take one more now: the
+        refusal of a crowd must cost far less than serving it (``live.load_gate``)."""
+        services: SyncServices = self.app.state.sync
+        refusal = services.load.refusal()
+        if refusal is None:
+            return False
+        services.metrics.connection_refused(refusal.reason)
+        rid = request_id({"headers": []})
+        retry = {"Retry-After": str(self._retry_after(services, refusal))}
+        self._deny(refusal.status, ErrorCode.SERVER_BUSY.value, refusal.message, rid, retry)
+        return True
 
     # -- frames from the client -----------------------------------------------------------------
 
@@ -345,7 +362,7 @@ class SyncWire(asyncio.Protocol):
             admitted = services.admission.admit(address)
             if isinstance(admitted, Refusal):
                 services.metrics.connection_refused(admitted.reason)
-                retry = str(services.admission.limits.retry_after_seconds)
+                retry = str(self._retry_after(services, admitted))
                 self._deny(
                     admitted.status,
                     ErrorCode.SERVER_BUSY.value,
@@ -386,6 +403,20 @@ class SyncWire(asyncio.Protocol):
         self._accepted = True
         self._schedule_ping()
         return True
+
+    @staticmethod
+    def _retry_after(services: SyncServices, refusal: Refusal) -> int:
+        """The ``Retry-After`` of a refused upgrade. A saturated process (503) hints how
+        long it needs for what it holds (``live.load_gate``), capped for the process-wide
+        admission cap by its configured wait; one address over its cap (429) gets that
+        wait as it is, however idle the process."""
+        configured = services.admission.limits.retry_after_seconds
+        if refusal.status != 503:
+            return configured
+        hint = services.load.retry_after()
+        if refusal.reason == "unauthenticated_process":
+            return min(hint, configured)
+        return hint
 
     def _deny(
         self, status: int, code: str, message: str, rid: str, extra: dict[str, str] | None = None

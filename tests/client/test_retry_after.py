@@ -1,11 +1,18 @@
-"""A busy server's retry hint is obeyed: the SDK waits at least Retry-After, then gets in."""
+"""A busy server's retry hint is obeyed: the SDK waits at least Retry-After, then gets in;
+a saturated one answers at once, and its health and metrics still answer."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+
 from fieldsync.live.admission import AdmissionLimits
+from fieldsync.live.load_gate import LoadLimits
 from tests.client.conftest import ClientFactory
 from tests.live_server import MemberFactory, running_server
 from tests.sync_client import SyncClient
@@ -27,6 +34,38 @@ async def test_the_sdk_waits_as_long_as_a_busy_server_asks(
         assert "refused" in str(client.status.last_error)
         assert client._sync is not None
         assert 2 <= client._sync.connections <= 3, client._sync.connections
+        await squatter.close()
+        await client.wait_synced(10)
+        assert opened.cursor == 0
+
+
+async def test_a_saturated_server_refuses_at_once_with_a_hint_and_stays_observable(
+    database_url: str, project: uuid.UUID, member: MemberFactory, make_client: ClientFactory
+) -> None:
+    _, token = await member(project)
+    saturated = LoadLimits(max_in_progress=1)  # one connection between upgrade and live
+    async with running_server(database_url, load_limits=saturated) as base:
+        squatter = await SyncClient.connect(base)  # upgraded, never says hello
+        started = time.monotonic()
+        with pytest.raises(InvalidStatus) as refused:
+            await SyncClient.connect(base)
+        assert time.monotonic() - started < 1.0  # answered, not left to time out
+        response = refused.value.response
+        assert response.status_code == 503
+        assert b"server_busy" in response.body
+        assert 1 <= int(response.headers["Retry-After"]) <= saturated.max_retry_seconds
+        async with httpx.AsyncClient(base_url=f"http://{base}", timeout=2) as http:
+            assert (await http.get("/healthz")).status_code == 200
+            assert (await http.get("/metrics")).status_code == 200
+
+        client = make_client(f"ws://{base}/sync", token, "patient")  # backoff cap 0.25 s
+        opened = await client.open_project(str(project))
+        await asyncio.sleep(1.5)
+        # Refused, and waiting out the hint (at least 1 s, with jitter) rather than its own
+        # backoff: a few attempts at most, where the backoff alone would make a dozen.
+        assert not client.status.online
+        assert client._sync is not None
+        assert 1 <= client._sync.connections <= 2, client._sync.connections
         await squatter.close()
         await client.wait_synced(10)
         assert opened.cursor == 0

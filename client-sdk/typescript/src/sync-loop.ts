@@ -57,6 +57,9 @@ export interface SocketLike {
   onerror: ((event: unknown) => void) | null;
   send(data: Uint8Array): void;
   close(code?: number, reason?: string): void;
+  /** The server's `Retry-After` (ms) when it refused the upgrade, known before the close
+   * event: Node's `ws` shows the refusal (`nodeWebSocket`); browsers hide it. */
+  readonly retryAfterMs?: number;
 }
 
 /** Opens a WebSocket to `url`; the socket should accept frames of `maxBytes`. */
@@ -196,14 +199,17 @@ export class SyncLoop {
   }
 
   private async run(): Promise<void> {
+    let retryAfter = 0; // the server's hint when it refused the last upgrade (ms)
     while (this.running) {
       if (this.halted === null) {
         this.setState("connecting");
         this.connections += 1;
+        retryAfter = 0;
         try {
           const token = typeof this.token === "string" ? this.token : await this.token();
           const session = (this.session = new Session(this, token));
           await session.run();
+          retryAfter = session.retryAfterMs;
         } catch (error) {
           this.error(error instanceof FieldsyncError ? error : new FieldsyncError(`sync failed: ${describe(error)}`));
         } finally {
@@ -215,7 +221,7 @@ export class SyncLoop {
       } else {
         this.setState("stopped");
       }
-      const delay = this.halted === null ? this.options.backoff.nextDelay() : undefined;
+      const delay = this.halted === null ? this.options.backoff.nextDelay(retryAfter) : undefined;
       await new Promise<void>((resolve) => {
         this.wake = resolve;
         if (delay !== undefined) this.timer = setTimeout(() => this.reconnectNow(), delay);
@@ -302,6 +308,8 @@ class Session {
   private readonly retry: Backoff;
   private readonly timers = new Set<ReturnType<typeof setTimeout>>();
   private socket: SocketLike | null = null;
+  /** The server's retry hint when it refused this connection's upgrade (ms), else 0. */
+  retryAfterMs = 0;
   private inbox: Uint8Array[] = [];
   private processing = false;
   private closed = false;
@@ -355,6 +363,7 @@ class Session {
       };
       socket.onclose = (event) => {
         clearTimeout(timeout);
+        this.retryAfterMs = socket.retryAfterMs ?? 0;
         this.closedByServer(event.code, event.reason);
         this.end();
       };

@@ -1,0 +1,123 @@
+"""Refusing new sync connections early, with a retry hint, when the process is saturated.
+
+In a reconnect storm every connection admitted costs the event loop a handshake, a token
+check and a catch-up; admitted faster than the loop can finish them, they all slow down
+together until clients time out, and ``/healthz`` and ``/metrics`` stop answering with them.
+So before an upgrade is accepted the gate looks at two things: how many connections are
+between their upgrade and live (unauthenticated, or a project still catching up), and how
+late the event loop runs (``watch_lag``). Over either bound the upgrade is answered at once
+with 503 and a ``Retry-After`` hint that the SDKs honour with their jitter.
+
+The hint gives each refused client a turn: after what the process already holds and after
+the clients refused before it, at the rate the process has recently been finishing resumes
+(never assumed below ``assumed_rate``), plus the loop's lag, within ``[min_retry_seconds,
+max_retry_seconds]``. So a refused crowd returns spread over the time it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fieldsync.live.admission import Refusal
+
+LAG_CHECK_SECONDS = 0.05
+RATE_WINDOW_SECONDS = 1.0  # resumes finish in bursts: the rate is taken over this window
+
+
+@dataclass(frozen=True, slots=True)
+class LoadLimits:
+    max_in_progress: int = 1_000  # connections between their upgrade and live
+    # How late the event loop may run. A burst of connections makes it late by itself
+    # (accepting them, reading their requests): only a loop far behind refuses everyone.
+    max_lag_seconds: float = 2.0
+    # Resumes a second the process is assumed to finish at least (the hint for the first
+    # refusals after a start, before it has measured its own rate): a cautious figure, so
+    # a crowd is spread too thin rather than back in a wave it cannot take.
+    assumed_rate: float = 500.0
+    min_retry_seconds: int = 1
+    max_retry_seconds: int = 30
+
+
+DEFAULT_LOAD_LIMITS = LoadLimits()
+
+
+class LoadGate:
+    """This process's load as the upgrade sees it; ``unauthenticated`` counts the sockets
+    that have not said hello yet (``live.admission``)."""
+
+    def __init__(
+        self,
+        unauthenticated: Callable[[], int],
+        limits: LoadLimits = DEFAULT_LOAD_LIMITS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits
+        self._unauthenticated = unauthenticated
+        self._clock = clock
+        self.catching_up = 0  # project streams between subscribe and live
+        self.lag = 0.0  # seconds the event loop ran late at its last check
+        self._finished = 0  # streams that went live since the rate was last taken
+        self._rate = 0.0  # streams going live per second, smoothed
+        self._rate_at = clock()
+        self._next_turn = 0.0  # the clock time of the last turn handed to a refused client
+
+    @property
+    def in_progress(self) -> int:
+        return self._unauthenticated() + self.catching_up
+
+    def stream_started(self) -> None:
+        self.catching_up += 1
+
+    def stream_ended(self, live: bool) -> None:
+        self.catching_up -= 1
+        if live:
+            self._finished += 1
+
+    def refusal(self) -> Refusal | None:
+        """Why one more connection should not be taken now, or None."""
+        if self.lag > self.limits.max_lag_seconds:
+            return Refusal(
+                "event_loop_lag", 503, "the server is saturated; retry after the hinted delay"
+            )
+        if self.in_progress >= self.limits.max_in_progress:
+            return Refusal(
+                "resumes_in_progress",
+                503,
+                "the server is busy resuming other clients; retry after the hinted delay",
+            )
+        return None
+
+    def retry_after(self) -> int:
+        """Seconds until this client's turn (the ``Retry-After``). Refused clients are
+        given turns one after another, at the rate the process finishes resumes, after
+        what it already holds: a refused crowd comes back spread out, not in one wave."""
+        self._take_rate()
+        limits = self.limits
+        rate = max(self._rate, limits.assumed_rate)
+        now = self._clock()
+        self._next_turn = max(self._next_turn, now + self.in_progress / rate) + 1 / rate
+        wait = self._next_turn - now + self.lag
+        return min(limits.max_retry_seconds, max(limits.min_retry_seconds, math.ceil(wait)))
+
+    def _take_rate(self) -> None:
+        now = self._clock()
+        elapsed = now - self._rate_at
+        if elapsed < RATE_WINDOW_SECONDS:
+            return
+        current = self._finished / elapsed
+        self._rate = current if self._rate == 0 else 0.5 * self._rate + 0.5 * current
+        self._finished = 0
+        self._rate_at = now
+
+    async def watch_lag(self, interval: float = LAG_CHECK_SECONDS) -> None:
+        """Measure how late the event loop wakes a sleeper, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            self.lag = max(0.0, loop.time() - before - interval)
+            self._take_rate()

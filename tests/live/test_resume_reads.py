@@ -1,0 +1,197 @@
+"""Reads shared by resuming clients (``live.log_reads``), the membership cache and the load
+gate, without a server: each answer is the one a read of its own would have given."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fieldsync.live.load_gate import LoadGate, LoadLimits
+from fieldsync.live.log_reads import CatchUpReads, HeadReads, after
+from fieldsync.live.membership_cache import MembershipCache
+from fieldsync.store.records import ConflictUpdate, LoggedChange, LogSlice
+
+PROJECT = uuid.uuid4()
+
+
+def _log(head: int) -> list[LoggedChange]:
+    return [LoggedChange(s, "location", f"e{s}", bytes(32), b"c") for s in range(1, head + 1)]
+
+
+class _Log:
+    """A project's log read the way the store reads it; counts the reads."""
+
+    def __init__(self, head: int) -> None:
+        self.changes = _log(head)
+        self.updates = [ConflictUpdate(s, f"f{s}", None) for s in range(3, head + 1, 3)]
+        self.reads = 0
+
+    async def read(self, project: uuid.UUID, cursor: int, limit: int) -> LogSlice:
+        self.reads += 1
+        await asyncio.sleep(0)  # others ask meanwhile
+        changes = [c for c in self.changes if c.seq > cursor][:limit]
+        if not changes:
+            return LogSlice([])
+        end = changes[-1].seq
+        return LogSlice(changes, [u for u in self.updates if cursor < u.seq <= end])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    head=st.integers(0, 40),
+    limit=st.integers(1, 12),
+    cursors=st.lists(st.integers(0, 40), min_size=1, max_size=30),
+)
+def test_every_waiter_gets_what_its_own_read_would_return(
+    head: int, limit: int, cursors: list[int]
+) -> None:
+    async def check() -> None:
+        log = _Log(head)
+        shared = CatchUpReads(log.read, limit)
+        wanted = [min(c, head) for c in cursors]
+        got = await asyncio.gather(*(shared.catch_up(PROJECT, c) for c in wanted))
+        for cursor, piece in zip(wanted, got, strict=True):
+            own = await _Log(head).read(PROJECT, cursor, limit)
+            # A shared read may stop earlier than the waiter's own, never differ in what
+            # it holds, and is empty only where the log ends.
+            assert list(piece.changes) == list(own.changes)[: len(piece.changes)]
+            assert bool(piece.changes) == bool(own.changes)
+            last = piece.changes[-1].seq if piece.changes else cursor
+            assert list(piece.conflicts) == [u for u in own.conflicts if u.seq <= last]
+        assert log.reads <= len(wanted)
+
+    asyncio.run(check())
+
+
+async def test_a_crowd_at_similar_cursors_costs_one_read() -> None:
+    log = _Log(30)
+    shared = CatchUpReads(log.read, 500)
+    pieces = await asyncio.gather(*(shared.catch_up(PROJECT, 20 + n % 10) for n in range(200)))
+    assert log.reads == 1
+    assert [len(p.changes) for p in pieces[:10]] == [10 - n for n in range(10)]
+
+
+async def test_a_failed_read_fails_its_waiters_and_the_next_read_is_fresh() -> None:
+    failing = True
+
+    async def read(project: uuid.UUID, cursor: int, limit: int) -> LogSlice:
+        await asyncio.sleep(0)
+        if failing:
+            raise OSError("database down")
+        return LogSlice(_log(5)[cursor:])
+
+    shared = CatchUpReads(read, 100)
+    got = await asyncio.gather(
+        *(shared.catch_up(PROJECT, 1) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(g, OSError) for g in got)
+    failing = False
+    assert [c.seq for c in (await shared.catch_up(PROJECT, 3)).changes] == [4, 5]
+
+
+def test_the_part_after_a_cursor_keeps_only_later_conflict_updates() -> None:
+    piece = LogSlice(_log(6)[2:], [ConflictUpdate(4, "a", None), ConflictUpdate(6, "b", None)])
+    cut = after(piece, 4)
+    assert [c.seq for c in cut.changes] == [5, 6]
+    assert [u.conflict_id for u in cut.conflicts] == ["b"]
+    assert after(piece, 2) is piece
+
+
+async def test_a_head_read_is_shared_and_a_cursor_beyond_it_is_checked_afresh() -> None:
+    heads = iter([10, 12])
+    reads = 0
+
+    async def read(project: uuid.UUID) -> int:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0)
+        return next(heads)
+
+    shared = HeadReads(read)
+    assert await asyncio.gather(*(shared.at_least(PROJECT, 9) for _ in range(50))) == [10] * 50
+    assert reads == 1
+    assert await shared.at_least(PROJECT, 11) == 12  # the shared read said 10: read again
+    assert reads == 2
+
+
+class _Members:
+    def __init__(self) -> None:
+        self.levels: dict[tuple[uuid.UUID, uuid.UUID], str] = {}
+        self.reads = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.asked = asyncio.Event()
+
+    async def level(self, project_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
+        self.reads += 1
+        self.asked.set()
+        level = self.levels.get((project_id, user_id))
+        await self.gate.wait()
+        return level
+
+    async def still_member_of(
+        self, user_id: uuid.UUID, project_ids: object
+    ) -> set[uuid.UUID]:  # pragma: no cover - not asked here
+        raise AssertionError
+
+
+async def test_memberships_are_read_once_remembered_and_forgotten_on_removal() -> None:
+    members = _Members()
+    now = [0.0]
+    cache = MembershipCache(members, ttl=30.0, clock=lambda: now[0])
+    user = uuid.uuid4()
+    members.levels[(PROJECT, user)] = "lead"
+    assert await asyncio.gather(*(cache.level(PROJECT, user) for _ in range(20))) == ["lead"] * 20
+    assert members.reads == 1
+    del members.levels[(PROJECT, user)]
+    assert await cache.level(PROJECT, user) == "lead"  # remembered...
+    cache.forget(PROJECT, user)
+    assert await cache.level(PROJECT, user) is None  # ...until the removal is heard
+    assert await cache.level(PROJECT, user) is None  # "not a member" is never remembered
+    assert members.reads == 3
+    members.levels[(PROJECT, user)] = "viewer"
+    assert await cache.level(PROJECT, user) == "viewer"
+    now[0] = 31.0
+    assert await cache.level(PROJECT, user) == "viewer"
+    assert members.reads == 5  # read again once older than the ttl
+
+
+async def test_a_read_under_way_when_a_removal_is_heard_is_not_remembered() -> None:
+    members = _Members()
+    cache = MembershipCache(members)
+    user = uuid.uuid4()
+    members.levels[(PROJECT, user)] = "lead"
+    members.gate.clear()
+    reading = asyncio.create_task(cache.level(PROJECT, user))
+    await members.asked.wait()  # the read has begun
+    cache.forget_all()  # e.g. the listener reconnected: notices may have been missed
+    members.gate.set()
+    assert await reading == "lead"
+    del members.levels[(PROJECT, user)]
+    assert await cache.level(PROJECT, user) is None
+
+
+def test_the_gate_refuses_over_its_bounds_and_spreads_the_refused() -> None:
+    held = [0]
+    gate = LoadGate(lambda: held[0], LoadLimits(max_in_progress=10, assumed_rate=100.0))
+    assert gate.refusal() is None
+    held[0] = 6
+    for _ in range(4):
+        gate.stream_started()
+    refusal = gate.refusal()
+    assert refusal is not None
+    assert (refusal.status, refusal.reason) == (503, "resumes_in_progress")
+    hints = [gate.retry_after() for _ in range(500)]
+    assert hints[0] == 1
+    assert hints == sorted(hints)  # later refusals get later turns
+    assert hints[-1] == 6  # 10 held and 500 turns at 100 a second: about 5.1 s
+    gate.stream_ended(live=True)
+    held[0] = 0
+    assert gate.refusal() is None
+    gate.lag = 3.0
+    lagging = gate.refusal()
+    assert lagging is not None
+    assert lagging.reason == "event_loop_lag"
