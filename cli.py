@@ -247,6 +247,10 @@ def _parser() -> argparse.ArgumentParser:
         "--grace-seconds", type=float, default=7 * 86400.0,
         help="how long an attachment stays unreferenced before removal (default 7 days)",
     )  # fmt: skip
+    worker.add_argument(
+        "--upload-expiry-seconds", type=float, default=86400.0,
+        help="an unfinished upload no part reached this long is removed (default 1 day)",
+    )  # fmt: skip
     worker.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(run=_worker)
 
@@ -1068,6 +1072,7 @@ async def _worker(args: argparse.Namespace, url: str) -> int:
         "--retry-seconds", f"{args.retry_seconds:g}",
         "--gc-interval-seconds", f"{args.gc_interval_seconds:g}",
         "--grace-seconds", f"{args.grace_seconds:g}",
+        "--upload-expiry-seconds", f"{args.upload_expiry_seconds:g}",
     ]  # fmt: skip
     if not args.single:
         environ = {**os.environ, "DATABASE_URL": url}
@@ -1076,6 +1081,7 @@ async def _worker(args: argparse.Namespace, url: str) -> int:
         url, blob_store_from_environment(args.data_dir), DEFAULT_ATTACHMENT_LIMITS,
         heartbeat_seconds=args.heartbeat_seconds, retry_delay_seconds=args.retry_seconds,
         gc_interval_seconds=args.gc_interval_seconds, grace_seconds=args.grace_seconds,
+        upload_expiry_seconds=args.upload_expiry_seconds,
     )  # fmt: skip
 
 

@@ -5,7 +5,9 @@ processes of their own on one database (``DATABASE_URL`` or an embedded PostgreS
 One client uploads N photos of about 3 MB each over loopback, one request per photo
 (the SDK's resumable path sends 1 MiB parts; ``--part-bytes`` measures that), sequentially.
 The worker processes them as they arrive; the bench reports photos per second for that
-worker and the time from upload to ``ready`` (p50/p99). Last line: the upload rate.
+worker and the time from upload to ``ready`` (p50/p99), and the server process's CPU per
+photo while uploading (a figure that other work on the machine disturbs less than the
+rate). Last line: the upload rate.
 
     .venv/bin/python bench/attachments.py [--photos 100] [--part-bytes 0]
 """
@@ -29,7 +31,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import database, make_project, percentile, server_process
+from harness import database, make_project, percentile, process_cpu_seconds, server_process
 
 PHOTO_BYTES = 3 * 1024 * 1024
 
@@ -112,11 +114,13 @@ def main() -> None:
 
         worker = None if args.worker_after else start_worker()
         try:
+            cpu_before = process_cpu_seconds(server.pid)
             seconds = asyncio.run(
                 upload_all(server.base, team.members[0].token, team.project_id, data,
                            args.part_bytes)
             )  # fmt: skip
             uploaded_at = time.time()
+            server_cpu = process_cpu_seconds(server.pid) - cpu_before
             worker = worker or start_worker()
             rows = asyncio.run(wait_processed(url, team.project_id, len(data)))
         finally:
@@ -132,7 +136,8 @@ def main() -> None:
     span = (last - first).total_seconds()
     print(f"photos: {len(data)} of {total / len(data) / 1e6:.2f} MB, {len(ready)} ready")
     print(f"upload: {seconds:.2f} s, {total / seconds / 1e6:.1f} MB/s, "
-          f"{len(data) / seconds:.1f} photos/s")  # fmt: skip
+          f"{len(data) / seconds:.1f} photos/s; server CPU {server_cpu / len(data) * 1e3:.1f} ms"
+          " per photo")  # fmt: skip
     p50, p99 = percentile(latency, 0.5), percentile(latency, 0.99)
     print(
         f"processing (1 worker): {len(ready) / span:.2f} photos/s;"

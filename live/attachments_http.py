@@ -17,6 +17,7 @@ a name or header. A part is acknowledged only once stored and counted.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -29,11 +30,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fieldsync.auth.tokens import TokenClaims
-from fieldsync.live.http_auth import bearer_claims
+from fieldsync.live.http_auth import bearer_claims, cors_preflight
 from fieldsync.live.origins import cors_headers
 from fieldsync.live.snapshot_http import none_match
 from fieldsync.media import entity
-from fieldsync.media.blobs import BlobStore, original_key, part_key
+from fieldsync.media.blobs import BlobStore, original_key
 from fieldsync.media.detect import SNIFF_BYTES, detect_type, display_name, is_sha256
 from fieldsync.media.limits import AttachmentLimits
 from fieldsync.model.schema import is_valid_entity_id
@@ -80,6 +81,10 @@ def attachment_routes() -> list[Route]:
         Route(base + "/content", _guarded(_upload), methods=["PATCH"]),
         Route(base + "/content", _guarded(_download), methods=["GET"]),
         Route(base + "/thumbnails/{size}", _guarded(_thumbnail), methods=["GET"]),
+        *(
+            Route(path, cors_preflight, methods=["OPTIONS"])
+            for path in (base, base + "/content", base + "/thumbnails/{size}")
+        ),
     ]
 
 
@@ -126,7 +131,14 @@ def _guarded(handler: Handler) -> Handler:
 class _Context:
     """A request that passed the token, id and membership checks."""
 
-    def __init__(self, request: Request, claims: TokenClaims, project_id: UUID, level: str):
+    def __init__(
+        self,
+        request: Request,
+        claims: TokenClaims,
+        project_id: UUID,
+        level: str,
+        row: AttachmentRow | None,
+    ) -> None:
         state = request.app.state
         self.request = request
         self.user_id = claims.user_id
@@ -137,13 +149,13 @@ class _Context:
         self.blobs: BlobStore = state.blobs
         self.limits: AttachmentLimits = state.attachment_limits
         self.changelog: ChangeLogPort = state.sync.changelog
+        self._row = row
 
-    async def attachment(self) -> AttachmentRow | None:
+    def attachment(self) -> AttachmentRow | None:
         """This project's attachment of that id (another project's is not found)."""
-        row = await self.port.get(self.attachment_id)
-        if row is not None and row.project_id != self.project_id:
+        if self._row is not None and self._row.project_id != self.project_id:
             raise _not_found()
-        return row
+        return self._row
 
 
 async def _context(request: Request) -> _Context:
@@ -164,15 +176,17 @@ async def _context(request: Request) -> _Context:
         raise _Refusal(
             400, "invalid_attachment_id", "attachment ids are 1-64 characters of A-Z a-z 0-9 _ -"
         )
-    level = await storage.membership.level(project_id, claims.user_id)
+    level, row = await storage.attachments.access(
+        project_id, claims.user_id, request.path_params["attachment_id"]
+    )
     if level is None:
         raise _not_found()
-    return _Context(request, claims, project_id, level)
+    return _Context(request, claims, project_id, level, row)
 
 
 async def _status(request: Request) -> Response:
     ctx = await _context(request)
-    row = await ctx.attachment()
+    row = ctx.attachment()
     if row is not None:
         return JSONResponse(_describe(row))
     upload = await ctx.port.upload(ctx.attachment_id)
@@ -200,7 +214,9 @@ def _header_int(request: Request, name: str) -> int:
     return int(raw)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int) -> list[bytes]:
+    """The body as the chunks it arrived in (never joined: the blob store writes and hashes
+    them one by one)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _Refusal(
@@ -213,8 +229,26 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _Refusal(
                 413, "chunk_too_large", f"one request carries at most {limit} bytes", limit=limit
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if chunk:
+            chunks.append(chunk)
+    return chunks
+
+
+def _head(chunks: list[bytes], length: int) -> bytes:
+    """The first ``length`` bytes of the chunks, copying no more than that."""
+    head = b""
+    for chunk in chunks:
+        head += chunk[: length - len(head)]
+        if len(head) >= length:
+            break
+    return head
+
+
+def _sha256(chunks: list[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 async def _upload(request: Request) -> Response:
@@ -231,20 +265,21 @@ async def _upload(request: Request) -> Response:
             413, "too_large", f"attachments are at most {ctx.limits.max_file_bytes} bytes",
             limit=ctx.limits.max_file_bytes,
         )  # fmt: skip
-    existing = await ctx.attachment()
+    existing = ctx.attachment()
     if existing is not None:
         if existing.sha256 != sha256:
             raise _Refusal(409, "attachment_id_taken", "this id names an attachment of other bytes")
         return JSONResponse(_describe(existing))  # the same bytes again: nothing to do
     limit = min(ctx.limits.max_chunk_bytes, max(size - offset, 0))
-    body = await _read_body(request, limit)
-    if offset + len(body) > size:
+    chunks = await _read_body(request, limit)
+    length = sum(len(chunk) for chunk in chunks)
+    if offset + length > size:
         raise _Refusal(400, "beyond_declared_length", "the part ends after Upload-Length")
     claimed = request.headers.get("upload-type")
     name = display_name(unquote(request.headers.get("upload-name", ""))[:1024] or None)
     detected: str | None = None
     if offset == 0:
-        head = body[:SNIFF_BYTES]
+        head = _head(chunks, SNIFF_BYTES)
         if len(head) < min(size, SNIFF_BYTES):
             raise _Refusal(400, "part_too_small", f"the first part needs {SNIFF_BYTES} bytes")
         detected = detect_type(head)
@@ -255,16 +290,11 @@ async def _upload(request: Request) -> Response:
                 415, "type_mismatch", f"the content is {detected}, not {claimed}",
                 detected=detected,
             )  # fmt: skip
-        same = await _same_content(ctx, sha256)
-        if same is not None:  # this project already holds these bytes: nothing to upload
-            return await _finish(ctx, UploadRow(
-                ctx.attachment_id, ctx.project_id, sha256, same.size, same.content_type,
-                name, ctx.user_id, same.size,
-            ), status=201)  # fmt: skip
-    upload = await ctx.port.begin_upload(
+    reservation = await ctx.port.begin_upload(
         UploadRow(ctx.attachment_id, ctx.project_id, sha256, size, detected, name, ctx.user_id),
         ctx.limits,
     )
+    upload = reservation.upload
     if upload.project_id != ctx.project_id:
         raise _not_found()
     if (upload.sha256, upload.size) != (sha256, size):
@@ -272,31 +302,50 @@ async def _upload(request: Request) -> Response:
             409, "upload_mismatch",
             "an upload under this id declared other bytes (Upload-Sha256, Upload-Length)",
         )  # fmt: skip
+    if offset == 0 and reservation.same_content:
+        same = await _stored_original(ctx, sha256)
+        if same is not None:  # this project already holds these bytes: nothing to upload
+            response = await _finish(ctx, UploadRow(
+                ctx.attachment_id, ctx.project_id, sha256, same.size, same.content_type,
+                name, ctx.user_id, same.size,
+            ), status=201)  # fmt: skip
+            if upload.received:  # parts sent before the project had these bytes
+                await ctx.blobs.delete_parts(ctx.attachment_id)
+            return response
     if offset != upload.received:
         raise OffsetMismatchError(upload.received)
-    if offset == 0 and len(body) == size:  # the whole file at once: no parts to keep
-        if hashlib.sha256(body).hexdigest() != sha256:
+    if offset == 0 and length == size:  # the whole file at once: no parts to keep
+        key = original_key(sha256)
+        if await ctx.blobs.size(key) == size:  # another project's copy: only check the hash
+            whole = await asyncio.to_thread(_sha256, chunks) == sha256
+        else:  # hashed while written, and kept only if it matches
+            whole = await ctx.blobs.put(key, chunks, sha256=sha256)
+        if not whole:
             await ctx.port.drop_upload(ctx.attachment_id)
             raise _hash_mismatch()
-        if await ctx.blobs.size(original_key(sha256)) != size:
-            await ctx.blobs.put(original_key(sha256), body)
         return await _finish(ctx, upload, status=201)
-    await ctx.blobs.put(part_key(ctx.attachment_id, offset), body)
-    upload = await ctx.port.part_stored(ctx.attachment_id, offset, len(body))
-    if upload.received < size:
-        return JSONResponse(
-            {"attachment_id": ctx.attachment_id, "status": "uploading",
-             "received": upload.received, "size": size},
-            status_code=202,
-        )  # fmt: skip
-    parts = [part_key(ctx.attachment_id, o) for o in upload.parts]
-    whole = await ctx.blobs.compose(parts, original_key(sha256), sha256)
+    try:
+        await ctx.blobs.put_part(ctx.attachment_id, offset, chunks)
+        upload = await ctx.port.part_stored(ctx.attachment_id, offset, length)
+        if upload.received < size:
+            return JSONResponse(
+                {"attachment_id": ctx.attachment_id, "status": "uploading",
+                 "received": upload.received, "size": size},
+                status_code=202,
+            )  # fmt: skip
+        whole = await ctx.blobs.join_parts(
+            ctx.attachment_id, upload.parts, size, original_key(sha256), sha256
+        )
+    except FileNotFoundError:  # the earlier parts expired meanwhile (media.gc)
+        await ctx.port.drop_upload(ctx.attachment_id)
+        await ctx.blobs.delete_parts(ctx.attachment_id)
+        raise OffsetMismatchError(0) from None
     if not whole:
         await ctx.port.drop_upload(ctx.attachment_id)
-        await ctx.blobs.delete(parts)
+        await ctx.blobs.delete_parts(ctx.attachment_id)
         raise _hash_mismatch()
     response = await _finish(ctx, upload, status=201)
-    await ctx.blobs.delete(parts)
+    await ctx.blobs.delete_parts(ctx.attachment_id)
     return response
 
 
@@ -307,10 +356,8 @@ def _hash_mismatch() -> _Refusal:
     )  # fmt: skip
 
 
-async def _same_content(ctx: _Context, sha256: str) -> AttachmentRow | None:
-    """An attachment of this project whose original has these bytes and is stored."""
-    if not await ctx.port.holds_content(ctx.project_id, sha256):
-        return None
+async def _stored_original(ctx: _Context, sha256: str) -> AttachmentRow | None:
+    """The stored original of these bytes (its size and type), if blob storage has it."""
     size = await ctx.blobs.size(original_key(sha256))
     if size is None:
         return None
@@ -358,7 +405,7 @@ async def _thumbnail(request: Request) -> Response:
 
 
 async def _serve_variant(ctx: _Context, name: str) -> Response:
-    row = await ctx.attachment()
+    row = ctx.attachment()
     if row is None or row.status == "deleted":
         raise _not_found()
     if row.status != "ready":

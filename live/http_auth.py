@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 
 from fieldsync.auth.tokens import TokenClaims, TokenError, TokenVerifier
 from fieldsync.live.origins import preflight_headers
@@ -54,8 +55,24 @@ def not_found() -> JSONResponse:
 
 
 async def cors_preflight(request: Request) -> Response:
-    """A browser asks whether a page from its Origin may send a GET with a bearer token."""
-    headers = preflight_headers(request.app.state.origins, request.headers.get("origin"))
+    """A browser asks whether a page from its Origin may send a request with a bearer token
+    to this path: the answer names the methods the path's routes take (GET, and PATCH for
+    an attachment's content), so every route shares this one endpoint."""
+    headers = preflight_headers(
+        request.app.state.origins, request.headers.get("origin"), _path_methods(request)
+    )
     if headers is None:
         return Response(status_code=403)
     return Response(status_code=204, headers=headers)
+
+
+def _path_methods(request: Request) -> set[str]:
+    """The methods the app's routes take at this request's path (besides the preflight's
+    own OPTIONS and the HEAD that comes with GET)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match != Match.NONE:
+                methods |= route.methods
+    return methods - {"OPTIONS", "HEAD"}

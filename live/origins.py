@@ -41,28 +41,40 @@ def same_origin(origin: str | None, host: str | None) -> bool:
     return scheme in ("http", "https") and rest == host.strip().lower()
 
 
+READ_HEADERS = ("Authorization", "If-None-Match", "Range")
+UPLOAD_HEADERS = (
+    "Content-Type", "Upload-Offset", "Upload-Length", "Upload-Sha256", "Upload-Type", "Upload-Name",
+)  # fmt: skip
+EXPOSED_HEADERS = "ETag, Content-Range, Retry-After"
+
+
 def cors_headers(policy: OriginPolicy, origin: str | None) -> dict[str, str]:
-    """What lets a page from an allowed Origin read an HTTP answer (the snapshot): nothing
-    for no Origin (not a browser) or one not on the list, which the browser then blocks."""
+    """What lets a page from an allowed Origin read an HTTP answer (the snapshot, an
+    attachment): nothing for no Origin (not a browser) or one not on the list, which the
+    browser then blocks. ``ETag``, ``Content-Range`` and ``Retry-After`` are readable."""
     if origin is None or not policy.allows(origin):
         return {}
     return {
         "Access-Control-Allow-Origin": origin,
-        "Access-Control-Expose-Headers": "ETag",
+        "Access-Control-Expose-Headers": EXPOSED_HEADERS,
         "Vary": "Origin",
     }
 
 
-def preflight_headers(policy: OriginPolicy, origin: str | None) -> dict[str, str] | None:
-    """The answer to a browser's CORS preflight for a GET with a bearer token; None when the
-    Origin may not ask."""
+def preflight_headers(
+    policy: OriginPolicy, origin: str | None, methods: Iterable[str] = ("GET",)
+) -> dict[str, str] | None:
+    """The answer to a browser's CORS preflight for ``methods`` with a bearer token (and,
+    for ``PATCH``, the upload headers); None when the Origin may not ask."""
     headers = cors_headers(policy, origin)
     if not headers:
         return None
+    allowed = sorted(set(methods))
+    request_headers = READ_HEADERS + (UPLOAD_HEADERS if "PATCH" in allowed else ())
     return {
         **headers,
-        "Access-Control-Allow-Methods": "GET",
-        "Access-Control-Allow-Headers": "Authorization, If-None-Match",
+        "Access-Control-Allow-Methods": ", ".join(allowed),
+        "Access-Control-Allow-Headers": ", ".join(request_headers),
         "Access-Control-Max-Age": "600",
     }
 

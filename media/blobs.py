@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,7 +51,14 @@ def part_key(attachment_id: str, offset: int) -> str:
     """One stored piece of an unfinished upload."""
     if not is_valid_entity_id(attachment_id):
         raise BlobKeyError(f"not an attachment id: {attachment_id!r}")
-    return check_key(f"parts/{attachment_id}/{offset:016x}")
+    return check_key(f"{parts_prefix(attachment_id)}{offset:016x}")
+
+
+def parts_prefix(attachment_id: str) -> str:
+    """Where every part of one unfinished upload lives."""
+    if not is_valid_entity_id(attachment_id):
+        raise BlobKeyError(f"not an attachment id: {attachment_id!r}")
+    return f"parts/{attachment_id}/"
 
 
 def variant_key(attachment_id: str, variant: str) -> str:
@@ -63,13 +71,26 @@ def variant_key(attachment_id: str, variant: str) -> str:
 class BlobStore(Protocol):
     """Bytes by key. Every method raises OSError (or a subclass) when storage fails."""
 
-    async def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` at ``key`` atomically (replacing what was there)."""
+    async def put(
+        self, key: str, data: bytes | Sequence[bytes], *, sha256: str | None = None
+    ) -> bool:
+        """Store ``data`` (bytes, or chunks written one after another) at ``key`` atomically,
+        replacing what was there. With ``sha256``, the bytes are hashed as they are written
+        and kept only if they match: False, and nothing stored, if they do not."""
         ...
 
-    async def compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
-        """Concatenate ``parts`` into ``key`` if their bytes hash to ``sha256``; False (and
-        nothing written) if they do not."""
+    async def put_part(self, attachment_id: str, offset: int, data: Sequence[bytes]) -> None:
+        """Store one part of an unfinished upload durably (each byte written once).
+        FileNotFoundError for a part after the first when the upload's earlier parts are
+        gone (expired): the upload must start again."""
+        ...
+
+    async def join_parts(
+        self, attachment_id: str, offsets: Sequence[int], size: int, key: str, sha256: str
+    ) -> bool:
+        """Make the upload's parts (at ``offsets``, ``size`` bytes in all) the blob ``key``
+        if they hash to ``sha256``; False, and nothing written, if they do not.
+        FileNotFoundError when a part is gone. The parts are left to ``delete_parts``."""
         ...
 
     async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
@@ -84,6 +105,10 @@ class BlobStore(Protocol):
         """Remove these blobs (missing ones are no error)."""
         ...
 
+    async def delete_parts(self, attachment_id: str) -> None:
+        """Remove every stored part of one upload, counted or not."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -91,10 +116,15 @@ class _ThreadedBlobs:
     """A :class:`BlobStore` over blocking calls, each run in a worker thread so the event loop
     never waits on a disk or a network; subclasses implement the ``_`` methods."""
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, chunks: Sequence[bytes], sha256: str | None) -> bool:
         raise NotImplementedError
 
-    def _compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
+    def _put_part(self, attachment_id: str, offset: int, chunks: Sequence[bytes]) -> None:
+        raise NotImplementedError
+
+    def _join_parts(
+        self, attachment_id: str, offsets: Sequence[int], size: int, key: str, sha256: str
+    ) -> bool:
         raise NotImplementedError
 
     def _read(self, key: str, start: int, length: int | None) -> bytes:
@@ -106,14 +136,25 @@ class _ThreadedBlobs:
     def _delete(self, keys: Sequence[str]) -> None:
         raise NotImplementedError
 
+    def _delete_parts(self, attachment_id: str) -> None:
+        raise NotImplementedError
+
     def _close(self) -> None:
         return None
 
-    async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(self._put, key, data)
+    async def put(
+        self, key: str, data: bytes | Sequence[bytes], *, sha256: str | None = None
+    ) -> bool:
+        chunks = [data] if isinstance(data, bytes) else data
+        return await asyncio.to_thread(self._put, key, chunks, sha256)
 
-    async def compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
-        return await asyncio.to_thread(self._compose, parts, key, sha256)
+    async def put_part(self, attachment_id: str, offset: int, data: Sequence[bytes]) -> None:
+        await asyncio.to_thread(self._put_part, attachment_id, offset, data)
+
+    async def join_parts(
+        self, attachment_id: str, offsets: Sequence[int], size: int, key: str, sha256: str
+    ) -> bool:
+        return await asyncio.to_thread(self._join_parts, attachment_id, offsets, size, key, sha256)
 
     async def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         return await asyncio.to_thread(self._read, key, start, length)
@@ -123,6 +164,9 @@ class _ThreadedBlobs:
 
     async def delete(self, keys: Sequence[str]) -> None:
         await asyncio.to_thread(self._delete, keys)
+
+    async def delete_parts(self, attachment_id: str) -> None:
+        await asyncio.to_thread(self._delete_parts, attachment_id)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close)
@@ -137,9 +181,9 @@ class LocalBlobs(_ThreadedBlobs):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def _write(self, key: str, chunks: Sequence[bytes], sources: Sequence[Path]) -> tuple[str, str]:
-        """A synced temporary file beside ``key`` holding chunks then sources; its path
-        and the SHA-256 of what it holds."""
+    def _write(self, key: str, chunks: Sequence[bytes]) -> tuple[str, str]:
+        """A synced temporary file beside ``key`` holding the chunks; its path and the
+        SHA-256 of what it holds (hashed as it is written)."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -149,11 +193,6 @@ class LocalBlobs(_ThreadedBlobs):
                 for chunk in chunks:
                     digest.update(chunk)
                     out.write(chunk)
-                for source in sources:
-                    with source.open("rb") as f:
-                        while block := f.read(COPY_BYTES):
-                            digest.update(block)
-                            out.write(block)
                 out.flush()
                 os.fsync(out.fileno())
         except BaseException:
@@ -162,16 +201,55 @@ class LocalBlobs(_ThreadedBlobs):
             raise
         return temp, digest.hexdigest()
 
-    def _put(self, key: str, data: bytes) -> None:
-        temp, _ = self._write(key, [data], [])
-        os.replace(temp, self._path(key))
-
-    def _compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
-        temp, digest = self._write(key, [], [self._path(p) for p in parts])
-        if digest != sha256:
+    def _put(self, key: str, chunks: Sequence[bytes], sha256: str | None) -> bool:
+        temp, digest = self._write(key, chunks)
+        if sha256 is not None and digest != sha256:
             os.unlink(temp)
             return False
         os.replace(temp, self._path(key))
+        return True
+
+    def _upload_file(self, attachment_id: str) -> Path:
+        """One file per unfinished upload, each part written at its offset: finishing is a
+        read (to hash) and a rename, never a second copy."""
+        return self._path(part_key(attachment_id, 0))
+
+    def _put_part(self, attachment_id: str, offset: int, chunks: Sequence[bytes]) -> None:
+        path = self._upload_file(attachment_id)
+        flags = os.O_WRONLY
+        if offset == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            flags |= os.O_CREAT
+        fd = os.open(path, flags, 0o644)  # FileNotFoundError: the earlier parts are gone
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    offset += written
+                    view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _join_parts(
+        self, attachment_id: str, offsets: Sequence[int], size: int, key: str, sha256: str
+    ) -> bool:
+        path = self._upload_file(attachment_id)
+        digest = hashlib.sha256()
+        with path.open("r+b") as f:
+            left = size
+            while left and (block := f.read(min(COPY_BYTES, left))):
+                digest.update(block)
+                left -= len(block)
+            if left or digest.hexdigest() != sha256:
+                return False
+            if os.fstat(f.fileno()).st_size != size:  # a part written again, shorter
+                f.truncate(size)
+                os.fsync(f.fileno())
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
         return True
 
     def _read(self, key: str, start: int, length: int | None) -> bytes:
@@ -192,6 +270,10 @@ class LocalBlobs(_ThreadedBlobs):
                 path.unlink()
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only when empty
+
+    def _delete_parts(self, attachment_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.root / parts_prefix(attachment_id))
 
 
 class S3Blobs(_ThreadedBlobs):
@@ -236,7 +318,14 @@ class S3Blobs(_ThreadedBlobs):
                 raise FileNotFoundError(kwargs.get("Key")) from exc
             raise OSError(f"S3 {method} failed: {exc}") from exc
 
-    def _compose(self, parts: Sequence[str], key: str, sha256: str) -> bool:
+    def _put_part(self, attachment_id: str, offset: int, chunks: Sequence[bytes]) -> None:
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._call("put_object", Key=self._name(part_key(attachment_id, offset)), Body=data)
+
+    def _join_parts(
+        self, attachment_id: str, offsets: Sequence[int], size: int, key: str, sha256: str
+    ) -> bool:
+        parts = [part_key(attachment_id, offset) for offset in offsets]
         digest = hashlib.sha256()
         with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
             for part in parts:
@@ -273,8 +362,25 @@ class S3Blobs(_ThreadedBlobs):
             if batch:
                 self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
 
-    def _put(self, key: str, data: bytes) -> None:
+    def _delete_parts(self, attachment_id: str) -> None:
+        prefix = self.prefix + parts_prefix(attachment_id)
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        try:
+            names = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        except Exception as exc:
+            raise OSError(f"S3 list failed: {exc}") from exc
+        for start in range(0, len(names), 1000):
+            batch = [{"Key": name} for name in names[start : start + 1000]]
+            self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+
+    def _put(self, key: str, chunks: Sequence[bytes], sha256: str | None) -> bool:
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            return False
         self._call("put_object", Key=self._name(key), Body=data)
+        return True
 
     def _close(self) -> None:
         self._client.close()

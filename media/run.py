@@ -2,8 +2,9 @@
 
 The parent starts ``--processes`` children (each ``fieldsync worker --single``) and starts
 again any that dies; a child's job left half-done is picked up again by a live one once
-its heartbeat is stale. Each child also runs the garbage collection pass now and then
-(only one at a time does work that matters: the passes are idempotent).
+its heartbeat is stale. Each child also runs the collection pass now and then (abandoned
+uploads, then unreferenced attachments; the passes are idempotent, so several children
+running them at once only repeat work).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from fieldsync.media.blobs import BlobStore
-from fieldsync.media.gc import collect
+from fieldsync.media.gc import collect, expire_uploads
 from fieldsync.media.limits import AttachmentLimits
 from fieldsync.media.worker import Processor
 from fieldsync.store.jobs import run_processing_queue
@@ -37,6 +38,7 @@ async def run_single(
     retry_delay_seconds: float,
     gc_interval_seconds: float,
     grace_seconds: float,
+    upload_expiry_seconds: float,
 ) -> int:
     """One worker process: consume the queue until SIGINT or SIGTERM."""
     stop = asyncio.Event()
@@ -56,6 +58,10 @@ async def run_single(
                     await asyncio.wait_for(stop.wait(), gc_interval_seconds)
                 if stop.is_set():
                     return
+                try:
+                    await expire_uploads(attachments, blobs, upload_expiry_seconds)
+                except Exception:
+                    log.exception("expiring abandoned uploads failed; trying again later")
                 try:
                     await collect(storage, changelog, blobs, grace_seconds)
                 except Exception:

@@ -88,6 +88,7 @@ def _activity(v: Values) -> tuple[object, ...]:
         len(tasks),
         sum(1 for task in tasks if _done(task)),
         _deleted(v),
+        _str_list(v, "attachments"),
     )
 
 
@@ -98,6 +99,7 @@ def _location(v: Values) -> tuple[object, ...]:
         _coordinate(v, "latitude"),
         _coordinate(v, "longitude"),
         _deleted(v),
+        _str_list(v, "attachments"),
     )
 
 
@@ -152,11 +154,14 @@ PROJECTIONS: Mapping[str, Projection] = MappingProxyType(
                 "tasks_total",
                 "tasks_done",
                 "deleted",
+                "attachments",
             ),
             _activity,
         ),
         "location": Projection(
-            "rm_locations", ("name", "address", "latitude", "longitude", "deleted"), _location
+            "rm_locations",
+            ("name", "address", "latitude", "longitude", "deleted", "attachments"),
+            _location,
         ),
         "role": Projection("rm_roles", ("name", "skills", "deleted"), _role),
         "summoning": Projection(

@@ -51,6 +51,15 @@ class UploadRow:
     uploaded_by: UUID
     received: int = 0
     parts: tuple[int, ...] = ()  # offsets of the stored parts
+    updated_at: datetime | None = None  # when the last part was stored (or the upload began)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An upload as recorded, and whether its project already holds these bytes."""
+
+    upload: UploadRow
+    same_content: bool
 
 
 class AttachmentRefusedError(StoreError):

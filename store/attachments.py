@@ -11,7 +11,7 @@ on the project, so concurrent first parts cannot both slip under it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +20,7 @@ from fieldsync.store.attachment_records import (
     AttachmentRefusedError,
     AttachmentRow,
     OffsetMismatchError,
+    Reservation,
     UploadRow,
     Variant,
 )
@@ -29,6 +30,28 @@ from fieldsync.store.jobs import enqueue_processing
 
 _ATTACHMENT_COLUMNS = """attachment_id, project_id, sha256, size, content_type, file_name,
 uploaded_by, status, failure, attempts, variants, width, height, created_at"""
+
+
+# References from the read models (migration 0007): the candidates some live activity or
+# location lists, and whether any live row was written before the column existed.
+_REFERENCED = """
+WITH lists AS (
+    SELECT attachments FROM rm_activities WHERE project_id = $1 AND NOT deleted
+    UNION ALL
+    SELECT attachments FROM rm_locations WHERE project_id = $1 AND NOT deleted
+)
+SELECT EXISTS (SELECT 1 FROM lists WHERE attachments IS NULL) AS unknown,
+       ARRAY(SELECT DISTINCT a FROM lists, unnest(lists.attachments) AS a
+             WHERE a = ANY($2::text[])) AS referenced
+"""
+
+
+_ACCESS = f"""
+SELECT m.level, {", ".join("a." + c.strip() for c in _ATTACHMENT_COLUMNS.split(","))}
+FROM (SELECT 1) AS one
+LEFT JOIN project_members m ON m.project_id = $1 AND m.user_id = $2
+LEFT JOIN attachments a ON a.attachment_id = $3
+"""
 
 
 def _attachment(r: Any) -> AttachmentRow:
@@ -41,10 +64,28 @@ def _attachment(r: Any) -> AttachmentRow:
     )  # fmt: skip
 
 
+_REFUSALS: dict[str, Callable[[AttachmentLimits, str], AttachmentRefusedError]] = {
+    "attachment_id_taken": lambda _, aid: AttachmentRefusedError(
+        "attachment_id_taken", f"{aid} is already the id of another entity or upload"
+    ),
+    "too_many_attachments": lambda limits, _: AttachmentRefusedError(
+        "too_many_attachments",
+        f"the project holds {limits.max_per_project} attachments, its limit",
+    ),
+    "too_many_uploads": lambda limits, _: AttachmentRefusedError(
+        "too_many_uploads",
+        f"you have {limits.max_uploads_per_user} unfinished uploads in this project: "
+        "finish or abandon one first",
+        429,
+    ),
+}
+
+
 def _upload(r: Any) -> UploadRow:
     return UploadRow(
         r["attachment_id"], r["project_id"], r["sha256"], r["size"], r["content_type"],
         r["file_name"], r["uploaded_by"], r["received"], tuple(r["parts"]),
+        r.get("updated_at"),
     )  # fmt: skip
 
 
@@ -52,14 +93,15 @@ class PostgresAttachments:
     def __init__(self, pool: DatabasePool) -> None:
         self._pool = pool
 
-    @translated("reading an attachment")
-    async def get(self, attachment_id: str) -> AttachmentRow | None:
+    @translated("reading membership and an attachment")
+    async def access(
+        self, project_id: UUID, user_id: UUID, attachment_id: str
+    ) -> tuple[str | None, AttachmentRow | None]:
+        """The user's level in the project (as ``projects.member_level`` reads it) and the
+        attachment of that id, whichever project it is in: one round trip per request."""
         async with self._pool.acquire() as conn:
-            r = await conn.fetchrow(
-                f"SELECT {_ATTACHMENT_COLUMNS} FROM attachments WHERE attachment_id = $1",
-                attachment_id,
-            )
-        return None if r is None else _attachment(r)
+            r = await conn.fetchrow(_ACCESS, project_id, user_id, attachment_id)
+        return r["level"], None if r["attachment_id"] is None else _attachment(r)
 
     @translated("reading an upload")
     async def upload(self, attachment_id: str) -> UploadRow | None:
@@ -70,58 +112,20 @@ class PostgresAttachments:
         return None if r is None else _upload(r)
 
     @translated("starting an upload")
-    async def begin_upload(self, upload: UploadRow, limits: AttachmentLimits) -> UploadRow:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
-                str(upload.project_id),
-            )
+    async def begin_upload(self, upload: UploadRow, limits: AttachmentLimits) -> Reservation:
+        """One round trip: ``attachment_begin_upload`` (migration 0007) locks the project,
+        checks the limits and records the upload in one statement."""
+        async with self._pool.acquire() as conn:
             r = await conn.fetchrow(
-                "SELECT * FROM attachment_uploads WHERE attachment_id = $1", upload.attachment_id
-            )
-            if r is not None:
-                return _upload(r)
-            taken = await conn.fetchval(
-                "SELECT 1 FROM documents WHERE entity_id = $1 UNION ALL "
-                "SELECT 1 FROM attachments WHERE attachment_id = $1",
-                upload.attachment_id,
-            )
-            if taken:
-                raise AttachmentRefusedError(
-                    "attachment_id_taken",
-                    f"{upload.attachment_id} is already the id of another entity or upload",
-                )
-            count = await conn.fetchval(
-                "SELECT (SELECT count(*) FROM attachments WHERE project_id = $1"
-                "        AND status <> 'deleted')"
-                "     + (SELECT count(*) FROM attachment_uploads WHERE project_id = $1)",
-                upload.project_id,
-            )
-            if count >= limits.max_per_project:
-                raise AttachmentRefusedError(
-                    "too_many_attachments",
-                    f"the project holds {limits.max_per_project} attachments, its limit",
-                )
-            mine = await conn.fetchval(
-                "SELECT count(*) FROM attachment_uploads WHERE project_id = $1"
-                " AND uploaded_by = $2",
-                upload.project_id,
-                upload.uploaded_by,
-            )
-            if mine >= limits.max_uploads_per_user:
-                raise AttachmentRefusedError(
-                    "too_many_uploads",
-                    f"you have {limits.max_uploads_per_user} unfinished uploads in this "
-                    "project: finish or abandon one first",
-                    429,
-                )
-            await conn.execute(
-                "INSERT INTO attachment_uploads (attachment_id, project_id, sha256, size,"
-                " content_type, file_name, uploaded_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "SELECT * FROM attachment_begin_upload($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 upload.attachment_id, upload.project_id, upload.sha256, upload.size,
                 upload.content_type, upload.file_name, upload.uploaded_by,
+                limits.max_per_project, limits.max_uploads_per_user,
             )  # fmt: skip
-        return upload
+        refusal = r["refusal"]
+        if refusal is not None:
+            raise _REFUSALS[refusal](limits, upload.attachment_id)
+        return Reservation(_upload(r), r["same_content"])
 
     @translated("recording a stored part")
     async def part_stored(self, attachment_id: str, offset: int, length: int) -> UploadRow:
@@ -153,29 +157,16 @@ class PostgresAttachments:
     async def finish_upload(self, row: AttachmentRow) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
-                "INSERT INTO attachments (attachment_id, project_id, sha256, size,"
+                "WITH forgotten AS (DELETE FROM attachment_uploads WHERE attachment_id = $1)"
+                " INSERT INTO attachments (attachment_id, project_id, sha256, size,"
                 " content_type, file_name, uploaded_by, status)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, 'uploaded')"
                 " ON CONFLICT (attachment_id) DO NOTHING RETURNING 1",
                 row.attachment_id, row.project_id, row.sha256, row.size, row.content_type,
                 row.file_name, row.uploaded_by,
             )  # fmt: skip
-            await conn.execute(
-                "DELETE FROM attachment_uploads WHERE attachment_id = $1", row.attachment_id
-            )
             if inserted:
                 await enqueue_processing(conn, row.attachment_id)
-
-    @translated("looking up content")
-    async def holds_content(self, project_id: UUID, sha256: str) -> bool:
-        async with self._pool.acquire() as conn:
-            found = await conn.fetchval(
-                "SELECT 1 FROM attachments WHERE project_id = $1 AND sha256 = $2"
-                " AND status <> 'deleted' LIMIT 1",
-                project_id,
-                sha256,
-            )
-        return bool(found)
 
     @translated("starting processing")
     async def start_processing(self, attachment_id: str) -> AttachmentRow | None:
@@ -246,6 +237,40 @@ class PostgresAttachments:
                 older_than_seconds,
             )
         return [_attachment(r) for r in rows]
+
+    @translated("reading attachment references")
+    async def referenced(self, project_id: UUID, attachment_ids: Sequence[str]) -> set[str] | None:
+        """Which of ``attachment_ids`` a non-deleted activity or location of the project
+        lists, from the read models; None while a row predates its ``attachments`` column
+        (migration 0007: ``rebuild-read-models`` fills it in), when nothing is known."""
+        async with self._pool.acquire() as conn:
+            r = await conn.fetchrow(_REFERENCED, project_id, list(attachment_ids))
+        if r["unknown"]:
+            return None
+        return set(r["referenced"])
+
+    @translated("listing abandoned uploads")
+    async def idle_uploads(self, idle_seconds: float) -> list[UploadRow]:
+        """Uploads no part has reached for ``idle_seconds``."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM attachment_uploads"
+                " WHERE updated_at < now() - make_interval(secs => $1) ORDER BY updated_at",
+                idle_seconds,
+            )
+        return [_upload(r) for r in rows]
+
+    @translated("forgetting an abandoned upload")
+    async def forget_idle_upload(self, upload: UploadRow) -> bool:
+        """Forget the upload unless a part reached it since it was read."""
+        async with self._pool.acquire() as conn:
+            gone = await conn.fetchval(
+                "DELETE FROM attachment_uploads WHERE attachment_id = $1 AND updated_at = $2"
+                " RETURNING 1",
+                upload.attachment_id,
+                upload.updated_at,
+            )
+        return bool(gone)
 
     @translated("marking attachments unreferenced")
     async def mark_unreferenced(

@@ -42,7 +42,7 @@ from fieldsync.query.items import Activity, Conflict, MemberHealth, Summoning
 from fieldsync.query.specs import ActivityQuery, ConflictQuery, MemberQuery, Page, SummoningQuery
 from fieldsync.store.accounts import AccountRow, MemberRow, ProjectDetail, ProjectRow, UserRow
 from fieldsync.store.append_plan import OnCommit
-from fieldsync.store.attachment_records import AttachmentRow, UploadRow, Variant
+from fieldsync.store.attachment_records import AttachmentRow, Reservation, UploadRow, Variant
 from fieldsync.store.records import (
     AppendResult,
     ClientSeen,
@@ -319,13 +319,19 @@ class AttachmentPort(Protocol):
     """Attachment metadata (``store.attachment_records``). Refusals of the upload path are
     ``AttachmentRefusedError`` (``OffsetMismatchError`` for a part at the wrong offset)."""
 
-    async def get(self, attachment_id: str) -> AttachmentRow | None: ...
+    async def access(
+        self, project_id: UUID, user_id: UUID, attachment_id: str
+    ) -> tuple[str | None, AttachmentRow | None]:
+        """The user's level in the project (None: not a member, or no such project) and the
+        attachment of that id in whichever project it is, read together."""
+        ...
 
     async def upload(self, attachment_id: str) -> UploadRow | None: ...
 
-    async def begin_upload(self, upload: UploadRow, limits: AttachmentLimits) -> UploadRow:
+    async def begin_upload(self, upload: UploadRow, limits: AttachmentLimits) -> Reservation:
         """Record a new upload (or return the one already recorded under its id), within
-        the project's and the user's limits."""
+        the project's and the user's limits; also whether the project already holds an
+        attachment of these bytes."""
         ...
 
     async def part_stored(self, attachment_id: str, offset: int, length: int) -> UploadRow:
@@ -338,10 +344,6 @@ class AttachmentPort(Protocol):
     async def finish_upload(self, row: AttachmentRow) -> None:
         """Record the attachment (status uploaded), forget its upload and queue its
         processing, all in one transaction; a second call changes nothing."""
-        ...
-
-    async def holds_content(self, project_id: UUID, sha256: str) -> bool:
-        """Whether an attachment of the project already has these bytes."""
         ...
 
     async def start_processing(self, attachment_id: str) -> AttachmentRow | None:
@@ -366,6 +368,19 @@ class AttachmentPort(Protocol):
     async def project_settings_document(self, project_id: UUID) -> bytes | None: ...
 
     async def collectable(self, older_than_seconds: float) -> list[AttachmentRow]: ...
+
+    async def referenced(self, project_id: UUID, attachment_ids: Sequence[str]) -> set[str] | None:
+        """Which of ``attachment_ids`` a non-deleted activity or location of the project
+        lists (from the read models); None when the read models cannot tell yet."""
+        ...
+
+    async def idle_uploads(self, idle_seconds: float) -> list[UploadRow]:
+        """Unfinished uploads no part has reached for ``idle_seconds``."""
+        ...
+
+    async def forget_idle_upload(self, upload: UploadRow) -> bool:
+        """Forget an upload of ``idle_uploads`` unless a part reached it since."""
+        ...
 
     async def mark_unreferenced(
         self, unreferenced: Sequence[str], referenced: Sequence[str], grace_seconds: float

@@ -36,7 +36,7 @@ async def test_an_allowed_origin_reads_the_snapshot_and_others_get_no_cors_heade
         answer = await http.get(url, headers={"Origin": APP, "Authorization": f"Bearer {token}"})
         assert answer.status_code == 200
         assert answer.headers["access-control-allow-origin"] == APP
-        assert answer.headers["access-control-expose-headers"] == "ETag"
+        assert "ETag" in answer.headers["access-control-expose-headers"]
         # Refusals are readable too, so the page can tell a bad token from a network error.
         refused = await http.get(url, headers={"Origin": APP})
         assert refused.status_code == 401

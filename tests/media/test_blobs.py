@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fieldsync.media.blobs import (
     BlobKeyError,
@@ -41,17 +44,79 @@ async def test_put_read_ranges_size_delete(blobs: BlobStore) -> None:
         await blobs.read(key)
 
 
-async def test_compose_writes_only_bytes_that_match_their_hash(blobs: BlobStore) -> None:
-    pieces = [b"first-", b"second-", b"third"]
-    parts = [part_key("up1", i) for i in (0, 6, 13)]
-    for key, piece in zip(parts, pieces, strict=True):
-        await blobs.put(key, piece)
-    whole = b"".join(pieces)
-    target = original_key(hashlib.sha256(whole).hexdigest())
-    assert not await blobs.compose(parts, target, "0" * 64)
+async def test_parts_join_into_a_blob_only_when_they_match_their_hash(blobs: BlobStore) -> None:
+    pieces = [[b"first-"], [b"sec", b"ond-"], [b"third"]]
+    offsets = (0, 6, 13)
+    for offset, piece in zip(offsets, pieces, strict=True):
+        await blobs.put_part("up1", offset, piece)
+    whole = b"first-second-third"
+    sha = hashlib.sha256(whole).hexdigest()
+    target = original_key(sha)
+    assert not await blobs.join_parts("up1", offsets, len(whole), target, "0" * 64)
     assert await blobs.size(target) is None
-    assert await blobs.compose(parts, target, hashlib.sha256(whole).hexdigest())
+    assert await blobs.join_parts("up1", offsets, len(whole), target, sha)
     assert await blobs.read(target) == whole
+    await blobs.delete_parts("up1")
+
+
+@given(
+    data=st.binary(min_size=1, max_size=4000),
+    cuts=st.lists(st.integers(1, 3999), max_size=6),
+    retried=st.lists(st.booleans(), max_size=7),
+)
+@settings(max_examples=40, deadline=None)
+async def test_local_parts_cut_anywhere_and_written_again_join_to_the_bytes(
+    data: bytes, cuts: list[int], retried: list[bool]
+) -> None:
+    """A part sent twice (a retry whose first answer was lost) changes nothing."""
+    offsets = sorted({0, *(c for c in cuts if c < len(data))})
+    ends = [*offsets[1:], len(data)]
+    with tempfile.TemporaryDirectory() as root:
+        blobs = LocalBlobs(Path(root))
+        for n, (start, end) in enumerate(zip(offsets, ends, strict=True)):
+            for _ in range(2 if n < len(retried) and retried[n] else 1):
+                await blobs.put_part("prop", start, [data[start:end]])
+        sha = hashlib.sha256(data).hexdigest()
+        assert await blobs.join_parts("prop", offsets, len(data), original_key(sha), sha)
+        assert await blobs.read(original_key(sha)) == data
+
+
+async def test_a_later_part_of_an_upload_whose_parts_are_gone_is_refused(
+    blobs: BlobStore,
+) -> None:
+    await blobs.put_part("up2", 0, [b"first-"])
+    await blobs.delete_parts("up2")
+    if isinstance(blobs, LocalBlobs):  # S3 finds out when the parts are joined
+        with pytest.raises(FileNotFoundError):
+            await blobs.put_part("up2", 6, [b"second"])
+    else:
+        await blobs.put_part("up2", 6, [b"second"])
+    with pytest.raises(FileNotFoundError):
+        await blobs.join_parts("up2", (0, 6), 12, original_key("1" * 64), "1" * 64)
+
+
+async def test_a_checked_put_hashes_the_chunks_and_keeps_only_matching_bytes(
+    blobs: BlobStore,
+) -> None:
+    chunks = [b"a" * 70_000, b"b" * 5, b"c" * 100_001]
+    sha = hashlib.sha256(b"".join(chunks)).hexdigest()
+    key = original_key(sha)
+    assert not await blobs.put(key, chunks[:2], sha256=sha)  # a chunk short
+    assert await blobs.size(key) is None
+    assert await blobs.put(key, chunks, sha256=sha)
+    assert await blobs.read(key) == b"".join(chunks)
+
+
+async def test_delete_parts_removes_every_part_of_one_upload_only(blobs: BlobStore) -> None:
+    for offset in (0, 5, 10):
+        await blobs.put_part("gone", offset, [b"piece"])
+    await blobs.put_part("kept", 0, [b"piece"])
+    await blobs.delete_parts("gone")
+    with pytest.raises(FileNotFoundError):
+        await blobs.join_parts("gone", (0, 5, 10), 15, original_key("2" * 64), "2" * 64)
+    kept = hashlib.sha256(b"piece").hexdigest()
+    assert await blobs.join_parts("kept", (0,), 5, original_key(kept), kept)
+    await blobs.delete_parts("gone")  # nothing left: no error
 
 
 @pytest.mark.parametrize(

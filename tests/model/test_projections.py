@@ -36,6 +36,8 @@ def read_model_tables() -> dict[str, list[str]]:
         tables[name] = [
             line.split()[0] for line in lines if line and not line.startswith(NOT_COLUMNS)
         ]
+    for name, column in re.findall(r"ALTER TABLE (rm_\w+) ADD COLUMN (\w+)", sql):
+        tables[name].append(column)
     return tables
 
 
@@ -61,8 +63,8 @@ def test_projection_columns_match_the_migration() -> None:
 EXPECTED_ROWS = {
     "project_settings": ("North quarry survey", "Europe/Berlin", False),
     "plan": ("Spring campaign", START, None, False),
-    "activity": (PLAN_ID, "Core sampling", LOCATION_ID, START, END, "confirmed", 3, 2, False),
-    "location": ("Site 1", "1 Quarry Road", 45.25, -7.5, False),
+    "activity": (PLAN_ID, "Core sampling", LOCATION_ID, START, END, "confirmed", 3, 2, False, []),
+    "location": ("Site 1", "1 Quarry Road", 45.25, -7.5, False, []),
     "role": ("Geologist", ["drilling", "sampling"], False),
     "summoning": (ACTIVITY_ID, ROLE_ID, USER_ID, START, END, "proposed", False),
     "membership": (USER_ID, [ROLE_ID, "role_2"], "Ana", False),
@@ -83,9 +85,9 @@ MINIMAL: list[tuple[str, dict[str, object], tuple[object, ...]]] = [
     (
         "activity",
         {"plan_id": PLAN_ID, "title": "T", "starts_at": START, "ends_at": END, "status": "done"},
-        (PLAN_ID, "T", None, START, END, "done", 0, 0, False),
+        (PLAN_ID, "T", None, START, END, "done", 0, 0, False, []),
     ),
-    ("location", {"name": "L", "deleted": True}, ("L", None, None, None, True)),
+    ("location", {"name": "L", "deleted": True}, ("L", None, None, None, True, [])),
     ("role", {"name": "R"}, ("R", [], False)),
     (
         "summoning",
@@ -110,3 +112,10 @@ def test_task_counts_follow_the_list() -> None:
     columns = PROJECTIONS["activity"].columns
     assert row[columns.index("tasks_total")] == 7
     assert row[columns.index("tasks_done")] == 3
+
+
+@pytest.mark.parametrize("entity_type", ["activity", "location"])
+def test_the_attachments_an_entity_lists_are_a_column(entity_type: str) -> None:
+    """Garbage collection reads references from here (media.gc)."""
+    row = row_of(entity_type, dict(VALID[entity_type], attachments=["photo-1", "scan_2"]))
+    assert row[PROJECTIONS[entity_type].columns.index("attachments")] == ["photo-1", "scan_2"]
