@@ -908,6 +908,21 @@ class SyncSession:
             await self._push(push, previous, turn)
         except StoreError as exc:
             self._database_failed(push, exc)
+        except Exception:
+            # A fault of ours: the push gets an answer (retrying it is always safe) and the
+            # connection and its other pushes go on.
+            log.exception(
+                "push %s failed unexpectedly", push.push_id, extra={"event": "push_failed"}
+            )
+            with contextlib.suppress(ProtocolMisuseError):  # unless it was answered already
+                self._queue(
+                    self._protocol.refuse_push(
+                        push.push_id,
+                        ErrorCode.INTERNAL_ERROR,
+                        "the server failed during this push; it may or may not be stored: "
+                        "send it again (a retry returns the same seqs)",
+                    )
+                )
         finally:
             if not turn.done():  # refused, or failed before its turn: pass the turn on
                 if previous is None or previous.done():

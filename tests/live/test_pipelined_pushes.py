@@ -1,18 +1,22 @@
 """A client may send its next pushes before the answers of the earlier ones: the server
 appends them in the order they arrived (a push that builds on the previous one's changes
-finds them) and those that queue behind a running append share its next transaction."""
+finds them) and those that queue behind a running append share its next transaction; one
+that fails is answered on its own."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
+from starlette.applications import Starlette
 
 from fieldsync.model.writer import create_entity, update_entity
-from fieldsync.sync.messages import EntityAccepted, EntityPush, Push, PushResult
+from fieldsync.sync.errors import ErrorCode
+from fieldsync.sync.messages import EntityAccepted, EntityPush, Error, Push, PushResult
 from tests.entities import location_values, new_id
-from tests.live_server import MemberFactory, running_server
+from tests.live_server import MemberFactory, free_port, running_server, start_server, stop_server
 from tests.sync_client import SyncClient
 
 pytestmark = pytest.mark.asyncio
@@ -60,3 +64,52 @@ async def test_pushes_sent_at_once_are_appended_in_order_and_grouped(
     assert len(rows) == PUSHES
     # Pushes that waited behind a running append went in together: fewer transactions.
     assert len({r["tx"] for r in rows}) < PUSHES
+
+
+async def test_a_push_that_fails_unexpectedly_is_answered_and_the_others_go_on(
+    database_url: str, project: uuid.UUID, member: MemberFactory
+) -> None:
+    _, token = await member(project)
+    port = free_port()
+    server, task = await start_server(database_url, port)
+    try:
+        app = server.config.app
+        assert isinstance(app, Starlette)
+        changelog = app.state.sync.changelog
+        append = changelog.append
+        poisoned = new_id()
+
+        async def faulty_append(project_id: uuid.UUID, batch: Any, *args: Any, **kw: Any) -> Any:
+            if any(item.entity_id == poisoned for item in batch):
+                raise RuntimeError("a fault in the server, not in the push")
+            return await append(project_id, batch, *args, **kw)
+
+        changelog.append = faulty_append
+        client = await SyncClient.connect(f"127.0.0.1:{port}")
+        await client.hello(token)
+        pushes = {
+            1: new_id(),
+            2: poisoned,
+            3: new_id(),
+        }
+        for push_id, entity_id in pushes.items():
+            _, change = create_entity("location", location_values(push_id))
+            await client.send(
+                Push(push_id, str(project), (EntityPush("location", entity_id, (change,)),))
+            )
+        answers: dict[int, object] = {}
+        while len(answers) < len(pushes):
+            message = await client.receive(within=10)
+            if isinstance(message, PushResult | Error) and message.push_id is not None:
+                answers[message.push_id] = message
+        await client.close()
+    finally:
+        await stop_server(server, task)
+    failed = answers[2]
+    assert isinstance(failed, Error)
+    assert failed.code == ErrorCode.INTERNAL_ERROR.value
+    assert not failed.fatal
+    for push_id in (1, 3):
+        result = answers[push_id]
+        assert isinstance(result, PushResult)
+        assert all(isinstance(r, EntityAccepted) for r in result.results)
