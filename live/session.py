@@ -336,12 +336,17 @@ class SyncSession:
             return None
         return await self._transport.receive()
 
-    def _queue(self, frames: Sequence[Outgoing]) -> None:
+    def _queue(self, frames: Sequence[Outgoing], shared: LivePiece | None = None) -> None:
         """Send frames that never wait: answers, errors, ``synced``, status, live changes.
-        A frame that no longer fits means the client does not read: it is too slow."""
+        A frame that no longer fits means the client does not read: it is too slow.
+        ``shared``: a live piece whose frame goes as the message built once for all."""
         for out in frames:
+            if shared is not None and out.frame is shared.prepared.frame:
+                message = shared.message
+            else:
+                message = binary_message(out.frame)
             try:
-                sent = self._send(binary_message(out.frame), out.lane)
+                sent = self._send(message, out.lane)
             except OutboxClosedError:
                 return
             if not sent:
@@ -847,17 +852,7 @@ class SyncSession:
             log.exception("live delivery out of order for project %s", project)
             self._too_slow("the live feed skipped changes")
             return
-        shared = piece.prepared.frame
-        for out in frames:
-            message = piece.message if out.frame is shared else binary_message(out.frame)
-            try:
-                sent = self._send(message, Lane.LIVE)
-            except OutboxClosedError:
-                return
-            if not sent:
-                self._too_slow(f"its {out.kind} frames no longer fit in its send queue")
-                return
-            self._services.metrics.sent(out.kind, len(out.frame))
+        self._queue(frames, piece)
 
     def _too_slow(self, why: str) -> None:
         """The client does not take what is sent to it (a live frame or an answer did not fit,
