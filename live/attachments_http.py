@@ -106,18 +106,10 @@ def _guarded(handler: Handler) -> Handler:
             )
         except StoreError as exc:
             log.warning("attachment request failed: %s", exc)
-            response = JSONResponse(
-                {"code": "server_unavailable", "message": "storage cannot serve right now"},
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
+            response = _unavailable("storage cannot serve right now")
         except OSError as exc:
             log.warning("blob storage failed: %s", exc)
-            response = JSONResponse(
-                {"code": "server_unavailable", "message": "blob storage failed; try again"},
-                status_code=503,
-                headers={"Retry-After": "5"},
-            )
+            response = _unavailable("blob storage failed; try again")
         except ClientDisconnect:
             return Response(status_code=400)
         response.headers.update(
@@ -451,3 +443,12 @@ def _range(header: str | None, size: int) -> tuple[int, int] | None:
     start = int(match[1])
     end = int(match[2]) if match[2] else size - 1
     return start, min(end, size - 1)
+
+
+def _unavailable(message: str) -> JSONResponse:
+    """A failure of the database or the blob store: nothing was done, retry shortly."""
+    return JSONResponse(
+        {"code": "server_unavailable", "message": message},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
