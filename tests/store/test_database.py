@@ -1,4 +1,5 @@
-"""Choosing the database URL, keeping secrets out of logs, and the socket path limit."""
+"""Choosing the database URL, keeping secrets out of logs, the socket path limit, and what
+the pool does when a connection is returned."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from fieldsync.store.database import (
+    close_pool,
     connect,
+    create_pool,
     explicit_database_url,
     redact_url,
     resolve_database_url,
@@ -67,3 +70,26 @@ async def test_unreachable_server_is_database_unavailable(tmp_path: Path) -> Non
     with pytest.raises(DatabaseUnavailable, match="cannot connect") as caught:
         await connect(f"postgresql://u:hidden@/db?host={tmp_path}")
     assert "hidden" not in str(caught.value)
+
+
+async def test_a_returned_connection_is_not_reset_but_its_transaction_is_rolled_back(
+    database_url: str,
+) -> None:
+    """The pool skips asyncpg's reset statement (one round trip per borrowing; fieldsync
+    leaves no session state), yet a transaction left open is still rolled back on return."""
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("SET application_name = 'left over'")
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE left_open (x int) ON COMMIT DROP")
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # the same session
+            # No RESET ALL ran: the session setting survived the return ...
+            assert await conn.fetchval("SHOW application_name") == "left over"
+            # ... but the open transaction did not.
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('left_open')") is None
+    finally:
+        await close_pool(pool)
