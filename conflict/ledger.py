@@ -40,7 +40,7 @@ from fieldsync.model.automerge_format.changes import ChangeHeader
 from fieldsync.model.automerge_format.documents import AutomergeError, contained, expected_heads
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.schema import Field, FieldKind, is_valid_entity_id
-from fieldsync.model.validation import timestamp_value
+from fieldsync.model.validation import Slot, timestamp_value
 
 __all__ = [
     "OPEN",
@@ -213,11 +213,13 @@ def row_at(entity_type: str, entity_id: str, doc: Document, heads: Sequence[byte
     if names is None:
         return None
     schema = SCHEMAS[entity_type]
+    at = list(heads)
+    slots = _root_slots(doc, at)
     values: dict[str, object] = {}
     for name in names:
         field = schema.field(name)
         assert field is not None, name
-        value = _read_field(doc, heads, field)
+        value = _read_field(doc, at, field, slots)
         if value is _INVALID:
             return None
         if value is None:
@@ -231,11 +233,28 @@ def row_at(entity_type: str, entity_id: str, doc: Document, heads: Sequence[byte
 _INVALID = object()
 
 
-def _read_field(doc: Document, heads: Sequence[bytes], field: Field) -> object:
-    """A top-level scalar field as ``model.validation`` reads it: its value, None when absent
-    or null, ``_INVALID`` when it does not fit."""
+def _root_slots(doc: Document, heads: list[bytes]) -> dict[str, Slot] | None:
+    """Every top-level key's value as of ``heads``, in two reads (a read at past heads costs
+    about as much for one key as for all); None when the binding cannot give them all, and
+    the fields are then read one by one."""
     try:
-        found = contained(lambda: doc.get(ROOT, field.name, heads=list(heads)))
+        keys = contained(lambda: doc.keys(ROOT, heads=heads))
+        found = contained(lambda: doc.values(ROOT, heads=heads))
+    except (AutomergeError, OverflowError, ValueError, OSError):
+        return None
+    return dict(zip(keys, found, strict=True)) if len(keys) == len(found) else None
+
+
+def _read_field(
+    doc: Document, heads: list[bytes], field: Field, slots: dict[str, Slot] | None
+) -> object:
+    """A top-level scalar field as ``model.validation`` reads it: its value, None when absent
+    or null, ``_INVALID`` when it does not fit. ``slots``: the top-level values, read."""
+    try:
+        if slots is None:
+            found = contained(lambda: doc.get(ROOT, field.name, heads=heads))
+        else:
+            found = slots.get(field.name)
         if found is None:
             return None
         value, obj = found
@@ -244,10 +263,10 @@ def _read_field(doc: Document, heads: Sequence[bytes], field: Field) -> object:
         if field.kind in (FieldKind.STRING, FieldKind.ENUM, FieldKind.REF):
             if value == ObjType.Text:
                 limit = field.max_length
-                size = contained(lambda: doc.length(obj, heads=list(heads)))
+                size = contained(lambda: doc.length(obj, heads=heads))
                 if limit is not None and size > limit:
                     return _INVALID
-                text: object = contained(lambda: doc.text(obj, heads=list(heads)))
+                text: object = contained(lambda: doc.text(obj, heads=heads))
             elif isinstance(value, tuple) and value[0] == ScalarType.Str:
                 text = value[1]
             else:

@@ -60,10 +60,15 @@ class Inspection:
 
 
 def inspect_document(
-    schema: EntitySchema, doc: Document, heads: Sequence[bytes] | None = None
+    schema: EntitySchema,
+    doc: Document,
+    heads: Sequence[bytes] | None = None,
+    *,
+    slot_by_slot: bool = False,
 ) -> Inspection:
-    """Materialise and validate ``doc`` (as of ``heads`` if given); never raises for content."""
-    reader = _Reader(doc, None if heads is None else list(heads))
+    """Materialise and validate ``doc`` (as of ``heads`` if given); never raises for content.
+    ``slot_by_slot``: one read per key and index, the reference the bulk reads must match."""
+    reader = _Reader(doc, None if heads is None else list(heads), bulk=not slot_by_slot)
     values: dict[str, object] = {}
     try:
         values = reader.read_map(ROOT, schema.fields, ())
@@ -94,6 +99,13 @@ class _FullError(Exception):
 _SKIP = object()  # a slot that is absent, null-but-optional or invalid
 
 
+class _Unread:
+    """The type of ``_UNREAD``: a slot whose value has not been read yet."""
+
+
+_UNREAD = _Unread()
+
+
 def _guard(call: Callable[[], T]) -> T:
     try:
         return call()
@@ -105,12 +117,33 @@ def _guard(call: Callable[[], T]) -> T:
         raise
 
 
+Slot = tuple[Value, bytes] | None
+"""What ``Document.get`` returns for one key or index: the value and its id, or None."""
+
+
 class _Reader:
-    def __init__(self, doc: Document, heads: list[bytes] | None) -> None:
+    """Reads a document field by field. ``bulk``: each map's and list's values come from one
+    ``Document.values`` call (a read per slot costs about as much as the whole call, and at
+    past heads several times more); slot by slot whenever that call fails or does not line
+    up with the keys, so a value the binding cannot convert is still reported where it is."""
+
+    def __init__(self, doc: Document, heads: list[bytes] | None, bulk: bool = True) -> None:
         self.doc = doc
         self.heads = heads
+        self.bulk = bulk
         self.found: list[tuple[Path, str, str]] = []
         self.present: set[str] = set()  # top-level fields holding a non-null value
+
+    def slots(self, obj: bytes, count: int) -> Sequence[Slot] | None:
+        """Every value of ``obj`` (``count`` of them) in key or index order, or None: read
+        them one by one."""
+        if not self.bulk:
+            return None
+        try:
+            values = _guard(lambda: self.doc.values(obj, heads=self.heads))
+        except _UnreadableError:
+            return None
+        return values if len(values) == count else None
 
     def report(self, path: Path, expected: str, got: str) -> None:
         self.found.append((path, expected, got))
@@ -124,27 +157,42 @@ class _Reader:
             self.report(path, "map", "unreadable map")
             return {}
         by_name = {f.name: f for f in fields}
+        held = self.slots(obj, len(keys))
+        known = None if held is None else dict(zip(keys, held, strict=True))
         out: dict[str, object] = {}
         for name in sorted(by_name.keys() | set(keys)):
             field = by_name.get(name)
             if field is None:
                 self.report((*path, _clip(name)), "absent (not in the schema)", "unexpected field")
                 continue
-            value = self.read_slot(obj, name, field, (*path, name), field.required)
+            slot: Slot | _Unread = _UNREAD if known is None else known.get(name)
+            value = self.read_slot(obj, name, field, (*path, name), field.required, slot)
             if value is not _SKIP:
                 out[name] = value
         return out
 
     def read_slot(
-        self, obj: bytes, prop: str | int, field: Field, path: Path, required: bool
+        self,
+        obj: bytes,
+        prop: str | int,
+        field: Field,
+        path: Path,
+        required: bool,
+        slot: Slot | _Unread,
     ) -> object:
-        try:
-            got = _guard(lambda: self.doc.get(obj, prop, heads=self.heads))
-        except _UnreadableError as exc:
-            # The binding panics converting a timestamp beyond Python's datetime range.
-            out_of_range = "out of range" in str(exc)
-            self.report(path, _expected(field), _OUT_OF_RANGE if out_of_range else _UNREADABLE)
-            return _SKIP
+        """One key's or index's value checked against ``field``; ``slot``: what
+        ``Document.get`` returns for it, already read, or ``_UNREAD``."""
+        if isinstance(slot, _Unread):
+            try:
+                got = _guard(lambda: self.doc.get(obj, prop, heads=self.heads))
+            except _UnreadableError as exc:
+                # The binding panics converting a timestamp beyond Python's datetime range.
+                out_of_range = "out of range" in str(exc)
+                problem = _OUT_OF_RANGE if out_of_range else _UNREADABLE
+                self.report(path, _expected(field), problem)
+                return _SKIP
+        else:
+            got = slot
         if got is None or (isinstance(got[0], tuple) and got[0][0] == ScalarType.Null):
             if required:
                 self.report(path, _expected(field), "missing" if got is None else "null")
@@ -182,7 +230,11 @@ class _Reader:
         if length > MAX_LIST_ITEMS:
             self.report(path, f"list of at most {MAX_LIST_ITEMS} items", f"list of {length} items")
             return _SKIP
-        items = (self.read_slot(obj, i, field.item, (*path, i), True) for i in range(length))
+        held = self.slots(obj, length)
+        items = (
+            self.read_slot(obj, i, field.item, (*path, i), True, _UNREAD if held is None else slot)
+            for i, slot in enumerate(held or [None] * length)
+        )
         return [item for item in items if item is not _SKIP]
 
     def read_string(self, field: Field, value: Value, obj_id: bytes, path: Path) -> object:

@@ -19,12 +19,24 @@ from fieldsync.conflict.cross import (
     row_from_values,
     still_open,
 )
-from fieldsync.conflict.ledger import OPEN, RESOLVED, row_at, row_changes
+from fieldsync.conflict.ledger import (
+    OPEN,
+    RESOLVED,
+    ROW_FIELDS,
+    _read_field,
+    _root_slots,
+    row_at,
+    row_changes,
+)
 from fieldsync.conflict.records import Conflict, ConflictKind
 from fieldsync.model.entities import SCHEMAS
 from fieldsync.model.validation import inspect_document
 from tests.conflict.helpers import Device, ProjectSim, at, create, headers
 from tests.conflict.scenarios import Step, examples, play, project_entities, sessions
+from tests.model.builders import VALID, Node, new_doc, write_tree
+from tests.model.test_schema_validation import nodes
+
+row_keys = st.sampled_from(sorted({name for names in ROW_FIELDS.values() for name in names}))
 
 L1, L2 = LocationRow("loc-1"), LocationRow("loc-2")
 A1 = ActivityRow("act-1", "loc-1", at(8), at(14))
@@ -345,3 +357,29 @@ def test_the_row_of_validated_values_is_the_row_read_from_the_document(
                 continue
             from_values = row_from_values(entity.entity_type, entity.entity_id, inspection.values)
             assert row_at(entity.entity_type, entity.entity_id, doc, doc.get_heads()) == from_values
+
+
+@given(
+    entity_type=st.sampled_from(sorted(ROW_FIELDS)),
+    ours=st.dictionaries(row_keys, nodes, max_size=4),
+    theirs=st.dictionaries(row_keys, nodes, max_size=4),
+)
+def test_a_row_read_in_one_call_equals_one_read_per_field(
+    entity_type: str, ours: dict[str, Node], theirs: dict[str, Node]
+) -> None:
+    """``row_at`` reads the top-level values at past heads in one call; each field must come
+    out as its own read gives it, with concurrent writes, junk and unconvertible values."""
+    schema = SCHEMAS[entity_type]
+    doc = new_doc(schema, VALID[entity_type])
+    other = doc.fork()
+    write_tree(theirs, other)
+    write_tree(ours, doc)
+    mine = doc.get_heads()
+    doc.merge(other)
+    for heads in (mine, other.get_heads(), doc.get_heads()):
+        slots = _root_slots(doc, heads)
+        for name in ROW_FIELDS[entity_type]:
+            field = schema.field(name)
+            assert field is not None
+            one = _read_field(doc, heads, field, None)
+            assert _read_field(doc, heads, field, slots) == one, name

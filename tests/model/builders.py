@@ -144,9 +144,10 @@ class Text:
 Node = Scalar | Text | list["Node"] | dict[str, "Node"]
 
 
-def write_tree(tree: Mapping[str, Node]) -> Document:
-    """A document whose root holds ``tree``; never writes Counter or Unknown scalars."""
-    doc = Document()
+def write_tree(tree: Mapping[str, Node], doc: Document | None = None) -> Document:
+    """A document whose root holds ``tree`` (written over ``doc``'s root keys if given);
+    never writes Counter or Unknown scalars."""
+    doc = Document() if doc is None else doc
     with doc.transaction() as tx:
         for key, node in tree.items():
             _write_node(tx, ROOT, key, node)
