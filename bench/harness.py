@@ -257,6 +257,11 @@ class CpuUse:
         assert self._used is not None
         return self._used[0]
 
+    @property
+    def database(self) -> float | None:
+        assert self._used is not None
+        return self._used[1]
+
     def describe(self, wall: float, clients: Sequence[float] = ()) -> str:
         """One line; ``clients`` are the CPU seconds of client processes other than this."""
         assert self._used is not None, "stop() first"

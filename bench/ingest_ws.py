@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -178,9 +179,29 @@ async def phase(url: str, base: str, pid: int, clients: int, args: argparse.Name
         print(f"  rejected {reason}")
     print(f"  push -> push_result: {describe_ms([ms for r in runs for ms in r.ack_ms])}")
     print("  " + cpu.describe(elapsed) + " (this process: the clients)")
+    print("  " + cpu_budget(cpu.server, cpu.database, accepted))
     if profile_path is not None:
         print(profile.report())
     return rate if accepted == total else 0.0
+
+
+def cpu_budget(server: float, database: float | None, changes: int) -> str:
+    """What the CPU each change took allows, whatever the wait: one server process (one
+    event loop, one core) acknowledges at most 1/server-CPU changes a second, and the
+    machine at most its cores over server plus PostgreSQL CPU."""
+    if not changes:
+        return "CPU per change: nothing accepted"
+    server_us = 1e6 * server / changes
+    ceiling = f"one server process at most {1e6 / server_us:,.0f} changes/s"
+    if database is None:
+        return f"CPU per change: server {server_us:.0f} us; {ceiling}"
+    database_us = 1e6 * database / changes
+    cores = os.cpu_count() or 1
+    machine = cores * 1e6 / (server_us + database_us)
+    return (
+        f"CPU per change: server {server_us:.0f} us + PostgreSQL {database_us:.0f} us; "
+        f"{ceiling}, this machine ({cores} cores) at most {machine:,.0f}"
+    )
 
 
 async def measure(url: str, base: str, pid: int, args: argparse.Namespace) -> tuple[float, float]:
