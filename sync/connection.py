@@ -183,6 +183,11 @@ class ServerConnection(_Connection[ClientMessage]):
         self.state = ConnectionState.AUTHENTICATING
         self._events.append(message)
 
+    def refuse_event(self, violation: ProtocolViolation) -> None:
+        """A message that is valid alone but not now (a push id already in flight, which the
+        protocol above knows): refused and counted like a bad frame."""
+        self._refuse_frame(violation)
+
     def _refuse_frame(self, violation: ProtocolViolation) -> None:
         """A frame that is not a valid message: fatal during the handshake, else counted."""
         self._refusals.append(violation.code)

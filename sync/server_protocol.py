@@ -52,7 +52,7 @@ from uuid import UUID
 from fieldsync.model.limits import DEFAULT_LIMITS, Limits
 from fieldsync.sync.codec import encode, encode_snapshot_entity
 from fieldsync.sync.connection import ConnectionState, ServerConnection
-from fieldsync.sync.errors import CloseCode, ErrorCode
+from fieldsync.sync.errors import CloseCode, ErrorCode, ProtocolViolation
 from fieldsync.sync.messages import (
     ChangeRecord,
     Changes,
@@ -313,12 +313,25 @@ class ServerProtocol:
     def events_received(self) -> list[ClientMessage]:
         """The client's valid messages, in order. A push is remembered until answered; an
         unsubscribe ends the project's stream here already (the shell stops its work)."""
-        events = self.connection.events_received()
-        for event in events:
+        events = []
+        for event in self.connection.events_received():
             if isinstance(event, Push):
+                if event.push_id in self._pushes:
+                    # Pushes are appended while the next ones are read: a second push with
+                    # the id of one in flight could not be told apart from it in the answers.
+                    self.connection.refuse_event(
+                        ProtocolViolation(
+                            ErrorCode.INVALID_MESSAGE,
+                            f"push_id {event.push_id} is already waiting for its answer; "
+                            "each push in flight needs a push_id of its own",
+                            push_id=event.push_id,
+                        )
+                    )
+                    continue
                 self._pushes.add(event.push_id)
             elif isinstance(event, Unsubscribe):
                 self._streams.pop(project_key(event.project_id), None)
+            events.append(event)
         return events
 
     def refusals_received(self) -> list[ErrorCode]:

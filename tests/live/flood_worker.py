@@ -22,7 +22,10 @@ from tests.entities import location_values, new_id
 
 def flood(url: str, token: str, project_id: str, seconds: float) -> dict[str, object]:
     _, change = create_entity("location", location_values())
-    frame = encode(Push(1, project_id, (EntityPush("location", new_id(), (change,)),)))
+    entities = (EntityPush("location", new_id(), (change,)),)
+    # Each push has an id of its own, as the protocol asks of pushes in flight: what is
+    # tested is the rate, not a broken client (a reused id is refused as invalid_message).
+    frames = [encode(Push(push_id, project_id, entities)) for push_id in range(1, 4097)]
     closes: Counter[str] = Counter()
     refused: Counter[str] = Counter()
     connections = sent = 0
@@ -39,7 +42,7 @@ def flood(url: str, token: str, project_id: str, seconds: float) -> dict[str, ob
                     ws.recv(timeout=5)  # the close
                     continue
                 while time.monotonic() < deadline:
-                    ws.send(frame)
+                    ws.send(frames[sent % len(frames)])
                     sent += 1
         except ConnectionClosed as closed:
             closes[str(closed.rcvd.code if closed.rcvd else None)] += 1

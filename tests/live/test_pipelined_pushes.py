@@ -5,6 +5,7 @@ that fails is answered on its own."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -113,3 +114,50 @@ async def test_a_push_that_fails_unexpectedly_is_answered_and_the_others_go_on(
         result = answers[push_id]
         assert isinstance(result, PushResult)
         assert all(isinstance(r, EntityAccepted) for r in result.results)
+
+
+async def test_a_second_push_with_the_id_of_one_in_flight_is_refused_and_the_first_is_answered(
+    database_url: str, project: uuid.UUID, member: MemberFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, token = await member(project)
+    port = free_port()
+    server, task = await start_server(database_url, port)
+    try:
+        app = server.config.app
+        assert isinstance(app, Starlette)
+        changelog = app.state.sync.changelog
+        append = changelog.append
+        held, release = new_id(), asyncio.Event()
+
+        async def slow_append(project_id: uuid.UUID, batch: Any, *args: Any, **kw: Any) -> Any:
+            if any(item.entity_id == held for item in batch):
+                await release.wait()  # the first push stays in flight
+            return await append(project_id, batch, *args, **kw)
+
+        changelog.append = slow_append
+        client = await SyncClient.connect(f"127.0.0.1:{port}")
+        await client.hello(token)
+        duplicate = new_id()
+        for entity_id in (held, duplicate):
+            _, change = create_entity("location", location_values(0))
+            entities = (EntityPush("location", entity_id, (change,)),)
+            await client.send(Push(1, str(project), entities))
+        refusal = await client.expect(Error, within=10)
+        release.set()
+        result = await client.expect(PushResult, within=10)
+        await client.close()
+    finally:
+        await stop_server(server, task)
+    assert (refusal.code, refusal.push_id, refusal.fatal) == ("invalid_message", 1, False)
+    [accepted] = result.results
+    assert isinstance(accepted, EntityAccepted)
+    assert accepted.entity_id == held
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM documents WHERE entity_id = $1", duplicate
+        )
+    finally:
+        await conn.close()
+    assert stored == 0  # nothing of the refused push

@@ -253,6 +253,21 @@ def test_a_push_is_answered_once_by_result_or_refusal() -> None:
     assert sent(refused) == [(Lane.CONTROL, Error("rate_limited", "slow"))]
 
 
+def test_a_push_id_already_in_flight_is_refused_and_the_first_push_keeps_its_answer() -> None:
+    protocol = opened()
+    protocol.receive_frame(encode(Push(1, P, ())))
+    protocol.receive_frame(encode(Push(1, OTHER, ())))  # while push 1 waits for its commit
+    assert protocol.events_received() == [Push(1, P, ())]
+    [refusal] = messages(protocol.data_to_send())
+    assert isinstance(refusal, Error)
+    assert (refusal.code, refusal.push_id) == ("invalid_message", 1)
+    assert "already waiting for its answer" in refusal.message
+    assert protocol.refusals_received() == [ErrorCode.INVALID_MESSAGE]
+    assert messages(protocol.answer_push(1, P, [])) == [PushResult(1, P, ())]
+    protocol.receive_frame(encode(Push(1, OTHER, ())))  # answered: the id is free again
+    assert protocol.events_received() == [Push(1, OTHER, ())]
+
+
 def test_after_a_fatal_error_nothing_more_goes_out_and_nothing_raises() -> None:
     protocol = opened()
     protocol.resume(P, 0)
