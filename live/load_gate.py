@@ -77,6 +77,11 @@ class LoadGate:
         if live:
             self._finished += 1
 
+    def went_live(self) -> None:
+        """A stream went live at once (its cursor at the feed's head): never in progress,
+        but a resume finished all the same."""
+        self._finished += 1
+
     def refusal(self) -> Refusal | None:
         """Why one more connection should not be taken now, or None."""
         if self.lag > self.limits.max_lag_seconds:
