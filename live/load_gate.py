@@ -9,15 +9,18 @@ late the event loop runs (``watch_lag``). Over either bound the upgrade is answe
 with 503 and a ``Retry-After`` hint that the SDKs honour with their jitter.
 
 The hint gives each refused client a turn: after what the process already holds and after
-the clients refused before it, at the rate the process has recently been finishing resumes
-(never assumed below ``assumed_rate``), plus the loop's lag, within ``[min_retry_seconds,
-max_retry_seconds]``. So a refused crowd returns spread over the time it needs.
+the clients refused before it, at the rate the process finishes resumes when saturated
+(measured over the seconds in which it refused some; ``assumed_rate`` until it has), plus
+the loop's lag, within ``[min_retry_seconds, max_retry_seconds]``. Both SDKs wait the hint
+plus up to half again (``SDK_JITTER``), a quarter more on average: the hint is the wait for
+the turn divided by that, so clients arrive around their turns rather than up to half as
+late again, and the process has work all along. So a refused crowd returns spread over the
+time it needs, and no longer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +29,9 @@ from fieldsync.live.admission import Refusal
 
 LAG_CHECK_SECONDS = 0.05
 RATE_WINDOW_SECONDS = 1.0  # resumes finish in bursts: the rate is taken over this window
+# A client told to wait h seconds waits h * (1 + SDK_JITTER * u), u uniform in [0, 1): the
+# SDKs' backoff (fieldsync_client/backoff.py, client-sdk/typescript/src/backoff.ts).
+SDK_JITTER = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +40,9 @@ class LoadLimits:
     # How late the event loop may run. A burst of connections makes it late by itself
     # (accepting them, reading their requests): only a loop far behind refuses everyone.
     max_lag_seconds: float = 2.0
-    # Resumes a second the process is assumed to finish at least (the hint for the first
-    # refusals after a start, before it has measured its own rate): a cautious figure, so
-    # a crowd is spread too thin rather than back in a wave it cannot take.
+    # Resumes a second the process is assumed to finish before it has measured its own
+    # rate (the hint for the first refusals after a start): high rather than low, so a
+    # crowd comes back early (and some are refused again) rather than leaving it idle.
     assumed_rate: float = 500.0
     min_retry_seconds: int = 1
     max_retry_seconds: int = 30
@@ -61,7 +67,8 @@ class LoadGate:
         self.catching_up = 0  # project streams between subscribe and live
         self.lag = 0.0  # seconds the event loop ran late at its last check
         self._finished = 0  # streams that went live since the rate was last taken
-        self._rate = 0.0  # streams going live per second, smoothed
+        self._rate = 0.0  # streams going live per second while saturated, smoothed
+        self._refused = False  # whether the process refused anyone since the rate was taken
         self._rate_at = clock()
         self._next_turn = 0.0  # the clock time of the last turn handed to a refused client
 
@@ -85,10 +92,12 @@ class LoadGate:
     def refusal(self) -> Refusal | None:
         """Why one more connection should not be taken now, or None."""
         if self.lag > self.limits.max_lag_seconds:
+            self._refused = True
             return Refusal(
                 "event_loop_lag", 503, "the server is saturated; retry after the hinted delay"
             )
         if self.in_progress >= self.limits.max_in_progress:
+            self._refused = True
             return Refusal(
                 "resumes_in_progress",
                 503,
@@ -97,16 +106,17 @@ class LoadGate:
         return None
 
     def retry_after(self) -> int:
-        """Seconds until this client's turn (the ``Retry-After``). Refused clients are
-        given turns one after another, at the rate the process finishes resumes, after
-        what it already holds: a refused crowd comes back spread out, not in one wave."""
+        """The ``Retry-After`` that brings this client back around its turn. Refused
+        clients are given turns one after another, at the rate the process finishes
+        resumes, after what it already holds: a refused crowd comes back spread out, not in
+        one wave, and as fast as the process takes it."""
         self._take_rate()
         limits = self.limits
-        rate = max(self._rate, limits.assumed_rate)
+        rate = self._rate if self._rate > 0 else limits.assumed_rate
         now = self._clock()
         self._next_turn = max(self._next_turn, now + self.in_progress / rate) + 1 / rate
-        wait = self._next_turn - now + self.lag
-        return min(limits.max_retry_seconds, max(limits.min_retry_seconds, math.ceil(wait)))
+        wait = (self._next_turn - now + self.lag) / (1 + SDK_JITTER / 2)
+        return min(limits.max_retry_seconds, max(limits.min_retry_seconds, round(wait)))
 
     def _take_rate(self) -> None:
         now = self._clock()
@@ -114,8 +124,12 @@ class LoadGate:
         if elapsed < RATE_WINDOW_SECONDS:
             return
         current = self._finished / elapsed
-        self._rate = current if self._rate == 0 else 0.5 * self._rate + 0.5 * current
+        # What a process that refused meanwhile finished is what it can do; one that had
+        # room finished what came, which says nothing of how much more it could do.
+        if self._refused:
+            self._rate = current if self._rate == 0 else 0.5 * self._rate + 0.5 * current
         self._finished = 0
+        self._refused = False
         self._rate_at = now
 
     async def watch_lag(self, interval: float = LAG_CHECK_SECONDS) -> None:
