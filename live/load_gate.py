@@ -5,17 +5,18 @@ check and a catch-up; admitted faster than the loop can finish them, they all sl
 together until clients time out, and ``/healthz`` and ``/metrics`` stop answering with them.
 So before an upgrade is accepted the gate looks at two things: how many connections are
 between their upgrade and live (unauthenticated, or a project still catching up), and how
-late the event loop runs (``watch_lag``). Over either bound the upgrade is answered at once
-with 503 and a ``Retry-After`` hint that the SDKs honour with their jitter.
+late the event loop runs (``watch_lag``). Over either bound (the lag's only while resumes
+are under way) the upgrade is answered at once with 503 and a ``Retry-After`` hint that the
+SDKs honour with their jitter.
 
 The hint gives each refused client a turn: after what the process already holds and after
-the clients refused before it, at the rate the process finishes resumes when saturated
-(measured over the seconds in which it refused some; ``assumed_rate`` until it has), plus
-the loop's lag, within ``[min_retry_seconds, max_retry_seconds]``. Both SDKs wait the hint
-plus up to half again (``SDK_JITTER``), a quarter more on average: the hint is the wait for
-the turn divided by that, so clients arrive around their turns rather than up to half as
-late again, and the process has work all along. So a refused crowd returns spread over the
-time it needs, and no longer.
+the clients refused before it, at the rate the process finishes resumes when full of them
+(measured over the seconds in which it refused some for the resumes it held;
+``assumed_rate`` until it has), plus the loop's lag, within ``[min_retry_seconds,
+max_retry_seconds]``. Both SDKs wait the hint plus up to half again (``SDK_JITTER``), a
+quarter more on average: the hint is the wait for the turn divided by that, so clients
+arrive around their turns rather than up to half as late again, and the process has work
+all along. So a refused crowd returns spread over the time it needs, and no longer.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ SDK_JITTER = 0.5
 class LoadLimits:
     max_in_progress: int = 1_000  # connections between their upgrade and live
     # How late the event loop may run. A burst of connections makes it late by itself
-    # (accepting them, reading their requests): only a loop far behind refuses everyone.
+    # (accepting them, reading their requests): only a loop far behind refuses everyone,
+    # and only while it has resumes of its own under way (``lag_floor`` at least). A loop
+    # late from refusing a crowd (on a starved machine, say) still takes a few, or it
+    # would spend itself on refusals and finish nothing.
     max_lag_seconds: float = 2.0
+    lag_floor: int = 100
     # Resumes a second the process is assumed to finish before it has measured its own
     # rate (the hint for the first refusals after a start): high rather than low, so a
     # crowd comes back early (and some are refused again) rather than leaving it idle.
@@ -68,7 +73,9 @@ class LoadGate:
         self.lag = 0.0  # seconds the event loop ran late at its last check
         self._finished = 0  # streams that went live since the rate was last taken
         self._rate = 0.0  # streams going live per second while saturated, smoothed
-        self._refused = False  # whether the process refused anyone since the rate was taken
+        # Whether the process refused anyone for resumes in progress since the rate was
+        # taken: only such a second measures what it can do.
+        self._saturated = False
         self._rate_at = clock()
         self._next_turn = 0.0  # the clock time of the last turn handed to a refused client
 
@@ -91,13 +98,13 @@ class LoadGate:
 
     def refusal(self) -> Refusal | None:
         """Why one more connection should not be taken now, or None."""
-        if self.lag > self.limits.max_lag_seconds:
-            self._refused = True
+        in_progress = self.in_progress
+        if self.lag > self.limits.max_lag_seconds and in_progress >= self.limits.lag_floor:
             return Refusal(
                 "event_loop_lag", 503, "the server is saturated; retry after the hinted delay"
             )
-        if self.in_progress >= self.limits.max_in_progress:
-            self._refused = True
+        if in_progress >= self.limits.max_in_progress:
+            self._saturated = True
             return Refusal(
                 "resumes_in_progress",
                 503,
@@ -124,12 +131,12 @@ class LoadGate:
         if elapsed < RATE_WINDOW_SECONDS:
             return
         current = self._finished / elapsed
-        # What a process that refused meanwhile finished is what it can do; one that had
-        # room finished what came, which says nothing of how much more it could do.
-        if self._refused:
+        # What a process full of resumes finished is what it can do; one that had room
+        # finished what came, which says nothing of how much more it could do.
+        if self._saturated:
             self._rate = current if self._rate == 0 else 0.5 * self._rate + 0.5 * current
         self._finished = 0
-        self._refused = False
+        self._saturated = False
         self._rate_at = now
 
     async def watch_lag(self, interval: float = LAG_CHECK_SECONDS) -> None:

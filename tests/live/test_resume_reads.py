@@ -176,7 +176,8 @@ async def test_a_read_under_way_when_a_removal_is_heard_is_not_remembered() -> N
 
 def test_the_gate_refuses_over_its_bounds_and_spreads_the_refused() -> None:
     held = [0]
-    gate = LoadGate(lambda: held[0], LoadLimits(max_in_progress=10, assumed_rate=100.0))
+    limits = LoadLimits(max_in_progress=10, assumed_rate=100.0, lag_floor=5)
+    gate = LoadGate(lambda: held[0], limits)
     assert gate.refusal() is None
     held[0] = 6
     for _ in range(4):
@@ -194,6 +195,9 @@ def test_the_gate_refuses_over_its_bounds_and_spreads_the_refused() -> None:
     held[0] = 0
     assert gate.refusal() is None
     gate.lag = 3.0
+    # Late, but with no resume under way: refusing would leave it nothing to finish.
+    assert gate.refusal() is None
+    held[0] = gate.limits.lag_floor
     lagging = gate.refusal()
     assert lagging is not None
     assert lagging.reason == "event_loop_lag"
