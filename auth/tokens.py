@@ -6,6 +6,8 @@ JWKS (RS256 or ES256). Either way verification pins the algorithms (``none`` is 
 so is a token whose algorithm belongs to the other mode: an HS256 token "signed" with a
 public key, or an RS256 token in secret mode), requires expiry, subject, audience and
 issuer, and tolerates a bounded clock skew. No message raised here contains the token.
+Our own HS256 tokens are checked by ``auth.hs256`` (the same checks, in a sixth of PyJWT's
+time: a reconnect storm checks thousands a second); a provider's go through PyJWT.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from typing import Any, Protocol
 
 import jwt
 
+from fieldsync.auth.hs256 import RefusedTokenError, verify_hs256
+
 AUDIENCE = "fieldsync"
 ISSUER = "fieldsync"
 ALGORITHM = "HS256"
 JWKS_ALGORITHMS = ("RS256", "ES256")
 CLOCK_SKEW_SECONDS = 30
+REQUIRED_CLAIMS = ("exp", "sub", "aud", "iss")
 DEFAULT_TTL_SECONDS = 12 * 3600
 
 
@@ -75,9 +80,23 @@ def issue(secret: bytes, user_id: uuid.UUID, ttl_seconds: int = DEFAULT_TTL_SECO
     return IssuedToken(token, expires)
 
 
-def verify_token(secret: bytes, token: str) -> TokenClaims:
+def verify_token(secret: bytes, token: str, now: float | None = None) -> TokenClaims:
     """The claims of a valid token; TokenError (never another exception) otherwise."""
-    return _decode(token, secret, (ALGORITHM,), AUDIENCE, ISSUER)
+    try:
+        claims = verify_hs256(
+            token,
+            secret,
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            required=REQUIRED_CLAIMS,
+            leeway=CLOCK_SKEW_SECONDS,
+            now=time.time() if now is None else now,
+        )
+    except RefusedTokenError as exc:
+        if exc.expired:
+            raise TokenError("the token has expired", expired=True) from None
+        raise TokenError(f"the token is not valid: {exc}") from None
+    return _claims(claims)
 
 
 def _decode(
@@ -91,12 +110,16 @@ def _decode(
             audience=audience,
             issuer=issuer,
             leeway=CLOCK_SKEW_SECONDS,
-            options={"require": ["exp", "sub", "aud", "iss"]},
+            options={"require": list(REQUIRED_CLAIMS)},
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("the token has expired", expired=True) from None
     except jwt.PyJWTError as exc:
         raise TokenError(f"the token is not valid: {exc}") from None
+    return _claims(claims)
+
+
+def _claims(claims: dict[str, Any]) -> TokenClaims:
     try:
         return TokenClaims(uuid.UUID(str(claims["sub"])), int(claims["exp"]))
     except (ValueError, TypeError):
@@ -112,6 +135,11 @@ class TokenVerifier(Protocol):
 
     async def verify(self, token: str) -> TokenClaims: ...
 
+    def verify_now(self, token: str) -> TokenClaims | None:
+        """The claims when checking is CPU work alone (a secret), so the caller need not
+        wait or start a task; None when it must wait for keys (then ``verify``). Raises
+        TokenError like ``verify``."""
+
 
 class SecretVerifier:
     """Tokens this server issued itself, signed with HS256 and its secret."""
@@ -124,6 +152,9 @@ class SecretVerifier:
         return self._secret
 
     async def verify(self, token: str) -> TokenClaims:
+        return verify_token(self._secret, token)
+
+    def verify_now(self, token: str) -> TokenClaims | None:
         return verify_token(self._secret, token)
 
 
@@ -155,6 +186,9 @@ class JwksVerifier:
     @property
     def secret(self) -> bytes | None:
         return None
+
+    def verify_now(self, token: str) -> TokenClaims | None:
+        return None  # the keys may have to be fetched: never on the event loop
 
     async def verify(self, token: str) -> TokenClaims:
         try:

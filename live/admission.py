@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class AdmissionLimits:
-    max_unauthenticated: int = 1_000
+    # As many as the load gate may let be under way at most (``LoadLimits.max_in_progress``):
+    # in a reconnect storm every one of them is a client about to say hello.
+    max_unauthenticated: int = 3_000
     max_unauthenticated_per_address: int = 64
     retry_after_seconds: int = 5  # what a refused client is told to wait (Retry-After)
 

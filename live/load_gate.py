@@ -5,19 +5,33 @@ check and a catch-up; admitted faster than the loop can finish them, they all sl
 together until clients time out, and ``/healthz`` and ``/metrics`` stop answering with them.
 So before an upgrade is accepted the gate looks at two things: how many connections are
 between their upgrade and live (unauthenticated, or a project still catching up), and how
-late the event loop runs (``watch_lag``). Over either bound the upgrade is answered at once
-with 503 and a ``Retry-After`` hint that the SDKs honour with their jitter.
+late the event loop runs (``watch_lag``). Over either bound (the lag's only while resumes
+are under way) the upgrade is answered at once with 503 and a ``Retry-After`` hint that the
+SDKs honour with their jitter.
+
+How many may be under way is what the process finishes in ``max_wait_seconds`` at its rate
+(within ``[min_in_progress, max_in_progress]``): a refusal costs the process about as much
+as a resume (the accept, the upgrade's parse, the answer, and the client's next attempt),
+so it takes as many as it can finish well within the clients' and its own handshake
+timeouts (10 s), and refuses only the rest. The loop serves the admitted breadth first, so
+they all finish at about the time the last one does.
 
 The hint gives each refused client a turn: after what the process already holds and after
-the clients refused before it, at the rate the process has recently been finishing resumes
-(never assumed below ``assumed_rate``), plus the loop's lag, within ``[min_retry_seconds,
-max_retry_seconds]``. So a refused crowd returns spread over the time it needs.
+the clients refused before it, at its rate, plus the loop's lag, within
+``[min_retry_seconds, max_retry_seconds]``. Both SDKs wait the hint plus up to half again
+(``SDK_JITTER``), a quarter more on average: the hint is the wait for the turn divided by
+that, so clients arrive around their turns rather than up to half as late again, and the
+process has work all along. So a refused crowd returns spread over the time it needs, and
+no longer.
+
+The rate is measured over the seconds in which the process refused some for the resumes it
+held (a second with room says only that it finished what came), smoothed from
+``assumed_rate``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,18 +39,31 @@ from dataclasses import dataclass
 from fieldsync.live.admission import Refusal
 
 LAG_CHECK_SECONDS = 0.05
-RATE_WINDOW_SECONDS = 1.0  # resumes finish in bursts: the rate is taken over this window
+# Resumes finish in bursts (breadth first, a whole batch at once): the rate is taken over
+# this window, and smoothed.
+RATE_WINDOW_SECONDS = 2.0
+# A client told to wait h seconds waits h * (1 + SDK_JITTER * u), u uniform in [0, 1): the
+# SDKs' backoff (fieldsync_client/backoff.py, client-sdk/typescript/src/backoff.ts).
+SDK_JITTER = 0.5
 
 
 @dataclass(frozen=True, slots=True)
 class LoadLimits:
-    max_in_progress: int = 1_000  # connections between their upgrade and live
+    # Connections between their upgrade and live: as many as the process finishes in
+    # ``max_wait_seconds`` at its rate, within these bounds. A process that takes none
+    # would measure nothing: ``min_in_progress`` are always taken (however late the loop).
+    max_wait_seconds: float = 3.0
+    min_in_progress: int = 100
+    max_in_progress: int = 3_000
     # How late the event loop may run. A burst of connections makes it late by itself
-    # (accepting them, reading their requests): only a loop far behind refuses everyone.
+    # (accepting them, reading their requests): only a loop far behind refuses everyone,
+    # and only while it has ``min_in_progress`` resumes of its own under way. A loop late
+    # from refusing a crowd (on a starved machine, say) still takes a few, or it would
+    # spend itself on refusals and finish nothing.
     max_lag_seconds: float = 2.0
-    # Resumes a second the process is assumed to finish at least (the hint for the first
-    # refusals after a start, before it has measured its own rate): a cautious figure, so
-    # a crowd is spread too thin rather than back in a wave it cannot take.
+    # Resumes a second the process is assumed to finish before it has measured its own
+    # rate (for the first crowd after a start): the figure measured on a development
+    # machine (2 cores) with the process given about one of them.
     assumed_rate: float = 500.0
     min_retry_seconds: int = 1
     max_retry_seconds: int = 30
@@ -61,13 +88,23 @@ class LoadGate:
         self.catching_up = 0  # project streams between subscribe and live
         self.lag = 0.0  # seconds the event loop ran late at its last check
         self._finished = 0  # streams that went live since the rate was last taken
-        self._rate = 0.0  # streams going live per second, smoothed
+        self._rate = limits.assumed_rate  # streams going live per second when full, smoothed
+        # Whether the process refused anyone for resumes in progress since the rate was
+        # taken: only such a second measures what it can do.
+        self._saturated = False
         self._rate_at = clock()
         self._next_turn = 0.0  # the clock time of the last turn handed to a refused client
 
     @property
     def in_progress(self) -> int:
         return self._unauthenticated() + self.catching_up
+
+    @property
+    def room(self) -> int:
+        """How many connections may be between upgrade and live now."""
+        limits = self.limits
+        wanted = int(self._rate * limits.max_wait_seconds)
+        return min(limits.max_in_progress, max(limits.min_in_progress, wanted))
 
     def stream_started(self) -> None:
         self.catching_up += 1
@@ -77,13 +114,21 @@ class LoadGate:
         if live:
             self._finished += 1
 
+    def went_live(self) -> None:
+        """A stream went live at once (its cursor at the feed's head): never in progress,
+        but a resume finished all the same."""
+        self._finished += 1
+
     def refusal(self) -> Refusal | None:
         """Why one more connection should not be taken now, or None."""
-        if self.lag > self.limits.max_lag_seconds:
+        in_progress = self.in_progress
+        lagging = self.lag > self.limits.max_lag_seconds
+        if lagging and in_progress >= min(self.limits.min_in_progress, self.room):
             return Refusal(
                 "event_loop_lag", 503, "the server is saturated; retry after the hinted delay"
             )
-        if self.in_progress >= self.limits.max_in_progress:
+        if in_progress >= self.room:
+            self._saturated = True
             return Refusal(
                 "resumes_in_progress",
                 503,
@@ -92,16 +137,17 @@ class LoadGate:
         return None
 
     def retry_after(self) -> int:
-        """Seconds until this client's turn (the ``Retry-After``). Refused clients are
-        given turns one after another, at the rate the process finishes resumes, after
-        what it already holds: a refused crowd comes back spread out, not in one wave."""
+        """The ``Retry-After`` that brings this client back around its turn. Refused
+        clients are given turns one after another, at the rate the process finishes
+        resumes, after what it already holds: a refused crowd comes back spread out, not in
+        one wave, and as fast as the process takes it."""
         self._take_rate()
         limits = self.limits
-        rate = max(self._rate, limits.assumed_rate)
+        rate = max(self._rate, 1.0)
         now = self._clock()
         self._next_turn = max(self._next_turn, now + self.in_progress / rate) + 1 / rate
-        wait = self._next_turn - now + self.lag
-        return min(limits.max_retry_seconds, max(limits.min_retry_seconds, math.ceil(wait)))
+        wait = (self._next_turn - now + self.lag) / (1 + SDK_JITTER / 2)
+        return min(limits.max_retry_seconds, max(limits.min_retry_seconds, round(wait)))
 
     def _take_rate(self) -> None:
         now = self._clock()
@@ -109,8 +155,12 @@ class LoadGate:
         if elapsed < RATE_WINDOW_SECONDS:
             return
         current = self._finished / elapsed
-        self._rate = current if self._rate == 0 else 0.5 * self._rate + 0.5 * current
+        # What a process full of resumes finished is what it can do; one that had room
+        # finished what came, which says nothing of how much more it could do.
+        if self._saturated:
+            self._rate = 0.5 * self._rate + 0.5 * current
         self._finished = 0
+        self._saturated = False
         self._rate_at = now
 
     async def watch_lag(self, interval: float = LAG_CHECK_SECONDS) -> None:

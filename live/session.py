@@ -39,6 +39,7 @@ from fieldsync.live.feed import (
     Hub,
     LivePiece,
     LiveSubscription,
+    ProjectFeed,
     wire_changes,
     wire_conflicts,
     wire_updates,
@@ -148,8 +149,10 @@ class SyncServices:
     catch_ups: CatchUpReads = field(init=False)
     heads: HeadReads = field(init=False)
     load: LoadGate = field(init=False)
+    welcome_limits: dict[str, int] = field(init=False)  # as ``welcome`` states them
 
     def __post_init__(self) -> None:
+        self.welcome_limits = dataclasses.asdict(self.limits)
         self.members = MembershipCache(self.membership)
         self.catch_ups = CatchUpReads(self.changelog.catch_up, CATCH_UP_BATCH)
         self.heads = HeadReads(self.changelog.head)
@@ -554,9 +557,10 @@ class SyncSession:
             self._project_error(project.project_id, ErrorCode.SERVER_UNAVAILABLE, DATABASE_DOWN)
 
     async def _verify_before_next_frame(self, token: str) -> TokenClaims | None:
-        """Check the token while reading on: a frame that arrives before the welcome is sent
-        is a handshake violation (the protocol answers it), and the whole handshake must end
-        by the deadline. None when the handshake ended here; raises TokenError."""
+        """Check a token that needs waiting for (a provider's keys) while reading on: a
+        frame that arrives before the welcome is sent is a handshake violation (the protocol
+        answers it), and the whole handshake must end by the deadline. None when the
+        handshake ended here; raises TokenError."""
         verifying = asyncio.ensure_future(self._services.verifier.verify(token))
         reading = asyncio.ensure_future(self._transport.receive())
         try:
@@ -584,10 +588,34 @@ class SyncSession:
         self._next = reading
         return verifying.result()
 
+    def _spoke_before_welcome(self) -> bool:
+        """Whether a frame already waits behind the hello: the client spoke before the
+        welcome (a handshake violation, which the protocol answers), or it left. Looked at
+        without waiting or a task: one step of ``receive`` returns at once when a frame
+        waits; otherwise the read is abandoned where it waits, which is safe (``receive``
+        may be cancelled there)."""
+        reading = self._transport.receive()
+        try:
+            reading.send(None)
+        except StopIteration as waiting:
+            frame: bytes | str | None = waiting.value
+            if frame is not None:
+                self._protocol.receive_frame(frame)
+                self._count_refusals()
+            return True
+        reading.close()
+        return False
+
     async def _hello(self, hello: Hello) -> None:
         self._client_id = hello.client_id
         try:
-            claims = await self._verify_before_next_frame(hello.token)
+            # A token checked by CPU work alone is checked here, with no task and no wait:
+            # no frame can be read meanwhile, so one already waiting came before the welcome.
+            claims = self._services.verifier.verify_now(hello.token)
+            if claims is None:
+                claims = await self._verify_before_next_frame(hello.token)
+            elif self._spoke_before_welcome():
+                return
             if claims is None:
                 return
         except TokenError as exc:
@@ -651,7 +679,7 @@ class SyncSession:
                 version=self._protocol.version or 1,
                 user_id=str(claims.user_id),
                 session_id=self._session_id,
-                limits=dataclasses.asdict(self._services.limits),
+                limits=self._services.welcome_limits,
             )
         )
         self._queue(self._protocol.data_to_send())
@@ -726,6 +754,8 @@ class SyncSession:
         if self._services.sync_health is not None and self._client is not None:
             self._services.sync_health.opened(self._session_id, project, self._client)
         self._names[project] = wanted.project_id
+        if self._resumed_at_head(project, wanted):
+            return
         task = asyncio.create_task(self._sync_project(project, wanted))
         self._streams[project] = task
         load = self._services.load
@@ -737,6 +767,31 @@ class SyncSession:
                 del self._streams[project]
 
         task.add_done_callback(finished)
+
+    def _resumed_at_head(self, project: UUID, wanted: ProjectCursor) -> bool:
+        """The common resume, done at once with no task: a cursor at the head the project's
+        feed has reached has nothing to read, and the feed hands over what comes after it.
+        False when a snapshot or a catch-up is needed (a task of its own does it)."""
+        feed = self._services.hub.feed(project)
+        if wanted.cursor is None or feed.head is None or wanted.cursor != feed.head:
+            return False
+        name = str(project)
+        self._protocol.resume(name, wanted.cursor)
+        if self._protocol.cursor(name) is not None:  # None: the connection is closing
+            self._go_live(project, name, feed)
+            self._services.load.went_live()
+        return True
+
+    def _go_live(self, project: UUID, name: str, feed: ProjectFeed) -> None:
+        """One step, no await: synced is queued before the feed can hand over a change."""
+        subscription = LiveSubscription(
+            project,
+            lambda: self._protocol.cursor(name) or 0,
+            lambda piece: self._deliver(name, piece),
+        )
+        self._queue(self._protocol.go_live(name))
+        feed.try_go_live(subscription)
+        self._live[project] = subscription
 
     def _unsubscribed(self, project_id: str) -> None:
         """The protocol has ended the stream; stop the work for it."""
@@ -793,16 +848,8 @@ class SyncSession:
                     continue
                 if feed.can_go_live(cursor):
                     break
-            # One step, no await: synced is queued before the feed can hand over a change.
-            subscription = LiveSubscription(
-                project,
-                lambda: self._protocol.cursor(name) or 0,
-                lambda piece: self._deliver(name, piece),
-            )
             first = feed.head is None
-            self._queue(self._protocol.go_live(name))
-            feed.try_go_live(subscription)
-            self._live[project] = subscription
+            self._go_live(project, name, feed)
             if first:
                 # This stream gave the feed its head: a commit whose notification came
                 # before the feed existed is picked up here.

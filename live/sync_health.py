@@ -66,7 +66,8 @@ class HealthRecorder:
         self.flush_seconds = flush_seconds
         self._max_pending = max_pending
         self._pending: dict[_Key, ClientSeen] = {}
-        self._open: dict[tuple[str, UUID], ClientSeen] = {}  # (session id, project)
+        # Per session id, per project: a closing session finds its own without a scan.
+        self._open: dict[str, dict[UUID, ClientSeen]] = {}
         self._log = LogLimiter()
         self.dropped = 0
 
@@ -82,14 +83,16 @@ class HealthRecorder:
             _now(),
             True,
         )
-        self._open[(session_id, project_id)] = seen
+        self._open.setdefault(session_id, {})[project_id] = seen
         self._note(seen)
 
     def closed(self, session_id: str) -> None:
         """The session's connection ended: each project it synced records it as gone."""
+        projects = self._open.pop(session_id, None)
+        if not projects:
+            return
         now = _now()
-        for key in [k for k in self._open if k[0] == session_id]:
-            seen = self._open.pop(key)
+        for seen in projects.values():
             self._note(replace(seen, seen_at=now, connected=False))
 
     def _note(self, seen: ClientSeen) -> None:
@@ -103,9 +106,10 @@ class HealthRecorder:
 
     def _heartbeat(self) -> None:
         now = _now()
-        for key, seen in list(self._open.items()):
-            self._open[key] = seen = replace(seen, seen_at=now)
-            self._note(seen)
+        for projects in self._open.values():
+            for project_id, seen in list(projects.items()):
+                projects[project_id] = seen = replace(seen, seen_at=now)
+                self._note(seen)
 
     async def flush(self) -> None:
         """Write what is pending, in one batch; a failure drops it (one log line)."""

@@ -16,7 +16,11 @@ import pytest
 from automerge.core import ROOT, Document, ScalarType
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from fieldsync.auth.tokens import SecretVerifier, TokenClaims
 from fieldsync.live.admission import AdmissionLimits
@@ -24,7 +28,7 @@ from fieldsync.live.outbox import OutboxLimits
 from fieldsync.live.session import PUSHES_IN_FLIGHT
 from fieldsync.model.merge import MAX_VIOLATIONS_LISTED
 from fieldsync.observability.metrics import Metrics
-from fieldsync.sync.codec import encode
+from fieldsync.sync.codec import decode_server, encode
 from fieldsync.sync.errors import CloseCode, ErrorCode
 from fieldsync.sync.messages import (
     EntityPush,
@@ -34,7 +38,9 @@ from fieldsync.sync.messages import (
     ProjectCursor,
     Push,
     PushResult,
+    ServerMessage,
     Subscribe,
+    Welcome,
 )
 from tests.entities import new_id
 from tests.live_server import TEST_SECRET, MemberFactory, running_server
@@ -190,6 +196,9 @@ class SlowVerifier:
         await asyncio.sleep(self._seconds)
         return await self._inner.verify(token)
 
+    def verify_now(self, token: str) -> TokenClaims | None:
+        return None  # always the slow way
+
 
 async def test_a_frame_sent_between_hello_and_welcome_is_refused(
     database_url: str, project: uuid.UUID, member: MemberFactory
@@ -205,6 +214,58 @@ async def test_a_frame_sent_between_hello_and_welcome_is_refused(
         ]
         assert code == CloseCode.POLICY_VIOLATION
         # A client that waits for the welcome is served as always.
+        patient = await SyncClient.connect(base)
+        await patient.hello(token, [ProjectCursor(str(project), None)])
+        await patient.sync_until_synced(str(project))
+        await patient.close()
+
+
+async def _frames_after(base: str, *messages: bytes) -> tuple[list[ServerMessage], int]:
+    """Upgrade, then send ``messages`` in one write (so they arrive together); what the
+    server sends until it closes, and its close code."""
+    client = ClientProtocol(parse_uri(f"ws://{base}/sync"))
+    client.send_request(client.connect())
+    host, port = base.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"".join(client.data_to_send()))
+        while client.state is not State.OPEN:
+            client.receive_data(await asyncio.wait_for(reader.read(65536), 5))
+        for message in messages:
+            client.send_binary(message)
+        writer.write(b"".join(client.data_to_send()))
+        received: list[ServerMessage] = []
+        while client.close_rcvd is None:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            if not data:
+                break
+            client.receive_data(data)
+            for event in client.events_received():
+                if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
+                    received.append(decode_server(bytes(event.data)))
+        assert client.close_rcvd is not None
+        return received, client.close_rcvd.code
+    finally:
+        writer.close()
+
+
+async def test_a_frame_that_came_with_the_hello_is_refused_when_the_token_is_checked_at_once(
+    database_url: str, project: uuid.UUID, member: MemberFactory
+) -> None:
+    """Our own tokens are checked without waiting: a frame already there behind the hello
+    was still sent before the welcome."""
+    _, token = await member(project)
+    async with running_server(database_url) as base:
+        hello = encode(Hello((1,), token, "eager-client"))
+        messages, code = await _frames_after(
+            base, hello, encode(Subscribe(ProjectCursor(str(project), None)))
+        )
+        assert [(m.code, m.fatal) for m in messages if isinstance(m, Error)] == [
+            (ErrorCode.HANDSHAKE_REQUIRED.value, True)
+        ]
+        assert not any(isinstance(m, Welcome) for m in messages)
+        assert code == CloseCode.POLICY_VIOLATION
+        # The hello alone is welcomed.
         patient = await SyncClient.connect(base)
         await patient.hello(token, [ProjectCursor(str(project), None)])
         await patient.sync_until_synced(str(project))

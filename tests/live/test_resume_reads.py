@@ -176,7 +176,9 @@ async def test_a_read_under_way_when_a_removal_is_heard_is_not_remembered() -> N
 
 def test_the_gate_refuses_over_its_bounds_and_spreads_the_refused() -> None:
     held = [0]
-    gate = LoadGate(lambda: held[0], LoadLimits(max_in_progress=10, assumed_rate=100.0))
+    limits = LoadLimits(max_in_progress=10, min_in_progress=5, assumed_rate=100.0)
+    gate = LoadGate(lambda: held[0], limits)
+    assert gate.room == 10  # 300 at 100 a second within 3 s, but at most 10
     assert gate.refusal() is None
     held[0] = 6
     for _ in range(4):
@@ -187,11 +189,52 @@ def test_the_gate_refuses_over_its_bounds_and_spreads_the_refused() -> None:
     hints = [gate.retry_after() for _ in range(500)]
     assert hints[0] == 1
     assert hints == sorted(hints)  # later refusals get later turns
-    assert hints[-1] == 6  # 10 held and 500 turns at 100 a second: about 5.1 s
+    # 10 held and 500 turns at 100 a second: the last turn about 5.1 s away; the SDKs wait
+    # the hint and a quarter more on average, so the hint is 4 (5.1 / 1.25 = 4.08).
+    assert hints[-1] == 4
     gate.stream_ended(live=True)
     held[0] = 0
     assert gate.refusal() is None
     gate.lag = 3.0
+    # Late, but with few resumes under way: refusing would leave it nothing to finish.
+    assert gate.refusal() is None
+    held[0] = limits.min_in_progress - 3
     lagging = gate.refusal()
     assert lagging is not None
     assert lagging.reason == "event_loop_lag"
+
+
+def test_the_room_and_the_hints_follow_the_rate_measured_while_full() -> None:
+    now = [0.0]
+    limits = LoadLimits(max_in_progress=1_000, min_in_progress=10, assumed_rate=100.0)
+    gate = LoadGate(lambda: 0, limits, clock=lambda: now[0])
+    assert gate.room == 300  # 100 a second, 3 s
+    for _ in range(300):
+        gate.stream_started()
+    # Two seconds with room say nothing of what the process can do.
+    for _ in range(40):
+        gate.went_live()
+    now[0] = 2.0
+    assert gate.retry_after() == 2  # 300 held at 100 a second: 3.01 s away, hinted / 1.25
+    assert gate.room == 300
+    # Two seconds in which it refused, and finished 1,200: 600 a second, smoothed to 350.
+    assert gate.refusal() is not None
+    for _ in range(1_200):
+        gate.went_live()
+    now[0] = 4.0
+    hints = [gate.retry_after() for _ in range(700)]
+    assert gate.room == 1_000  # 1,050 within 3 s, at most 1,000
+    # 700 turns at 350 a second after the one given before (at 5.01 s): the last is 3.01 s
+    # away, hinted / 1.25.
+    assert hints[-1] == 2
+    assert hints[0] == 1
+    # A process full of resumes that finishes none (its database gone): the room shrinks
+    # to the floor, and the hints grow.
+    for _ in range(700):
+        gate.stream_started()
+    for second in range(3, 12):
+        assert gate.refusal() is not None
+        now[0] = 2.0 * second
+        gate.retry_after()
+    assert gate.room == limits.min_in_progress
+    assert gate.retry_after() == limits.max_retry_seconds
