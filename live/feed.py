@@ -96,26 +96,21 @@ class LivePiece:
     updates: Sequence[ConflictRecordAt]
 
 
-class LiveSubscription:
+class LiveSubscription(Protocol):
     """One connection's interest in one project, as the feed sees it: where the client is
-    (``cursor``) and how to hand it a piece (``deliver``). The connection's protocol keeps
-    the cursor; this only asks it."""
+    (``cursor``, kept by the connection's protocol) and how to hand it a piece
+    (``deliver``, called for every subscriber of every piece: it should cost little).
 
-    __slots__ = ("_cursor", "deliver", "project_id")
-
-    def __init__(
-        self,
-        project_id: UUID,
-        cursor: Callable[[], int],
-        deliver: Callable[[LivePiece], None],
-    ) -> None:
-        self.project_id = project_id
-        self._cursor = cursor
-        self.deliver = deliver
+    A connection implements it with a slotted object of its own (``live.session``): no
+    closures, so an idle subscription holds little more than its references."""
 
     @property
-    def cursor(self) -> int:
-        return self._cursor()
+    def project_id(self) -> UUID: ...
+
+    @property
+    def cursor(self) -> int: ...
+
+    def deliver(self, piece: LivePiece) -> None: ...
 
 
 class ProjectFeed:

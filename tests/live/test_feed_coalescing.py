@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fieldsync.live.feed import LivePiece, LiveSubscription, ProjectFeed
+from fieldsync.live.feed import LivePiece, ProjectFeed
 from fieldsync.store.records import LoggedChange, LogSlice
 
 pytestmark = pytest.mark.asyncio
@@ -29,16 +29,23 @@ def _commit(first: int, count: int) -> LogSlice:
     )
 
 
+class _Subscriber:
+    """A subscriber that keeps what it was handed (its cursor follows)."""
+
+    def __init__(self, project_id: uuid.UUID, cursor: int) -> None:
+        self.project_id = project_id
+        self.cursor = cursor
+        self.received: list[LivePiece] = []
+
+    def deliver(self, piece: LivePiece) -> None:
+        self.received.append(piece)
+        self.cursor = piece.prepared.last_seq
+
+
 def _subscribe(feed: ProjectFeed, cursor: int) -> list[LivePiece]:
-    received: list[LivePiece] = []
-    position = [cursor]
-
-    def deliver(piece: LivePiece) -> None:
-        received.append(piece)
-        position[0] = piece.prepared.last_seq
-
-    assert feed.try_go_live(LiveSubscription(feed.project_id, lambda: position[0], deliver))
-    return received
+    subscriber = _Subscriber(feed.project_id, cursor)
+    assert feed.try_go_live(subscriber)
+    return subscriber.received
 
 
 def _seqs(pieces: list[LivePiece]) -> list[int]:
