@@ -41,6 +41,7 @@ import multiprocessing
 import random
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as EventType
@@ -68,6 +69,7 @@ from harness import (
     until_synced,
 )
 from lean_socket import LeanSocket
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 
 from fieldsync.sync.codec import decode_server, encode
@@ -319,6 +321,36 @@ def make_edits(count: int) -> tuple[list[EntityHistory], list[tuple[EntityHistor
     return entities, edits
 
 
+FEED_SERIES = (
+    "fieldsync_feed_log_reads_total",
+    "fieldsync_commit_to_fanout_seconds_sum",
+    "fieldsync_commit_to_fanout_seconds_count",
+)
+
+
+def feed_figures(base: str) -> str:
+    """What one server process's metrics say of its feed: log reads, and the time from a
+    commit known to it (local: committed there; remote: its pointer arrived) to its
+    changes written or queued for every subscriber."""
+    with urllib.request.urlopen(f"http://{base}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in FEED_SERIES:
+                values[sample.name, sample.labels.get("source", "")] = sample.value
+    reads = values.get(("fieldsync_feed_log_reads_total", ""))
+    parts = ["feed log reads " + ("(not counted)" if reads is None else f"{reads:.0f}")]
+    for source in ("local", "remote"):
+        count = values.get(("fieldsync_commit_to_fanout_seconds_count", source), 0.0)
+        total = values.get(("fieldsync_commit_to_fanout_seconds_sum", source), 0.0)
+        if count:
+            parts.append(
+                f"{source} commit to fan-out done: {count:.0f}, mean {total / count * 1000:.1f} ms"
+            )
+    return "; ".join(parts)
+
+
 def spread(items: list[T], parts: int) -> list[list[T]]:
     return [items[i::parts] for i in range(parts)]
 
@@ -469,6 +501,8 @@ async def measure(
         f"server CPU per change delivered: {cpu.server / max(deliveries, 1) * 1e6:.1f} us "
         f"({deliveries} deliveries; pushes, commits and answers included)"
     )
+    for number, process in enumerate(servers):
+        print(f"server process {number}: {feed_figures(process.base)}")
     if args.profile is not None:
         print(profile.report())
     receive_p99 = percentile(receive_ms, 0.99) if len(receive_ms) == expected else float("inf")

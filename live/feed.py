@@ -66,16 +66,21 @@ def wire_updates(updates: Iterable[stored.ConflictUpdate]) -> list[ConflictRecor
 
 
 class FeedObserver(Protocol):
-    """Told when a pointer to unread changes arrives and what a feed dispatched (the
-    commit-to-fan-out latency)."""
+    """Told when a pointer to unread changes arrives, when a feed reads the log, and what
+    it dispatched (the commit-to-fan-out latency, and reads per commit)."""
 
     def pointer(self, project_id: UUID, seq: int) -> None: ...
+
+    def read(self, project_id: UUID) -> None: ...
 
     def dispatched(self, project_id: UUID, head: int) -> None: ...
 
 
 class _Unobserved:
     def pointer(self, project_id: UUID, seq: int) -> None:
+        pass
+
+    def read(self, project_id: UUID) -> None:
         pass
 
     def dispatched(self, project_id: UUID, head: int) -> None:
@@ -196,6 +201,7 @@ class ProjectFeed:
     async def _read(self) -> None:
         try:
             while self.head is not None and self._wanted > self.head:
+                self._observer.read(self.project_id)
                 piece = await self._read_since(self.project_id, self.head, READ_BATCH)
                 if not piece.changes:
                     break
