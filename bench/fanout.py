@@ -19,7 +19,14 @@ distinct frame once per process, so that a thousand of them cost less than the s
 the pusher always has a process of its own. The server and PostgreSQL run as their own
 processes.
 
-    python bench/fanout.py [--clients N] [--pushes N] [--interval-ms N]
+With ``--workers N`` the server is N processes on one database, as ``fieldsync serve
+--workers N`` runs it (each on its own port): the receivers are spread over them
+round-robin, the pusher connects to the first, so the others learn of each commit by
+PostgreSQL NOTIFY and read it from the log. Latency is also given per server process.
+``--profile`` attaches py-spy to the last process (one that receives commits by NOTIFY
+when there are several).
+
+    python bench/fanout.py [--clients N] [--pushes N] [--interval-ms N] [--workers N]
                            [--client-processes N] [--profile PATH]
 
 The last line is the headline: the p99 receive latency in ms.
@@ -34,17 +41,19 @@ import multiprocessing
 import random
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import (
     CpuUse,
     EntityHistory,
+    ServerProcess,
     ServerProfile,
     database,
     describe_ms,
@@ -60,6 +69,7 @@ from harness import (
     until_synced,
 )
 from lean_socket import LeanSocket
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 
 from fieldsync.sync.codec import decode_server, encode
@@ -84,6 +94,7 @@ DRAIN_SECONDS = 15.0
 RECEIVE_P99_TARGET_MS = 20.0  # issue 15, at 1,000 clients
 ACK_P99_TARGET_MS = 30.0
 SLOW_PUSH_MS = 50.0  # pushes slower than this are listed, to see whether stalls cluster
+T = TypeVar("T")
 
 
 @dataclass
@@ -91,6 +102,7 @@ class Received:
     """What one receiver saw: the receive time of each push (0: never), and any breakage."""
 
     times: list[int]
+    server: int = 0  # which server process it was connected to
     duplicates: int = 0
     out_of_order: int = 0
     gaps: int = 0
@@ -122,12 +134,12 @@ class FrameIndex:
 class Watch:
     """A connected, live receiver: checks each change as its frame arrives."""
 
-    def __init__(self, socket: LeanSocket, cursor: int, index: FrameIndex) -> None:
+    def __init__(self, socket: LeanSocket, cursor: int, index: FrameIndex, server: int) -> None:
         self.socket = socket
         self.seq = cursor
         self.expected_next = 0
         self.index = index
-        self.received = Received([0] * len(index.index_of))
+        self.received = Received([0] * len(index.index_of), server)
         self.missing = len(self.received.times)
         self.done = asyncio.get_running_loop().create_future()
         socket.on_message = self.on_message
@@ -155,23 +167,24 @@ class Watch:
 
 
 async def connect_watchers(
-    base: str, project: uuid.UUID, tokens: list[str], changes: list[bytes]
+    bases: list[str], project: uuid.UUID, tokens: list[tuple[int, str]], changes: list[bytes]
 ) -> list[Watch]:
-    """Connect every token's client to the project and wait until each is live."""
+    """Connect every token's client to the project, on the server process it is given
+    (an index into ``bases``), and wait until each is live."""
     index = FrameIndex(changes)
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     wanted = (ProjectCursor(str(project), None),)
 
-    async def one(token: str) -> Watch:
+    async def one(server: int, token: str) -> Watch:
         async with gate:
-            socket = await LeanSocket.open(base)
+            socket = await LeanSocket.open(bases[server])
             socket.send(encode(Hello((1,), token, f"bench-{uuid.uuid4().hex[:12]}", wanted)))
             while True:
                 message = decode_server(await socket.next_message())
                 if isinstance(message, Synced) and message.project_id == str(project):
-                    return Watch(socket, message.cursor, index)
+                    return Watch(socket, message.cursor, index, server)
 
-    return list(await asyncio.gather(*(one(token) for token in tokens)))
+    return list(await asyncio.gather(*(one(server, token) for server, token in tokens)))
 
 
 async def watch(w: Watch, deadline: float) -> None:
@@ -182,9 +195,9 @@ async def watch(w: Watch, deadline: float) -> None:
 
 
 async def run_watchers(
-    base: str,
+    bases: list[str],
     project: uuid.UUID,
-    tokens: list[str],
+    tokens: list[tuple[int, str]],
     changes: list[bytes],
     ready: Any,
     go: EventType,
@@ -192,7 +205,7 @@ async def run_watchers(
 ) -> tuple[list[Received], float]:
     """Connect, report ready, wait for the start, watch; the results and this process's CPU
     seconds while watching."""
-    watchers = await connect_watchers(base, project, tokens, changes)
+    watchers = await connect_watchers(bases, project, tokens, changes)
     ready.put(len(watchers))
     await asyncio.get_running_loop().run_in_executor(None, go.wait)
     cpu = time.process_time()
@@ -206,9 +219,9 @@ async def run_watchers(
 
 
 def watcher_process(
-    base: str,
+    bases: list[str],
     project: str,
-    tokens: list[str],
+    tokens: list[tuple[int, str]],
     changes: list[bytes],
     ready: Any,
     go: EventType,
@@ -217,7 +230,7 @@ def watcher_process(
 ) -> None:
     """A client process of receivers (the target of ``multiprocessing``)."""
     received, cpu = asyncio.run(
-        run_watchers(base, uuid.UUID(project), tokens, changes, ready, go, schedule_seconds)
+        run_watchers(bases, uuid.UUID(project), tokens, changes, ready, go, schedule_seconds)
     )
     results.put((received, cpu))
 
@@ -308,11 +321,45 @@ def make_edits(count: int) -> tuple[list[EntityHistory], list[tuple[EntityHistor
     return entities, edits
 
 
-def spread(items: list[str], parts: int) -> list[list[str]]:
+FEED_SERIES = (
+    "fieldsync_feed_log_reads_total",
+    "fieldsync_commit_to_fanout_seconds_sum",
+    "fieldsync_commit_to_fanout_seconds_count",
+)
+
+
+def feed_figures(base: str) -> str:
+    """What one server process's metrics say of its feed: log reads, and the time from a
+    commit known to it (local: committed there; remote: its pointer arrived) to its
+    changes written or queued for every subscriber."""
+    with urllib.request.urlopen(f"http://{base}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in FEED_SERIES:
+                values[sample.name, sample.labels.get("source", "")] = sample.value
+    reads = values.get(("fieldsync_feed_log_reads_total", ""))
+    parts = ["feed log reads " + ("(not counted)" if reads is None else f"{reads:.0f}")]
+    for source in ("local", "remote"):
+        count = values.get(("fieldsync_commit_to_fanout_seconds_count", source), 0.0)
+        total = values.get(("fieldsync_commit_to_fanout_seconds_sum", source), 0.0)
+        if count:
+            parts.append(
+                f"{source} commit to fan-out done: {count:.0f}, mean {total / count * 1000:.1f} ms"
+            )
+    return "; ".join(parts)
+
+
+def spread(items: list[T], parts: int) -> list[list[T]]:
     return [items[i::parts] for i in range(parts)]
 
 
-async def measure(url: str, base: str, pid: int, args: argparse.Namespace) -> tuple[float, float]:
+async def measure(
+    url: str, servers: list[ServerProcess], args: argparse.Namespace
+) -> tuple[float, float]:
+    bases = [server.base for server in servers]
+    base = bases[0]  # the pusher's
     entities, edits = make_edits(args.pushes)
     team = await make_project(url, args.clients, "fanout")
     head = await seed(url, team.project_id, entities)
@@ -329,7 +376,9 @@ async def measure(url: str, base: str, pid: int, args: argparse.Namespace) -> tu
     ]
     interval = args.interval_ms / 1000
     schedule = len(frames) * interval
-    pusher_token, *tokens = [m.token for m in team.members]
+    pusher_token, *others = [m.token for m in team.members]
+    # Receiver i on server i mod N; the first server has the pusher besides.
+    tokens = [(i % len(bases), token) for i, token in enumerate(others)]
 
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
@@ -339,29 +388,30 @@ async def measure(url: str, base: str, pid: int, args: argparse.Namespace) -> tu
         for share in spread(tokens, args.client_processes):
             worker = context.Process(
                 target=watcher_process,
-                args=(base, str(team.project_id), share, changes, ready, go, results, schedule),
+                args=(bases, str(team.project_id), share, changes, ready, go, results, schedule),
                 daemon=True,
             )
             worker.start()
             workers.append(worker)
     else:
-        local = await connect_watchers(base, team.project_id, tokens, changes)
+        local = await connect_watchers(bases, team.project_id, tokens, changes)
     pusher = await connect_pusher(base, team.project_id, pusher_token, changes)
     connected = len(local) + 1
     for _ in workers:
         connected += await asyncio.get_running_loop().run_in_executor(None, ready.get, True, 120)
     assert connected == args.clients, connected
     print(
-        f"{connected} clients live on one project at seq {head} "
+        f"{connected} clients live on one project at seq {head} on {len(servers)} server "
+        f"process{'es' if len(servers) > 1 else ''} "
         f"({len(tokens)} receivers in {args.client_processes or 'the pusher'} "
         f"process{'es' if args.client_processes > 1 else ''}); {len(frames)} pushes of one "
         f"change, one every {args.interval_ms:g} ms"
     )
 
     log = PusherLog([0] * len(frames), [0] * len(frames))
-    cpu = CpuUse(pid, url)
+    cpu = CpuUse([server.pid for server in servers], url)
     started = time.monotonic()
-    with ServerProfile(pid, args.profile) as profile:
+    with ServerProfile(servers[-1].pid, args.profile) as profile:
         go.set()
         deadline = asyncio.get_running_loop().time() + schedule + DRAIN_SECONDS
         await asyncio.gather(
@@ -413,6 +463,17 @@ async def measure(url: str, base: str, pid: int, args: argparse.Namespace) -> tu
         f"schedule, worst {max(log.late_sends, default=0):.1f} ms); wall {wall:.1f} s"
     )
     print(f"receive latency, all receivers: {describe_ms(receive_ms)}")
+    if len(servers) > 1:
+        for server in range(len(servers)):
+            own = [
+                (at - log.sent[index]) / 1e6
+                for r in received
+                if r.server == server
+                for index, at in enumerate(r.times)
+                if at
+            ]
+            how = "the pusher's" if server == 0 else "by NOTIFY"
+            print(f"receive latency, server process {server} ({how}): {describe_ms(own)}")
     print(f"receive latency, last receiver of each push: {describe_ms(last_ms)}")
     print(f"ack latency (push sent -> push_result): {describe_ms(ack_ms)}")
     first_sent = min(log.sent)
@@ -440,6 +501,8 @@ async def measure(url: str, base: str, pid: int, args: argparse.Namespace) -> tu
         f"server CPU per change delivered: {cpu.server / max(deliveries, 1) * 1e6:.1f} us "
         f"({deliveries} deliveries; pushes, commits and answers included)"
     )
+    for number, process in enumerate(servers):
+        print(f"server process {number}: {feed_figures(process.base)}")
     if args.profile is not None:
         print(profile.report())
     receive_p99 = percentile(receive_ms, 0.99) if len(receive_ms) == expected else float("inf")
@@ -467,10 +530,14 @@ def main() -> None:
     parser.add_argument("--pushes", type=int, default=PUSHES)
     parser.add_argument("--interval-ms", type=float, default=INTERVAL_MS)
     parser.add_argument("--client-processes", type=int, default=4)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes on one database (default 1)"
+    )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output path")
     args = parser.parse_args()
-    with database() as url, server_process(url) as server:
-        receive_p99, ack_p99 = asyncio.run(measure(url, server.base, server.pid, args))
+    with database() as url, contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(server_process(url)) for _ in range(args.workers)]
+        receive_p99, ack_p99 = asyncio.run(measure(url, servers, args))
     print(f"fanout p99: receive {receive_p99:.1f} ms, ack {ack_p99:.1f} ms")
     print(f"{receive_p99:.1f} ms")
 

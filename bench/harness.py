@@ -232,15 +232,18 @@ class CpuUse:
     the whole machine: whatever the machine spent beyond the benchmark's own processes
     (other programs, the kernel) competed with them, which makes figures less reliable."""
 
-    def __init__(self, server_pid: int, url: str) -> None:
-        self._pid = server_pid
+    def __init__(self, server_pid: int | Sequence[int], url: str) -> None:
+        # Several server processes (``serve --workers``) count as one server.
+        self._pids = [server_pid] if isinstance(server_pid, int) else list(server_pid)
         self._url = url
+        self.per_server: list[float] = []
+        self._first = [process_cpu_seconds(pid) for pid in self._pids]
         self._start = self._sample()
         self._used: tuple[float, float | None, float, float] | None = None
 
     def _sample(self) -> tuple[float, float | None, float, float]:
         return (
-            process_cpu_seconds(self._pid),
+            sum(process_cpu_seconds(pid) for pid in self._pids),
             postgres_cpu_seconds(self._url),
             time.process_time(),
             machine_busy_seconds(),
@@ -248,6 +251,10 @@ class CpuUse:
 
     def stop(self) -> None:
         end = self._sample()
+        self.per_server = [
+            process_cpu_seconds(pid) - first
+            for pid, first in zip(self._pids, self._first, strict=True)
+        ]
         start = self._start
         database = None if end[1] is None or start[1] is None else end[1] - start[1]
         self._used = (end[0] - start[0], database, end[2] - start[2], end[3] - start[3])
@@ -268,9 +275,15 @@ class CpuUse:
         server, database, own, machine = self._used
         known = server + (database or 0.0) + own + sum(clients)
         other = "" if database is None else f", {max(0.0, machine - known):.2f} s elsewhere"
+        servers = (
+            f"server process {server:.2f} s ({100 * server / max(wall, 1e-9):.0f}% of one core)"
+            if len(self._pids) == 1
+            else f"{len(self._pids)} server processes {server:.2f} s ("
+            + " + ".join(f"{s:.2f}" for s in self.per_server)
+            + ")"
+        )
         return (
-            f"CPU over {wall:.2f} s: server process {server:.2f} s "
-            f"({100 * server / max(wall, 1e-9):.0f}% of one core), PostgreSQL "
+            f"CPU over {wall:.2f} s: {servers}, PostgreSQL "
             + ("unknown" if database is None else f"{database:.2f} s")
             + f", this process {own:.2f} s"
             + "".join(f", client process {c:.2f} s" for c in clients)

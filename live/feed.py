@@ -66,16 +66,21 @@ def wire_updates(updates: Iterable[stored.ConflictUpdate]) -> list[ConflictRecor
 
 
 class FeedObserver(Protocol):
-    """Told when a pointer to unread changes arrives and what a feed dispatched (the
-    commit-to-fan-out latency)."""
+    """Told when a pointer to unread changes arrives, when a feed reads the log, and what
+    it dispatched (the commit-to-fan-out latency, and reads per commit)."""
 
     def pointer(self, project_id: UUID, seq: int) -> None: ...
+
+    def read(self, project_id: UUID) -> None: ...
 
     def dispatched(self, project_id: UUID, head: int) -> None: ...
 
 
 class _Unobserved:
     def pointer(self, project_id: UUID, seq: int) -> None:
+        pass
+
+    def read(self, project_id: UUID) -> None:
         pass
 
     def dispatched(self, project_id: UUID, head: int) -> None:
@@ -96,26 +101,21 @@ class LivePiece:
     updates: Sequence[ConflictRecordAt]
 
 
-class LiveSubscription:
+class LiveSubscription(Protocol):
     """One connection's interest in one project, as the feed sees it: where the client is
-    (``cursor``) and how to hand it a piece (``deliver``). The connection's protocol keeps
-    the cursor; this only asks it."""
+    (``cursor``, kept by the connection's protocol) and how to hand it a piece
+    (``deliver``, called for every subscriber of every piece: it should cost little).
 
-    __slots__ = ("_cursor", "deliver", "project_id")
-
-    def __init__(
-        self,
-        project_id: UUID,
-        cursor: Callable[[], int],
-        deliver: Callable[[LivePiece], None],
-    ) -> None:
-        self.project_id = project_id
-        self._cursor = cursor
-        self.deliver = deliver
+    A connection implements it with a slotted object of its own (``live.session``): no
+    closures, so an idle subscription holds little more than its references."""
 
     @property
-    def cursor(self) -> int:
-        return self._cursor()
+    def project_id(self) -> UUID: ...
+
+    @property
+    def cursor(self) -> int: ...
+
+    def deliver(self, piece: LivePiece) -> None: ...
 
 
 class ProjectFeed:
@@ -201,6 +201,7 @@ class ProjectFeed:
     async def _read(self) -> None:
         try:
             while self.head is not None and self._wanted > self.head:
+                self._observer.read(self.project_id)
                 piece = await self._read_since(self.project_id, self.head, READ_BATCH)
                 if not piece.changes:
                     break

@@ -38,7 +38,6 @@ from fieldsync.live.admission import Admission, Ticket
 from fieldsync.live.feed import (
     Hub,
     LivePiece,
-    LiveSubscription,
     ProjectFeed,
     wire_changes,
     wire_conflicts,
@@ -205,6 +204,26 @@ class Transport(Protocol):
         ...
 
 
+class _LiveStream:
+    """A project this connection streams live, as its feed sees it
+    (``live.feed.LiveSubscription``): slotted, with methods rather than closures, since
+    every idle socket holds one per project."""
+
+    __slots__ = ("_name", "_session", "project_id")
+
+    def __init__(self, session: SyncSession, project_id: UUID, name: str) -> None:
+        self._session = session
+        self.project_id = project_id
+        self._name = name
+
+    @property
+    def cursor(self) -> int:
+        return self._session._protocol.cursor(self._name) or 0
+
+    def deliver(self, piece: LivePiece) -> None:
+        self._session._deliver(self._name, piece)
+
+
 class SyncSession:
     """One connection: the protocol, the send queue, and the tasks that stream projects.
 
@@ -231,7 +250,7 @@ class SyncSession:
         self._client_id: str | None = None
         self._client: ClientHello | None = None  # once accepted, for the sync health
         self._streams: dict[UUID, asyncio.Task[None]] = {}  # snapshot or catch-up under way
-        self._live: dict[UUID, LiveSubscription] = {}
+        self._live: dict[UUID, _LiveStream] = {}
         self._names: dict[UUID, str] = {}  # project ids as the client spelled them
         self._member_of: set[UUID] = set()  # membership confirmed on this connection
         self._strikes = 0  # frames refused in a row for the rate limit
@@ -344,18 +363,12 @@ class SyncSession:
         A frame that no longer fits means the client does not read: it is too slow.
         ``shared``: a live piece whose frame goes as the message built once for all."""
         for out in frames:
-            if shared is not None and out.frame is shared.prepared.frame:
+            if shared is not None and out is shared.prepared.outgoing:
                 message = shared.message
             else:
                 message = binary_message(out.frame)
-            try:
-                sent = self._send(message, out.lane)
-            except OutboxClosedError:
+            if not self._send(out, message):
                 return
-            if not sent:
-                self._too_slow(f"its {out.kind} frames no longer fit in its send queue")
-                return
-            self._services.metrics.sent(out.kind, len(out.frame))
 
     async def _queue_bulk(self, frames: Sequence[Outgoing]) -> None:
         """Send a stream's frames in order; bulk ones wait while the client's queue is full
@@ -378,20 +391,26 @@ class SyncSession:
         # No writer means an empty queue: the writer ends only once it emptied it.
         return self._writer is None and self._transport.write_now(message)
 
-    def _send(self, message: bytes, lane: Lane) -> bool:
-        """Write or queue a frame that does not wait (live or control); False if it does not
-        fit in the queue. Raises OutboxClosedError once the queue is closed."""
-        if lane is Lane.LIVE:
-            self._services.metrics.send_queues.observe(len(self._outbox))
-        if self._send_now(message):
-            return True
-        if lane is Lane.LIVE:
-            queued = self._outbox.put_live(message)
-        else:
-            queued = self._outbox.put_control(message)
-        if queued:
-            self._start_writer()
-        return queued
+    def _send(self, out: Outgoing, message: bytes) -> bool:
+        """Write or queue ``message``, the whole WebSocket message of a frame that does not
+        wait (live or control), and count it. False when nothing more is to be sent: the
+        queue is closed, or the frame did not fit (the client is then told it is too slow).
+
+        Run for every subscriber of every live piece, so it is kept flat."""
+        outbox = self._outbox
+        live = out.lane is Lane.LIVE
+        if live:
+            self._services.metrics.send_queues.observe(len(outbox))
+        try:
+            if not self._send_now(message):
+                if not (outbox.put_live(message) if live else outbox.put_control(message)):
+                    self._too_slow(f"its {out.kind} frames no longer fit in its send queue")
+                    return False
+                self._start_writer()
+        except OutboxClosedError:
+            return False
+        self._services.metrics.sent(out.kind, len(out.frame))
+        return True
 
     def _start_writer(self) -> None:
         if self._writer is None:
@@ -784,11 +803,7 @@ class SyncSession:
 
     def _go_live(self, project: UUID, name: str, feed: ProjectFeed) -> None:
         """One step, no await: synced is queued before the feed can hand over a change."""
-        subscription = LiveSubscription(
-            project,
-            lambda: self._protocol.cursor(name) or 0,
-            lambda piece: self._deliver(name, piece),
-        )
+        subscription = _LiveStream(self, project, name)
         self._queue(self._protocol.go_live(name))
         feed.try_go_live(subscription)
         self._live[project] = subscription
@@ -899,7 +914,10 @@ class SyncSession:
             log.exception("live delivery out of order for project %s", project)
             self._too_slow("the live feed skipped changes")
             return
-        self._queue(frames, piece)
+        if len(frames) == 1 and frames[0] is piece.prepared.outgoing:
+            self._send(frames[0], piece.message)  # the common case: the next piece, as is
+        elif frames:  # none: the client holds the piece already (or the stream is not live)
+            self._queue(frames, piece)
 
     def _too_slow(self, why: str) -> None:
         """The client does not take what is sent to it (a live frame or an answer did not fit,

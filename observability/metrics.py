@@ -304,6 +304,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.feed_reads = Counter(
+            "fieldsync_feed_log_reads",
+            "Reads of the change log by the live feeds (another process's commits, or a feed "
+            "catching up); several pointers that arrive together share one",
+            registry=registry,
+        )
         self.outbox_age = Histogram(
             "fieldsync_client_outbox_age_seconds",
             "Age of the oldest unacknowledged change clients reported at handshake",
@@ -417,6 +423,9 @@ class Metrics:
 
     def pointer(self, project_id: UUID, seq: int) -> None:
         self._fanout.mark(project_id, seq, time.monotonic(), REMOTE)
+
+    def read(self, project_id: UUID) -> None:
+        self.feed_reads.inc()
 
     def dispatched(self, project_id: UUID, head: int) -> None:
         for source, seconds in self._fanout.dispatched(project_id, head, time.monotonic()):

@@ -10,6 +10,7 @@ import base64
 import gc
 import os
 import socket
+import types
 import weakref
 from collections.abc import AsyncIterator
 from typing import TypeVar
@@ -197,6 +198,13 @@ async def test_a_closed_connection_leaves_nothing_behind(
     # connection's own, and the read the handshake left waiting).
     assert all(s._writer is None and not len(s._outbox) for s in sessions)
     assert 12 <= connection_tasks() <= 2 * 12
+    # The feed holds each live project of a connection as one slotted object, not closures.
+    streams = [stream for s in sessions for stream in s._live.values()]
+    assert len(streams) == 12
+    assert not any(hasattr(stream, "__dict__") for stream in streams)
+    held = [r for stream in streams for r in gc.get_referents(stream)]
+    assert not [r for r in held if isinstance(r, types.FunctionType | types.MethodType)]
+    del streams, held
     gone = [weakref.ref(o) for o in (*sessions, *wires)]
     del sessions, wires
     for client in clients:

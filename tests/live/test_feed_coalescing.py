@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fieldsync.live.feed import LivePiece, LiveSubscription, ProjectFeed
+from fieldsync.live.feed import LivePiece, ProjectFeed
 from fieldsync.store.records import LoggedChange, LogSlice
 
 pytestmark = pytest.mark.asyncio
@@ -29,16 +29,23 @@ def _commit(first: int, count: int) -> LogSlice:
     )
 
 
+class _Subscriber:
+    """A subscriber that keeps what it was handed (its cursor follows)."""
+
+    def __init__(self, project_id: uuid.UUID, cursor: int) -> None:
+        self.project_id = project_id
+        self.cursor = cursor
+        self.received: list[LivePiece] = []
+
+    def deliver(self, piece: LivePiece) -> None:
+        self.received.append(piece)
+        self.cursor = piece.prepared.last_seq
+
+
 def _subscribe(feed: ProjectFeed, cursor: int) -> list[LivePiece]:
-    received: list[LivePiece] = []
-    position = [cursor]
-
-    def deliver(piece: LivePiece) -> None:
-        received.append(piece)
-        position[0] = piece.prepared.last_seq
-
-    assert feed.try_go_live(LiveSubscription(feed.project_id, lambda: position[0], deliver))
-    return received
+    subscriber = _Subscriber(feed.project_id, cursor)
+    assert feed.try_go_live(subscriber)
+    return subscriber.received
 
 
 def _seqs(pieces: list[LivePiece]) -> list[int]:
@@ -77,3 +84,50 @@ async def test_every_commit_arrives_once_in_order_however_commits_fall_into_turn
         await asyncio.sleep(0)
     assert _seqs(received) == list(range(1, seq + 1))
     assert len(received) <= len(turns) * 2  # at most one message per turn (plus size splits)
+
+
+class _Log:
+    """A project's log that other processes append to; reads can be held mid-flight."""
+
+    def __init__(self) -> None:
+        self.head = 0
+        self.reads: list[int] = []  # the cursor of each read
+        self.hold: asyncio.Event | None = None
+
+    def append(self, count: int) -> int:
+        self.head += count
+        return self.head
+
+    async def read(self, project_id: uuid.UUID, cursor: int, limit: int) -> LogSlice:
+        self.reads.append(cursor)
+        end = self.head  # what the read's snapshot holds: commits after it are not seen
+        if self.hold is not None:
+            await self.hold.wait()
+        return _commit(cursor + 1, min(end - cursor, limit))
+
+
+async def test_pointers_that_arrive_together_share_one_read() -> None:
+    log = _Log()
+    feed = ProjectFeed(uuid.uuid4(), log.read)
+    received = _subscribe(feed, 0)
+    for _ in range(3):  # three commits of other processes, their NOTIFYs in one turn
+        feed.poke(log.append(1))
+    log.hold = asyncio.Event()
+    await asyncio.sleep(0)
+    assert log.reads == [0]
+    for _ in range(4):  # four more arrive while that read is under way
+        feed.poke(log.append(2))
+    log.hold.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # The first read's snapshot had 3 changes; one more read takes all four later commits.
+    assert log.reads == [0, 3]
+    assert _seqs(received) == list(range(1, 12))
+    feed.poke(log.head)  # a late NOTIFY of something dispatched already: no read
+    assert log.reads == [0, 3]
+    feed.poke(log.append(1))
+    feed.poke(log.append(1))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert log.reads == [0, 3, 11]
+    assert _seqs(received) == list(range(1, 14))

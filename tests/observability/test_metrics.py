@@ -141,6 +141,8 @@ async def test_a_session_shows_in_the_metrics(
         assert value(there, "fieldsync_changes_appended_total") == 0
         assert value(there, "fieldsync_pushes_total", result="accepted", reason="") == 0
         assert value(there, "fieldsync_commit_to_fanout_seconds_count", source="remote") == 1
+        assert value(here, "fieldsync_feed_log_reads_total") == 0  # it had the commit itself
+        assert value(there, "fieldsync_feed_log_reads_total") >= 1
         assert value(there, "fieldsync_messages_sent_total", type="changes") >= 1
 
         await pusher.close()
