@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import (
+    CpuUse,
     database,
     describe_ms,
     entity_history,
@@ -37,7 +38,7 @@ PUSHES = 300
 WARM_UP = 20
 
 
-async def measure(url: str, base: str) -> list[float]:
+async def measure(url: str, base: str, pid: int) -> list[float]:
     team = await make_project(url, 1, "latency")
     refs = reference_ids()
     frames = []
@@ -47,8 +48,11 @@ async def measure(url: str, base: str) -> list[float]:
         frames.append(encode(Push(index, str(team.project_id), (entity,))))
     ws = await open_client(base, team.members[0].token, ())
     took: list[float] = []
+    cpu: CpuUse | None = None
     try:
         for index, frame in enumerate(frames):
+            if index == WARM_UP:
+                cpu = CpuUse(pid, url)
             sent = time.perf_counter()
             await ws.send(frame)
             while True:
@@ -61,12 +65,19 @@ async def measure(url: str, base: str) -> list[float]:
                 took.append(1000 * (time.perf_counter() - sent))
     finally:
         await ws.close()
+    if cpu is not None:
+        cpu.stop()
+        database_cpu = cpu.database
+        print(
+            f"CPU per push: server {1000 * cpu.server / PUSHES:.2f} ms, PostgreSQL "
+            + ("unknown" if database_cpu is None else f"{1000 * database_cpu / PUSHES:.2f} ms")
+        )
     return took
 
 
 def main() -> None:
     with database() as url, server_process(url) as server:
-        took = asyncio.run(measure(url, server.base))
+        took = asyncio.run(measure(url, server.base, server.pid))
     print(f"single push of 1 entity, 1 change, idle project: {describe_ms(took)}")
     print(f"single small push latency: p50 {percentile(took, 0.5):.2f} ms")
 

@@ -68,25 +68,26 @@ INSERT INTO conflict_feed (project_id, seq, conflict_id)
 SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING
 """
 
-_ACTIVITIES = """
-SELECT entity_id, location_id, starts_at, ends_at, deleted, status FROM rm_activities
+_ROWS = """
+SELECT 'activity' AS type, entity_id, location_id, NULL::text AS activity_id,
+       NULL::text AS role_id, NULL::text AS user_id, starts_at, ends_at, deleted, status
+FROM rm_activities
 WHERE project_id = $1 AND (entity_id = ANY($2::text[]) OR location_id = ANY($3::text[]))
-"""
-
-_SUMMONINGS = """
-SELECT entity_id, activity_id, role_id, user_id, starts_at, ends_at, deleted, status
+UNION ALL
+SELECT 'summoning', entity_id, NULL, activity_id, role_id, user_id, starts_at, ends_at,
+       deleted, status
 FROM rm_summonings
-WHERE project_id = $1 AND (entity_id = ANY($2::text[]) OR activity_id = ANY($3::text[])
-                           OR role_id = ANY($4::text[]) OR user_id = ANY($5::text[]))
+WHERE project_id = $1 AND (entity_id = ANY($2::text[]) OR activity_id = ANY($4::text[])
+                           OR role_id = ANY($5::text[]) OR user_id = ANY($6::text[]))
+UNION ALL
+SELECT 'location', entity_id, NULL, NULL, NULL, NULL, NULL, NULL, deleted, NULL
+FROM rm_locations WHERE project_id = $1 AND entity_id = ANY($2::text[])
+UNION ALL
+SELECT 'role', entity_id, NULL, NULL, NULL, NULL, NULL, NULL, deleted, NULL
+FROM rm_roles WHERE project_id = $1 AND entity_id = ANY($2::text[])
 """
-
-_LOCATIONS = """
-SELECT entity_id, deleted FROM rm_locations WHERE project_id = $1 AND entity_id = ANY($2::text[])
-"""
-
-_ROLES = """
-SELECT entity_id, deleted FROM rm_roles WHERE project_id = $1 AND entity_id = ANY($2::text[])
-"""
+"""The rows the cross-entity rules look up, of every type, in one round trip: by id, and
+activities by location and summonings by activity, role or user."""
 
 
 @translated("checking the merge for conflicts")
@@ -147,12 +148,18 @@ class _Reader:
 
 
 async def _read_rows(conn: Any, project_id: UUID, keys: Lookups) -> list[Row]:
-    ids = sorted(keys.ids)
     found: list[Row] = []
-    if ids or keys.activities_by_location:
-        for r in await conn.fetch(
-            _ACTIVITIES, project_id, ids, sorted(keys.activities_by_location)
-        ):
+    for r in await conn.fetch(
+        _ROWS,
+        project_id,
+        sorted(keys.ids),
+        sorted(keys.activities_by_location),
+        sorted(keys.summonings_by_activity),
+        sorted(keys.summonings_by_role),
+        sorted(keys.summonings_by_user),
+    ):
+        kind = r["type"]
+        if kind == "activity":
             found.append(
                 ActivityRow(
                     r["entity_id"],
@@ -163,15 +170,7 @@ async def _read_rows(conn: Any, project_id: UUID, keys: Lookups) -> list[Row]:
                     r["status"],
                 )
             )
-    if ids or keys.summonings_by_activity or keys.summonings_by_role or keys.summonings_by_user:
-        for r in await conn.fetch(
-            _SUMMONINGS,
-            project_id,
-            ids,
-            sorted(keys.summonings_by_activity),
-            sorted(keys.summonings_by_role),
-            sorted(keys.summonings_by_user),
-        ):
+        elif kind == "summoning":
             found.append(
                 SummoningRow(
                     r["entity_id"],
@@ -184,10 +183,9 @@ async def _read_rows(conn: Any, project_id: UUID, keys: Lookups) -> list[Row]:
                     r["status"],
                 )
             )
-    if ids:
-        for r in await conn.fetch(_LOCATIONS, project_id, ids):
+        elif kind == "location":
             found.append(LocationRow(r["entity_id"], r["deleted"]))
-        for r in await conn.fetch(_ROLES, project_id, ids):
+        else:
             found.append(RoleRow(r["entity_id"], r["deleted"]))
     return found
 
