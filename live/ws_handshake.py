@@ -15,6 +15,7 @@ import base64
 import binascii
 import email.utils
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ Headers = Sequence[tuple[bytes, bytes]]
 """Request headers as uvicorn keeps them: lower-case names, raw values."""
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_PROTOCOL = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+(?:/[-!#$%&'*+.^_`|~0-9a-zA-Z]+)?")
 _BROWSER_HINT = (
     "\nYou cannot access a WebSocket server directly with a browser. You need a WebSocket client.\n"
 )
@@ -73,20 +76,23 @@ def check(request: UpgradeRequest) -> str | Refused:
         return _refuse(
             405,
             "Method Not Allowed",
-            f"invalid HTTP method; expected GET; got {request.method.decode('latin-1')}",
+            f"unsupported HTTP method: {request.method.decode('latin-1')}",
             (("Allow", "GET"),),
         )
     if request.http_version != b"1.1":
         return _refuse(
             505,
             "HTTP Version Not Supported",
-            "unsupported protocol; expected HTTP/1.1: "
-            f"HTTP/{request.http_version.decode('latin-1')}",
+            f"unsupported HTTP version: HTTP/{request.http_version.decode('latin-1')}",
         )
-    connection = _tokens(request.values(b"connection"))
+    connection = _tokens(request.values(b"connection"), _TOKEN)
+    if connection is None:
+        return _invalid("Connection", "not a list of tokens")
     if "upgrade" not in (token.lower() for token in connection):
         return _upgrade_required("Connection", connection)
-    upgrade = _tokens(request.values(b"upgrade"))
+    upgrade = _tokens(request.values(b"upgrade"), _PROTOCOL)
+    if upgrade is None:
+        return _invalid("Upgrade", "not a list of protocols")
     if not (len(upgrade) == 1 and upgrade[0].lower() == "websocket"):
         return _upgrade_required("Upgrade", upgrade)
     keys = request.values(b"sec-websocket-key")
@@ -151,13 +157,17 @@ def http_date() -> str:
     return email.utils.formatdate(usegmt=True)
 
 
-def _tokens(values: list[bytes]) -> list[str]:
-    return [
-        token.strip()
-        for value in values
-        for token in value.decode("latin-1").split(",")
-        if token.strip()
-    ]
+def _tokens(values: list[bytes], item: re.Pattern[str]) -> list[str] | None:
+    """The items of comma-separated header values (RFC 9110 section 5.6.1: empty elements
+    are skipped, a value with none is malformed); None if one is malformed."""
+    found: list[str] = []
+    for value in values:
+        items = [part.strip(" \t") for part in value.decode("latin-1").split(",")]
+        items = [part for part in items if part]
+        if not items or not all(item.fullmatch(part) for part in items):
+            return None
+        found.extend(items)
+    return found
 
 
 def _refuse(

@@ -106,6 +106,12 @@ class FrameReader:
         while size - offset >= 2:
             head1, head2 = buffer[offset], buffer[offset + 1]
             opcode = head1 & 0x0F
+            if opcode not in _OPCODES:
+                events.append(Failure(PROTOCOL_ERROR, "invalid opcode"))
+                break
+            if not head2 & 0x80:
+                events.append(Failure(PROTOCOL_ERROR, "incorrect masking"))
+                break
             start = offset + 2
             length = head2 & 0x7F
             if length == 126:
@@ -118,7 +124,7 @@ class FrameReader:
                     break
                 length = int.from_bytes(buffer[start : start + 8], "big")
                 start += 8
-            failure = self._check_header(head1, head2, opcode, length)
+            failure = self._check_header(head1, opcode, length)
             if failure is not None:
                 events.append(failure)
                 break
@@ -145,12 +151,9 @@ class FrameReader:
         self._buffer = b""
         self._fragments = None
 
-    def _check_header(self, head1: int, head2: int, opcode: int, length: int) -> Failure | None:
-        """The rule a frame header breaks, in the order websockets checks them."""
-        if opcode not in _OPCODES:
-            return Failure(PROTOCOL_ERROR, "invalid opcode")
-        if not head2 & 0x80:
-            return Failure(PROTOCOL_ERROR, "incorrect masking")
+    def _check_header(self, head1: int, opcode: int, length: int) -> Failure | None:
+        """The rule a whole frame header breaks, in the order websockets checks them (after
+        the opcode and the mask bit, checked as soon as the first two bytes are in)."""
         if self._max_size is not None:
             limit = self._max_size - self._fragment_size
             if length > limit:
