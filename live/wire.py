@@ -33,7 +33,7 @@ import json
 import logging
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -71,7 +71,6 @@ CLOSE_TIMEOUT_SECONDS = 10.0
 _TIMERS = contextvars.Context()
 """The context keepalive and close timers run in (they log nothing): a pending timer would
 otherwise hold a copy of the context it was set in, the upgrade's log binding included."""
-_EARLY_SLACK = 14  # a frame header at most: what a full frame may add to ws_max_size
 
 
 class SyncWire(asyncio.Protocol):
@@ -90,11 +89,11 @@ class SyncWire(asyncio.Protocol):
         "_close_sent",
         "_config",
         "_drained",
-        "_early",
         "_frames",
         "_inbox",
         "_loop",
         "_lost",
+        "_observed",
         "_peer",
         "_ping_payload",
         "_read_paused",
@@ -112,7 +111,7 @@ class SyncWire(asyncio.Protocol):
         self._server_state = server_state
         self._loop = asyncio.get_running_loop()
         self._frames: FrameReader | None = None  # made when the upgrade is accepted
-        self._early = b""  # what the client sent before its upgrade was answered
+        self._observed: ObservedConnection | None = None  # while the session runs
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] | None = None
         self._inbox: list[bytes | str] | None = None  # a message or two: reading pauses
@@ -137,12 +136,8 @@ class SyncWire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         frames = self._frames
-        if frames is None:  # the upgrade is not answered yet: keep what comes, bounded
-            if not self._close_sent:
-                self._early += data
-                if len(self._early) > (self._config.ws_max_size or 0) + _EARLY_SLACK:
-                    self._respond(b"")
-            return
+        if frames is None:
+            return  # the upgrade was refused: what comes after the request goes unread
         for event in frames.receive(data):
             self._event(event)
 
@@ -292,9 +287,7 @@ class SyncWire(asyncio.Protocol):
     def _respond(self, answer: bytes) -> None:
         """Answer the upgrade request with ``answer`` (an HTTP response) and close."""
         self._close_sent = True
-        self._early = b""
-        if answer:
-            self._send(answer)
+        self._send(answer)
         if self._transport is not None:
             self._transport.close()
 
@@ -313,10 +306,7 @@ class SyncWire(asyncio.Protocol):
             missing = Refused(404, "Not Found", "no WebSocket endpoint here\n")
             self._respond(refusal(missing, self._date()))
             return
-        task = self._loop.create_task(self._serve(request))
-        tasks = self._server_state.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self._open(request)
 
     def _saturated(self) -> bool:
         """Refuse the upgrade before reading it if the process cannot take one more now: the
@@ -331,20 +321,10 @@ class SyncWire(asyncio.Protocol):
         self._deny(refusal.status, ErrorCode.SERVER_BUSY.value, refusal.message, rid, retry)
         return True
 
-    async def _serve(self, request: UpgradeRequest) -> None:
-        rid, opened = await self._open(request)
-        del request  # an idle socket keeps nothing of its upgrade request
-        if opened is not None:
-            session, metrics = opened
-            with ObservedConnection(metrics, session.session_id, request_id=rid):
-                await session.run()
-        if self._transport is not None and not self._close_sent:
-            self._transport.close()
-
-    async def _open(
-        self, request: UpgradeRequest
-    ) -> tuple[str, tuple[SyncSession, Metrics] | None]:
-        """The request id, and the session once the upgrade is accepted (None: refused)."""
+    def _open(self, request: UpgradeRequest) -> None:
+        """Check the upgrade and start the session, or refuse it. All of it happens here, as
+        the request arrives: no task waits for it, and nothing the client sends can come
+        before the answer."""
         rid = request_id({"headers": request.headers})
         with bind(request_id=rid):
             services: SyncServices = self.app.state.sync
@@ -361,8 +341,8 @@ class SyncWire(asyncio.Protocol):
                     "this Origin may not open a sync connection",
                     rid,
                 )
-                return rid, None
-            address = await self._client_address(request.headers)
+                return
+            address = self._client_address(request.headers)
             admitted = services.admission.admit(address)
             if isinstance(admitted, Refusal):
                 services.metrics.connection_refused(admitted.reason)
@@ -374,21 +354,36 @@ class SyncWire(asyncio.Protocol):
                     rid,
                     {"Retry-After": retry},
                 )
-                return rid, None
+                return
             try:
                 if not self._accept(request, rid):
                     admitted.release()
-                    return rid, None
-                session = SyncSession(
-                    services,
-                    self,
-                    ticket=admitted,
-                    address=address,
-                )
+                    return
+                session = SyncSession(services, self, ticket=admitted, address=address)
             except BaseException:
                 admitted.release()
                 raise
-            return rid, (session, services.metrics)
+        self._run(session, services.metrics, rid)
+
+    def _run(self, session: SyncSession, metrics: Metrics, rid: str) -> None:
+        """The session's task, in a context where every line logged names the connection and
+        its request (``ObservedConnection``), entered here and left when the task ends."""
+        observed = ObservedConnection(metrics, session.session_id, request_id=rid)
+        context = contextvars.copy_context()
+        context.run(observed.__enter__)
+        task = self._loop.create_task(session.run(), context=context)
+        self._server_state.tasks.add(task)
+        self._observed = observed
+        # One done callback, a bound method: a task keeps its first callback without a list.
+        task.add_done_callback(self._ended, context=context)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._server_state.tasks.discard(task)
+        if self._observed is not None:
+            self._observed.__exit__(None, None, None)
+            self._observed = None
+        if self._transport is not None and not self._close_sent:
+            self._transport.close()
 
     def _accept(self, request: UpgradeRequest, rid: str) -> bool:
         if self._lost:
@@ -402,9 +397,6 @@ class SyncWire(asyncio.Protocol):
         self._peer = None  # the address is known now; an idle socket need not keep it
         self._frames = FrameReader(self._config.ws_max_size)
         self._schedule_ping()
-        early, self._early = self._early, b""
-        if early:
-            self.data_received(early)
         return True
 
     def _date(self) -> str:
@@ -441,7 +433,7 @@ class SyncWire(asyncio.Protocol):
         ]
         self._respond(response(status, _REASONS.get(status, "Refused"), headers, body))
 
-    async def _client_address(self, headers: Sequence[tuple[bytes, bytes]]) -> str:
+    def _client_address(self, headers: Sequence[tuple[bytes, bytes]]) -> str:
         """The client's host, from X-Forwarded-For when the peer is a trusted proxy: the
         rule uvicorn applies to every ASGI request (``--forwarded-allow-ips``)."""
         scope: dict[str, Any] = {"type": "websocket", "client": self._peer, "headers": headers}
@@ -453,7 +445,7 @@ class SyncWire(asyncio.Protocol):
                 cls._proxy = ProxyHeadersMiddleware(
                     cast(Any, _nothing), trusted_hosts=self._config.forwarded_allow_ips
                 )
-            await cls._proxy(cast(Any, scope), cast(Any, None), cast(Any, None))
+            _run_now(cls._proxy(cast(Any, scope), cast(Any, None), cast(Any, None)))
         client = scope.get("client")
         return str(client[0]) if client else "unknown"
 
@@ -501,6 +493,17 @@ class SyncWire(asyncio.Protocol):
 
 async def _nothing(_scope: Any, _receive: Any, _send: Any) -> None:
     """The app behind the proxy-header middleware: the wire only wants the scope it fixed."""
+
+
+def _run_now(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run to its end a coroutine that never waits (the proxy-header middleware, over
+    :func:`_nothing`, only reads headers), so the upgrade needs no task of its own."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("the proxy-header middleware waited")
 
 
 _REASONS = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
