@@ -45,6 +45,7 @@ from fieldsync.live.admission import Refusal
 from fieldsync.live.operations import ObservedConnection
 from fieldsync.live.origins import OriginPolicy, same_origin
 from fieldsync.live.session import SyncServices, SyncSession
+from fieldsync.live.ws_deadlines import Deadlines, Slot
 from fieldsync.live.ws_frames import close_frame, echo_close_frame, ping_frame, pong_frame
 from fieldsync.live.ws_handshake import (
     Refused,
@@ -68,9 +69,6 @@ log = logging.getLogger("fieldsync.live.wire")
 SYNC_PATH = "/sync"
 CLOSE_TIMEOUT_SECONDS = 10.0
 """How long a close we sent waits for the client's answer before the socket is dropped."""
-_TIMERS = contextvars.Context()
-"""The context keepalive and close timers run in (they log nothing): a pending timer would
-otherwise hold a copy of the context it was set in, the upgrade's log binding included."""
 
 
 class SyncWire(asyncio.Protocol):
@@ -82,6 +80,7 @@ class SyncWire(asyncio.Protocol):
 
     app: Starlette  # set on the subclass :func:`sync_wire_protocol` makes
     _proxy: ProxyHeadersMiddleware | None = None  # per subclass, so per server
+    _shared_deadlines: Deadlines | None = None  # likewise
 
     __slots__ = (
         "__weakref__",
@@ -122,7 +121,7 @@ class SyncWire(asyncio.Protocol):
         self._accepted = False
         self._close_sent = False  # nothing but a pong goes out any more
         self._lost = False
-        self._timer: asyncio.TimerHandle | None = None  # keepalive ping, pong or close wait
+        self._timer: Slot | None = None  # its deadline: keepalive ping, pong or close wait
         self._ping_payload: bytes | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -451,28 +450,49 @@ class SyncWire(asyncio.Protocol):
 
     # -- keepalive and close timers -------------------------------------------------------------
 
+    def _deadlines(self) -> Deadlines:
+        """The server's deadlines (``live.ws_deadlines``), made with its first connection,
+        in ticks of a twentieth of its shortest wait (at most a second)."""
+        cls = type(self)
+        if cls._shared_deadlines is None or cls._shared_deadlines.loop is not self._loop:
+            waits = [CLOSE_TIMEOUT_SECONDS]
+            for wait in (self._config.ws_ping_interval, self._config.ws_ping_timeout):
+                if wait is not None and wait > 0:
+                    waits.append(wait)
+            cls._shared_deadlines = Deadlines(self._loop, min(1.0, min(waits) / 20))
+        return cls._shared_deadlines
+
     def _schedule_ping(self) -> None:
         interval = self._config.ws_ping_interval
         self._cancel_timer()
         if interval is not None and interval > 0 and not self._close_sent:
-            self._timer = self._loop.call_later(interval, self._ping, context=_TIMERS)
+            self._timer = self._deadlines().add(self, interval)
+
+    def expired(self) -> None:
+        """The socket's deadline passed: the client did not answer our close in time, or
+        the keepalive ping's pong is missing, or the next ping is due."""
+        self._timer = None
+        if self._lost:
+            return
+        if self._close_sent:
+            if self._transport is not None:
+                self._transport.close()
+        elif self._ping_payload is not None:
+            self._pong_missing()
+        else:
+            self._ping()
 
     def _ping(self) -> None:
-        self._timer = None
-        if self._lost or self._close_sent:
-            return
         self._ping_payload = struct.pack("!I", random.getrandbits(32))
         self._send(ping_frame(self._ping_payload))
         timeout = self._config.ws_ping_timeout
         if timeout is not None and timeout > 0:
-            self._timer = self._loop.call_later(timeout, self._pong_missing, context=_TIMERS)
+            self._timer = self._deadlines().add(self, timeout)
         else:
+            self._ping_payload = None  # no pong is waited for
             self._schedule_ping()
 
     def _pong_missing(self) -> None:
-        self._timer = None
-        if self._lost or self._close_sent:
-            return
         self._close_sent = True
         self._send(close_frame(1011, "keepalive ping timeout"))
         if self._transport is not None:
@@ -481,13 +501,11 @@ class SyncWire(asyncio.Protocol):
     def _wait_then_drop(self) -> None:
         self._cancel_timer()
         if self._transport is not None and not self._lost:
-            self._timer = self._loop.call_later(
-                CLOSE_TIMEOUT_SECONDS, self._transport.close, context=_TIMERS
-            )
+            self._timer = self._deadlines().add(self, CLOSE_TIMEOUT_SECONDS)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self._timer.discard(self)
             self._timer = None
 
 
