@@ -72,5 +72,8 @@ class Deadlines:
             slot = self._buckets.pop(due)
             while slot:  # an item may cancel another's deadline meanwhile
                 slot.pop().expired()
-        if self._buckets and self._handle is None:
-            self._arm(min(self._buckets))
+        # What expired may have armed the timer for a later tick than one already waiting.
+        if self._buckets:
+            first = min(self._buckets)
+            if self._handle is None or first < self._armed_at_tick():
+                self._arm(first)

@@ -50,3 +50,22 @@ async def test_a_deadline_set_when_another_expires_fires_in_its_turn() -> None:
     await asyncio.sleep(0.5)
     assert len(fired) == 4
     assert fired[-1] - start >= 0.2
+
+
+async def test_a_far_deadline_set_on_expiry_does_not_delay_a_nearer_one() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop, TICK)
+    log: list[tuple[str, float]] = []
+    far = Item(loop, "far", log)
+
+    class Rescheduling:
+        def expired(self) -> None:
+            log.append(("first", loop.time()))
+            deadlines.add(far, 1.0)
+
+    start = loop.time()
+    deadlines.add(Rescheduling(), 0.03)
+    deadlines.add(Item(loop, "near", log), 0.1)
+    await asyncio.sleep(0.3)
+    assert [name for name, _ in log] == ["first", "near"]
+    assert log[1][1] - start <= 0.1 + TICK + 0.05
