@@ -6,16 +6,29 @@ cost the server without ever reaching the app. The protocol made here closes a c
 whose request line and headers are not complete within ``seconds`` of the connection
 opening, or of the previous response ending (keep-alive). A WebSocket upgrade counts as
 complete headers; from then on the sync session's own handshake deadline applies.
+
+It also hands a WebSocket upgrade to the ``ws`` protocol (``live.wire.SyncWire``) as the
+request h11 parsed, where uvicorn would write the request back into bytes for the WebSocket
+protocol to parse again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from fieldsync.live.ws_handshake import UpgradeRequest
+
 HEADER_SECONDS = 10.0
+
+
+class TakesUpgrade(Protocol):
+    """A ``ws`` protocol that takes the parsed upgrade request instead of its bytes."""
+
+    def take_upgrade(self, request: UpgradeRequest) -> None: ...
 
 
 class _HeaderDeadlineProtocol(H11Protocol):
@@ -39,6 +52,23 @@ class _HeaderDeadlineProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        if not hasattr(self.ws_protocol_class, "take_upgrade"):
+            super().handle_websocket_upgrade(event)
+            return
+        self.connections.discard(self)
+        protocol = self.ws_protocol_class(  # type: ignore[call-arg, misc]
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.connection_made(self.transport)
+        self.transport.set_protocol(protocol)
+        # Whatever the client sent after its request (it should wait for the answer) stays
+        # in h11's buffer and is dropped, as uvicorn drops it.
+        taker = cast(TakesUpgrade, protocol)
+        taker.take_upgrade(
+            UpgradeRequest(event.method, event.target, event.http_version, self.headers)
+        )
 
     def _arm(self) -> None:
         self._disarm()

@@ -5,10 +5,14 @@ through uvicorn's WebSocket protocol and Starlette, each socket held an ASGI sco
 queue, events and a task parked in a stack of middleware frames: about 24 KB of the 32 KB a
 socket cost (``bench/idle_sockets.py``), and every frame sent went through four ``send``
 wrappers. Here a ``/sync`` upgrade is handed, by uvicorn's HTTP protocol, to
-:class:`SyncWire`: websockets' sans-I/O ``ServerProtocol`` for the framing and the handshake,
-an ``asyncio.Protocol`` for the socket, and the :class:`~fieldsync.live.session.SyncSession`
-on top, through the same small :class:`~fieldsync.live.session.Transport` the ASGI endpoint
-gives it. Every other path still goes through the ASGI app.
+:class:`SyncWire` as the request h11 parsed (``live.slow_requests``): an ``asyncio.Protocol``
+for the socket, the handshake checked on that parse (``live.ws_handshake``), the client's
+frames read by a plain-state reader (``live.ws_reader``), the server's frames built once
+(``live.ws_frames``), and the :class:`~fieldsync.live.session.SyncSession` on top, through
+the same small :class:`~fieldsync.live.session.Transport` the ASGI endpoint gave it. Every
+other path still goes through the ASGI app. websockets' ``ServerProtocol`` did the framing
+and the handshake before: it cost an idle socket about 1.6 KB (its parser generators kept
+the last frame read) and every upgrade request was parsed twice.
 
 What the ASGI path did is kept: the Origin rules (the allow-list, or the server's own
 pages) and admission are checked before the
@@ -29,23 +33,31 @@ import json
 import logging
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
 from starlette.applications import Starlette
 from uvicorn.config import Config
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.server import ServerState
-from websockets.datastructures import Headers
-from websockets.frames import CloseCode, Frame, Opcode
-from websockets.http11 import Request, Response
-from websockets.protocol import State
-from websockets.server import ServerProtocol
 
 from fieldsync.live.admission import Refusal
 from fieldsync.live.operations import ObservedConnection
 from fieldsync.live.origins import OriginPolicy, same_origin
 from fieldsync.live.session import SyncServices, SyncSession
+from fieldsync.live.ws_deadlines import Deadlines, Slot
+from fieldsync.live.ws_frames import close_frame, echo_close_frame, ping_frame, pong_frame
+from fieldsync.live.ws_handshake import (
+    Refused,
+    UpgradeRequest,
+    check,
+    has_body,
+    http_date,
+    refusal,
+    response,
+    switching_protocols,
+)
+from fieldsync.live.ws_reader import CloseReceived, Event, FrameReader, Message, Ping, Pong
 from fieldsync.observability.logs import bind
 from fieldsync.observability.metrics import Metrics
 from fieldsync.observability.request_ids import HEADER as REQUEST_ID_HEADER
@@ -57,96 +69,76 @@ log = logging.getLogger("fieldsync.live.wire")
 SYNC_PATH = "/sync"
 CLOSE_TIMEOUT_SECONDS = 10.0
 """How long a close we sent waits for the client's answer before the socket is dropped."""
-_TIMERS = contextvars.Context()
-"""The context keepalive and close timers run in (they log nothing): a pending timer would
-otherwise hold a copy of the context it was set in, the upgrade's log binding included."""
 
 
 class SyncWire(asyncio.Protocol):
     """One WebSocket connection on ``/sync``, from the upgrade request to the socket's end.
 
     Made by uvicorn's HTTP protocol (as its ``ws`` protocol class) with the connection's
-    transport, then fed the upgrade request's bytes.
+    transport, then handed the upgrade request h11 parsed (:meth:`take_upgrade`).
     """
 
     app: Starlette  # set on the subclass :func:`sync_wire_protocol` makes
     _proxy: ProxyHeadersMiddleware | None = None  # per subclass, so per server
+    _shared_deadlines: Deadlines | None = None  # likewise
 
     __slots__ = (
         "__weakref__",
         "_accepted",
         "_close_sent",
         "_config",
-        "_connections",
         "_drained",
-        "_fragment_text",
-        "_fragments",
+        "_frames",
         "_inbox",
         "_loop",
         "_lost",
+        "_observed",
         "_peer",
         "_ping_payload",
         "_read_paused",
         "_reader",
-        "_tasks",
+        "_server_state",
         "_timer",
         "_transport",
         "_write_paused",
-        "_ws",
     )
 
     def __init__(
         self, config: Config, server_state: ServerState, app_state: dict[str, Any]
     ) -> None:
         self._config = config
-        self._connections = server_state.connections
-        self._tasks = server_state.tasks
+        self._server_state = server_state
         self._loop = asyncio.get_running_loop()
-        self._ws = ServerProtocol(max_size=config.ws_max_size)
+        self._frames: FrameReader | None = None  # made when the upgrade is accepted
+        self._observed: ObservedConnection | None = None  # while the session runs
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] | None = None
-        self._inbox: list[bytes | str] = []  # a message or two: reading pauses meanwhile
-        self._fragments: list[bytes] = []
-        self._fragment_text = False
+        self._inbox: list[bytes | str] | None = None  # a message or two: reading pauses
         self._reader: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._write_paused = False
         self._read_paused = False
         self._accepted = False
-        self._close_sent = False
+        self._close_sent = False  # nothing but a pong goes out any more
         self._lost = False
-        self._timer: asyncio.TimerHandle | None = None  # keepalive ping, pong or close wait
+        self._timer: Slot | None = None  # its deadline: keepalive ping, pong or close wait
         self._ping_payload: bytes | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._connections.add(cast(Any, self))
+        self._server_state.connections.add(cast(Any, self))
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer = (str(peer[0]), int(peer[1]))
 
     def data_received(self, data: bytes) -> None:
-        if not self._accepted and not self._close_sent and self._saturated():
-            return
-        self._ws.receive_data(data)
-        if self._ws.handshake_exc is not None and not self._accepted:
-            # An upgrade request websockets cannot take (it may have queued a 4xx of its own).
-            self._write()
-            if not self._close_sent:
-                self._respond(self._ws.reject(400, "invalid WebSocket upgrade request\n"))
-            return
-        for event in self._ws.events_received():
-            if isinstance(event, Request):
-                self._start(event)
-            elif isinstance(event, Frame):
-                self._frame(event)
-        self._write()
-        if self._ws.close_sent is not None and not self._close_sent:
-            # The framing failed (oversize, bad UTF-8, protocol error): websockets said why.
-            self._close_sent = True
-            self._wait_then_drop()
+        frames = self._frames
+        if frames is None:
+            return  # the upgrade was refused: what comes after the request goes unread
+        for event in frames.receive(data):
+            self._event(event)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -154,7 +146,7 @@ class SyncWire(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._cancel_timer()
-        self._connections.discard(cast(Any, self))
+        self._server_state.connections.discard(cast(Any, self))
         self._wake_reader()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
@@ -172,59 +164,52 @@ class SyncWire(asyncio.Protocol):
         if self._transport is None or self._lost:
             return
         if self._accepted and not self._close_sent:
-            self._ws.send_close(1012, "server restarting")
-            self._write()
+            self._close_sent = True
+            self._send(close_frame(1012, "server restarting"))
         self._transport.close()
-
-    def _saturated(self) -> bool:
-        """Refuse the upgrade before reading it if the process cannot take one more now: the
-        refusal of a crowd must cost far less than serving it (``live.load_gate``)."""
-        services: SyncServices = self.app.state.sync
-        refusal = services.load.refusal()
-        if refusal is None:
-            return False
-        services.metrics.connection_refused(refusal.reason)
-        rid = request_id({"headers": []})
-        retry = {"Retry-After": str(self._retry_after(services, refusal))}
-        self._deny(refusal.status, ErrorCode.SERVER_BUSY.value, refusal.message, rid, retry)
-        return True
 
     # -- frames from the client -----------------------------------------------------------------
 
-    def _frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.TEXT or frame.opcode is Opcode.BINARY:
-            self._fragment_text = frame.opcode is Opcode.TEXT
-            self._fragments = [bytes(frame.data)]
-        elif frame.opcode is Opcode.CONT:
-            self._fragments.append(bytes(frame.data))
-        elif frame.opcode is Opcode.PONG:
-            if self._ping_payload is not None and bytes(frame.data) == self._ping_payload:
+    def _event(self, event: Event) -> None:
+        if isinstance(event, Message):
+            if self._close_sent:
+                return  # the session is past its close; only the client's answer matters now
+            if self._inbox is None:
+                self._inbox = [event.data]
+            else:
+                self._inbox.append(event.data)
+            if not self._read_paused and self._transport is not None:
+                self._read_paused = True
+                self._transport.pause_reading()
+            self._wake_reader()
+        elif isinstance(event, Ping):
+            self._send(pong_frame(event.payload))
+        elif isinstance(event, Pong):
+            if self._ping_payload is not None and event.payload == self._ping_payload:
                 self._ping_payload = None
                 self._schedule_ping()
-            return
-        else:  # PING is answered by websockets; CLOSE is handled in data_received
-            return
-        if not frame.fin:
-            return
-        data = b"".join(self._fragments)
-        self._fragments = []
-        if self._close_sent:
-            return  # the session is past its close; only the client's answer matters now
-        message: bytes | str = data
-        if self._fragment_text:
-            try:
-                message = data.decode()
-            except UnicodeDecodeError:
-                self._close_sent = True
-                self._ws.fail(CloseCode.INVALID_DATA, "a text frame that is not UTF-8")
-                self._write()
-                self._wait_then_drop()
-                self._wake_reader()
-                return
-        self._inbox.append(message)
-        if not self._read_paused and self._transport is not None:
-            self._read_paused = True
-            self._transport.pause_reading()
+        else:
+            # The client's close, answered with its own payload unless we closed first; or
+            # a broken rule (oversize 1009, bad UTF-8 1007, protocol error 1002), said why.
+            if not self._close_sent:
+                if isinstance(event, CloseReceived):
+                    self._send(echo_close_frame(event.payload))
+                else:
+                    self._send(close_frame(event.code, event.reason))
+            self._end_stream()
+
+    def _end_stream(self) -> None:
+        """Both closes are out (or the connection failed): half-close, and read on (the
+        reader discards what comes) until the client closes its side, so the close frame is
+        not lost to a reset; a client that never does is dropped after CLOSE_TIMEOUT_SECONDS."""
+        self._close_sent = True
+        if self._transport is not None and not self._lost:
+            if self._transport.can_write_eof():
+                self._transport.write_eof()
+            else:
+                self._transport.close()
+        self._wait_then_drop()
+        self._resume_reading()
         self._wake_reader()
 
     def _wake_reader(self) -> None:
@@ -235,7 +220,7 @@ class SyncWire(asyncio.Protocol):
         """The client's next message; None once the connection is over. Safe to cancel: a
         message that arrives meanwhile waits for the next call."""
         while not self._inbox:
-            if self._lost or self._close_sent or self._ws.close_rcvd is not None:
+            if self._lost or self._close_sent:
                 return None
             self._reader = self._loop.create_future()
             await self._reader
@@ -243,6 +228,7 @@ class SyncWire(asyncio.Protocol):
             return None  # the session closed: what the client sent since goes unread
         message = self._inbox.pop(0)
         if not self._inbox:
+            self._inbox = None
             self._resume_reading()
         return message
 
@@ -257,9 +243,7 @@ class SyncWire(asyncio.Protocol):
     def write_now(self, message: bytes) -> bool:
         """Write one whole binary message if the socket takes data now (its buffer is below
         the high-water mark, the connection open); False: it must wait."""
-        if self._write_paused or self._lost or self._close_sent:
-            return False
-        if self._ws.state is not State.OPEN:
+        if self._write_paused or self._lost or self._close_sent or not self._accepted:
             return False
         assert self._transport is not None
         self._transport.write(message)
@@ -268,10 +252,9 @@ class SyncWire(asyncio.Protocol):
     def write(self, messages: Sequence[bytes]) -> None:
         """Write whole binary messages (``live.ws_frames``), in one system call where the
         kernel takes them; dropped once the connection is closing or gone."""
-        if self._lost or self._close_sent or self._ws.state is not State.OPEN:
+        if self._lost or self._close_sent or not self._accepted:
             return
         assert self._transport is not None
-        # websockets' own frames (pongs) are written as they are made: none is pending here.
         self._transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
 
     async def drained(self) -> None:
@@ -288,77 +271,77 @@ class SyncWire(asyncio.Protocol):
         if self._lost or self._close_sent:
             return
         self._close_sent = True
-        self._ws.send_close(code, reason)
-        self._write()
+        self._send(close_frame(code, reason))
         self._wait_then_drop()
         # Read on, so the client's answer to the close is seen, and wake a waiting reader.
-        self._inbox.clear()
+        self._inbox = None
         self._resume_reading()
         self._wake_reader()
 
-    def _write(self) -> None:
-        data = self._ws.data_to_send()
-        if not data or self._transport is None or self._lost:
-            return
-        self._transport.write(b"".join(data))
-        if data[-1] == b"":
-            # websockets' end of stream: half-close, and read on (websockets discards what
-            # comes) until the client closes its side, so the close frame is not lost to a
-            # reset; a client that never does is dropped after CLOSE_TIMEOUT_SECONDS.
-            self._close_sent = True  # nothing more goes out
-            if self._transport.can_write_eof():
-                self._transport.write_eof()
-            else:
-                self._transport.close()
-            self._wait_then_drop()
-            self._wake_reader()
+    def _send(self, data: bytes) -> None:
+        """Write the wire's own bytes (handshake answers, control frames)."""
+        if self._transport is not None and not self._lost and not self._transport.is_closing():
+            self._transport.write(data)
 
-    def _respond(self, response: Response) -> None:
+    def _respond(self, answer: bytes) -> None:
+        """Answer the upgrade request with ``answer`` (an HTTP response) and close."""
         self._close_sent = True
-        self._ws.send_response(response)
-        self._write()
+        self._send(answer)
         if self._transport is not None:
             self._transport.close()
 
     # -- the upgrade ----------------------------------------------------------------------------
 
-    def _start(self, request: Request) -> None:
-        path = request.path.partition("?")[0]
-        if path != SYNC_PATH:
-            self._respond(self._ws.reject(404, "no WebSocket endpoint here\n"))
+    def take_upgrade(self, request: UpgradeRequest) -> None:
+        """The upgrade request, as uvicorn's HTTP protocol parsed it (``live.slow_requests``).
+        A saturated process refuses it before looking at it."""
+        if self._saturated():
             return
-        task = self._loop.create_task(self._serve(request))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if has_body(request):
+            bad = Refused(400, "Bad Request", "invalid WebSocket upgrade request\n")
+            self._respond(refusal(bad, self._date()))
+            return
+        if request.path != SYNC_PATH:
+            missing = Refused(404, "Not Found", "no WebSocket endpoint here\n")
+            self._respond(refusal(missing, self._date()))
+            return
+        self._open(request)
 
-    async def _serve(self, request: Request) -> None:
-        rid, opened = await self._open(request)
-        del request  # an idle socket keeps nothing of its upgrade request
-        if opened is not None:
-            session, metrics = opened
-            with ObservedConnection(metrics, session.session_id, request_id=rid):
-                await session.run()
-        if self._transport is not None and not self._close_sent:
-            self._transport.close()
+    def _saturated(self) -> bool:
+        """Refuse the upgrade before reading it if the process cannot take one more now: the
+        refusal of a crowd must cost far less than serving it (``live.load_gate``)."""
+        services: SyncServices = self.app.state.sync
+        refusal = services.load.refusal()
+        if refusal is None:
+            return False
+        services.metrics.connection_refused(refusal.reason)
+        rid = request_id({"headers": []})
+        retry = {"Retry-After": str(self._retry_after(services, refusal))}
+        self._deny(refusal.status, ErrorCode.SERVER_BUSY.value, refusal.message, rid, retry)
+        return True
 
-    async def _open(self, request: Request) -> tuple[str, tuple[SyncSession, Metrics] | None]:
-        """The request id, and the session once the upgrade is accepted (None: refused)."""
-        raw = request.headers.raw_items()
-        headers = [(name.lower().encode(), value.encode("latin-1")) for name, value in raw]
-        rid = request_id({"headers": headers})
+    def _open(self, request: UpgradeRequest) -> None:
+        """Check the upgrade and start the session, or refuse it. All of it happens here, as
+        the request arrives: no task waits for it, and nothing the client sends can come
+        before the answer."""
+        rid = request_id({"headers": request.headers})
         with bind(request_id=rid):
             services: SyncServices = self.app.state.sync
             origins: OriginPolicy = self.app.state.origins
-            origin = request.headers.get("Origin")
-            if not (origins.allows(origin) or same_origin(origin, request.headers.get("Host"))):
+            sent = request.values(b"origin")
+            origin = sent[0].decode("latin-1") if sent else None
+            hosts = request.values(b"host")
+            host = hosts[0].decode("latin-1") if hosts else None
+            # Two Origins are no browser's: refused like an Origin not on the list.
+            if len(sent) > 1 or not (origins.allows(origin) or same_origin(origin, host)):
                 self._deny(
                     403,
                     ErrorCode.FORBIDDEN_ORIGIN.value,
                     "this Origin may not open a sync connection",
                     rid,
                 )
-                return rid, None
-            address = await self._client_address(headers)
+                return
+            address = self._client_address(request.headers)
             admitted = services.admission.admit(address)
             if isinstance(admitted, Refusal):
                 services.metrics.connection_refused(admitted.reason)
@@ -370,39 +353,57 @@ class SyncWire(asyncio.Protocol):
                     rid,
                     {"Retry-After": retry},
                 )
-                return rid, None
+                return
             try:
-                accepted = self._accept(request, rid)
-                # websockets' parser keeps the request for the connection's life: drop what
-                # it holds that an idle socket need not (every header the client sent).
-                request.headers.clear()
-                if not accepted:
+                if not self._accept(request, rid):
                     admitted.release()
-                    return rid, None
-                session = SyncSession(
-                    services,
-                    self,
-                    ticket=admitted,
-                    address=address,
-                )
+                    return
+                session = SyncSession(services, self, ticket=admitted, address=address)
             except BaseException:
                 admitted.release()
                 raise
-            return rid, (session, services.metrics)
+        self._run(session, services.metrics, rid)
 
-    def _accept(self, request: Request, rid: str) -> bool:
+    def _run(self, session: SyncSession, metrics: Metrics, rid: str) -> None:
+        """The session's task, in a context where every line logged names the connection and
+        its request (``ObservedConnection``), entered here and left when the task ends."""
+        observed = ObservedConnection(metrics, session.session_id, request_id=rid)
+        context = contextvars.copy_context()
+        context.run(observed.__enter__)
+        task = self._loop.create_task(session.run(), context=context)
+        self._server_state.tasks.add(task)
+        self._observed = observed
+        # One done callback, a bound method: a task keeps its first callback without a list.
+        task.add_done_callback(self._ended, context=context)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._server_state.tasks.discard(task)
+        if self._observed is not None:
+            self._observed.__exit__(None, None, None)
+            self._observed = None
+        if self._transport is not None and not self._close_sent:
+            self._transport.close()
+
+    def _accept(self, request: UpgradeRequest, rid: str) -> bool:
         if self._lost:
             return False
-        response = self._ws.accept(request)
-        if response.status_code != 101:
-            self._respond(response)
+        accept = check(request)
+        if isinstance(accept, Refused):
+            self._respond(refusal(accept, self._date()))
             return False
-        response.headers[REQUEST_ID_HEADER] = rid
-        self._ws.send_response(response)
-        self._write()
+        self._send(switching_protocols(accept, self._date(), ((REQUEST_ID_HEADER, rid),)))
         self._accepted = True
+        self._peer = None  # the address is known now; an idle socket need not keep it
+        self._frames = FrameReader(self._config.ws_max_size)
         self._schedule_ping()
         return True
+
+    def _date(self) -> str:
+        """The ``Date`` uvicorn stamps on its answers (renewed each second), or now."""
+        for name, value in self._server_state.default_headers:
+            if name == b"date":
+                return value.decode("latin-1")
+        return http_date()
 
     @staticmethod
     def _retry_after(services: SyncServices, refusal: Refusal) -> int:
@@ -422,19 +423,16 @@ class SyncWire(asyncio.Protocol):
         self, status: int, code: str, message: str, rid: str, extra: dict[str, str] | None = None
     ) -> None:
         body = json.dumps({"code": code, "message": message}).encode()
-        headers = Headers(
-            {
-                "Content-Type": "application/json",
-                "Content-Length": str(len(body)),
-                "Connection": "close",
-                REQUEST_ID_HEADER: rid,
-                **(extra or {}),
-            }
-        )
-        reason = _REASONS.get(status, "Refused")
-        self._respond(Response(status, reason, headers, body))
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+            (REQUEST_ID_HEADER, rid),
+            *(extra or {}).items(),
+        ]
+        self._respond(response(status, _REASONS.get(status, "Refused"), headers, body))
 
-    async def _client_address(self, headers: list[tuple[bytes, bytes]]) -> str:
+    def _client_address(self, headers: Sequence[tuple[bytes, bytes]]) -> str:
         """The client's host, from X-Forwarded-For when the peer is a trusted proxy: the
         rule uvicorn applies to every ASGI request (``--forwarded-allow-ips``)."""
         scope: dict[str, Any] = {"type": "websocket", "client": self._peer, "headers": headers}
@@ -446,56 +444,84 @@ class SyncWire(asyncio.Protocol):
                 cls._proxy = ProxyHeadersMiddleware(
                     cast(Any, _nothing), trusted_hosts=self._config.forwarded_allow_ips
                 )
-            await cls._proxy(cast(Any, scope), cast(Any, None), cast(Any, None))
+            _run_now(cls._proxy(cast(Any, scope), cast(Any, None), cast(Any, None)))
         client = scope.get("client")
         return str(client[0]) if client else "unknown"
 
     # -- keepalive and close timers -------------------------------------------------------------
 
+    def _deadlines(self) -> Deadlines:
+        """The server's deadlines (``live.ws_deadlines``), made with its first connection,
+        in ticks of a twentieth of its shortest wait (at most a second)."""
+        cls = type(self)
+        if cls._shared_deadlines is None or cls._shared_deadlines.loop is not self._loop:
+            waits = [CLOSE_TIMEOUT_SECONDS]
+            for wait in (self._config.ws_ping_interval, self._config.ws_ping_timeout):
+                if wait is not None and wait > 0:
+                    waits.append(wait)
+            cls._shared_deadlines = Deadlines(self._loop, min(1.0, min(waits) / 20))
+        return cls._shared_deadlines
+
     def _schedule_ping(self) -> None:
         interval = self._config.ws_ping_interval
         self._cancel_timer()
         if interval is not None and interval > 0 and not self._close_sent:
-            self._timer = self._loop.call_later(interval, self._ping, context=_TIMERS)
+            self._timer = self._deadlines().add(self, interval)
+
+    def expired(self) -> None:
+        """The socket's deadline passed: the client did not answer our close in time, or
+        the keepalive ping's pong is missing, or the next ping is due."""
+        self._timer = None
+        if self._lost:
+            return
+        if self._close_sent:
+            if self._transport is not None:
+                self._transport.close()
+        elif self._ping_payload is not None:
+            self._pong_missing()
+        else:
+            self._ping()
 
     def _ping(self) -> None:
-        self._timer = None
-        if self._lost or self._close_sent:
-            return
         self._ping_payload = struct.pack("!I", random.getrandbits(32))
-        self._ws.send_ping(self._ping_payload)
-        self._write()
+        self._send(ping_frame(self._ping_payload))
         timeout = self._config.ws_ping_timeout
         if timeout is not None and timeout > 0:
-            self._timer = self._loop.call_later(timeout, self._pong_missing, context=_TIMERS)
+            self._timer = self._deadlines().add(self, timeout)
         else:
+            self._ping_payload = None  # no pong is waited for
             self._schedule_ping()
 
     def _pong_missing(self) -> None:
-        self._timer = None
-        if self._lost or self._close_sent:
-            return
         self._close_sent = True
-        self._ws.fail(1011, "keepalive ping timeout")
-        self._write()
+        self._send(close_frame(1011, "keepalive ping timeout"))
         if self._transport is not None:
             self._transport.close()
 
     def _wait_then_drop(self) -> None:
         self._cancel_timer()
         if self._transport is not None and not self._lost:
-            self._timer = self._loop.call_later(
-                CLOSE_TIMEOUT_SECONDS, self._transport.close, context=_TIMERS
-            )
+            self._timer = self._deadlines().add(self, CLOSE_TIMEOUT_SECONDS)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self._timer.discard(self)
             self._timer = None
 
 
 async def _nothing(_scope: Any, _receive: Any, _send: Any) -> None:
     """The app behind the proxy-header middleware: the wire only wants the scope it fixed."""
+
+
+def _run_now(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run to its end a coroutine that never waits (the proxy-header middleware, over
+    :func:`_nothing`, only reads headers), so the upgrade needs no task of its own."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("the proxy-header middleware waited")
 
 
 _REASONS = {403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}

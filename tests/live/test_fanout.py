@@ -142,7 +142,12 @@ async def test_a_receiver_that_stops_reading_is_bounded_and_closed_while_others_
         await slow.sync_until_synced(str(project))
         slow.ws.transport.pause_reading()
         # And the server's kernel buffer for it too (it would grow to megabytes by itself).
-        [wire] = [w for w in _instances(SyncWire) if w._peer == raw.getsockname()]
+        [wire] = [
+            w
+            for w in _instances(SyncWire)
+            if w._transport is not None
+            and w._transport.get_extra_info("peername") == raw.getsockname()
+        ]
         assert wire._transport is not None
         wire._transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024

@@ -200,3 +200,86 @@ async def test_a_text_frame_that_is_not_utf8_closes_with_1007_and_logs_no_traceb
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == WsCloseCode.INVALID_DATA
     assert not [r for r in caplog.records if r.exc_info is not None]
+
+
+@contextlib.asynccontextmanager
+async def _raw_upgrade(
+    base: str, request: bytes
+) -> AsyncIterator[tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """Send ``request`` as is: the answer's status line and headers, and the streams."""
+    host, port = base.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        yield head, reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def _upgrade(path: str = "/sync", *extra: str, key: str = "dGhlIHNhbXBsZSBub25jZQ==") -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: localhost",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_upgrades_that_break_the_handshake_rules_are_answered_as_before(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    base, _, _ = served
+    version = "Sec-WebSocket-Version: 13"
+    cases = [
+        (_upgrade("/sync", version), b"HTTP/1.1 101 "),
+        (_upgrade("/sync", version, key="dGhlIHNhbXBsZQ=="), b"HTTP/1.1 400 "),  # 10 bytes
+        (_upgrade("/sync", "Sec-WebSocket-Version: 8"), b"HTTP/1.1 400 "),
+        (_upgrade("/sync"), b"HTTP/1.1 400 "),  # no version
+        (_upgrade("/sync", version, "Content-Length: 3") + b"abc", b"HTTP/1.1 400 "),
+        (_upgrade("/sync", version).replace(b"GET", b"POST", 1), b"HTTP/1.1 405 "),
+        (_upgrade("/other", version), b"HTTP/1.1 404 "),
+    ]
+    for request, status in cases:
+        async with _raw_upgrade(base, request) as (head, _, _):
+            assert head.startswith(status), (request, head)
+    async with _raw_upgrade(base, _upgrade("/sync", version)) as (head, _, _):
+        # RFC 6455's own example: this key is accepted with this value.
+        assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+        assert b"Sec-WebSocket-Extensions" not in head
+        assert b"Sec-WebSocket-Protocol" not in head
+
+
+async def test_a_ping_is_answered_and_a_close_echoed(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    base, memory, _ = served
+    _, token = await _lead(memory)
+    ws = await connect(f"ws://{base}/sync", compression=None)
+    await ws.send(encode(Hello((1,), token, "ping")))
+    assert isinstance(decode_server(await ws.recv()), Welcome)
+    latency = await asyncio.wait_for(await ws.ping(b"are you there"), 5)
+    assert latency >= 0
+    await ws.close(4321, "done here")
+    echoed = ws.protocol.close_rcvd
+    assert echoed is not None
+    assert (echoed.code, echoed.reason) == (4321, "done here")
+
+
+async def test_an_unmasked_client_frame_closes_with_1002(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    base, _, _ = served
+    upgrade = _upgrade("/sync", "Sec-WebSocket-Version: 13")
+    async with _raw_upgrade(base, upgrade) as (head, reader, writer):
+        assert head.startswith(b"HTTP/1.1 101 ")
+        writer.write(b"\x82\x03abc")  # a binary frame without a mask
+        close = await asyncio.wait_for(reader.readexactly(4), 5)
+        assert close[:2] == b"\x88\x13"  # a close frame with the code and its reason
+        assert int.from_bytes(close[2:4], "big") == WsCloseCode.PROTOCOL_ERROR
+        assert await asyncio.wait_for(reader.read(), 5) == b"incorrect masking"  # then EOF
