@@ -260,7 +260,8 @@ class SyncSession:
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._next: asyncio.Task[bytes | str | None] | None = None  # read during the handshake
-        self._pushing: set[asyncio.Task[None]] = set()  # pushes being appended
+        # Pushes being appended (a dict for its 64 empty bytes, where a set takes 216).
+        self._pushing: dict[asyncio.Task[None], None] = {}
         self._push_turn: asyncio.Future[None] | None = None  # set once the last push queued
         self._opened = time.monotonic()
         self._deadline = asyncio.get_running_loop().time() + services.handshake_seconds
@@ -958,8 +959,11 @@ class SyncSession:
         previous, turn = self._push_turn, loop.create_future()
         self._push_turn = turn
         task = loop.create_task(self._pipelined_push(push, previous, turn))
-        self._pushing.add(task)
-        task.add_done_callback(self._pushing.discard)
+        self._pushing[task] = None
+        task.add_done_callback(self._push_done)
+
+    def _push_done(self, task: asyncio.Task[None]) -> None:
+        self._pushing.pop(task, None)
 
     async def _pipelined_push(
         self, push: Push, previous: asyncio.Future[None] | None, turn: asyncio.Future[None]

@@ -285,7 +285,9 @@ class ServerProtocol:
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.connection = ServerConnection(limits)
         self._streams: dict[str, _Stream] = {}
-        self._pushes: set[int] = set()  # received, not yet answered
+        # Received, not yet answered. A dict, not a set: an idle connection's empty one
+        # costs 64 bytes rather than 216.
+        self._pushes: dict[int, None] = {}
 
     # -- the connection -------------------------------------------------------------------
 
@@ -328,7 +330,7 @@ class ServerProtocol:
                         )
                     )
                     continue
-                self._pushes.add(event.push_id)
+                self._pushes[event.push_id] = None
             elif isinstance(event, Unsubscribe):
                 self._streams.pop(project_key(event.project_id), None)
             events.append(event)
@@ -565,7 +567,7 @@ class ServerProtocol:
     def _take_push(self, push_id: int) -> None:
         if push_id not in self._pushes:
             raise ProtocolMisuseError(f"push {push_id} is not waiting for an answer")
-        self._pushes.discard(push_id)
+        del self._pushes[push_id]
 
     def _send(self, message: ServerMessage, lane: Lane) -> list[Outgoing]:
         if self.closing:
