@@ -87,7 +87,7 @@ async def settle(pid: int, seconds: float = 3.0) -> int:
     return rss_kb(pid)
 
 
-async def run(url: str, sockets: int, parallel: int) -> None:
+async def run(url: str, sockets: int, parallel: int, wait: float) -> None:
     team = await make_project(url, members=(sockets + PER_USER - 1) // PER_USER, name="idle")
     tokens = [member.token for member in team.members]
     project = str(team.project_id)
@@ -103,6 +103,7 @@ async def run(url: str, sockets: int, parallel: int) -> None:
         idle = await settle(server.pid)
         await close_all(held, parallel)
         after = await settle(server.pid, 5.0)
+        later = await settle(server.pid, wait - 5.0) if wait > 5.0 else after
     per_socket = (idle - before) / sockets
     print(f"{sockets} idle subscribed sockets opened in {opened_in:.1f} s")
     print(
@@ -115,6 +116,12 @@ async def run(url: str, sockets: int, parallel: int) -> None:
         f"given back within 5 s of closing: {given_back:.0%} of what the sockets took "
         f"({'released' if given_back >= 0.9 else 'NOT released'})"
     )
+    if wait > 5.0:
+        given_back = (idle - later) / max(idle - before, 1)
+        print(
+            f"given back within {wait:g} s of closing: {given_back:.0%} "
+            f"(RSS {later / 1024:.1f} MB; {'released' if given_back >= 0.9 else 'NOT released'})"
+        )
     print(f"server memory per idle subscribed socket: {per_socket:.1f} KB")
     print(f"{per_socket:.1f} KB")
 
@@ -123,9 +130,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sockets", type=int, default=10_000)
     parser.add_argument("--parallel", type=int, default=32)
+    parser.add_argument(
+        "--wait", type=float, default=5.0, help="also read RSS this many seconds after closing"
+    )
     args = parser.parse_args()
     with database() as url:
-        asyncio.run(run(url, args.sockets, args.parallel))
+        asyncio.run(run(url, args.sockets, args.parallel, args.wait))
 
 
 if __name__ == "__main__":
