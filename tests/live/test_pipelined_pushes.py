@@ -6,7 +6,9 @@ that fails is answered on its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -67,10 +69,15 @@ async def test_pushes_sent_at_once_are_appended_in_order_and_grouped(
     assert len({r["tx"] for r in rows}) < PUSHES
 
 
-async def test_a_push_that_fails_unexpectedly_is_answered_and_the_others_go_on(
-    database_url: str, project: uuid.UUID, member: MemberFactory
-) -> None:
-    _, token = await member(project)
+Append = Callable[..., Awaitable[Any]]
+
+
+@contextlib.asynccontextmanager
+async def server_appending_through(
+    database_url: str, around: Callable[[Append, uuid.UUID, Any], Awaitable[Any]]
+) -> AsyncIterator[str]:
+    """A real server whose change log appends through ``around(append, project, batch)``
+    (to fail or hold a chosen push); yields its address."""
     port = free_port()
     server, task = await start_server(database_url, port)
     try:
@@ -78,34 +85,47 @@ async def test_a_push_that_fails_unexpectedly_is_answered_and_the_others_go_on(
         assert isinstance(app, Starlette)
         changelog = app.state.sync.changelog
         append = changelog.append
-        poisoned = new_id()
 
-        async def faulty_append(project_id: uuid.UUID, batch: Any, *args: Any, **kw: Any) -> Any:
-            if any(item.entity_id == poisoned for item in batch):
-                raise RuntimeError("a fault in the server, not in the push")
-            return await append(project_id, batch, *args, **kw)
+        async def wrapped(project_id: uuid.UUID, batch: Any, *args: Any, **kw: Any) -> Any:
+            async def rest(project: uuid.UUID, items: Any) -> Any:
+                return await append(project, items, *args, **kw)  # the sender, the member
 
-        changelog.append = faulty_append
-        client = await SyncClient.connect(f"127.0.0.1:{port}")
+            return await around(rest, project_id, batch)
+
+        changelog.append = wrapped
+        yield f"127.0.0.1:{port}"
+    finally:
+        await stop_server(server, task)
+
+
+def _push(push_id: int, project: uuid.UUID, entity_id: str) -> Push:
+    _, change = create_entity("location", location_values(push_id))
+    return Push(push_id, str(project), (EntityPush("location", entity_id, (change,)),))
+
+
+async def test_a_push_that_fails_unexpectedly_is_answered_and_the_others_go_on(
+    database_url: str, project: uuid.UUID, member: MemberFactory
+) -> None:
+    _, token = await member(project)
+    poisoned = new_id()
+
+    async def faulty(append: Append, project_id: uuid.UUID, batch: Any) -> Any:
+        if any(item.entity_id == poisoned for item in batch):
+            raise RuntimeError("a fault in the server, not in the push")
+        return await append(project_id, batch)
+
+    async with server_appending_through(database_url, faulty) as base:
+        client = await SyncClient.connect(base)
         await client.hello(token)
-        pushes = {
-            1: new_id(),
-            2: poisoned,
-            3: new_id(),
-        }
+        pushes = {1: new_id(), 2: poisoned, 3: new_id()}
         for push_id, entity_id in pushes.items():
-            _, change = create_entity("location", location_values(push_id))
-            await client.send(
-                Push(push_id, str(project), (EntityPush("location", entity_id, (change,)),))
-            )
+            await client.send(_push(push_id, project, entity_id))
         answers: dict[int, object] = {}
         while len(answers) < len(pushes):
             message = await client.receive(within=10)
             if isinstance(message, PushResult | Error) and message.push_id is not None:
                 answers[message.push_id] = message
         await client.close()
-    finally:
-        await stop_server(server, task)
     failed = answers[2]
     assert isinstance(failed, Error)
     assert failed.code == ErrorCode.INTERNAL_ERROR.value
@@ -120,34 +140,22 @@ async def test_a_second_push_with_the_id_of_one_in_flight_is_refused_and_the_fir
     database_url: str, project: uuid.UUID, member: MemberFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, token = await member(project)
-    port = free_port()
-    server, task = await start_server(database_url, port)
-    try:
-        app = server.config.app
-        assert isinstance(app, Starlette)
-        changelog = app.state.sync.changelog
-        append = changelog.append
-        held, release = new_id(), asyncio.Event()
+    held, duplicate, release = new_id(), new_id(), asyncio.Event()
 
-        async def slow_append(project_id: uuid.UUID, batch: Any, *args: Any, **kw: Any) -> Any:
-            if any(item.entity_id == held for item in batch):
-                await release.wait()  # the first push stays in flight
-            return await append(project_id, batch, *args, **kw)
+    async def slow(append: Append, project_id: uuid.UUID, batch: Any) -> Any:
+        if any(item.entity_id == held for item in batch):
+            await release.wait()  # the first push stays in flight
+        return await append(project_id, batch)
 
-        changelog.append = slow_append
-        client = await SyncClient.connect(f"127.0.0.1:{port}")
+    async with server_appending_through(database_url, slow) as base:
+        client = await SyncClient.connect(base)
         await client.hello(token)
-        duplicate = new_id()
-        for entity_id in (held, duplicate):
-            _, change = create_entity("location", location_values(0))
-            entities = (EntityPush("location", entity_id, (change,)),)
-            await client.send(Push(1, str(project), entities))
+        await client.send(_push(1, project, held))
+        await client.send(_push(1, project, duplicate))  # the same push id, while in flight
         refusal = await client.expect(Error, within=10)
         release.set()
         result = await client.expect(PushResult, within=10)
         await client.close()
-    finally:
-        await stop_server(server, task)
     assert (refusal.code, refusal.push_id, refusal.fatal) == ("invalid_message", 1, False)
     [accepted] = result.results
     assert isinstance(accepted, EntityAccepted)
