@@ -192,6 +192,9 @@ def test_the_gate_refuses_over_its_bounds_and_spreads_the_refused() -> None:
     # 10 held and 500 turns at 100 a second: the last turn about 5.1 s away; the SDKs wait
     # the hint and a quarter more on average, so the hint is 4 (5.1 / 1.25 = 4.08).
     assert hints[-1] == 4
+    gate.lag = 2.0  # a crowd makes the loop late by itself: the turns already count it
+    assert gate.retry_after() == 4
+    gate.lag = 0.0
     gate.stream_ended(live=True)
     held[0] = 0
     assert gate.refusal() is None
