@@ -199,10 +199,10 @@ async def test_a_closed_connection_leaves_nothing_behind(
     sessions = _instances(SyncSession)
     wires = _instances(SyncWire)
     assert len(sessions) == len(wires) == 12
-    # Idle and subscribed: no writer task, nothing queued; at most two tasks each (the
-    # connection's own, and the read the handshake left waiting).
+    # Idle and subscribed: no writer task, nothing queued, and one task each (the session's
+    # own: the hello leaves no read waiting, and no task waits around the session).
     assert all(s._writer is None and not len(s._outbox) for s in sessions)
-    assert 12 <= connection_tasks() <= 2 * 12
+    assert connection_tasks() == 12
     # The feed holds each live project of a connection as one slotted object, not closures.
     streams = [stream for s in sessions for stream in s._live.values()]
     assert len(streams) == 12
