@@ -12,11 +12,9 @@ import os
 import socket
 import types
 import weakref
-from collections.abc import AsyncIterator
 from typing import TypeVar
 from uuid import UUID
 
-import pytest
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
 
@@ -77,13 +75,6 @@ def _instances(kind: type[T]) -> list[T]:
 
 def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels or None) or 0.0
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[str, MemoryStorage, Metrics]]:
-    memory, metrics = MemoryStorage(), Metrics()
-    async with running_server(None, storage=memory, metrics=metrics) as base:
-        yield base, memory, metrics
 
 
 async def test_every_receiver_gets_every_change_in_order_as_the_same_bytes(

@@ -28,7 +28,7 @@ PUSHES = 24
 
 
 async def test_pushes_sent_at_once_are_appended_in_order_and_grouped(
-    database_url: str, project: uuid.UUID, member: MemberFactory
+    database_url: str, pool: asyncpg.Pool, project: uuid.UUID, member: MemberFactory
 ) -> None:
     _, token = await member(project)
     entity_id = new_id()
@@ -57,13 +57,9 @@ async def test_pushes_sent_at_once_are_appended_in_order_and_grouped(
         seqs.extend(result.seqs)
     assert seqs == list(range(1, PUSHES + 1))  # logged in the order they were sent
 
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT xmin::text::bigint AS tx FROM changes WHERE project_id = $1", project
-        )
-    finally:
-        await conn.close()
+    rows = await pool.fetch(
+        "SELECT xmin::text::bigint AS tx FROM changes WHERE project_id = $1", project
+    )
     assert len(rows) == PUSHES
     # Pushes that waited behind a running append went in together: fewer transactions.
     assert len({r["tx"] for r in rows}) < PUSHES
@@ -137,7 +133,11 @@ async def test_a_push_that_fails_unexpectedly_is_answered_and_the_others_go_on(
 
 
 async def test_a_second_push_with_the_id_of_one_in_flight_is_refused_and_the_first_is_answered(
-    database_url: str, project: uuid.UUID, member: MemberFactory, caplog: pytest.LogCaptureFixture
+    database_url: str,
+    pool: asyncpg.Pool,
+    project: uuid.UUID,
+    member: MemberFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, token = await member(project)
     held, duplicate, release = new_id(), new_id(), asyncio.Event()
@@ -161,11 +161,5 @@ async def test_a_second_push_with_the_id_of_one_in_flight_is_refused_and_the_fir
     assert isinstance(accepted, EntityAccepted)
     assert accepted.entity_id == held
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
-    conn = await asyncpg.connect(database_url)
-    try:
-        stored = await conn.fetchval(
-            "SELECT count(*) FROM documents WHERE entity_id = $1", duplicate
-        )
-    finally:
-        await conn.close()
+    stored = await pool.fetchval("SELECT count(*) FROM documents WHERE entity_id = $1", duplicate)
     assert stored == 0  # nothing of the refused push

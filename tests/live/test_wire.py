@@ -43,13 +43,6 @@ async def _lead(memory: MemoryStorage) -> tuple[uuid.UUID, str]:
     return project, issue_token(TEST_SECRET, user)
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[str, MemoryStorage, Metrics]]:
-    memory, metrics = MemoryStorage(), Metrics()
-    async with running_server(None, storage=memory, metrics=metrics) as base:
-        yield base, memory, metrics
-
-
 async def test_the_upgrade_answer_names_the_request_id(
     served: tuple[str, MemoryStorage, Metrics],
 ) -> None:
