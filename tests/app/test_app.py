@@ -4,8 +4,6 @@ this test owns the server and checks what the server holds)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +19,7 @@ from fieldsync.store.records import Accepted
 from tests.app.build import APP, SCREENSHOTS, build_app
 from tests.client.helpers import server_documents, values_of
 from tests.live_server import TEST_SECRET, running_server
-from tests.typescript.node import chromium, node
+from tests.typescript.node import chromium, run_script
 
 
 async def _double_book(storage: PostgresStorage, demo: Demo, activity: str, day: datetime) -> str:
@@ -86,17 +84,7 @@ async def test_the_app_offline_conflict_resolution_timeline_and_viewer(
             "screenshots": str(SCREENSHOTS),
             "chromium": chromium(),
         }
-        browser = await asyncio.create_subprocess_exec(
-            node(),
-            str(APP / "test-dist" / "e2e.js"),
-            json.dumps(args),
-            cwd=APP,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(browser.communicate(), 240)
-        assert browser.returncode == 0, err.decode()[-6000:]
-        seen = json.loads(out.decode().strip().splitlines()[-1])
+        seen = await run_script(APP / "test-dist" / "e2e.js", args, APP, 240)
 
         after = await server_documents(base, tokens["lead"], demo.project_id)
     camp_now = values_of("activity", after[camp])

@@ -5,9 +5,7 @@ once online, thumbnail when ready); this test checks what the server holds."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 from pathlib import Path
 
 from automerge.core import ROOT
@@ -21,7 +19,7 @@ from tests.client.helpers import server_documents, values_of
 from tests.live_server import TEST_SECRET, running_server
 from tests.media.images import photo
 from tests.media.service import TEST_LIMITS, queue_consumer
-from tests.typescript.node import chromium, node
+from tests.typescript.node import chromium, run_script
 
 
 async def test_a_photo_attached_offline_shows_at_once_then_uploads_and_shows_its_thumbnail(
@@ -55,17 +53,7 @@ async def test_a_photo_attached_offline_shows_at_once_then_uploads_and_shows_its
             "chromium": chromium(),
         }
         async with queue_consumer(database_url, blobs):
-            browser = await asyncio.create_subprocess_exec(
-                node(),
-                str(APP / "test-dist" / "attach-e2e.js"),
-                json.dumps(args),
-                cwd=APP,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(browser.communicate(), 180)
-        assert browser.returncode == 0, err.decode()[-6000:]
-        seen = json.loads(out.decode().strip().splitlines()[-1])
+            seen = await run_script(APP / "test-dist" / "attach-e2e.js", args, APP, 180)
         after = await server_documents(base, lead_token, demo.project_id)
 
     attachment = seen["attachmentId"]

@@ -30,6 +30,22 @@ def node() -> str:
     return found
 
 
+async def run_script(script: Path, args: dict[str, Any], cwd: Path, within: float) -> Any:
+    """Run a Node test script that takes its arguments as one JSON string and prints its
+    findings as JSON on its last line; those findings (the script must succeed)."""
+    process = await asyncio.create_subprocess_exec(
+        node(),
+        str(script),
+        json.dumps(args),
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), within)
+    assert process.returncode == 0, err.decode()[-6000:]
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 
 

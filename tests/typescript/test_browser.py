@@ -9,8 +9,6 @@ and reads the change log).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from datetime import timedelta
 
@@ -21,7 +19,7 @@ from tests.client.conftest import ClientFactory, OnlineFactory
 from tests.client.helpers import logged_hashes, server_documents
 from tests.entities import START
 from tests.live_server import MemberFactory, free_port, running_server
-from tests.typescript.node import DIST, PACKAGE, bundle, chromium, node
+from tests.typescript.node import DIST, PACKAGE, bundle, chromium, run_script
 
 
 async def test_offline_edit_in_a_browser_survives_a_reload_and_reaches_another_context(
@@ -69,17 +67,7 @@ async def test_offline_edit_in_a_browser_survives_a_reload_and_reaches_another_c
             "origin": origin,
             "chromium": browser_path,
         }
-        browser = await asyncio.create_subprocess_exec(
-            node(),
-            str(DIST / "test" / "browser.js"),
-            json.dumps(args),
-            cwd=PACKAGE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(browser.communicate(), 120)
-        assert browser.returncode == 0, err.decode()[-4000:]
-        seen = json.loads(out.decode().strip().splitlines()[-1])
+        seen = await run_script(DIST / "test" / "browser.js", args, PACKAGE, 120)
 
         assert len(await logged_hashes(pool, project)) == logged_before + 1, "logged once"
         documents = await server_documents(base, token, project)
