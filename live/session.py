@@ -293,6 +293,10 @@ class SyncSession:
                 await asyncio.wait(self._pushing)
             for subscription in self._live.values():
                 self._services.hub.leave(subscription)
+            # Each stream refers back to the session: without this, a closed connection's
+            # whole graph (session, protocol, wire, transport) waits for the cyclic
+            # collector's next full pass instead of being freed as it ends.
+            self._live.clear()
             if self._counted and self._user_id is not None:
                 self._forget_user(self._user_id)
             if self._services.sync_health is not None:
