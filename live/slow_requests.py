@@ -20,6 +20,7 @@ from typing import Protocol, cast
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from fieldsync.live.lost_transports import release_transport
 from fieldsync.live.ws_handshake import UpgradeRequest
 
 HEADER_SECONDS = 10.0
@@ -52,6 +53,7 @@ class _HeaderDeadlineProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        release_transport(self.transport)
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         if not hasattr(self.ws_protocol_class, "take_upgrade"):

@@ -42,6 +42,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.server import ServerState
 
 from fieldsync.live.admission import Refusal
+from fieldsync.live.lost_transports import release_transport
 from fieldsync.live.operations import ObservedConnection
 from fieldsync.live.origins import OriginPolicy, same_origin
 from fieldsync.live.session import SyncServices, SyncSession
@@ -69,19 +70,6 @@ log = logging.getLogger("fieldsync.live.wire")
 SYNC_PATH = "/sync"
 CLOSE_TIMEOUT_SECONDS = 10.0
 """How long a close we sent waits for the client's answer before the socket is dropped."""
-
-
-def release_transport(transport: asyncio.BaseTransport | None) -> None:
-    """Let a lost connection's transport be freed as soon as nothing refers to it.
-
-    asyncio's socket transport (CPython 3.11 and 3.12) keeps its read callback as a bound
-    method of itself: a cycle, so a closed transport and its socket wait for the cyclic
-    collector's next full pass, which a server with many long-lived objects runs seldom.
-    Held among the live connections' memory, they keep it from going back to the system
-    after a wave of closes. Once the connection is lost nothing reads from it, so the
-    callback can go."""
-    if transport is not None and getattr(transport, "_read_ready_cb", None) is not None:
-        transport._read_ready_cb = None  # type: ignore[attr-defined]
 
 
 class SyncWire(asyncio.Protocol):

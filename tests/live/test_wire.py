@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -222,6 +224,43 @@ def _upgrade(path: str = "/sync", *extra: str, key: str = "dGhlIHNhbXBsZSBub25jZ
         *extra,
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _exchange(base: str, request: bytes) -> bytes:
+    """Send ``request`` on a blocking socket (no asyncio transport of the test's own) and read
+    until the server closes."""
+    host, port = base.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+async def test_closed_http_connections_are_freed_as_they_close(
+    served: tuple[str, MemoryStorage, Metrics],
+) -> None:
+    """By reference counting alone: asyncio's transport refers to itself, and left so, every
+    closed connection waits for the cyclic collector's next full pass, holding its memory."""
+    base, _, _ = served
+
+    def transports() -> int:
+        return sum(isinstance(o, asyncio.Transport) for o in gc.get_objects())
+
+    probe = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    refused = _upgrade("/other", "Sec-WebSocket-Version: 13")
+    gc.collect()
+    gc.disable()
+    try:
+        before = transports()
+        for request in (probe, refused) * 5:
+            answer = await asyncio.to_thread(_exchange, base, request)
+            assert answer.startswith((b"HTTP/1.1 200 ", b"HTTP/1.1 404 "))
+        await asyncio.sleep(0.1)  # the transports' last callbacks
+        assert transports() == before
+    finally:
+        gc.enable()
 
 
 async def test_upgrades_that_break_the_handshake_rules_are_answered_as_before(
