@@ -271,7 +271,11 @@ class PostgresSyncHealth:
                 latest[key] = record
         if not latest:
             return
-        records = sorted(latest.values(), key=lambda r: (r.project_id, r.user_id, r.client_id))
+        # Rows in key order, so concurrent batches lock them in one order. Sorted on the ids'
+        # integers: comparing UUID objects runs Python code, millions of times in a storm.
+        records = sorted(
+            latest.values(), key=lambda r: (r.project_id.int, r.user_id.int, r.client_id)
+        )
         columns = [
             [getattr(r, name) for r in records]
             for name in (
