@@ -18,6 +18,12 @@ process's CPU (``/proc``) per resume over that window, refusals and retries, and
 latency of ``/healthz`` and ``/metrics`` probed every 250 ms during the storm.
 
     .venv/bin/python bench/resume_storm.py [--clients 10000] [--processes 4] [--projects 4]
+        [--workers N]
+
+With ``--workers N`` the server is N fresh processes on one database, each on its own port as
+``fieldsync serve --workers N`` runs them, and client process ``i`` connects to process
+``i mod N`` (behind a balancer, each would get its share of the crowd); ``/healthz`` and
+``/metrics`` are probed on the first.
 
 The last line is the headline: seconds until all are live, server CPU ms per resume.
 """
@@ -284,11 +290,14 @@ def ended_by(log: Path) -> str:
     return ", ".join(f"{n} {why}" for why, n in reasons.most_common(6))
 
 
-def user_system_seconds(pid: int) -> tuple[float, float]:
-    """A process's user and system CPU seconds so far (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def user_system_seconds(pids: list[int]) -> tuple[float, float]:
+    """Processes' user and system CPU seconds so far (``/proc/PID/stat``), summed."""
     ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
+    user = system = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        user, system = user + int(fields[11]) / ticks, system + int(fields[12]) / ticks
+    return user, system
 
 
 class Probe(threading.Thread):
@@ -343,11 +352,13 @@ def run(url: str, args: argparse.Namespace) -> None:
     signals = Signals(
         context.Queue(), context.Event(), context.Value("q", 0), context.Event(), context.Queue()
     )
-    with server_process(url) as server:
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(server_process(url)) for _ in range(args.workers)]
+        server, pids = servers[0], [s.pid for s in servers]
         workers = [
             context.Process(
                 target=client_process,
-                args=(server.base, clients[i :: args.processes], signals),
+                args=(servers[i % len(servers)].base, clients[i :: args.processes], signals),
                 daemon=True,
             )
             for i in range(args.processes)
@@ -362,13 +373,13 @@ def run(url: str, args: argparse.Namespace) -> None:
             start_ns = signals.start_ns.value = now_ns() + int(0.3e9)
             signals.go.set()
             time.sleep(max(0.0, (start_ns - now_ns()) / 1e9))
-            cpu = CpuUse(server.pid, url)
-            user, system = user_system_seconds(server.pid)
+            cpu = CpuUse(pids, url)
+            user, system = user_system_seconds(pids)
             probe.start()
             for _ in workers:
                 signals.ready.get(timeout=GIVE_UP_SECONDS + 60)
             cpu.stop()
-            user_end, system_end = user_system_seconds(server.pid)
+            user_end, system_end = user_system_seconds(pids)
             user, system = user_end - user, system_end - system
             probe.stopping.set()
         signals.close.set()
@@ -378,7 +389,8 @@ def run(url: str, args: argparse.Namespace) -> None:
         probe.join()
         pairs = [(c, o) for sent, got, _ in gathered for c, o in zip(sent, got, strict=True)]
         if any(not o.live_ns for _, o in pairs):
-            print("why the server ended connections:", ended_by(server.log_path))
+            for each in servers:
+                print("why the server ended connections:", ended_by(each.log_path))
         outcomes = [o for _, o in pairs]
         last_live = max((o.live_ns for o in outcomes), default=0)
     live = [o for o in outcomes if o.live_ns]
@@ -408,7 +420,9 @@ def run(url: str, args: argparse.Namespace) -> None:
     to_live = [(o.live_ns - start_ns) / 1e6 for o in live]
     print(f"time to live: {describe_ms(to_live)}")
     print(cpu.describe(wall, [cpu for _, _, cpu in gathered]))
-    print(f"server process: user {user:.2f} s, system {system:.2f} s")
+    print(
+        f"server process{'es' if len(pids) > 1 else ''}: user {user:.2f} s, system {system:.2f} s"
+    )
     for path, latencies in probe.latencies.items():
         print(f"{path} during the storm: {describe_ms(latencies)}")
     if probe.failures:
@@ -426,6 +440,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--projects", type=int, default=4)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on one database, as `serve --workers N` runs them (default 1); "
+        "the client processes are spread over them",
+    )
     parser.add_argument(
         "--behind", type=float, default=0.3, help="share of clients a few changes behind"
     )
