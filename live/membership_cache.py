@@ -9,9 +9,10 @@ questions about one (project, user) share one read.
 A removal forgets the membership at once: the removal notice (``membership_removed``) and
 the recheck after a listener reconnects (``recheck_memberships``) both reach
 :meth:`MembershipCache.forget`. A read that was under way when something was forgotten does
-not fill the cache, since it may have seen the row before the removal committed. What the
-cache answers is only who may *read* a project; a push's level is read afresh, and the
-append checks the writer again under the project's lock.
+not fill the cache, since it may have seen the row before the removal committed. For a
+push, a remembered level that may write only lets the append go ahead: the append checks
+the writer again under the project's lock, and that check counts. A remembered level that
+may not write is read afresh before the push is refused (a promotion is not announced).
 """
 
 from __future__ import annotations

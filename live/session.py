@@ -717,19 +717,19 @@ class SyncSession:
 
     # -- membership ----------------------------------------------------------------------------
 
-    async def _level(self, project_id: str, *, cached: bool = False) -> tuple[UUID, str] | None:
-        """The caller's level in the project; None for unknown and forbidden alike. With
-        ``cached``, as this process recently read it (only to let a member read the
-        project: a push's level is read afresh)."""
+    async def _level(self, project_id: str, *, fresh: bool = False) -> tuple[UUID, str] | None:
+        """The caller's level in the project; None for unknown and forbidden alike. As this
+        process recently read it (``live.membership_cache``: forgotten as soon as any
+        process removes the member), or with ``fresh`` from the database now."""
         try:
             project = UUID(project_id)
         except ValueError:
             return None
         assert self._user_id is not None
-        if cached:
-            level = await self._services.members.level(project, self._user_id)
-        else:
+        if fresh:
             level = await self._services.membership.level(project, self._user_id)
+        else:
+            level = await self._services.members.level(project, self._user_id)
         if level is None:
             return None
         self._member_of.add(project)
@@ -768,7 +768,7 @@ class SyncSession:
     # -- project streams -----------------------------------------------------------------------
 
     async def _subscribe(self, wanted: ProjectCursor) -> None:
-        access = await self._level(wanted.project_id, cached=True)
+        access = await self._level(wanted.project_id)
         if access is None:
             self._project_error(wanted.project_id, *self._refusal(wanted.project_id))
             return
@@ -1002,7 +1002,14 @@ class SyncSession:
         self, push: Push, previous: asyncio.Future[None] | None, turn: asyncio.Future[None]
     ) -> None:
         started = time.monotonic()
+        # The level recently read decides only the answer's shape (refused whole, or
+        # appended): the append reads the writer again under the project's lock, in its
+        # transaction, and that is the check that counts. So a write level remembered saves
+        # a query per push; a level that may not write is read again before a refusal,
+        # since a promotion is not announced to the cache as a removal is.
         access = await self._level(push.project_id)
+        if access is not None and access[1] not in WRITE_LEVELS:
+            access = await self._level(push.project_id, fresh=True)
         if previous is not None:
             await asyncio.shield(previous)
         if access is None:

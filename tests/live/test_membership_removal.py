@@ -18,6 +18,7 @@ from fieldsync.store.projects import add_member, remove_member
 from fieldsync.sync.errors import ErrorCode
 from fieldsync.sync.messages import (
     Changes,
+    EntityAccepted,
     EntityPush,
     EntityRejected,
     Error,
@@ -204,3 +205,47 @@ async def test_a_removal_whose_notice_was_missed_is_found_by_the_recheck(
         await client.close()
     finally:
         await stop_server(server, task)
+
+
+def _location() -> EntityPush:
+    _, change = create_entity("location", location_values())
+    return EntityPush("location", new_id(), (change,))
+
+
+async def test_a_viewer_promoted_while_connected_may_push_at_once(
+    sync_server: str, project: uuid.UUID, member: MemberFactory, pool: asyncpg.Pool
+) -> None:
+    """The level remembered for the stream is read again before a push is refused: a
+    promotion, unlike a removal, is announced to no cache."""
+    user, token = await member(project, "viewer")
+    client = await _live(sync_server, token, project)
+    await client.send(Push(1, str(project), (_location(),)))
+    refused = await client.next_unabsorbed()
+    assert refused == Error(
+        ErrorCode.FORBIDDEN.value, "a viewer may not change this project", push_id=1
+    ), refused
+    async with pool.acquire() as conn:
+        assert await add_member(conn, project, user, "lead") == "viewer"
+    [accepted] = (await push(client, project, 2, _location())).results
+    assert isinstance(accepted, EntityAccepted), accepted
+    await client.close()
+
+
+async def test_a_lead_demoted_while_connected_writes_nothing(
+    sync_server: str, project: uuid.UUID, member: MemberFactory, pool: asyncpg.Pool
+) -> None:
+    """A push goes ahead on the level remembered, and the append's own check, under the
+    project's lock, refuses what the member may no longer write."""
+    user, token = await member(project, "lead")
+    client = await _live(sync_server, token, project)
+    [accepted] = (await push(client, project, 1, _location())).results
+    assert isinstance(accepted, EntityAccepted), accepted
+    async with pool.acquire() as conn:
+        assert await add_member(conn, project, user, "viewer") == "lead"
+    [rejected] = (await push(client, project, 2, _location())).results
+    assert isinstance(rejected, EntityRejected), rejected
+    assert rejected.code == "forbidden_create"
+    async with pool.acquire() as conn:
+        head = await conn.fetchval("SELECT head_seq FROM log_heads WHERE project_id = $1", project)
+    assert head == 1
+    await client.close()
