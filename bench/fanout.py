@@ -67,6 +67,7 @@ from harness import (
     seed,
     server_process,
     until_synced,
+    user_system_seconds,
 )
 from lean_socket import LeanSocket
 from prometheus_client.parser import text_string_to_metric_families
@@ -410,6 +411,7 @@ async def measure(
 
     log = PusherLog([0] * len(frames), [0] * len(frames))
     cpu = CpuUse([server.pid for server in servers], url)
+    user, system = user_system_seconds([server.pid for server in servers])
     started = time.monotonic()
     with ServerProfile(servers[-1].pid, args.profile) as profile:
         go.set()
@@ -421,6 +423,8 @@ async def measure(
         )
     wall = time.monotonic() - started
     cpu.stop()
+    user_end, system_end = user_system_seconds([server.pid for server in servers])
+    split = (user_end - user, system_end - system)
     await pusher.ws.close()
     for w in local:
         w.socket.close()
@@ -496,6 +500,10 @@ async def measure(
         f"{len(ack_ms)}/{len(frames)} acks, {log.rejected} with a rejection"
     )
     print(cpu.describe(wall, client_cpu) + " (this process: the pusher)")
+    print(
+        f"server processes: user {split[0]:.2f} s, system {split[1]:.2f} s (the kernel's "
+        f"share: sending on loopback runs the receiving side's TCP as well)"
+    )
     deliveries = len(receive_ms) + (sum(1 for t in echo.times if t) if echo is not None else 0)
     print(
         f"server CPU per change delivered: {cpu.server / max(deliveries, 1) * 1e6:.1f} us "

@@ -193,6 +193,16 @@ def process_cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def user_system_seconds(pids: list[int]) -> tuple[float, float]:
+    """Processes' user and system CPU seconds so far (``/proc/PID/stat``), summed."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        user, system = user + int(fields[11]) / ticks, system + int(fields[12]) / ticks
+    return user, system
+
+
 def machine_busy_seconds() -> float:
     """CPU time all processors have spent busy since boot (``/proc/stat``), to tell whether
     something outside the benchmark competed for the machine during a run."""

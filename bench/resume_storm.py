@@ -63,6 +63,7 @@ from harness import (
     reference_ids,
     seed,
     server_process,
+    user_system_seconds,
 )
 
 from fieldsync.sync.codec import decode_server, encode
@@ -288,16 +289,6 @@ def ended_by(log: Path) -> str:
             if record.get("event") in ("connection_closed", "connection_refused"):
                 reasons[str(record.get("ended_by"))[:80]] += 1 + int(record.get("suppressed", 0))
     return ", ".join(f"{n} {why}" for why, n in reasons.most_common(6))
-
-
-def user_system_seconds(pids: list[int]) -> tuple[float, float]:
-    """Processes' user and system CPU seconds so far (``/proc/PID/stat``), summed."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    user = system = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        user, system = user + int(fields[11]) / ticks, system + int(fields[12]) / ticks
-    return user, system
 
 
 class Probe(threading.Thread):
