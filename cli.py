@@ -43,6 +43,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import uvicorn
 
+from fieldsync.live.memory import settle_collector
 from fieldsync.observability.logs import LOG_FORMATS, configure_logging
 from fieldsync.observability.native_output import capture_native_output
 from fieldsync.store.accounts import LEVELS, row_json
@@ -691,6 +692,7 @@ class _AnnouncingServer(uvicorn.Server):
         await super().startup(sockets)
         if not self.started:
             return
+        settle_collector()
         port = self.servers[0].sockets[0].getsockname()[1]
         url = http_url(self._host, port)
         logger.info(

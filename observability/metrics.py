@@ -21,7 +21,14 @@ from collections.abc import Iterable, Iterator, Sequence, Sized
 from typing import Protocol
 from uuid import UUID
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -220,6 +227,9 @@ class Metrics:
     def __init__(self, *, slow_ms: float = 500.0) -> None:
         self.slow_seconds = slow_ms / 1000
         self.registry = registry = CollectorRegistry()
+        # python_gc_collections_total and kin, by generation: a full pass walks every object
+        # the process holds, and in a storm of connections that is what stalls the loop.
+        GCCollector(registry=registry)
         self.connections = Gauge(
             "fieldsync_connections_open", "Open sync WebSocket connections", registry=registry
         )

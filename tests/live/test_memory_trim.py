@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,3 +40,30 @@ def test_never_twice_within_the_interval_unless_enough_closed_since(
             last = now
         elif last is None:
             last, peak = now, open_now
+
+
+def test_a_settled_collector_freezes_what_startup_made_and_still_collects_cycles() -> None:
+    """In a process of its own: the thresholds and frozen objects are the process's."""
+    script = """
+import gc, json, weakref
+from fieldsync.live.memory import GC_YOUNG_ALLOCATIONS, settle_collector
+
+class Node:
+    pass
+
+settle_collector()
+frozen = gc.get_freeze_count()
+node = Node()
+node.self = node  # a cycle made after startup: still the collector's to find
+gone = weakref.ref(node)
+del node
+gc.collect()
+print(json.dumps([gc.get_threshold()[0], GC_YOUNG_ALLOCATIONS, frozen, gone() is None]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    young, expected, frozen, collected = json.loads(done.stdout.splitlines()[-1])
+    assert young == expected == 50_000
+    assert frozen > 10_000  # the modules imported: all out of the full passes' way
+    assert collected is True
