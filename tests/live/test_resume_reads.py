@@ -9,7 +9,7 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fieldsync.live.load_gate import LoadGate, LoadLimits
+from fieldsync.live.load_gate import STALL_SECONDS, LoadGate, LoadLimits
 from fieldsync.live.log_reads import CatchUpReads, HeadReads, after
 from fieldsync.live.membership_cache import MembershipCache
 from fieldsync.store.records import ConflictUpdate, LoggedChange, LogSlice
@@ -232,12 +232,43 @@ def test_the_room_and_the_hints_follow_the_rate_measured_while_full() -> None:
     assert hints[-1] == 2
     assert hints[0] == 1
     # A process full of resumes that finishes none (its database gone): the room shrinks
-    # to the floor, and the hints grow.
+    # to the floor, and the hints grow (a window that finished nothing counts once it has
+    # lasted STALL_SECONDS).
     for _ in range(700):
         gate.stream_started()
-    for second in range(3, 12):
+    for second in range(3, 30):
         assert gate.refusal() is not None
         now[0] = 2.0 * second
         gate.retry_after()
     assert gate.room == limits.min_in_progress
     assert gate.retry_after() == limits.max_retry_seconds
+
+
+def test_a_crowd_taken_at_once_does_not_lower_the_rate_before_it_goes_live() -> None:
+    """Served breadth first, the crowd goes live at about one time: the seconds before that
+    finish nothing, and must not halve the rate the refused are given their turns at."""
+    now = [0.0]
+    limits = LoadLimits(max_in_progress=1_000, min_in_progress=10, assumed_rate=100.0)
+    gate = LoadGate(lambda: 0, limits, clock=lambda: now[0])
+    for _ in range(300):
+        gate.stream_started()
+    assert gate.refusal() is not None  # full: this window measures
+    now[0] = 2.5
+    assert gate.retry_after() == 2  # 300 held at 100 a second (not 50): 3.01 s / 1.25
+    assert gate.room == 300
+    for _ in range(300):
+        gate.stream_ended(live=True)
+    now[0] = 3.0
+    gate.retry_after()
+    # 300 in 3 s: 100 a second, as assumed; had the empty window counted, 50 a second.
+    assert gate.room == 300
+    # A window that finished nothing counts once it has lasted STALL_SECONDS.
+    for _ in range(300):
+        gate.stream_started()
+    assert gate.refusal() is not None
+    now[0] = 3.0 + STALL_SECONDS - 0.1
+    gate.retry_after()
+    assert gate.room == 300
+    now[0] = 3.0 + STALL_SECONDS
+    gate.retry_after()
+    assert gate.room == 150  # 100 smoothed with none: 50 a second
