@@ -175,6 +175,7 @@ def create_app(
                 metrics.watch_replica(store.replica_gauges)
             metrics.database_up.set(1)
             app.state.storage = store
+            app.state.status = status
             app.state.health_timeout = health_timeout
             app.state.verifier = token_verifier
             app.state.origins = origins

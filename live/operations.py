@@ -5,19 +5,27 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from fieldsync.live.status import StatusBoard
 from fieldsync.observability.logs import bind
 from fieldsync.observability.metrics import CONTENT_TYPE, Metrics
 from fieldsync.store.ports import Storage
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """200 only if storage answers in time (the database ``SELECT 1``): load balancers act
-    on this. Otherwise 503 with the reason; the server itself stays up and recovers by
-    itself. Parts the server works without (a read replica) are described in the body
-    under ``components`` and never make it fail."""
+    """200 while the database answers: load balancers act on this. Otherwise 503 with the
+    reason; the server itself stays up and recovers by itself. Parts the server works
+    without (a read replica) are described in the body under ``components`` and never make
+    it fail.
+
+    The answer is the database watch's (``live.status``: ``SELECT 1`` every second on a
+    connection of its own), what every connected client is told too. Not a query through
+    the pool: in a reconnect storm the pool is busy with the crowd's reads, and a check
+    waiting its turn there said 503, so a balancer would have taken out a process that was
+    only busy, and sent its crowd to the others."""
     storage: Storage = request.app.state.storage
     within = request.app.state.health_timeout
-    problem = await storage.health.problem(within)
+    board: StatusBoard = request.app.state.status
+    problem = board.database_problem
     body: dict[str, object] = (
         {"status": "ok"} if problem is None else {"status": "unavailable", "reason": problem}
     )

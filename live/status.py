@@ -44,6 +44,7 @@ class StatusBoard:
 
     def __init__(self) -> None:
         self.current = OK
+        self.database_problem: str | None = None  # why the database is down, while it is
         self._listeners: weakref.WeakSet[StatusListener] = weakref.WeakSet()
 
     def watch(self, listener: StatusListener) -> None:
@@ -59,6 +60,7 @@ class StatusBoard:
         if (status == OK) == (self.current == OK):
             return False
         self.current = status
+        self.database_problem = problem
         for listener in list(self._listeners):
             listener.status_changed(status)
         return True

@@ -223,22 +223,6 @@ def _cannot_connect(url: str, exc: BaseException) -> str:
     return f"cannot connect to PostgreSQL at {redact_url(url)}: {reason}"
 
 
-@translated("checking the database")
-async def database_problem(pool: asyncpg.Pool, within: float) -> str | None:
-    """Why the database cannot serve now (it did not answer ``SELECT 1`` within ``within``
-    seconds, or failed), or None when it can."""
-    try:
-        async with asyncio.timeout(within):
-            with driver_errors("checking the database"):
-                async with pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
-    except TimeoutError:
-        return f"database did not answer within {within:g} s"
-    except StoreError as exc:
-        return f"database error: {driver_error_name(exc)}"
-    return None
-
-
 class DatabaseProbe:
     """``SELECT 1`` on a connection of its own: a pool busy with pushes must not look like
     a database that went away."""

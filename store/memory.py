@@ -319,9 +319,6 @@ class MemoryHealth:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def problem(self, within: float) -> str | None:
-        return await MemoryProbe(self._db).problem(within)
-
     def probe(self) -> MemoryProbe:
         return MemoryProbe(self._db)
 

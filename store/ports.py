@@ -196,11 +196,6 @@ class Probe(Protocol):
 
 
 class HealthPort(Protocol):
-    async def problem(self, within: float) -> str | None:
-        """Why storage cannot serve requests now, as the request path sees it (an answer
-        must come within ``within`` seconds), or None (never fails)."""
-        ...
-
     def probe(self) -> Probe:
         """A new probe of its own, for a periodic watch; the caller closes it."""
         ...

@@ -25,7 +25,6 @@ from fieldsync.store.database import (
     close_pool,
     connect,
     create_pool,
-    database_problem,
 )
 from fieldsync.store.driver import translated
 from fieldsync.store.notifications import listen, listen_removals, notify, poll_heads
@@ -61,7 +60,7 @@ class PostgresStorage:
         self.membership = PostgresMembership(pool)
         self.snapshots = PostgresSnapshots(pool, replica)
         self.notifications = PostgresNotifications(pool, url)
-        self.health = PostgresHealth(pool, url, replica)
+        self.health = PostgresHealth(url, replica)
         self.admin = PostgresAdmin(pool)
         self.maintenance = PostgresMaintenance(pool, url)
         self.queries = PostgresQueries(pool)
@@ -204,16 +203,9 @@ class PostgresNotifications:
 
 
 class PostgresHealth:
-    def __init__(self, pool: DatabasePool, url: str, replica: ReplicaReads | None = None) -> None:
-        self._pool = pool
+    def __init__(self, url: str, replica: ReplicaReads | None = None) -> None:
         self._url = url
         self._replica = replica
-
-    @translated("checking the database")
-    async def problem(self, within: float) -> str | None:
-        """``SELECT 1`` through the pool, as requests would run it (the primary alone:
-        without its replica the server still serves everything)."""
-        return await database_problem(self._pool, within)
 
     @translated("checking the read replica")
     async def components(self, within: float) -> dict[str, str]:
