@@ -89,8 +89,9 @@ def settle_collector(young: int = GC_YOUNG_ALLOCATIONS) -> None:
     """Keep the cyclic collector from stalling a serving process.
 
     A resume storm holds thousands of new connections, each a few dozen objects, and the
-    collector's full passes walk every object the process holds: 13 of them, up to 240 ms
-    each and 1.5 s in all, in a storm of 10,000 that took 8.6 s of CPU. What the process
+    collector's full passes walk every object the process holds: 13 to 15 of them, up to
+    240-330 ms each and 1.5-2.2 s in all, in a storm of 10,000 that took 8.6 s of CPU
+    (``docs/scaling.md``). What the process
     made while starting (modules, the app, the pool) lives as long as it does, so it is
     moved out of the collector's sight (``gc.freeze``); and the young generation is
     collected less often, since a connection no longer leaves cycles behind when it ends
