@@ -11,18 +11,23 @@ push frames are made before the clock starts; connections are open (hello answer
 it too. The clock stops at the last ``push_result``; only changes acknowledged in an
 ``ok: true`` result count.
 
-    python bench/ingest_ws.py [--subscribe] [--in-flight N] [--profile PATH]
+    python bench/ingest_ws.py [--subscribe] [--in-flight N] [--profile PATH] [--workers N]
 
 ``--subscribe`` makes every client subscribe to the project first, as an app does, so the
 server also streams every accepted change back to each of them during the run.
 ``--profile PATH`` attaches py-spy to the server process during each phase (files
-PATH-1.txt and PATH-20.txt) and prints where its time went. The last line is the headline.
+PATH-1.txt and PATH-20.txt) and prints where its time went. ``--workers N`` runs N server
+processes on the one database, as ``fieldsync serve --workers N`` does, client ``i`` on
+process ``i mod N`` (the one client on the first; the CPU is summed over all, and the
+one-process ceiling printed is then per change over all of them). The last line is the
+headline.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -126,7 +131,9 @@ async def push_all(
     return run
 
 
-async def phase(url: str, base: str, pid: int, clients: int, args: argparse.Namespace) -> float:
+async def phase(
+    url: str, bases: list[str], pids: list[int], clients: int, args: argparse.Namespace
+) -> float:
     histories = make_histories()
     team = await make_project(url, clients, f"ingest {clients}")
     shares = [histories[i::clients] for i in range(clients)]
@@ -135,7 +142,10 @@ async def phase(url: str, base: str, pid: int, clients: int, args: argparse.Name
     assert total == ENTITIES * CHANGES_PER_ENTITY, total
 
     wanted = (ProjectCursor(str(team.project_id), 0),) if args.subscribe else ()
-    connections = [await open_client(base, m.token, wanted) for m in team.members]
+    connections = [
+        await open_client(bases[i % len(bases)], m.token, wanted)
+        for i, m in enumerate(team.members)
+    ]
     if args.subscribe:
         for ws in connections:
             await until_synced(ws, team.project_id)
@@ -143,8 +153,8 @@ async def phase(url: str, base: str, pid: int, clients: int, args: argparse.Name
     profile_path = None
     if args.profile is not None:
         profile_path = args.profile.with_name(f"{args.profile.stem}-{clients}{args.profile.suffix}")
-    cpu = CpuUse(pid, url)
-    with ServerProfile(pid, profile_path) as profile:
+    cpu = CpuUse(pids, url)
+    with ServerProfile(pids[0], profile_path) as profile:
         started = time.perf_counter()
         runs = await asyncio.gather(
             *(
@@ -204,9 +214,11 @@ def cpu_budget(server: float, database: float | None, changes: int) -> str:
     )
 
 
-async def measure(url: str, base: str, pid: int, args: argparse.Namespace) -> tuple[float, float]:
-    one = await phase(url, base, pid, 1, args)
-    many = await phase(url, base, pid, 20, args)
+async def measure(
+    url: str, bases: list[str], pids: list[int], args: argparse.Namespace
+) -> tuple[float, float]:
+    one = await phase(url, bases, pids, 1, args)
+    many = await phase(url, bases, pids, 20, args)
     verdicts = [
         f"{name} {'meets' if rate >= TARGET_CHANGES_PER_SECOND else 'MISSES'}"
         for name, rate in (("1 client", one), ("20 clients", many))
@@ -220,9 +232,17 @@ def main() -> None:
     parser.add_argument("--subscribe", action="store_true")
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output path")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on one database (default 1); client i uses process i mod N",
+    )
     args = parser.parse_args()
-    with database() as url, server_process(url) as server:
-        one, many = asyncio.run(measure(url, server.base, server.pid, args))
+    with database() as url, contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(server_process(url)) for _ in range(args.workers)]
+        bases, pids = [s.base for s in servers], [s.pid for s in servers]
+        one, many = asyncio.run(measure(url, bases, pids, args))
     print(f"ingest over websocket: 1 client {one:.0f} changes/s, 20 clients {many:.0f} changes/s")
 
 
