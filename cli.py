@@ -189,6 +189,13 @@ def _parser() -> argparse.ArgumentParser:
         "(put a load balancer in front: deploy/nginx.conf)",
     )
     serve.add_argument(
+        "--probe-port",
+        type=_port,
+        default=None,
+        help="also answer GET /healthz on this port, from a thread of its own, however busy "
+        "the event loop (for load balancers; with --workers N, ports PROBE..PROBE+N-1)",
+    )
+    serve.add_argument(
         "--log-format",
         choices=("auto", *LOG_FORMATS),
         default="auto",
@@ -500,6 +507,18 @@ def _check_data_dir(args: argparse.Namespace) -> None:
 def _check_serve(args: argparse.Namespace) -> None:
     _check_data_dir(args)
     ports = range(args.port, args.port + args.workers) if args.port else range(0)
+    if args.probe_port:
+        probes = range(args.probe_port, args.probe_port + args.workers)
+        if set(probes) & set(ports):
+            raise CommandError(
+                f"--probe-port {args.probe_port} overlaps the sync ports "
+                f"{args.port}..{ports[-1]}: choose one outside them"
+            )
+        for port in probes:
+            problem = listen_problem(args.host, port)
+            if problem is not None:
+                where = f"{args.host}:{port}"
+                raise CommandError(f"cannot answer probes on {where}: {problem.strerror}")
     for port in ports:
         problem = listen_problem(args.host, port)
         if problem is None:
@@ -605,6 +624,7 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
             args.log_format,  # resolved: workers write to the same stderr
             args.slow_ms,
             _token_and_origin_options(args),
+            args.probe_port,
         )
         return await run_workers(plan, url)
 
@@ -636,6 +656,7 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
             metrics=Metrics(slow_ms=args.slow_ms),
             replica_url=args.replica_url,
             replica_max_lag=args.replica_max_lag,
+            probe_address=None if args.probe_port is None else (args.host, args.probe_port),
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc

@@ -34,9 +34,10 @@ from fieldsync.live.feed import Hub
 from fieldsync.live.http_auth import cors_preflight
 from fieldsync.live.load_gate import DEFAULT_LOAD_LIMITS, LoadLimits
 from fieldsync.live.memory import trim_periodically
-from fieldsync.live.operations import healthz, metrics_endpoint
+from fieldsync.live.operations import health_answer, healthz, metrics_endpoint
 from fieldsync.live.origins import OriginPolicy
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
+from fieldsync.live.probe_listener import ProbeListener
 from fieldsync.live.query_http import openapi_json, query_routes
 from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
 from fieldsync.live.session import (
@@ -103,6 +104,7 @@ def create_app(
     replica_max_lag: float = DEFAULT_MAX_LAG,
     blobs: BlobStore | None = None,
     attachment_limits: AttachmentLimits = DEFAULT_ATTACHMENT_LIMITS,
+    probe_address: tuple[str, int] | None = None,
 ) -> Starlette:
     """The application; it refuses to start on a database whose schema does not match.
 
@@ -116,8 +118,9 @@ def create_app(
     snapshots and catch-up reads go to that streaming replica while its replay lag is
     within ``replica_max_lag`` seconds, and to the primary otherwise (``store.replica``).
     ``blobs`` keeps attachments (without it, or on a storage without attachments, their
-    routes answer 501). Once started it stays up whatever the database does: see
-    ``live.status``.
+    routes answer 501). With ``probe_address`` (host, port), ``/healthz`` is also answered
+    there by a thread of its own, however busy the event loop (``live.probe_listener``).
+    Once started it stays up whatever the database does: see ``live.status``.
     """
     if (database_url is None) == (storage is None):
         raise ValueError("create_app needs a database URL or a storage (one of the two)")
@@ -229,9 +232,16 @@ def create_app(
                         )
                     )
                 )
+            probes = None
+            if probe_address is not None:
+                probes = ProbeListener(*probe_address, lambda: health_answer(status))
+                probes.start()
+                app.state.probe_port = probes.port
             try:
                 yield
             finally:
+                if probes is not None:
+                    await asyncio.to_thread(probes.stop)
                 for worker in workers:
                     worker.cancel()
                 for worker in workers:

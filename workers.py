@@ -45,18 +45,22 @@ class WorkerPlan:
     log_format: str
     slow_ms: float
     options: tuple[str, ...] = ()  # token and Origin options, passed on as given
+    first_probe_port: int | None = None  # the workers' probe ports follow their ports
 
     def ports(self) -> list[int]:
         return [self.first_port + i for i in range(self.count)]
 
     def command(self, port: int) -> list[str]:
         """One worker: ``fieldsync serve`` on ``port``; the URL goes in the environment."""
+        probes: list[str] = []
+        if self.first_probe_port is not None:
+            probes = ["--probe-port", str(self.first_probe_port + port - self.first_port)]
         return [
             sys.executable, "-m", "fieldsync.cli", "serve", "--worker",
             "--host", self.host, "--port", str(port),
             "--data-dir", str(self.data_dir),
             "--log-format", self.log_format, "--slow-ms", f"{self.slow_ms:g}",
-            *self.options,
+            *probes, *self.options,
         ]  # fmt: skip
 
 

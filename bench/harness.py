@@ -109,9 +109,11 @@ async def _migrate(url: str) -> None:
 class ServerProcess:
     """``fieldsync serve`` on a free port, in its own process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, probes: bool = False) -> None:
         self.port = free_port()
         self.base = f"127.0.0.1:{self.port}"
+        # With ``probes``, /healthz is also answered on a port of its own (``--probe-port``).
+        self.probe_base = f"127.0.0.1:{free_port()}" if probes else None
         self._dir = Path(tempfile.mkdtemp(prefix="fss", dir="/tmp"))
         self.log_path = self._dir / "server.log"
         self._log = self.log_path.open("wb")
@@ -129,6 +131,8 @@ class ServerProcess:
             "--data-dir",
             str(self._dir / "data"),
         ]
+        if self.probe_base is not None:
+            command += ["--probe-port", self.probe_base.rpartition(":")[2]]
         environ = {**os.environ, "FIELDSYNC_SECRET": SECRET}
         self._process = subprocess.Popen(
             command, cwd=REPO, env=environ, stdout=self._log, stderr=subprocess.STDOUT
@@ -166,8 +170,8 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def server_process(url: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(url)
+def server_process(url: str, *, probes: bool = False) -> Iterator[ServerProcess]:
+    server = ServerProcess(url, probes=probes)
     try:
         server.wait_ready()
         yield server

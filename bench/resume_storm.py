@@ -15,7 +15,8 @@ addresses do (the server admits 64 unauthenticated connections per address).
 
 Figures: time from the start until every client is live (and percentiles), the server
 process's CPU (``/proc``) per resume over that window, refusals and retries, and the
-latency of ``/healthz`` and ``/metrics`` probed every 250 ms during the storm.
+latency of ``/healthz`` and ``/metrics`` probed every 250 ms during the storm, and of
+``/healthz`` on the server's probe port (``serve --probe-port``, answered by a thread).
 
     .venv/bin/python bench/resume_storm.py [--clients 10000] [--processes 4] [--projects 4]
         [--workers N]
@@ -292,25 +293,28 @@ def ended_by(log: Path) -> str:
 
 
 class Probe(threading.Thread):
-    """GETs ``/healthz`` and ``/metrics`` every ``PROBE_SECONDS``; latencies (ms), failures."""
+    """GETs ``/healthz`` and ``/metrics`` every ``PROBE_SECONDS`` (and ``/healthz`` on the
+    probe port, when there is one); latencies (ms), failures."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, probe_base: str | None = None) -> None:
         super().__init__(daemon=True)
-        self._base = base
+        self._urls = {"/healthz": f"http://{base}/healthz", "/metrics": f"http://{base}/metrics"}
+        if probe_base is not None:
+            self._urls["/healthz on the probe port"] = f"http://{probe_base}/healthz"
         self.stopping = threading.Event()
-        self.latencies: dict[str, list[float]] = {"/healthz": [], "/metrics": []}
+        self.latencies: dict[str, list[float]] = {name: [] for name in self._urls}
         self.failures: list[str] = []
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            for path, latencies in self.latencies.items():
+            for name, url in self._urls.items():
                 started = time.perf_counter()
                 try:
-                    with urllib.request.urlopen(f"http://{self._base}{path}", timeout=5) as got:
+                    with urllib.request.urlopen(url, timeout=5) as got:
                         got.read()
-                    latencies.append((time.perf_counter() - started) * 1000)
+                    self.latencies[name].append((time.perf_counter() - started) * 1000)
                 except Exception as exc:
-                    self.failures.append(f"{path}: {exc!r}")
+                    self.failures.append(f"{name}: {exc!r}")
             self.stopping.wait(PROBE_SECONDS)
 
 
@@ -344,7 +348,9 @@ def run(url: str, args: argparse.Namespace) -> None:
         context.Queue(), context.Event(), context.Value("q", 0), context.Event(), context.Queue()
     )
     with contextlib.ExitStack() as stack:
-        servers = [stack.enter_context(server_process(url)) for _ in range(args.workers)]
+        servers = [
+            stack.enter_context(server_process(url, probes=True)) for _ in range(args.workers)
+        ]
         server, pids = servers[0], [s.pid for s in servers]
         workers = [
             context.Process(
@@ -358,7 +364,7 @@ def run(url: str, args: argparse.Namespace) -> None:
             worker.start()
         for _ in workers:
             signals.ready.get(timeout=120)
-        probe = Probe(server.base)
+        probe = Probe(server.base, server.probe_base)
         profile = ServerProfile(server.pid, args.profile)
         with profile:  # attaching takes a second
             start_ns = signals.start_ns.value = now_ns() + int(0.3e9)

@@ -11,28 +11,32 @@ from fieldsync.observability.metrics import CONTENT_TYPE, Metrics
 from fieldsync.store.ports import Storage
 
 
-async def healthz(request: Request) -> JSONResponse:
-    """200 while the database answers: load balancers act on this. Otherwise 503 with the
-    reason; the server itself stays up and recovers by itself. Parts the server works
-    without (a read replica) are described in the body under ``components`` and never make
-    it fail.
+def health_answer(board: StatusBoard) -> tuple[int, dict[str, object]]:
+    """The status code and body of a health answer: 200 while the database answers, else
+    503 with the reason. The database watch's verdict (``live.status``: ``SELECT 1`` every
+    second on a connection of its own), what every connected client is told too; reading
+    it takes one attribute, so a thread may ask (``live.probe_listener``)."""
+    problem = board.database_problem
+    if problem is None:
+        return 200, {"status": "ok"}
+    return 503, {"status": "unavailable", "reason": problem}
 
-    The answer is the database watch's (``live.status``: ``SELECT 1`` every second on a
-    connection of its own), what every connected client is told too. Not a query through
-    the pool: in a reconnect storm the pool is busy with the crowd's reads, and a check
-    waiting its turn there said 503, so a balancer would have taken out a process that was
-    only busy, and sent its crowd to the others."""
+
+async def healthz(request: Request) -> JSONResponse:
+    """``health_answer``, for load balancers to act on; the server itself stays up and
+    recovers by itself. Parts the server works without (a read replica) are described in
+    the body under ``components`` and never make it fail.
+
+    Not a query through the pool: in a reconnect storm the pool is busy with the crowd's
+    reads, and a check waiting its turn there said 503, so a balancer would have taken out
+    a process that was only busy, and sent its crowd to the others."""
     storage: Storage = request.app.state.storage
     within = request.app.state.health_timeout
-    board: StatusBoard = request.app.state.status
-    problem = board.database_problem
-    body: dict[str, object] = (
-        {"status": "ok"} if problem is None else {"status": "unavailable", "reason": problem}
-    )
+    status, body = health_answer(request.app.state.status)
     components = await storage.health.components(within)
     if components:
         body["components"] = components
-    return JSONResponse(body, status_code=200 if problem is None else 503)
+    return JSONResponse(body, status_code=status)
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -195,12 +195,27 @@ async def test_port_in_use_is_refused_before_migrating(fresh_database_url: str) 
             "serve", "--port", str(port - 1), "--workers", "2",
             "--database-url", fresh_database_url,
         )  # fmt: skip
+        probes_code, probes_out = await _run(
+            "serve", "--port", str(_free_port()), "--probe-port", str(port),
+            "--database-url", fresh_database_url,
+        )  # fmt: skip
+        overlap_code, overlap_out = await _run(
+            "serve", "--port", str(port - 1), "--workers", "2", "--probe-port", str(port),
+            "--database-url", fresh_database_url,
+        )  # fmt: skip
     assert code == 1, out
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in out
     assert "choose another port with --port, e.g. --port " in out
     assert "Traceback" not in out
     assert workers_code == 1, workers_out
     assert f"127.0.0.1:{port} (one of ports {port - 1}..{port} for --workers 2)" in workers_out
+    assert probes_code == 1, probes_out
+    assert f"cannot answer probes on 127.0.0.1:{port}: Address already in use" in probes_out
+    assert overlap_code == 1, overlap_out
+    assert (
+        f"--probe-port {port} overlaps the sync ports {port - 1}..{port}: choose one outside them"
+        in overlap_out
+    )
     # Refused before anything touched the database: no migration ran.
     conn = await connect(fresh_database_url)
     try:

@@ -1,4 +1,5 @@
-"""`fieldsync serve --workers 2`: two real processes, one database, changes cross live."""
+"""`fieldsync serve --workers 2`: two real processes, one database, changes cross live, each
+answering health probes on its own probe port too."""
 
 from __future__ import annotations
 
@@ -9,13 +10,23 @@ import uuid
 import httpx
 import pytest
 
+from fieldsync.cli import listen_problem
 from fieldsync.model.writer import create_entity, update_entity
 from fieldsync.sync.messages import EntityPush, ProjectCursor
 from tests.entities import location_values, new_id
 from tests.live.test_sync import push
-from tests.live_server import TEST_SECRET, MemberFactory
+from tests.live_server import TEST_SECRET, MemberFactory, free_port
 from tests.sync_client import SyncClient
 from tests.test_server_command import Serving, serving
+
+
+def _two_free_ports() -> int:
+    """The first of two free ports in a row."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65535 and listen_problem("127.0.0.1", port + 1) is None:
+            return port
+    raise RuntimeError("no two free ports in a row")
 
 
 async def test_two_workers_share_the_database_and_relay_live(
@@ -23,7 +34,10 @@ async def test_two_workers_share_the_database_and_relay_live(
 ) -> None:
     _, token = await member(project)
     monkeypatch.setenv("FIELDSYNC_SECRET", TEST_SECRET.decode())  # the workers' signing key
-    async with serving("--workers", "2", "--database-url", database_url) as parent:
+    probes = _two_free_ports()
+    async with serving(
+        "--workers", "2", "--probe-port", str(probes), "--database-url", database_url
+    ) as parent:
         first = parent
         second = Serving(parent.proc, parent.port + 1)
         await first.wait_healthy()
@@ -32,6 +46,9 @@ async def test_two_workers_share_the_database_and_relay_live(
             for port in (first.port, second.port):
                 response = await http.get(f"http://127.0.0.1:{port}/metrics")
                 assert "fieldsync_connections_open 0.0" in response.text
+            for port in (probes, probes + 1):
+                response = await http.get(f"http://127.0.0.1:{port}/healthz")
+                assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
         pusher = await SyncClient.connect(f"127.0.0.1:{first.port}")
         watcher = await SyncClient.connect(f"127.0.0.1:{second.port}")

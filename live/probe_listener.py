@@ -1,0 +1,110 @@
+"""``/healthz`` on a port of its own, answered by a thread beside the event loop.
+
+In a reconnect storm the event loop takes each turn over thousands of connections at once,
+and a probe on the main port waits its turn with them: up to 2-3 s in a storm of 10,000
+(``docs/scaling.md``). A balancer with a shorter probe timeout would take a busy process out
+and send its crowd to the others. Here the answer comes from a thread: it reads the
+database watch's verdict (``live.status.StatusBoard``, one attribute, written by the loop),
+and the interpreter hands it the lock within its switch interval (5 ms) however busy the
+loop is. Only ``GET /healthz`` is served; everything else stays on the main port, whose
+``/metrics`` reads structures only the loop may touch.
+
+A few requests at a time (``MAX_CONCURRENT``, a thread each; more are closed unanswered),
+each with a short socket timeout: it is a port for the balancer and the orchestrator, not
+for the public, and it must stay cheap whatever connects to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+READ_SECONDS = 2.0
+"""How long a probe connection may wait for each piece of its request."""
+
+MAX_CONCURRENT = 8
+"""Probe requests answered at once; a connection beyond them is closed at once."""
+
+HealthAnswer = Callable[[], tuple[int, dict[str, object]]]
+"""The status code and JSON body of a health answer, as ``/healthz`` gives it."""
+
+
+class _ProbeServer(ThreadingHTTPServer):
+    answer: HealthAnswer
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, host: str, port: int) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        super().__init__((host, port), _ProbeHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: not a balancer's probes
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _ProbeHandler(BaseHTTPRequestHandler):
+    server: _ProbeServer
+    timeout = READ_SECONDS
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path.partition("?")[0] != "/healthz":
+            self._reply(404, {"status": "not_found", "reason": "only /healthz is served here"})
+            return
+        self._reply(*self.server.answer())
+
+    def _reply(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Probes come every few seconds from the balancer: no line each."""
+
+
+class ProbeListener:
+    """Serves ``answer()`` as ``GET /healthz`` on ``host:port`` (0: any free port) from a
+    daemon thread, from ``start()`` until ``stop()``."""
+
+    def __init__(self, host: str, port: int, answer: HealthAnswer) -> None:
+        self._server = _ProbeServer(host, port)
+        self._server.answer = answer
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="fieldsync-probes", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("health probes answered on port %d", self.port, extra={"event": "probe_listening"})
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
