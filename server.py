@@ -37,7 +37,7 @@ from fieldsync.live.memory import trim_periodically
 from fieldsync.live.operations import health_answer, healthz, metrics_endpoint
 from fieldsync.live.origins import OriginPolicy
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
-from fieldsync.live.probe_listener import ProbeListener
+from fieldsync.live.probe_listener import LoopRendered, ProbeListener
 from fieldsync.live.query_http import openapi_json, query_routes
 from fieldsync.live.rate_limit import DEFAULT_RATE_LIMIT, RateLimit
 from fieldsync.live.session import (
@@ -118,8 +118,9 @@ def create_app(
     snapshots and catch-up reads go to that streaming replica while its replay lag is
     within ``replica_max_lag`` seconds, and to the primary otherwise (``store.replica``).
     ``blobs`` keeps attachments (without it, or on a storage without attachments, their
-    routes answer 501). With ``probe_address`` (host, port), ``/healthz`` is also answered
-    there by a thread of its own, however busy the event loop (``live.probe_listener``).
+    routes answer 501). With ``probe_address`` (host, port), ``/healthz`` and ``/metrics``
+    are also answered there by threads of their own, however busy the event loop
+    (``live.probe_listener``).
     Once started it stays up whatever the database does: see ``live.status``.
     """
     if (database_url is None) == (storage is None):
@@ -234,7 +235,8 @@ def create_app(
                 )
             probes = None
             if probe_address is not None:
-                probes = ProbeListener(*probe_address, lambda: health_answer(status))
+                rendered = LoopRendered(asyncio.get_running_loop(), metrics.exposition)
+                probes = ProbeListener(*probe_address, lambda: health_answer(status), rendered.get)
                 probes.start()
                 app.state.probe_port = probes.port
             try:

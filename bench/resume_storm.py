@@ -15,8 +15,8 @@ addresses do (the server admits 64 unauthenticated connections per address).
 
 Figures: time from the start until every client is live (and percentiles), the server
 process's CPU (``/proc``) per resume over that window, refusals and retries, and the
-latency of ``/healthz`` and ``/metrics`` probed every 250 ms during the storm, and of
-``/healthz`` on the server's probe port (``serve --probe-port``, answered by a thread).
+latency of ``/healthz`` and ``/metrics`` probed every 250 ms during the storm, on the main
+port and on the server's probe port (``serve --probe-port``, answered by a thread).
 
     .venv/bin/python bench/resume_storm.py [--clients 10000] [--processes 4] [--projects 4]
         [--workers N]
@@ -293,14 +293,15 @@ def ended_by(log: Path) -> str:
 
 
 class Probe(threading.Thread):
-    """GETs ``/healthz`` and ``/metrics`` every ``PROBE_SECONDS`` (and ``/healthz`` on the
-    probe port, when there is one); latencies (ms), failures."""
+    """GETs ``/healthz`` and ``/metrics`` every ``PROBE_SECONDS`` (on the probe port too,
+    when there is one); latencies (ms), failures."""
 
     def __init__(self, base: str, probe_base: str | None = None) -> None:
         super().__init__(daemon=True)
         self._urls = {"/healthz": f"http://{base}/healthz", "/metrics": f"http://{base}/metrics"}
         if probe_base is not None:
             self._urls["/healthz on the probe port"] = f"http://{probe_base}/healthz"
+            self._urls["/metrics on the probe port"] = f"http://{probe_base}/metrics"
         self.stopping = threading.Event()
         self.latencies: dict[str, list[float]] = {name: [] for name in self._urls}
         self.failures: list[str] = []

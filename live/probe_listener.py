@@ -1,4 +1,5 @@
-"""``/healthz`` on a port of its own, answered by a thread beside the event loop.
+"""``/healthz`` and ``/metrics`` on a port of their own, answered by a thread beside the
+event loop.
 
 In a reconnect storm the event loop takes each turn over thousands of connections at once,
 and a probe on the main port waits its turn with them: up to 2-3 s in a storm of 10,000
@@ -6,8 +7,13 @@ and a probe on the main port waits its turn with them: up to 2-3 s in a storm of
 and send its crowd to the others. Here the answer comes from a thread: it reads the
 database watch's verdict (``live.status.StatusBoard``, one attribute, written by the loop),
 and the interpreter hands it the lock within its switch interval (5 ms) however busy the
-loop is. Only ``GET /healthz`` is served; everything else stays on the main port, whose
-``/metrics`` reads structures only the loop may touch.
+loop is.
+
+``/metrics`` reads structures only the loop may touch, so the thread asks the loop to
+render it (``LoopRendered``) and waits a moment: while the loop keeps up the scrape is
+fresh; while it is late, the scrape is the last one it rendered, with
+``fieldsync_metrics_rendered_age_seconds`` saying how old. Everything else stays on the
+main port.
 
 A few requests at a time (``MAX_CONCURRENT``, a thread each; more are closed unanswered),
 each with a short socket timeout: it is a port for the balancer and the orchestrator, not
@@ -16,13 +22,17 @@ for the public, and it must stay cheap whatever connects to it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from fieldsync.observability.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +42,67 @@ READ_SECONDS = 2.0
 MAX_CONCURRENT = 8
 """Probe requests answered at once; a connection beyond them is closed at once."""
 
+RENDER_WAIT_SECONDS = 0.2
+"""How long a scrape waits for the loop to render the metrics before taking the last."""
+
 HealthAnswer = Callable[[], tuple[int, dict[str, object]]]
 """The status code and JSON body of a health answer, as ``/healthz`` gives it."""
 
 
+class LoopRendered:
+    """The metrics as the event loop last rendered them, asked for afresh by each scrape.
+
+    ``render`` runs on the loop only (``call_soon_threadsafe``); a thread calling ``get``
+    waits up to ``wait`` seconds for it, then takes the last rendering, however old."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        render: Callable[[], bytes],
+        wait: float = RENDER_WAIT_SECONDS,
+    ) -> None:
+        self._loop = loop
+        self._render = render
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._last = b""
+        self._at = time.monotonic()
+
+    def refresh(self) -> None:
+        """Render now (on the loop)."""
+        rendered = self._render()
+        with self._lock:
+            self._last, self._at = rendered, time.monotonic()
+
+    def get(self) -> bytes:
+        done = threading.Event()
+
+        def on_loop() -> None:
+            try:
+                self.refresh()
+            finally:
+                done.set()
+
+        try:
+            self._loop.call_soon_threadsafe(on_loop)
+        except RuntimeError:  # the loop is closed: the last rendering is all there is
+            pass
+        else:
+            done.wait(self._wait)
+        with self._lock:
+            last, at = self._last, self._at
+        age = time.monotonic() - at
+        return last + (
+            b"# HELP fieldsync_metrics_rendered_age_seconds How old this scrape is: the event "
+            b"loop renders it, and a late loop leaves the last rendering\n"
+            b"# TYPE fieldsync_metrics_rendered_age_seconds gauge\n"
+            b"fieldsync_metrics_rendered_age_seconds %.3f\n" % age
+        )
+
+
 class _ProbeServer(ThreadingHTTPServer):
     answer: HealthAnswer
+    metrics: Callable[[], bytes] | None
     daemon_threads = True
     block_on_close = False
 
@@ -65,15 +130,20 @@ class _ProbeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        if self.path.partition("?")[0] != "/healthz":
-            self._reply(404, {"status": "not_found", "reason": "only /healthz is served here"})
-            return
-        self._reply(*self.server.answer())
+        path = self.path.partition("?")[0]
+        if path == "/healthz":
+            self._reply(*self.server.answer())
+        elif path == "/metrics" and self.server.metrics is not None:
+            self._send(200, CONTENT_TYPE, self.server.metrics())
+        else:
+            self._reply(404, {"status": "not_found", "reason": "only /healthz and /metrics"})
 
     def _reply(self, status: int, body: dict[str, object]) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
+        self._send(status, "application/json", json.dumps(body, separators=(",", ":")).encode())
+
+    def _send(self, status: int, content_type: str, data: bytes) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
         self.end_headers()
@@ -85,12 +155,20 @@ class _ProbeHandler(BaseHTTPRequestHandler):
 
 
 class ProbeListener:
-    """Serves ``answer()`` as ``GET /healthz`` on ``host:port`` (0: any free port) from a
-    daemon thread, from ``start()`` until ``stop()``."""
+    """Serves ``answer()`` as ``GET /healthz`` and ``metrics()`` (if given) as
+    ``GET /metrics`` on ``host:port`` (0: any free port) from daemon threads, from
+    ``start()`` until ``stop()``."""
 
-    def __init__(self, host: str, port: int, answer: HealthAnswer) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        answer: HealthAnswer,
+        metrics: Callable[[], bytes] | None = None,
+    ) -> None:
         self._server = _ProbeServer(host, port)
         self._server.answer = answer
+        self._server.metrics = metrics
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="fieldsync-probes", daemon=True
         )

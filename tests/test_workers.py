@@ -49,6 +49,8 @@ async def test_two_workers_share_the_database_and_relay_live(
             for port in (probes, probes + 1):
                 response = await http.get(f"http://127.0.0.1:{port}/healthz")
                 assert (response.status_code, response.json()) == (200, {"status": "ok"})
+                response = await http.get(f"http://127.0.0.1:{port}/metrics")
+                assert "fieldsync_connections_open 0.0" in response.text
 
         pusher = await SyncClient.connect(f"127.0.0.1:{first.port}")
         watcher = await SyncClient.connect(f"127.0.0.1:{second.port}")

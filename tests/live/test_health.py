@@ -18,7 +18,12 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from fieldsync.live.probe_listener import MAX_CONCURRENT, READ_SECONDS, ProbeListener
+from fieldsync.live.probe_listener import (
+    MAX_CONCURRENT,
+    READ_SECONDS,
+    RENDER_WAIT_SECONDS,
+    ProbeListener,
+)
 from fieldsync.model.writer import create_entity
 from fieldsync.store.memory import MemoryStorage
 from fieldsync.sync.messages import EntityAccepted, EntityPush, ProjectCursor, Push, PushResult
@@ -73,6 +78,22 @@ def _get(url: str) -> tuple[int, object, float]:
     return status, json.loads(data), time.monotonic()
 
 
+def _scrape(url: str) -> tuple[str, float]:
+    """The metrics text at ``url``, and when it came."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        return response.read().decode(), time.monotonic()
+
+
+def _age(scrape: str) -> float:
+    [line] = [
+        line
+        for line in scrape.splitlines()
+        if line.startswith("fieldsync_metrics_rendered_age_seconds ")
+    ]
+    return float(line.split()[1])
+
+
 async def test_the_probe_port_answers_while_the_event_loop_is_busy() -> None:
     memory = MemoryStorage()
     port = free_port()
@@ -103,15 +124,24 @@ async def test_the_probe_port_answers_while_the_event_loop_is_busy() -> None:
             time.sleep(1.0)
             busy_until.append(time.monotonic())
 
+        fresh, _ = await asyncio.to_thread(_scrape, f"{probes}/metrics")
+        assert _age(fresh) < RENDER_WAIT_SECONDS  # the loop keeps up: rendered for it
         on_probes = loop.run_in_executor(None, _get, f"{probes}/healthz")
+        on_metrics = loop.run_in_executor(None, _scrape, f"{probes}/metrics")
         on_main = loop.run_in_executor(None, _get, f"{main}/healthz")
         loop.call_soon(busy)
-        (status, body, answered), (main_status, _, main_answered) = await asyncio.gather(
-            on_probes, on_main
-        )
+        (
+            (status, body, answered),
+            (late, scraped),
+            (main_status, _, main_answered),
+        ) = await asyncio.gather(on_probes, on_metrics, on_main)
         assert (status, body) == (200, {"status": "ok"})
         assert main_status == 200
         assert answered < busy_until[0] < main_answered
+        # The scrape did not wait for the loop: the last rendering, and how old it is.
+        assert scraped < busy_until[0]
+        assert "fieldsync_connections_open 0.0" in late
+        assert _age(late) >= RENDER_WAIT_SECONDS
 
         # The database watch's verdict, as the main port gives it.
         memory.fail()
@@ -126,9 +156,9 @@ async def test_the_probe_port_answers_while_the_event_loop_is_busy() -> None:
         assert down[1] == {"status": "unavailable", "reason": ANY}
         memory.recover()
 
-        assert (await asyncio.to_thread(_get, f"{probes}/metrics"))[:2] == (
+        assert (await asyncio.to_thread(_get, f"{probes}/openapi.json"))[:2] == (
             404,
-            {"status": "not_found", "reason": "only /healthz is served here"},
+            {"status": "not_found", "reason": "only /healthz and /metrics"},
         )
     finally:
         await stop_server(server, task)
