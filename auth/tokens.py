@@ -22,11 +22,10 @@ from typing import Any, Protocol
 
 import jwt
 
-from fieldsync.auth.hs256 import RefusedTokenError, verify_hs256
+from fieldsync.auth.hs256 import ALGORITHM, RefusedTokenError, verify_hs256
 
 AUDIENCE = "fieldsync"
 ISSUER = "fieldsync"
-ALGORITHM = "HS256"
 JWKS_ALGORITHMS = ("RS256", "ES256")
 CLOCK_SKEW_SECONDS = 30
 REQUIRED_CLAIMS = ("exp", "sub", "aud", "iss")
