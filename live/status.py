@@ -43,24 +43,28 @@ class StatusBoard:
     """The current status, and the connections that hear about it."""
 
     def __init__(self) -> None:
-        self.current = OK
         self.database_problem: str | None = None  # why the database is down, while it is
         self._listeners: weakref.WeakSet[StatusListener] = weakref.WeakSet()
+
+    @property
+    def current(self) -> Status:
+        problem = self.database_problem
+        return OK if problem is None else database_down(problem)
 
     def watch(self, listener: StatusListener) -> None:
         """A connection was welcomed: it hears every change from now on (and the current
         status at once, unless all is well)."""
         self._listeners.add(listener)
-        if self.current != OK:
+        if self.database_problem is not None:
             listener.status_changed(self.current)
 
     def database(self, problem: str | None) -> bool:
-        """Record the database's state; True if that changed the status (and it was sent)."""
-        status = OK if problem is None else database_down(problem)
-        if (status == OK) == (self.current == OK):
+        """Record the database's state; True if that changed the status (and it was sent).
+        While the database stays down, the first reason stands."""
+        if (problem is None) == (self.database_problem is None):
             return False
-        self.current = status
         self.database_problem = problem
+        status = self.current
         for listener in list(self._listeners):
             listener.status_changed(status)
         return True
