@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -45,59 +46,76 @@ MAX_CONCURRENT = 8
 RENDER_WAIT_SECONDS = 0.2
 """How long a scrape waits for the loop to render the metrics before taking the last."""
 
+RENDER_INTERVAL_SECONDS = 0.25
+"""The loop renders the metrics at most this often, however many scrape."""
+
 HealthAnswer = Callable[[], tuple[int, dict[str, object]]]
 """The status code and JSON body of a health answer, as ``/healthz`` gives it."""
 
 
 class LoopRendered:
-    """The metrics as the event loop last rendered them, asked for afresh by each scrape.
+    """The metrics as the event loop last rendered them, asked for afresh by a scrape.
 
     ``render`` runs on the loop only (``call_soon_threadsafe``); a thread calling ``get``
-    waits up to ``wait`` seconds for it, then takes the last rendering, however old."""
+    waits up to ``wait`` seconds for it, then takes the last rendering, however old. A
+    rendering walks every connection's send queue, so scrapers cannot make the loop render
+    more than once per ``min_interval`` seconds, however many ask: a scrape within it gets
+    the last rendering, and scrapes that come while one is asked for wait for that one."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         render: Callable[[], bytes],
         wait: float = RENDER_WAIT_SECONDS,
+        min_interval: float = RENDER_INTERVAL_SECONDS,
     ) -> None:
         self._loop = loop
         self._render = render
         self._wait = wait
+        self._min_interval = min_interval
         self._lock = threading.Lock()
         self._last = b""
-        self._at = time.monotonic()
-
-    def refresh(self) -> None:
-        """Render now (on the loop)."""
-        rendered = self._render()
-        with self._lock:
-            self._last, self._at = rendered, time.monotonic()
+        self._at = -math.inf  # never rendered
+        self._asked: threading.Event | None = None  # a rendering asked of the loop
 
     def get(self) -> bytes:
-        done = threading.Event()
-
-        def on_loop() -> None:
+        with self._lock:
+            fresh = time.monotonic() - self._at < self._min_interval
+            asked = self._asked
+            ask = not fresh and asked is None
+            if ask:
+                asked = self._asked = threading.Event()
+        if ask:
+            assert asked is not None
             try:
-                self.refresh()
-            finally:
-                done.set()
-
-        try:
-            self._loop.call_soon_threadsafe(on_loop)
-        except RuntimeError:  # the loop is closed: the last rendering is all there is
-            pass
-        else:
-            done.wait(self._wait)
+                self._loop.call_soon_threadsafe(self._render_on_loop, asked)
+            except RuntimeError:  # the loop is closed: the last rendering is all there is
+                self._rendered(asked)
+        if not fresh and asked is not None:
+            asked.wait(self._wait)
         with self._lock:
             last, at = self._last, self._at
-        age = time.monotonic() - at
+        age = b"%.3f" % (time.monotonic() - at) if at > -math.inf else b"+Inf"
         return last + (
             b"# HELP fieldsync_metrics_rendered_age_seconds How old this scrape is: the event "
             b"loop renders it, and a late loop leaves the last rendering\n"
             b"# TYPE fieldsync_metrics_rendered_age_seconds gauge\n"
-            b"fieldsync_metrics_rendered_age_seconds %.3f\n" % age
+            b"fieldsync_metrics_rendered_age_seconds " + age + b"\n"
         )
+
+    def _render_on_loop(self, asked: threading.Event) -> None:
+        try:
+            rendered = self._render()
+            with self._lock:
+                self._last, self._at = rendered, time.monotonic()
+        finally:
+            self._rendered(asked)
+
+    def _rendered(self, asked: threading.Event) -> None:
+        with self._lock:
+            if self._asked is asked:
+                self._asked = None
+        asked.set()
 
 
 class _ProbeServer(ThreadingHTTPServer):

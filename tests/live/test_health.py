@@ -21,7 +21,9 @@ from starlette.applications import Starlette
 from fieldsync.live.probe_listener import (
     MAX_CONCURRENT,
     READ_SECONDS,
+    RENDER_INTERVAL_SECONDS,
     RENDER_WAIT_SECONDS,
+    LoopRendered,
     ProbeListener,
 )
 from fieldsync.model.writer import create_entity
@@ -126,6 +128,7 @@ async def test_the_probe_port_answers_while_the_event_loop_is_busy() -> None:
 
         fresh, _ = await asyncio.to_thread(_scrape, f"{probes}/metrics")
         assert _age(fresh) < RENDER_WAIT_SECONDS  # the loop keeps up: rendered for it
+        await asyncio.sleep(RENDER_INTERVAL_SECONDS)  # the next scrape asks for a new one
         # Busy first: a render the scrape asks for is queued behind it, however fast the
         # request gets there.
         loop.call_soon(busy)
@@ -193,3 +196,23 @@ def test_the_probe_port_stays_cheap_whatever_connects() -> None:
             assert round(time.monotonic() - started) == READ_SECONDS
     finally:
         listener.stop()
+
+
+async def test_scrapers_cannot_make_the_loop_render_more_than_once_an_interval() -> None:
+    """Rendering walks every connection's send queue: eight scrapes at once make one
+    rendering, a scrape within the interval gets the last, and one after it a new one."""
+    renders: list[float] = []
+
+    def render() -> bytes:
+        renders.append(time.monotonic())
+        return b"rendered %d\n" % len(renders)
+
+    rendered = LoopRendered(asyncio.get_running_loop(), render, wait=5, min_interval=1.0)
+    crowd = await asyncio.gather(*(asyncio.to_thread(rendered.get) for _ in range(8)))
+    assert len(renders) == 1
+    assert {scrape.splitlines()[0] for scrape in crowd} == {b"rendered 1"}
+    again = await asyncio.to_thread(rendered.get)
+    assert (len(renders), again.splitlines()[0]) == (1, b"rendered 1")
+    await asyncio.sleep(1.0)
+    later = await asyncio.to_thread(rendered.get)
+    assert (len(renders), later.splitlines()[0]) == (2, b"rendered 2")
