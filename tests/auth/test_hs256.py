@@ -17,8 +17,8 @@ import jwt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fieldsync.auth.hs256 import ALGORITHM
 from fieldsync.auth.tokens import (
-    ALGORITHM,
     AUDIENCE,
     CLOCK_SKEW_SECONDS,
     ISSUER,
