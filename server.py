@@ -202,6 +202,7 @@ def create_app(
                 log_limiter=connection_log_limiter(metrics.log_line_suppressed),
                 load_limits=load_limits,
             )
+            metrics.upgrades_waiting.set_function(lambda: sync.load.waiting)
             recorder = sync.sync_health = HealthRecorder(store.sync_health)
             notifications = store.notifications
             workers = [

@@ -74,6 +74,7 @@ from fieldsync_client.backoff import Backoff
 PER_USER = 4  # clients per user: several devices of one person, well under the cap of 16
 PER_ADDRESS = 16  # clients per loopback source address
 GIVE_UP_SECONDS = 60.0
+UPGRADE_TIMEOUT_SECONDS = 10.0  # the Python SDK's connect_timeout; the bench waits longer
 PROBE_SECONDS = 0.25  # /metrics walks every connection's queue: probing costs the server
 
 
@@ -95,6 +96,9 @@ class Outcome:
     snapshot: bool = False  # a snapshot was sent: the resume was not honoured
     errors: list[str] = field(default_factory=list)
     hints: list[float] = field(default_factory=list)  # the Retry-After of each refusal
+    # The longest any attempt waited for the upgrade's answer (101 or a refusal), from its
+    # request written: the SDKs give up on an upgrade after UPGRADE_TIMEOUT_SECONDS.
+    longest_answer_ns: int = 0
 
 
 def _masked_frame(payload: bytes) -> bytes:
@@ -124,11 +128,13 @@ class StormClient(asyncio.Protocol):
         self._done = done
         self._buffer = b""
         self._upgraded = False
+        self._asked_ns = 0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.transport.write(self._request)  # type: ignore[union-attr]
+        self._asked_ns = now_ns()
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -137,6 +143,8 @@ class StormClient(asyncio.Protocol):
             if end < 0:
                 return
             head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
+            waited = now_ns() - self._asked_ns
+            self._outcome.longest_answer_ns = max(self._outcome.longest_answer_ns, waited)
             status = head.split(b" ", 2)[1]
             if status != b"101":
                 retry = 0.0
@@ -417,6 +425,12 @@ def run(url: str, args: argparse.Namespace) -> None:
         print("client failures:", ", ".join(f"{n} {why}" for why, n in failures.most_common(6)))
     to_live = [(o.live_ns - start_ns) / 1e6 for o in live]
     print(f"time to live: {describe_ms(to_live)}")
+    answers = [o.longest_answer_ns / 1e6 for o in outcomes if o.longest_answer_ns]
+    late = sum(a > UPGRADE_TIMEOUT_SECONDS * 1000 for a in answers)
+    print(
+        f"longest wait of each client for an upgrade's answer: {describe_ms(answers)}; "
+        f"over the SDKs' {UPGRADE_TIMEOUT_SECONDS:g} s: {late}"
+    )
     print(cpu.describe(wall, [cpu for _, _, cpu in gathered]))
     print(
         f"server process{'es' if len(pids) > 1 else ''}: user {user:.2f} s, system {system:.2f} s"

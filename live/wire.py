@@ -15,14 +15,13 @@ and the handshake before: it cost an idle socket about 1.6 KB (its parser genera
 the last frame read) and every upgrade request was parsed twice.
 
 What the ASGI path did is kept: the Origin rules (the allow-list, or the server's own
-pages) and admission are checked before the
-upgrade (403, or 429/503 with ``Retry-After``, as JSON); a saturated process
-(``live.load_gate``) answers 503 with its hint before even parsing the request (with a
-request id of its own); the client address follows uvicorn's
-proxy-header rules; the response carries ``X-Request-Id``; keepalive pings find dead peers;
-reading pauses while a frame waits for the session (the session paces its own reads);
-writing waits while the kernel's buffer is full; uvicorn's graceful shutdown closes the
-socket with 1012.
+pages) and admission are checked before the upgrade (403, or 429/503 with ``Retry-After``,
+as JSON); a saturated process (``live.load_gate``) keeps the upgrade waiting for its turn,
+or answers 503 with its hint (with a request id of its own), before those checks; the
+client address follows uvicorn's proxy-header rules; the response carries
+``X-Request-Id``; keepalive pings find dead peers; reading pauses while a frame waits for
+the session (the session paces its own reads); writing waits while the kernel's buffer is
+full; uvicorn's graceful shutdown closes the socket with 1012.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.server import ServerState
 
 from fieldsync.live.admission import Refusal
+from fieldsync.live.load_gate import ROOM_REASON
 from fieldsync.live.lost_transports import release_transport
 from fieldsync.live.operations import ObservedConnection
 from fieldsync.live.origins import OriginPolicy, same_origin
@@ -101,6 +101,7 @@ class SyncWire(asyncio.Protocol):
         "_server_state",
         "_timer",
         "_transport",
+        "_waiting",
         "_write_paused",
     )
 
@@ -124,6 +125,7 @@ class SyncWire(asyncio.Protocol):
         self._lost = False
         self._timer: Slot | None = None  # its deadline: keepalive ping, pong or close wait
         self._ping_payload: bytes | None = None
+        self._waiting: tuple[UpgradeRequest, str] | None = None  # the upgrade, for its turn
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -137,7 +139,7 @@ class SyncWire(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         frames = self._frames
         if frames is None:
-            return  # the upgrade was refused: what comes after the request goes unread
+            return  # not accepted (refused, or waiting its turn): what the client sent is dropped
         for event in frames.receive(data):
             self._event(event)
 
@@ -296,9 +298,8 @@ class SyncWire(asyncio.Protocol):
 
     def take_upgrade(self, request: UpgradeRequest) -> None:
         """The upgrade request, as uvicorn's HTTP protocol parsed it (``live.slow_requests``).
-        A saturated process refuses it before looking at it."""
-        if self._saturated():
-            return
+        A saturated process keeps it waiting for its turn, or refuses it with a hint, before
+        looking further (``live.load_gate``)."""
         if has_body(request):
             bad = Refused(400, "Bad Request", "invalid WebSocket upgrade request\n")
             self._respond(refusal(bad, self._date()))
@@ -307,22 +308,43 @@ class SyncWire(asyncio.Protocol):
             missing = Refused(404, "Not Found", "no WebSocket endpoint here\n")
             self._respond(refusal(missing, self._date()))
             return
-        self._open(request)
-
-    def _saturated(self) -> bool:
-        """Refuse the upgrade before reading it if the process cannot take one more now: the
-        refusal of a crowd must cost far less than serving it (``live.load_gate``)."""
         services: SyncServices = self.app.state.sync
-        refusal = services.load.refusal()
-        if refusal is None:
-            return False
-        services.metrics.connection_refused(refusal.reason)
-        rid = request_id({"headers": []})
-        retry = {"Retry-After": str(self._retry_after(services, refusal))}
-        self._deny(refusal.status, ErrorCode.SERVER_BUSY.value, refusal.message, rid, retry)
-        return True
+        address = self._client_address(request.headers)
+        busy = services.load.refusal()
+        if busy is None:
+            self._open(request, address)
+        elif busy.reason == ROOM_REASON and services.load.wait(self, address):
+            # Nothing is read meanwhile: what the client sends before its answer (it should
+            # send nothing) is dropped, and its closing still ends the connection.
+            self._waiting = (request, address)
+            services.metrics.upgrade_waited()
+        else:
+            self._refuse_busy(services, busy)
 
-    def _open(self, request: UpgradeRequest) -> None:
+    # -- waiting for a turn (``live.load_gate.Waiter``) -------------------------------------------
+
+    @property
+    def gone(self) -> bool:
+        return self._lost
+
+    def take_turn(self) -> None:
+        if self._waiting is not None:
+            request, address = self._waiting
+            self._waiting = None
+            self._open(request, address)
+
+    def give_up(self, refused: Refusal) -> None:
+        self._waiting = None
+        self._refuse_busy(self.app.state.sync, refused)
+
+    def _refuse_busy(self, services: SyncServices, busy: Refusal) -> None:
+        """Answer 503 with the hint of when to come back (with a request id of its own)."""
+        services.metrics.connection_refused(busy.reason)
+        rid = request_id({"headers": []})
+        retry = {"Retry-After": str(self._retry_after(services, busy))}
+        self._deny(busy.status, ErrorCode.SERVER_BUSY.value, busy.message, rid, retry)
+
+    def _open(self, request: UpgradeRequest, address: str) -> None:
         """Check the upgrade and start the session, or refuse it. All of it happens here, as
         the request arrives: no task waits for it, and nothing the client sends can come
         before the answer."""
@@ -343,7 +365,6 @@ class SyncWire(asyncio.Protocol):
                     rid,
                 )
                 return
-            address = self._client_address(request.headers)
             admitted = services.admission.admit(address)
             if isinstance(admitted, Refusal):
                 services.metrics.connection_refused(admitted.reason)

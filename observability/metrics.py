@@ -257,6 +257,17 @@ class Metrics:
             "Open sync connections that have not completed the handshake yet",
             registry=registry,
         )
+        self.upgrades_waited = Counter(
+            "fieldsync_upgrades_waited",
+            "Sync upgrades that found the process full and waited for their turn instead of "
+            "being refused (those whose turn did not come are refused as turn_not_reached)",
+            registry=registry,
+        )
+        self.upgrades_waiting = Gauge(
+            "fieldsync_upgrades_waiting",
+            "Sync upgrades waiting for their turn now",
+            registry=registry,
+        )
         self.log_lines_suppressed = Counter(
             "fieldsync_log_lines_suppressed",
             "Log lines left out by the log rate limit, by event",
@@ -388,6 +399,9 @@ class Metrics:
     def connection_refused(self, reason: str) -> None:
         """A connection ended before authenticating; ``reason`` starts with a code word."""
         self.connections_refused.labels(_reason_label(reason)).inc()
+
+    def upgrade_waited(self) -> None:
+        self.upgrades_waited.inc()
 
     def log_line_suppressed(self, event: str) -> None:
         self.log_lines_suppressed.labels(event).inc()

@@ -43,7 +43,8 @@ async def test_a_saturated_server_refuses_at_once_with_a_hint_and_stays_observab
     database_url: str, project: uuid.UUID, member: MemberFactory, make_client: ClientFactory
 ) -> None:
     _, token = await member(project)
-    saturated = LoadLimits(max_in_progress=1)  # one connection between upgrade and live
+    # One connection between upgrade and live, and no queue: the rest are refused at once.
+    saturated = LoadLimits(max_in_progress=1, max_queue_seconds=0.0)
     async with running_server(database_url, load_limits=saturated) as base:
         squatter = await SyncClient.connect(base)  # upgraded, never says hello
         started = time.monotonic()

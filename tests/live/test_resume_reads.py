@@ -9,7 +9,14 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fieldsync.live.load_gate import STALL_SECONDS, LoadGate, LoadLimits
+from fieldsync.live.admission import Refusal
+from fieldsync.live.load_gate import (
+    ROOM_REASON,
+    STALL_SECONDS,
+    TURN_NOT_REACHED,
+    LoadGate,
+    LoadLimits,
+)
 from fieldsync.live.log_reads import CatchUpReads, HeadReads, after
 from fieldsync.live.membership_cache import MembershipCache
 from fieldsync.store.records import ConflictUpdate, LoggedChange, LogSlice
@@ -272,3 +279,99 @@ def test_a_crowd_taken_at_once_does_not_lower_the_rate_before_it_goes_live() -> 
     now[0] = 3.0 + STALL_SECONDS
     gate.retry_after()
     assert gate.room == 150  # 100 smoothed with none: 50 a second
+
+
+class _Waiter:
+    """An upgrade waiting for its turn; says what became of it."""
+
+    def __init__(self, name: str, held: list[int], log: list[str]) -> None:
+        self.name = name
+        self.gone = False
+        self._held = held
+        self._log = log
+
+    def take_turn(self) -> None:
+        self._held[0] += 1  # admitted: counted as under way, as the admission ticket does
+        self._log.append(f"{self.name} in")
+
+    def give_up(self, refusal: Refusal) -> None:
+        self._log.append(f"{self.name} {refusal.reason}")
+
+
+def test_upgrades_that_find_no_room_wait_for_their_turns_oldest_first() -> None:
+    now = [0.0]
+    held = [0]
+    limits = LoadLimits(
+        max_in_progress=4,
+        min_in_progress=1,
+        assumed_rate=2.0,
+        max_queue_seconds=2.0,
+        queue_deadline_seconds=5.0,
+        max_waiting_per_address=2,
+    )
+    gate = LoadGate(lambda: held[0], limits, clock=lambda: now[0])
+    log: list[str] = []
+    held[0] = 4
+    full = gate.refusal()
+    assert full is not None
+    assert full.reason == ROOM_REASON
+    waiters = [_Waiter(f"w{i}", held, log) for i in range(5)]
+    # At 2 a second within 2 s: 4 may wait, at most 2 from one address.
+    assert gate.wait(waiters[0], "a")
+    assert gate.wait(waiters[1], "a")
+    assert not gate.wait(waiters[2], "a")
+    assert gate.wait(waiters[2], "b")
+    assert gate.wait(waiters[3], "c")
+    assert not gate.wait(waiters[4], "d")  # a fifth would wait 2.5 s
+    assert gate.waiting == 4
+    # Clients refused meanwhile get their turns after the waiting ones.
+    assert gate.retry_after() == 4  # 8 ahead at 2 a second: 4.5 s away; 4.5 / 1.25 = 3.6
+    assert not gate.take_turns()
+    assert log == []
+    held[0] = 2  # two finished: two go on, the oldest first
+    waiters[1].gone = True  # its client gave up meanwhile: nothing to do for it
+    assert not gate.take_turns()
+    assert log == ["w0 in", "w2 in"]
+    assert held[0] == 4
+    # While some wait, a newcomer finds no room even when there is some: it waits behind.
+    held[0] = 3
+    assert gate.refusal() is not None
+    assert gate.wait(waiters[4], "a")  # "a" has room again: w0 and w1 left the queue
+    # Taken in steps: one at a time here, the caller runs the loop between.
+    held[0] = 0
+    assert gate.take_turns(at_most=1)
+    assert log[-1] == "w3 in"
+    assert not gate.take_turns(at_most=1)
+    assert log[-1] == "w4 in"
+    assert gate.waiting == 0
+    assert gate.refusal() is None  # room, and nobody waiting
+
+
+def test_a_waiter_whose_turn_does_not_come_in_time_is_refused_with_a_hint() -> None:
+    now = [0.0]
+    held = [10]
+    limits = LoadLimits(
+        max_in_progress=10, min_in_progress=1, assumed_rate=100.0, queue_deadline_seconds=8.0
+    )
+    gate = LoadGate(lambda: held[0], limits, clock=lambda: now[0])
+    log: list[str] = []
+    first, second = _Waiter("first", held, log), _Waiter("second", held, log)
+    assert gate.wait(first, "a")
+    now[0] = 1.0
+    assert gate.wait(second, "b")
+    now[0] = 8.5  # the process stalled: the first waited past the deadline, not the second
+    assert not gate.take_turns()
+    assert log == [f"first {TURN_NOT_REACHED.reason}"]
+    assert TURN_NOT_REACHED.status == 503
+    now[0] = 9.0
+    assert not gate.take_turns()
+    assert log == [f"first {TURN_NOT_REACHED.reason}", f"second {TURN_NOT_REACHED.reason}"]
+    assert gate.waiting == 0
+
+
+def test_without_a_queue_a_full_process_refuses_at_once() -> None:
+    held = [1]
+    gate = LoadGate(lambda: held[0], LoadLimits(max_in_progress=1, max_queue_seconds=0.0))
+    assert gate.refusal() is not None
+    assert not gate.wait(_Waiter("w", held, []), "a")
+    assert gate.waiting == 0
