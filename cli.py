@@ -630,6 +630,7 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
 
     from fieldsync.auth.secret import load_secret
     from fieldsync.auth.tokens import JwksVerifier, SecretVerifier, TokenVerifier
+    from fieldsync.live.open_files import connection_cap, raise_open_file_limit
     from fieldsync.live.origins import origins_from_env
     from fieldsync.observability.metrics import Metrics
     from fieldsync.server import create_app, uvicorn_config
@@ -668,6 +669,12 @@ async def _serve(args: argparse.Namespace, url: str) -> int:
             redact_url(args.replica_url),
             args.replica_max_lag,
         )
+    open_files = raise_open_file_limit()
+    logger.info(
+        "up to %d connections (the process may open %d files)",
+        connection_cap(open_files),
+        open_files,
+    )
     config = uvicorn_config(app, args.host, args.port)
     config.lifespan = "on"
     config.log_config = None  # uvicorn's records go through our handler and format

@@ -34,6 +34,7 @@ from fieldsync.live.feed import Hub
 from fieldsync.live.http_auth import cors_preflight
 from fieldsync.live.load_gate import DEFAULT_LOAD_LIMITS, LoadLimits
 from fieldsync.live.memory import trim_periodically
+from fieldsync.live.open_files import CONNECTION_CAP_REASON, connection_cap, open_file_limit
 from fieldsync.live.operations import health_answer, healthz, metrics_endpoint
 from fieldsync.live.origins import OriginPolicy
 from fieldsync.live.outbox import DEFAULT_OUTBOX_LIMITS, OutboxLimits
@@ -291,16 +292,26 @@ def uvicorn_config(
     limits: Limits = DEFAULT_LIMITS,
     ping_interval: float = PING_INTERVAL_SECONDS,
     header_seconds: float = HEADER_SECONDS,
+    max_connections: int | None = None,
 ) -> uvicorn.Config:
     """How fieldsync is served: WebSocket compression off (a small compressed frame can
     inflate to a huge one), frames bounded above the protocol's own limit so oversize frames
-    get a protocol error rather than a dropped connection, pings to find dead peers, and
-    connections whose request headers take over ``header_seconds`` closed."""
+    get a protocol error rather than a dropped connection, pings to find dead peers,
+    connections whose request headers take over ``header_seconds`` closed, and new ones
+    closed at once beyond ``max_connections`` (by default what the process's open-file limit
+    allows: ``live.open_files``)."""
+    if max_connections is None:
+        max_connections = connection_cap(open_file_limit())
+    metrics: Metrics = app.state.metrics
+
+    def turned_away() -> None:
+        metrics.connection_refused(CONNECTION_CAP_REASON)
+
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=header_deadline_protocol(header_seconds),
+        http=header_deadline_protocol(header_seconds, max_connections, turned_away),
         ws=sync_wire_protocol(app),
         ws_max_size=2 * limits.max_frame_bytes,
         ws_per_message_deflate=False,

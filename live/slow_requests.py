@@ -7,6 +7,10 @@ whose request line and headers are not complete within ``seconds`` of the connec
 opening, or of the previous response ending (keep-alive). A WebSocket upgrade counts as
 complete headers; from then on the sync session's own handshake deadline applies.
 
+It closes a new connection at once, before reading anything, while the process holds
+``max_connections`` (``live.open_files``: what its open-file limit allows), so ``accept()``
+never runs out of descriptors.
+
 It also hands a WebSocket upgrade to the ``ws`` protocol (``live.wire.SyncWire``) as the
 request h11 parsed, where uvicorn would write the request back into bytes for the WebSocket
 protocol to parse again.
@@ -15,6 +19,7 @@ protocol to parse again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import h11
@@ -32,12 +37,24 @@ class TakesUpgrade(Protocol):
     def take_upgrade(self, request: UpgradeRequest) -> None: ...
 
 
+def _uncounted() -> None:
+    return None
+
+
 class _HeaderDeadlineProtocol(H11Protocol):
     header_seconds = HEADER_SECONDS
+    max_connections: int | None = None
+    # Told of each connection closed for ``max_connections``: the metrics.
+    turned_away: Callable[[], None] = staticmethod(_uncounted)
     _header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        cap = self.max_connections
+        if cap is not None and len(self.connections) > cap:
+            self.turned_away()
+            transport.close()  # nothing was read: the client sees the close and backs off
+            return
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -87,6 +104,16 @@ class _HeaderDeadlineProtocol(H11Protocol):
             self.transport.close()
 
 
-def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing connections whose headers take over ``seconds``."""
-    return type("HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), {"header_seconds": seconds})
+def header_deadline_protocol(
+    seconds: float,
+    max_connections: int | None = None,
+    turned_away: Callable[[], None] = _uncounted,
+) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing connections whose headers take over ``seconds``, and
+    new ones beyond ``max_connections`` (each told to ``turned_away``)."""
+    attributes = {
+        "header_seconds": seconds,
+        "max_connections": max_connections,
+        "turned_away": staticmethod(turned_away),
+    }
+    return type("HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), attributes)

@@ -36,13 +36,16 @@ async def start_server(
     limits: Limits = DEFAULT_LIMITS,
     ping_interval: float = PING_INTERVAL_SECONDS,
     header_seconds: float = HEADER_SECONDS,
+    max_connections: int | None = None,
     **app_options: Any,
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """Start the app on ``port`` in this event loop; returns once it accepts connections.
     ``database_url`` None: the app runs on the ``storage`` option."""
     app_options.setdefault("secret", TEST_SECRET)
     app = create_app(database_url, limits=limits, **app_options)
-    config = uvicorn_config(app, "127.0.0.1", port, limits, ping_interval, header_seconds)
+    config = uvicorn_config(
+        app, "127.0.0.1", port, limits, ping_interval, header_seconds, max_connections
+    )
     config.lifespan = "on"
     config.log_config = None
     config.timeout_graceful_shutdown = 2
@@ -73,6 +76,7 @@ async def running_server(
     limits: Limits = DEFAULT_LIMITS,
     ping_interval: float = PING_INTERVAL_SECONDS,
     header_seconds: float = HEADER_SECONDS,
+    max_connections: int | None = None,
     **app_options: Any,
 ) -> AsyncIterator[str]:
     """Serve the app on a free port; yields its base URL ``127.0.0.1:PORT``."""
@@ -83,6 +87,7 @@ async def running_server(
         limits=limits,
         ping_interval=ping_interval,
         header_seconds=header_seconds,
+        max_connections=max_connections,
         **app_options,
     )
     try:

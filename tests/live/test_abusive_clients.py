@@ -305,3 +305,43 @@ async def test_an_upgraded_socket_is_not_cut_by_the_header_deadline(
         await asyncio.sleep(1.5)
         await client.send(Subscribe(ProjectCursor(str(project), None)))
         await client.sync_until_synced(str(project))
+
+
+async def test_connections_beyond_the_process_files_are_closed_at_once(
+    database_url: str, project: uuid.UUID, member: MemberFactory
+) -> None:
+    """Past the connections its open-file limit allows (``live.open_files``), a new one is
+    closed before it is read, and counted; the ones held and the process go on."""
+    _, token = await member(project)
+    metrics = Metrics()
+    async with running_server(database_url, max_connections=3, metrics=metrics) as base:
+        host, port = base.split(":")
+        synced = await SyncClient.connect(base)
+        await synced.hello(token, [ProjectCursor(str(project), None)])
+        await synced.sync_until_synced(str(project))
+        held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: fieldsync\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 2) == b""  # closed, nothing read
+        writer.close()
+        refused = metrics.registry.get_sample_value(
+            "fieldsync_connections_refused_total", {"reason": "connection_cap"}
+        )
+        assert refused == 1
+        # The synced client is still served, and a place freed is taken again.
+        await asyncio.wait_for(await synced.ws.ping(), 2)
+        held[0][1].close()
+        deadline = time.monotonic() + 2
+        while True:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: fieldsync\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            if answer or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)  # the freed place is not seen as free yet
+        assert answer.startswith(b"HTTP/1.1 200")
+        for _, held_writer in held[1:]:
+            held_writer.close()
+        await synced.close()
