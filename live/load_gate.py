@@ -45,6 +45,7 @@ they add up to ``STALL_SECONDS``, since a crowd served breadth first goes live a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -52,6 +53,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fieldsync.live.admission import Refusal
+
+log = logging.getLogger(__name__)
 
 LAG_CHECK_SECONDS = 0.05
 # Resumes finish in bursts (breadth first, a whole batch at once): the rate is taken over
@@ -235,10 +238,15 @@ class LoadGate:
             if gone:
                 continue
             handled += 1
-            if late:
-                waiter.give_up(TURN_NOT_REACHED)
-            else:
-                waiter.take_turn()  # counted in ``in_progress`` from now on
+            try:
+                if late:
+                    waiter.give_up(TURN_NOT_REACHED)
+                else:
+                    waiter.take_turn()  # counted in ``in_progress`` from now on
+            except Exception:
+                # One connection's failure (logged) must not stop the queue: the gate's
+                # task would end with it, and every waiter after it would wait for nothing.
+                log.exception("a waiting upgrade failed", extra={"event": "waiting_failed"})
         return bool(queue) and handled >= at_most
 
     def retry_after(self) -> int:

@@ -375,3 +375,20 @@ def test_without_a_queue_a_full_process_refuses_at_once() -> None:
     assert gate.refusal() is not None
     assert not gate.wait(_Waiter("w", held, []), "a")
     assert gate.waiting == 0
+
+
+def test_a_waiter_that_fails_does_not_stop_the_queue() -> None:
+    held = [1]
+    gate = LoadGate(lambda: held[0], LoadLimits(max_in_progress=2, min_in_progress=1))
+    log: list[str] = []
+
+    class _Failing(_Waiter):
+        def take_turn(self) -> None:
+            raise RuntimeError("the connection broke as it went on")
+
+    assert gate.wait(_Failing("broken", held, log), "a")
+    assert gate.wait(_Waiter("next", held, log), "b")
+    held[0] = 0
+    assert not gate.take_turns()
+    assert log == ["next in"]
+    assert gate.waiting == 0
