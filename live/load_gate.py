@@ -107,8 +107,10 @@ class LoadLimits:
     # within the SDKs' 10 s to open a connection, never left to time out.
     queue_deadline_seconds: float = 8.0
     # Upgrades from one client address waiting at once (the admission's cap on its
-    # unauthenticated connections is the same): beyond it, refused.
+    # unauthenticated connections is the same), and from all: beyond either, refused. Each
+    # holds a socket and its parsed request, a few KB.
     max_waiting_per_address: int = 64
+    max_waiting: int = 10_000
 
 
 DEFAULT_LOAD_LIMITS = LoadLimits()
@@ -210,6 +212,8 @@ class LoadGate:
         it. It goes on in ``take_turns``."""
         limits = self.limits
         if self._waiting_from[address] >= limits.max_waiting_per_address:
+            return False
+        if len(self._queue) >= limits.max_waiting:
             return False
         if (len(self._queue) + 1) / max(self._rate, 1.0) > limits.max_queue_seconds:
             return False

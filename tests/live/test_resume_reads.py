@@ -369,6 +369,19 @@ def test_a_waiter_whose_turn_does_not_come_in_time_is_refused_with_a_hint() -> N
     assert gate.waiting == 0
 
 
+def test_the_queue_has_a_bound_whatever_the_rate() -> None:
+    held = [1]
+    limits = LoadLimits(max_in_progress=1, assumed_rate=1_000_000.0, max_waiting=3)
+    gate = LoadGate(lambda: held[0], limits)
+    waiters = [_Waiter(f"w{i}", held, []) for i in range(4)]
+    assert [gate.wait(w, f"address {i}") for i, w in enumerate(waiters)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+
+
 def test_without_a_queue_a_full_process_refuses_at_once() -> None:
     held = [1]
     gate = LoadGate(lambda: held[0], LoadLimits(max_in_progress=1, max_queue_seconds=0.0))
