@@ -134,8 +134,9 @@ class Waiter(Protocol):
 
 
 class LoadGate:
-    """This process's load as the upgrade sees it; ``unauthenticated`` counts the sockets
-    that have not said hello yet (``live.admission``)."""
+    """This process's load as the upgrade sees it: the connections under way are the
+    sockets that have not said hello yet (``unauthenticated``, from ``live.admission``),
+    the sessions starting their streams, and the streams catching up."""
 
     def __init__(
         self,
@@ -146,6 +147,7 @@ class LoadGate:
         self.limits = limits
         self._unauthenticated = unauthenticated
         self._clock = clock
+        self.starting = 0  # sessions past their hello whose streams have not started yet
         self.catching_up = 0  # project streams between subscribe and live
         self.lag = 0.0  # seconds the event loop ran late at its last check
         self._finished = 0  # streams that went live since the rate was last taken
@@ -166,7 +168,7 @@ class LoadGate:
 
     @property
     def in_progress(self) -> int:
-        return self._unauthenticated() + self.catching_up
+        return self._unauthenticated() + self.starting + self.catching_up
 
     @property
     def room(self) -> int:

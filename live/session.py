@@ -686,6 +686,9 @@ class SyncSession:
             hello.outbox_age_ms,
             datetime.now(UTC),
         )
+        if self._ticket is not None:
+            self._ticket.release()
+            self._ticket = None
         annotate(user_id=str(claims.user_id), client_id=self._client_id)
         self._log_limited(
             logging.INFO,
@@ -705,13 +708,15 @@ class SyncSession:
         )
         self._queue(self._protocol.data_to_send())
         self._services.status.watch(self)
-        for project in hello.projects:
-            await self._subscribe(project)
-        # Counted among the connections under way (``live.load_gate``) until its streams
-        # have started: each then counts as catching up, or has gone live.
-        if self._ticket is not None:
-            self._ticket.release()
-            self._ticket = None
+        # Still under way (``live.load_gate``) while its streams start (their membership
+        # reads): each then counts as catching up, or has gone live.
+        load = self._services.load
+        load.starting += 1
+        try:
+            for project in hello.projects:
+                await self._subscribe(project)
+        finally:
+            load.starting -= 1
 
     def status_changed(self, status: Status) -> None:
         """The server's status changed (``live.status``): tell the client."""

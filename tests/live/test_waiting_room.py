@@ -119,6 +119,8 @@ async def test_a_connection_counts_as_under_way_until_its_streams_have_started(
                 await _until(lambda: _value(metrics, "fieldsync_upgrades_waiting") == 1)
                 await asyncio.sleep(0.3)
                 assert not second.done()
+                # Authenticated, so no longer counted by the admission: the gate counts it.
+                assert _value(metrics, "fieldsync_connections_unauthenticated") == 0
         finally:
             await blocker.close()
         await first.sync_until_synced(str(project))
