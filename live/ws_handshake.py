@@ -188,5 +188,10 @@ def _upgrade_required(header: str, tokens: list[str]) -> Refused:
 
 
 def _invalid(header: str, value: str | None) -> Refused:
-    why = f"missing {header} header" if value is None else f"invalid {header} header: {value}"
+    if value is None:
+        why = f"missing {header} header"
+    elif not value:
+        why = f"empty {header} header"
+    else:
+        why = f"invalid {header} header: {value}"
     return _refuse(400, "Bad Request", why)
