@@ -53,6 +53,7 @@ from fieldsync.live.slow_requests import HEADER_SECONDS, header_deadline_protoco
 from fieldsync.live.snapshot_http import snapshot_endpoint
 from fieldsync.live.status import StatusBoard, watch_database
 from fieldsync.live.sync_health import HealthRecorder
+from fieldsync.live.upgrade_router import upgrade_router
 from fieldsync.live.web_app import web_app_routes
 from fieldsync.live.wire import sync_wire_protocol
 from fieldsync.media.blobs import BlobStore
@@ -311,7 +312,7 @@ def uvicorn_config(
         app,
         host=host,
         port=port,
-        http=header_deadline_protocol(header_seconds, max_connections, turned_away),
+        http=upgrade_router(header_deadline_protocol(header_seconds, max_connections, turned_away)),
         ws=sync_wire_protocol(app),
         ws_max_size=2 * limits.max_frame_bytes,
         ws_per_message_deflate=False,

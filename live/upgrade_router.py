@@ -1,0 +1,208 @@
+"""A connection's first request: a plain ``/sync`` upgrade straight to the sync wire,
+everything else to uvicorn's HTTP protocol with the bytes as they came.
+
+uvicorn makes an ``H11Protocol`` for every connection: an ``h11.Connection``, the parse,
+and an ASGI scope built for a request that, for an upgrade, never reaches the app. That was
+62 us of each resume's 530 (a storm of 10,000 is mostly upgrades). This protocol reads the
+first request's head itself when it is an upgrade to ``/sync`` of the simplest shape, and
+hands the connection, with every byte it read, to the HTTP protocol
+(``live.slow_requests``) for anything else: another request, a head it does not fully
+understand (folded or odd header lines, no or two ``Host``, a body, HTTP/1.0, an upgrade
+uvicorn would not make), or one larger than ``MAX_HEAD_BYTES``. So whatever it does not take
+is answered exactly as before, and what it takes is what uvicorn would have upgraded, parsed
+as h11 parses it (a property test holds the two together).
+
+It keeps what the HTTP protocol does before the request: the connection cap (closed at
+once) and the deadline for the request's head, which the HTTP protocol then continues, not
+restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any, cast
+
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from fieldsync.live.lost_transports import release_transport
+from fieldsync.live.slow_requests import TakesUpgrade
+from fieldsync.live.ws_handshake import UpgradeRequest
+
+MAX_HEAD_BYTES = 8_192  # larger heads go to h11, with its own limits
+MAX_HEADERS = 64
+_PREFIX = b"GET /sync"
+_REQUEST_LINE = re.compile(rb"GET (/sync(?:\?[\x21-\x7e]*)?) HTTP/1\.1")
+# RFC 9110 field-name ":" OWS field-value OWS, with no obs-fold: as h11 reads a header line.
+_HEADER_LINE = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*"
+    rb"((?:[\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff\t]*[\x21-\x7e\x80-\xff])?)?)[ \t]*"
+)
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+
+
+def parse_upgrade_head(head: bytes) -> UpgradeRequest | None:
+    """The request whose head (up to, not including, the blank line) is ``head``, if it is
+    an upgrade to ``/sync`` that uvicorn would hand to its WebSocket protocol, read as h11
+    reads it; None for anything else, which h11 then reads."""
+    lines = head.split(b"\r\n")
+    line = _REQUEST_LINE.fullmatch(lines[0])
+    if line is None or len(lines) - 1 > MAX_HEADERS:
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    for raw in lines[1:]:
+        field = _HEADER_LINE.fullmatch(raw)
+        if field is None:
+            return None
+        name = field.group(1).lower()
+        if name in _BODY_HEADERS:
+            return None
+        headers.append((name, field.group(2)))
+    if sum(name == b"host" for name, _ in headers) != 1 or _upgrade(headers) != b"websocket":
+        return None
+    return UpgradeRequest(b"GET", line.group(1), b"1.1", headers)
+
+
+def _upgrade(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The upgrade asked for, as uvicorn's HTTP protocol decides it: the last ``Upgrade``,
+    when the last ``Connection`` lists ``upgrade``."""
+    connection: list[bytes] = []
+    upgrade = None
+    for name, value in headers:
+        if name == b"connection":
+            connection = [token.lower().strip() for token in value.split(b",")]
+        elif name == b"upgrade":
+            upgrade = value.lower()
+    return upgrade if b"upgrade" in connection else None
+
+
+class UpgradeRouter(asyncio.Protocol):
+    """uvicorn's ``http`` protocol class: one per connection until its first request's head
+    is read (:func:`upgrade_router` makes the class for a server)."""
+
+    http_class: Any  # the HTTP protocol (``live.slow_requests``)
+    header_seconds: float
+    max_connections: int | None
+
+    __slots__ = (
+        "_app_state",
+        "_buffer",
+        "_config",
+        "_deadline",
+        "_server_state",
+        "_started",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._config = config
+        self._server_state = server_state
+        self._app_state = app_state
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._deadline: asyncio.TimerHandle | None = None
+        self._started = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        connections = self._server_state.connections
+        connections.add(cast(Any, self))
+        cap = self.max_connections
+        if cap is not None and len(connections) > cap:
+            self.http_class.turned_away()
+            transport.close()  # nothing was read: the client sees the close and backs off
+            return
+        self._started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self.header_seconds, self._expired)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        # Not a /sync upgrade, or not one yet: any other request goes to h11 at its first byte
+        # that differs.
+        if not buffer.startswith(_PREFIX) and not _PREFIX.startswith(buffer):
+            self._to_http(buffer)
+            return
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEAD_BYTES:
+                self._to_http(buffer)
+            else:
+                self._buffer = buffer
+            return
+        request = parse_upgrade_head(buffer[:end]) if end <= MAX_HEAD_BYTES else None
+        if request is None:
+            self._to_http(buffer)
+            return
+        # What the client sent after its request (it should wait for the answer) is dropped,
+        # as the HTTP protocol drops it.
+        self._hand_over()
+        assert self._transport is not None
+        wire_class = cast(Any, self._config.ws_protocol_class)
+        wire = wire_class(
+            config=self._config, server_state=self._server_state, app_state=self._app_state
+        )
+        wire.connection_made(self._transport)
+        self._transport.set_protocol(wire)
+        cast(TakesUpgrade, wire).take_upgrade(request)
+
+    def _to_http(self, received: bytes) -> None:
+        """Hand the connection to the HTTP protocol, with every byte read so far and what is
+        left of the head's deadline."""
+        self._hand_over()
+        assert self._transport is not None
+        http = self.http_class(
+            config=self._config, server_state=self._server_state, app_state=self._app_state
+        )
+        http.header_seconds = max(0.0, self.header_seconds - (time.monotonic() - self._started))
+        self._transport.set_protocol(http)
+        http.connection_made(self._transport)
+        http.data_received(received)
+
+    def _hand_over(self) -> None:
+        self._buffer = b""
+        self._disarm()
+        self._server_state.connections.discard(cast(Any, self))
+
+    def eof_received(self) -> bool | None:
+        return None  # the client closed before its request was whole: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._server_state.connections.discard(cast(Any, self))
+        release_transport(self._transport)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: no request yet, so nothing to finish."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+
+def upgrade_router(http_class: Any) -> type[UpgradeRouter]:
+    """The router class for a server whose HTTP protocol is ``http_class``
+    (``live.slow_requests.header_deadline_protocol``): its deadline and connection cap."""
+    attributes = {
+        "http_class": http_class,
+        "header_seconds": http_class.header_seconds,
+        "max_connections": http_class.max_connections,
+        "__slots__": (),
+    }
+    return type("AppUpgradeRouter", (UpgradeRouter,), attributes)

@@ -1,0 +1,201 @@
+"""The first request's router (``live.upgrade_router``): what it takes is what uvicorn would
+have upgraded, read as h11 reads it; everything else reaches h11 byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+import h11
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fieldsync.live.upgrade_router import parse_upgrade_head
+from fieldsync.live.ws_handshake import UpgradeRequest
+from fieldsync.sync.messages import ProjectCursor
+from tests.live_server import MemberFactory, running_server
+from tests.sync_client import SyncClient
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+UPGRADE = (
+    b"GET /sync HTTP/1.1\r\nHost: fieldsync\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _as_uvicorn_upgrades(head: bytes) -> UpgradeRequest | None:
+    """What uvicorn's h11 protocol hands its WebSocket protocol for this head, or None
+    (h11 refuses it, or uvicorn would not upgrade it)."""
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(head + b"\r\n\r\n")
+    try:
+        event = connection.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    headers = [(name.lower(), value) for name, value in event.headers]
+    tokens: list[bytes] = []
+    upgrade = None
+    for name, value in headers:  # uvicorn's H11Protocol._get_upgrade
+        if name == b"connection":
+            tokens = [token.lower().strip() for token in value.split(b",")]
+        if name == b"upgrade":
+            upgrade = value.lower()
+    if b"upgrade" not in tokens or upgrade != b"websocket":
+        return None
+    return UpgradeRequest(event.method, event.target, event.http_version, headers)
+
+
+_names = st.sampled_from(
+    [
+        b"Host",
+        b"host",
+        b"Upgrade",
+        b"Connection",
+        b"connection",
+        b"Sec-WebSocket-Key",
+        b"Sec-WebSocket-Version",
+        b"Origin",
+        b"X-Forwarded-For",
+        b"Content-Length",
+        b"Transfer-Encoding",
+        b"Bad Name",
+        b"",
+        b"X\x00",
+        b"\xe9t\xe9",
+    ]
+)
+_values = st.one_of(
+    st.sampled_from(
+        [
+            b"websocket",
+            b"WebSocket",
+            b"Upgrade",
+            b"upgrade, keep-alive",
+            b"keep-alive",
+            b"13",
+            KEY,
+            b"",
+            b" padded ",
+            b"a\tb",
+            b"caf\xe9",
+            b"bad\x00",
+            b"bad\x7f",
+            b"0",
+            b"chunked",
+        ]
+    ),
+    st.binary(max_size=12),
+)
+_lines = st.one_of(
+    st.tuples(_names, _values).map(lambda nv: nv[0] + b": " + nv[1]),
+    st.tuples(_names, _values).map(lambda nv: nv[0] + b":" + nv[1] + b"\t"),
+    st.sampled_from([b" folded continuation", b"no colon", b"Host : spaced"]),
+)
+_request_lines = st.one_of(
+    st.just(b"GET /sync HTTP/1.1"),
+    st.just(b"GET /sync?x=1 HTTP/1.1"),
+    st.sampled_from(
+        [
+            b"GET /sync HTTP/1.0",
+            b"POST /sync HTTP/1.1",
+            b"GET /syncer HTTP/1.1",
+            b"GET /sync  HTTP/1.1",
+            b"get /sync HTTP/1.1",
+            b"GET /sync#f HTTP/1.1",
+        ]
+    ),
+)
+_benign = st.sampled_from(
+    [
+        b"Sec-WebSocket-Key: " + KEY,
+        b"sec-websocket-version:13",
+        b"Origin: https://app.example",
+        b"X-Forwarded-For: 10.0.0.1,\t10.0.0.2",
+        b"User-Agent: tablet/1.0 (caf\xe9)",
+        b"Connection: keep-alive, Upgrade",
+        b"Upgrade:\tWebSocket \t",
+    ]
+)
+_basic = [b"Host: fieldsync", b"Upgrade: websocket", b"Connection: Upgrade"]
+
+
+@settings(max_examples=400)
+@given(
+    _request_lines,
+    st.lists(st.one_of(_benign, _benign, _benign, _benign, _lines), max_size=8),
+    st.sampled_from([_basic, _basic, _basic, _basic[1:], _basic[:1]]),
+    st.randoms(use_true_random=False),
+)
+def test_the_router_takes_only_what_uvicorn_would_upgrade_and_reads_it_as_h11_does(
+    request_line: bytes, extra: list[bytes], basic: list[bytes], rng: object
+) -> None:
+    lines = basic + extra
+    rng.shuffle(lines)  # type: ignore[attr-defined]
+    head = b"\r\n".join([request_line, *lines])
+    ours = parse_upgrade_head(head)
+    if ours is not None:
+        assert ours == _as_uvicorn_upgrades(head)
+
+
+def test_plain_upgrades_are_taken() -> None:
+    heads = [
+        UPGRADE[:-4],
+        b"GET /sync HTTP/1.1\r\n" + UPGRADE[20:-4].lower().replace(KEY.lower(), KEY),
+        UPGRADE[:-4].replace(b"GET /sync ", b"GET /sync?client=7 "),
+        UPGRADE[:-4].replace(b"Upgrade: websocket", b"Upgrade:\tWebSocket\t "),
+        UPGRADE[:-4].replace(b"Connection: Upgrade", b"Connection: keep-alive, Upgrade"),
+        UPGRADE[:-4] + b"\r\nOrigin: https://app.example\r\nX-Forwarded-For: 10.0.0.1",
+    ]
+    for head in heads:
+        ours = parse_upgrade_head(head)
+        assert ours is not None, head
+        assert ours == _as_uvicorn_upgrades(head)
+        assert ours.values(b"sec-websocket-key") == [KEY]
+
+
+async def test_an_upgrade_in_pieces_and_other_requests_are_served_as_before(
+    database_url: str, project: uuid.UUID, member: MemberFactory
+) -> None:
+    _, token = await member(project)
+    async with running_server(database_url, header_seconds=1.0) as base:
+        host, port = base.split(":")
+        # An upgrade dribbled a few bytes at a time: the router waits for its whole head.
+        reader, writer = await asyncio.open_connection(host, int(port))
+        for start in range(0, len(UPGRADE), 7):
+            writer.write(UPGRADE[start : start + 7])
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert answer.startswith(b"HTTP/1.1 101 ")
+        writer.close()
+        # Requests the router does not take reach uvicorn's HTTP protocol unchanged.
+        for request, status in (
+            (b"GET /healthz HTTP/1.1\r\nHost: fieldsync\r\nConnection: close\r\n\r\n", b"200"),
+            (b"GET /sync HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", b"400"),
+            (b"GET /sync HTTP/1.0\r\nConnection: close\r\n\r\n", b"404"),
+            (b"NOT HTTP AT ALL\r\n\r\n", b"400"),
+        ):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(request)
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert answer.split(b" ")[1] == status, (request, answer[:80])
+            writer.close()
+        # A head that never ends is closed at the deadline, whichever protocol holds it.
+        started = time.monotonic()
+        for first in (b"GET /sync HTTP/1.1\r\nHost: x\r\n", b"GET /healthz HTTP/1.1\r\n"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(first)
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        assert time.monotonic() - started < 4  # each closed after about 1 s, not 2
+        # And a client goes live through it.
+        client = await SyncClient.connect(base)
+        await client.hello(token, [ProjectCursor(str(project), None)])
+        replica = await client.sync_until_synced(str(project))
+        assert replica.cursor == 0
+        await client.close()
