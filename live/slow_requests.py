@@ -14,6 +14,10 @@ never runs out of descriptors.
 It also hands a WebSocket upgrade to the ``ws`` protocol (``live.wire.SyncWire``) as the
 request h11 parsed, where uvicorn would write the request back into bytes for the WebSocket
 protocol to parse again.
+
+A connection comes here from ``live.upgrade_router``, which takes a plain ``/sync`` upgrade
+itself and hands over anything else with the bytes it read and what is left of the
+deadline.
 """
 
 from __future__ import annotations
