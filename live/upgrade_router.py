@@ -131,6 +131,10 @@ class UpgradeRouter(asyncio.Protocol):
         if not buffer.startswith(_PREFIX) and not _PREFIX.startswith(buffer):
             self._to_http(buffer)
             return
+        if buffer.count(b"\n") != buffer.count(b"\r\n"):
+            # A bare line feed: h11 ends lines there too, so the head may be complete.
+            self._to_http(buffer)
+            return
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(buffer) > MAX_HEAD_BYTES:

@@ -178,6 +178,8 @@ async def test_an_upgrade_in_pieces_and_other_requests_are_served_as_before(
             (b"GET /sync HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", b"400"),
             (b"GET /sync HTTP/1.0\r\nConnection: close\r\n\r\n", b"404"),
             (b"NOT HTTP AT ALL\r\n\r\n", b"400"),
+            # Bare line feeds end h11's lines too: answered now, not at the deadline.
+            (b"GET /sync HTTP/1.1\nHost: a\nConnection: close\n\n", b"404"),
         ):
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(request)
