@@ -51,6 +51,9 @@ class _HeaderDeadlineProtocol(H11Protocol):
     # Told of each connection closed for ``max_connections``: the metrics.
     turned_away: Callable[[], None] = staticmethod(_uncounted)
     _header_deadline: asyncio.TimerHandle | None = None
+    # The first request's time when part of it has passed already (``live.upgrade_router``
+    # read the start of the head); later requests on the connection get ``header_seconds``.
+    first_header_seconds: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -59,7 +62,8 @@ class _HeaderDeadlineProtocol(H11Protocol):
             self.turned_away()
             transport.close()  # nothing was read: the client sees the close and backs off
             return
-        self._arm()
+        first = self.first_header_seconds
+        self._arm(self.header_seconds if first is None else first)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -69,7 +73,7 @@ class _HeaderDeadlineProtocol(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._arm()  # the next request on this connection gets the same time
+            self._arm(self.header_seconds)  # the next request gets the whole time
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -93,9 +97,9 @@ class _HeaderDeadlineProtocol(H11Protocol):
             UpgradeRequest(event.method, event.target, event.http_version, self.headers)
         )
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float) -> None:
         self._disarm()
-        self._header_deadline = self.loop.call_later(self.header_seconds, self._expired)
+        self._header_deadline = self.loop.call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
         if self._header_deadline is not None:

@@ -166,7 +166,9 @@ class UpgradeRouter(asyncio.Protocol):
         http = self.http_class(
             config=self._config, server_state=self._server_state, app_state=self._app_state
         )
-        http.header_seconds = max(0.0, self.header_seconds - (time.monotonic() - self._started))
+        http.first_header_seconds = max(
+            0.0, self.header_seconds - (time.monotonic() - self._started)
+        )
         self._transport.set_protocol(http)
         http.connection_made(self._transport)
         http.data_received(received)

@@ -195,6 +195,34 @@ async def test_an_upgrade_in_pieces_and_other_requests_are_served_as_before(
                 assert await asyncio.wait_for(reader.read(), 5) == b""
             writer.close()
         assert time.monotonic() - started < 4  # each closed after about 1 s, not 2
+        # A head handed to h11 part way keeps what is left of its time...
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /s")
+        await asyncio.sleep(0.6)
+        writer.write(b"x HTTP/1.1\r\n")  # not /sync after all: h11 takes it, never finished
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert time.monotonic() - started < 1.4  # closed 1 s after connecting, not 1.6
+        writer.close()
+        # ... and the next request on the connection gets the whole time again.
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /s")
+        await asyncio.sleep(0.6)
+        writer.write(b"ync HTTP/1.1\r\nHost: a\r\n\r\n")  # no upgrade: h11 answers it
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert first.split(b" ")[1] == b"404"
+        length = next(
+            int(line.split(b":")[1])
+            for line in first.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        await asyncio.sleep(0.6)  # past what was left of the first request's time
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        second = await asyncio.wait_for(reader.read(), 5)
+        assert second.split(b" ")[1] == b"200"
+        writer.close()
         # And a client goes live through it.
         client = await SyncClient.connect(base)
         await client.hello(token, [ProjectCursor(str(project), None)])
