@@ -14,7 +14,9 @@ client connects from its own loopback address in 127.0.0.0/8, as clients behind 
 addresses do (the server admits 64 unauthenticated connections per address).
 
 Figures: time from the start until every client is live (and percentiles), the server
-process's CPU (``/proc``) per resume over that window, refusals and retries, and the
+process's CPU (``/proc``) per resume over that window, refusals and retries, each client's
+longest wait for an upgrade's answer (a busy server keeps an upgrade waiting for its turn;
+the SDKs give up after 10 s), and the
 latency of ``/healthz`` and ``/metrics`` probed every 250 ms during the storm, on the main
 port and on the server's probe port (``serve --probe-port``, answered by a thread).
 
