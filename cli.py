@@ -192,8 +192,9 @@ def _parser() -> argparse.ArgumentParser:
         "--probe-port",
         type=_port,
         default=None,
-        help="also answer GET /healthz on this port, from a thread of its own, however busy "
-        "the event loop (for load balancers; with --workers N, ports PROBE..PROBE+N-1)",
+        help="also answer GET /healthz and GET /metrics on this port, from threads of their "
+        "own, however busy the event loop (for load balancers and scrapers; with --workers N, "
+        "ports PROBE..PROBE+N-1)",
     )
     serve.add_argument(
         "--log-format",
