@@ -312,7 +312,7 @@ def uvicorn_config(
         app,
         host=host,
         port=port,
-        http=upgrade_router(header_deadline_protocol(header_seconds, max_connections, turned_away)),
+        http=upgrade_router(header_deadline_protocol(header_seconds), max_connections, turned_away),
         ws=sync_wire_protocol(app),
         ws_max_size=2 * limits.max_frame_bytes,
         ws_per_message_deflate=False,

@@ -7,24 +7,19 @@ whose request line and headers are not complete within ``seconds`` of the connec
 opening, or of the previous response ending (keep-alive). A WebSocket upgrade counts as
 complete headers; from then on the sync session's own handshake deadline applies.
 
-It closes a new connection at once, before reading anything, while the process holds
-``max_connections`` (``live.open_files``: what its open-file limit allows), so ``accept()``
-never runs out of descriptors.
-
 It also hands a WebSocket upgrade to the ``ws`` protocol (``live.wire.SyncWire``) as the
 request h11 parsed, where uvicorn would write the request back into bytes for the WebSocket
 protocol to parse again.
 
-A connection comes here from ``live.upgrade_router``, which takes a plain ``/sync`` upgrade
-itself and hands over anything else with the bytes it read and what is left of the
-deadline.
+A connection comes here from ``live.upgrade_router``, which checks the process's connection
+cap, takes a plain ``/sync`` upgrade itself and hands over anything else with the bytes it
+read and what is left of the deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -41,15 +36,37 @@ class TakesUpgrade(Protocol):
     def take_upgrade(self, request: UpgradeRequest) -> None: ...
 
 
-def _uncounted() -> None:
-    return None
+def close_after(seconds: float, transport: asyncio.BaseTransport) -> asyncio.TimerHandle:
+    """Close ``transport`` in ``seconds`` unless the handle is cancelled first: the head's
+    deadline (``when()`` is its end, on the loop's clock)."""
+    return asyncio.get_running_loop().call_later(seconds, _close_open, transport)
+
+
+def _close_open(transport: asyncio.BaseTransport) -> None:
+    if not transport.is_closing():
+        transport.close()
+
+
+def hand_to_wire(
+    config: Any,
+    server_state: Any,
+    app_state: dict[str, Any],
+    transport: asyncio.Transport,
+    request: UpgradeRequest,
+) -> None:
+    """Give the connection to the ``ws`` protocol (``live.wire.SyncWire``) with the upgrade
+    request as parsed. Whatever the client sent after its request (it should wait for the
+    answer) is dropped, as uvicorn drops it."""
+    protocol = config.ws_protocol_class(
+        config=config, server_state=server_state, app_state=app_state
+    )
+    protocol.connection_made(transport)
+    transport.set_protocol(protocol)
+    cast(TakesUpgrade, protocol).take_upgrade(request)
 
 
 class _HeaderDeadlineProtocol(H11Protocol):
     header_seconds = HEADER_SECONDS
-    max_connections: int | None = None
-    # Told of each connection closed for ``max_connections``: the metrics.
-    turned_away: Callable[[], None] = staticmethod(_uncounted)
     _header_deadline: asyncio.TimerHandle | None = None
     # The first request's time when part of it has passed already (``live.upgrade_router``
     # read the start of the head); later requests on the connection get ``header_seconds``.
@@ -57,11 +74,6 @@ class _HeaderDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        cap = self.max_connections
-        if cap is not None and len(self.connections) > cap:
-            self.turned_away()
-            transport.close()  # nothing was read: the client sees the close and backs off
-            return
         first = self.first_header_seconds
         self._arm(self.header_seconds if first is None else first)
 
@@ -85,43 +97,19 @@ class _HeaderDeadlineProtocol(H11Protocol):
             super().handle_websocket_upgrade(event)
             return
         self.connections.discard(self)
-        protocol = self.ws_protocol_class(  # type: ignore[call-arg, misc]
-            config=self.config, server_state=self.server_state, app_state=self.app_state
-        )
-        protocol.connection_made(self.transport)
-        self.transport.set_protocol(protocol)
-        # Whatever the client sent after its request (it should wait for the answer) stays
-        # in h11's buffer and is dropped, as uvicorn drops it.
-        taker = cast(TakesUpgrade, protocol)
-        taker.take_upgrade(
-            UpgradeRequest(event.method, event.target, event.http_version, self.headers)
-        )
+        request = UpgradeRequest(event.method, event.target, event.http_version, self.headers)
+        hand_to_wire(self.config, self.server_state, self.app_state, self.transport, request)
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
-        self._header_deadline = self.loop.call_later(seconds, self._expired)
+        self._header_deadline = close_after(seconds, self.transport)
 
     def _disarm(self) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
 
-    def _expired(self) -> None:
-        self._header_deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()
 
-
-def header_deadline_protocol(
-    seconds: float,
-    max_connections: int | None = None,
-    turned_away: Callable[[], None] = _uncounted,
-) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing connections whose headers take over ``seconds``, and
-    new ones beyond ``max_connections`` (each told to ``turned_away``)."""
-    attributes = {
-        "header_seconds": seconds,
-        "max_connections": max_connections,
-        "turned_away": staticmethod(turned_away),
-    }
-    return type("HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), attributes)
+def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing connections whose headers take over ``seconds``."""
+    return type("HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), {"header_seconds": seconds})

@@ -12,23 +12,24 @@ uvicorn would not make), or one larger than ``MAX_HEAD_BYTES``. So whatever it d
 is answered exactly as before, and what it takes is what uvicorn would have upgraded, parsed
 as h11 parses it (a property test holds the two together).
 
-It keeps what the HTTP protocol does before the request: the connection cap (closed at
-once) and the deadline for the request's head, which the HTTP protocol then continues, not
-restarts.
+As the first protocol every connection meets, it closes a new connection at once, before
+reading anything, while the process holds ``max_connections`` (``live.open_files``: what its
+open-file limit allows), so ``accept()`` never runs out of descriptors. It starts the
+deadline for the request's head, which the HTTP protocol continues, not restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from fieldsync.live.lost_transports import release_transport
-from fieldsync.live.slow_requests import TakesUpgrade
+from fieldsync.live.slow_requests import close_after, hand_to_wire
 from fieldsync.live.ws_handshake import UpgradeRequest
 
 MAX_HEAD_BYTES = 8_192  # larger heads go to h11, with its own limits
@@ -78,6 +79,10 @@ def _upgrade(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return upgrade if b"upgrade" in connection else None
 
 
+def _uncounted() -> None:
+    return None
+
+
 class UpgradeRouter(asyncio.Protocol):
     """uvicorn's ``http`` protocol class: one per connection until its first request's head
     is read (:func:`upgrade_router` makes the class for a server)."""
@@ -85,16 +90,10 @@ class UpgradeRouter(asyncio.Protocol):
     http_class: Any  # the HTTP protocol (``live.slow_requests``)
     header_seconds: float
     max_connections: int | None
+    # Told of each connection closed for ``max_connections``: the metrics.
+    turned_away: Callable[[], None] = staticmethod(_uncounted)
 
-    __slots__ = (
-        "_app_state",
-        "_buffer",
-        "_config",
-        "_deadline",
-        "_server_state",
-        "_started",
-        "_transport",
-    )
+    __slots__ = ("_app_state", "_buffer", "_config", "_deadline", "_server_state", "_transport")
 
     def __init__(
         self,
@@ -109,7 +108,6 @@ class UpgradeRouter(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
         self._deadline: asyncio.TimerHandle | None = None
-        self._started = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -117,12 +115,10 @@ class UpgradeRouter(asyncio.Protocol):
         connections.add(cast(Any, self))
         cap = self.max_connections
         if cap is not None and len(connections) > cap:
-            self.http_class.turned_away()
+            self.turned_away()
             transport.close()  # nothing was read: the client sees the close and backs off
             return
-        self._started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(self.header_seconds, self._expired)
+        self._deadline = close_after(self.header_seconds, transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
@@ -146,29 +142,21 @@ class UpgradeRouter(asyncio.Protocol):
         if request is None:
             self._to_http(buffer)
             return
-        # What the client sent after its request (it should wait for the answer) is dropped,
-        # as the HTTP protocol drops it.
         self._hand_over()
         assert self._transport is not None
-        wire_class = cast(Any, self._config.ws_protocol_class)
-        wire = wire_class(
-            config=self._config, server_state=self._server_state, app_state=self._app_state
-        )
-        wire.connection_made(self._transport)
-        self._transport.set_protocol(wire)
-        cast(TakesUpgrade, wire).take_upgrade(request)
+        hand_to_wire(self._config, self._server_state, self._app_state, self._transport, request)
 
     def _to_http(self, received: bytes) -> None:
         """Hand the connection to the HTTP protocol, with every byte read so far and what is
         left of the head's deadline."""
-        self._hand_over()
+        assert self._deadline is not None
         assert self._transport is not None
+        left = max(0.0, self._deadline.when() - asyncio.get_running_loop().time())
+        self._hand_over()
         http = self.http_class(
             config=self._config, server_state=self._server_state, app_state=self._app_state
         )
-        http.first_header_seconds = max(
-            0.0, self.header_seconds - (time.monotonic() - self._started)
-        )
+        http.first_header_seconds = left
         self._transport.set_protocol(http)
         http.connection_made(self._transport)
         http.data_received(received)
@@ -191,24 +179,25 @@ class UpgradeRouter(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _expired(self) -> None:
-        self._deadline = None
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
 
-def upgrade_router(http_class: Any) -> type[UpgradeRouter]:
+def upgrade_router(
+    http_class: Any,
+    max_connections: int | None = None,
+    turned_away: Callable[[], None] = _uncounted,
+) -> type[UpgradeRouter]:
     """The router class for a server whose HTTP protocol is ``http_class``
-    (``live.slow_requests.header_deadline_protocol``): its deadline and connection cap."""
+    (``live.slow_requests.header_deadline_protocol``, whose head deadline it starts),
+    closing new connections beyond ``max_connections`` (each told to ``turned_away``)."""
     attributes = {
         "http_class": http_class,
         "header_seconds": http_class.header_seconds,
-        "max_connections": http_class.max_connections,
+        "max_connections": max_connections,
+        "turned_away": staticmethod(turned_away),
         "__slots__": (),
     }
     return type("AppUpgradeRouter", (UpgradeRouter,), attributes)
