@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import multiprocessing
 import os
 import socket
@@ -31,25 +30,18 @@ from typing import ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import process_cpu_seconds
+from harness import loopback_address, process_cpu_seconds
 
+from fieldsync.live.ws_frames import binary_message
+from fieldsync.live.ws_handshake import accept_key
 from fieldsync.sync.codec import encode
 from fieldsync.sync.messages import Synced, Welcome
 
 USER = "00000000-0000-4000-8000-000000000001"
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-PER_ADDRESS = 16
 
 
-def _server_frame(payload: bytes) -> bytes:
-    size = len(payload)
-    if size < 126:
-        return bytes((0x82, size)) + payload
-    return bytes((0x82, 126)) + size.to_bytes(2, "big") + payload
-
-
-WELCOME = _server_frame(encode(Welcome(1, USER, USER, {})))
-SYNCED = _server_frame(encode(Synced(USER, 100)))
+WELCOME = binary_message(encode(Welcome(1, USER, USER, {})))
+SYNCED = binary_message(encode(Synced(USER, 100)))
 
 
 class BareResume(asyncio.Protocol):
@@ -77,7 +69,7 @@ class BareResume(asyncio.Protocol):
             head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
             start = head.lower().find(b"sec-websocket-key:") + len(b"sec-websocket-key:")
             key = head[start : head.find(b"\r\n", start) if b"\r\n" in head[start:] else None]
-            accept = base64.b64encode(hashlib.sha1(key.strip() + GUID).digest())
+            accept = accept_key(key.strip()).encode()
             self.transport.write(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
@@ -152,7 +144,7 @@ def clients(
             *(
                 _client(
                     port,
-                    f"127.{1 + i // (PER_ADDRESS * 250)}.{i // PER_ADDRESS % 250}.1",
+                    loopback_address(i),
                     request,
                     hello,
                 )

@@ -547,6 +547,16 @@ async def until_synced(ws: ClientConnection, project_id: uuid.UUID) -> int:
 # --- figures -------------------------------------------------------------------------------
 
 
+PER_ADDRESS = 16  # clients per loopback source address
+
+
+def loopback_address(index: int) -> str:
+    """Client ``index``'s own source address in 127.0.0.0/8, ``PER_ADDRESS`` clients each,
+    as clients behind many addresses (the server caps unauthenticated connections per
+    address)."""
+    return f"127.{1 + index // (PER_ADDRESS * 250)}.{index // PER_ADDRESS % 250}.1"
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile (``fraction`` 0.5 for p50, 0.99 for p99)."""
     if not values:

@@ -60,6 +60,7 @@ from harness import (
     database,
     describe_ms,
     entity_history,
+    loopback_address,
     make_project,
     now_ns,
     percentile,
@@ -74,7 +75,6 @@ from fieldsync.sync.messages import Error, Hello, ProjectCursor, SnapshotBegin, 
 from fieldsync_client.backoff import Backoff
 
 PER_USER = 4  # clients per user: several devices of one person, well under the cap of 16
-PER_ADDRESS = 16  # clients per loopback source address
 GIVE_UP_SECONDS = 60.0
 UPGRADE_TIMEOUT_SECONDS = 10.0  # the Python SDK's connect_timeout; the bench waits longer
 PROBE_SECONDS = 0.25  # /metrics walks every connection's queue: probing costs the server
@@ -346,7 +346,7 @@ async def prepare(
         for i in range(min(per_project, clients - len(made))):
             cursor = head - rng.randint(1, 20) if rng.random() < behind else head
             index = len(made)
-            address = f"127.{1 + index // (PER_ADDRESS * 250)}.{index // PER_ADDRESS % 250}.1"
+            address = loopback_address(index)
             member = team.members[i // PER_USER]
             made.append(Client(member.token, str(team.project_id), cursor, address))
     return made, heads
