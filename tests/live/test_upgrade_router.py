@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 import time
 import uuid
+from types import SimpleNamespace
+from typing import cast
 
 import h11
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fieldsync.live.upgrade_router import parse_upgrade_head
 from fieldsync.live.ws_handshake import UpgradeRequest
@@ -37,14 +40,9 @@ def _as_uvicorn_upgrades(head: bytes) -> UpgradeRequest | None:
     if not isinstance(event, h11.Request):
         return None
     headers = [(name.lower(), value) for name, value in event.headers]
-    tokens: list[bytes] = []
-    upgrade = None
-    for name, value in headers:  # uvicorn's H11Protocol._get_upgrade
-        if name == b"connection":
-            tokens = [token.lower().strip() for token in value.split(b",")]
-        if name == b"upgrade":
-            upgrade = value.lower()
-    if b"upgrade" not in tokens or upgrade != b"websocket":
+    # uvicorn's own decision, on the headers as its protocol keeps them.
+    upgrade = H11Protocol._get_upgrade(cast(H11Protocol, SimpleNamespace(headers=headers)))
+    if upgrade != b"websocket":
         return None
     return UpgradeRequest(event.method, event.target, event.http_version, headers)
 
