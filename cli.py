@@ -43,6 +43,13 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import uvicorn
 
+from fieldsync.live.event_loops import (
+    DEFAULT_LOOP,
+    LOOP_CHOICES,
+    LoopFactory,
+    LoopUnavailableError,
+    loop_factory,
+)
 from fieldsync.live.memory import settle_collector
 from fieldsync.observability.logs import LOG_FORMATS, configure_logging
 from fieldsync.observability.native_output import capture_native_output
@@ -86,11 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return write_contract(args.out)
     try:
         args.check(args)  # before any database is started, created or changed
+        new_loop = _loop_factory(args)
         with resolve_database_url(
             args.database_url, args.data_dir, create=args.creates_database
         ) as url:
             logger.info("database: %s", redact_url(url))
-            code: int = asyncio.run(args.run(args, url))
+            with asyncio.Runner(loop_factory=new_loop) as runner:
+                code: int = runner.run(args.run(args, url))
             return code
     except (StoreError, CommandError) as exc:
         logger.error("%s", exc)
@@ -98,6 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.info("interrupted")
         return 130
+
+
+def _loop_factory(args: argparse.Namespace) -> LoopFactory | None:
+    """The event loop a serving process runs on (``live.event_loops``); other commands
+    keep asyncio's own. A supervisor of workers passes the choice on and serves nothing."""
+    if args.command != "serve" or args.workers > 1:
+        return None
+    try:
+        name, factory = loop_factory(args.loop)
+    except LoopUnavailableError as exc:
+        raise CommandError(str(exc)) from exc
+    logger.info("event loop: %s", name)
+    return factory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -195,6 +217,13 @@ def _parser() -> argparse.ArgumentParser:
         help="also answer GET /healthz and GET /metrics on this port, from threads of their "
         "own, however busy the event loop (for load balancers and scrapers; with --workers N, "
         "ports PROBE..PROBE+N-1)",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=LOOP_CHOICES,
+        default=DEFAULT_LOOP,
+        help="the event loop: uvloop, asyncio's own, or auto (default): uvloop where it is "
+        "installed",
     )
     serve.add_argument(
         "--log-format",
@@ -599,7 +628,7 @@ async def _migrate(args: argparse.Namespace, url: str) -> int:
 
 def _token_and_origin_options(args: argparse.Namespace) -> tuple[str, ...]:
     """The serve options each worker must get too (the rest reach it through the plan)."""
-    options: list[str] = []
+    options: list[str] = ["--loop", args.loop]
     for origin in args.allowed_origin or ():
         options += ["--allowed-origin", origin]
     if args.jwks_url:

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,11 +32,21 @@ import asyncpg
 import pytest
 
 from fieldsync.auth.tokens import issue_token
+from fieldsync.live.event_loops import DEFAULT_LOOP, LoopFactory, loop_factory
 from fieldsync.store.database import close_pool, connect, create_pool, with_database
 from fieldsync.store.embedded import embedded_postgres, pgdata_path
 from fieldsync.store.migrations import migrate
 from fieldsync.store.projects import add_member, create_account, create_project, create_user
 from tests.live_server import TEST_SECRET, MemberFactory
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, LoopFactory]:
+    """Tests run on the event loop ``fieldsync serve`` runs on by default
+    (``live.event_loops``); ``FIELDSYNC_TEST_LOOP=asyncio`` runs them on asyncio's own."""
+    name, factory = loop_factory(os.environ.get("FIELDSYNC_TEST_LOOP", DEFAULT_LOOP))
+    return {name: factory}
 
 
 @pytest.fixture(scope="session")

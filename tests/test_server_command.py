@@ -314,6 +314,18 @@ async def test_serve_says_where_it_listens(database_url: str) -> None:
     )
 
 
+@pytest.mark.parametrize(("option", "loop"), [((), "uvloop"), (("--loop", "asyncio"), "asyncio")])
+async def test_serve_runs_on_the_event_loop_it_is_given(
+    database_url: str, option: tuple[str, ...], loop: str
+) -> None:
+    async with serving("--database-url", database_url, *option) as server:
+        await server.wait_healthy()
+        code, log = await server.stop()
+    assert code == 0, log
+    said = [json.loads(line)["message"] for line in log.splitlines()]
+    assert [m for m in said if m.startswith("event loop")] == [f"event loop: {loop}"]
+
+
 async def _serve_on_a_terminal(database_url: str, *options: str) -> str:
     """The output of `serve` whose stdout and stderr are a terminal, up to its shutdown."""
     port = _free_port()
@@ -392,6 +404,7 @@ async def test_an_unknown_option_gets_its_commands_usage_and_a_suggestion(
           "--level", "boss"), "argument --level: invalid choice: 'boss'"),
         (("serve", "--port", "70000"), "argument --port: a port is 0 to 65535, got 70000"),
         (("serve", "--replica-max-lag", "0"), "argument --replica-max-lag: must be above 0, got 0"),
+        (("serve", "--loop", "trio"), "argument --loop: invalid choice: 'trio'"),
         (("demo", "--server-url", "ftp://h"), "expected a server URL such as http://"),
     ],
 )  # fmt: skip

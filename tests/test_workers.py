@@ -36,7 +36,14 @@ async def test_two_workers_share_the_database_and_relay_live(
     monkeypatch.setenv("FIELDSYNC_SECRET", TEST_SECRET.decode())  # the workers' signing key
     probes = _two_free_ports()
     async with serving(
-        "--workers", "2", "--probe-port", str(probes), "--database-url", database_url
+        "--workers",
+        "2",
+        "--probe-port",
+        str(probes),
+        "--database-url",
+        database_url,
+        "--loop",
+        "asyncio",
     ) as parent:
         first = parent
         second = Serving(parent.proc, parent.port + 1)
@@ -85,6 +92,9 @@ async def test_two_workers_share_the_database_and_relay_live(
     assert stopped == workers  # each worker served, then shut down gracefully
     listening = [line for line in lines if line.get("event") == "listening"]
     assert {line["pid"] for line in listening} == workers  # each says where it listens
+    loops = [line for line in lines if line.get("message", "").startswith("event loop")]
+    assert {line["pid"] for line in loops} == workers  # the choice reached each worker
+    assert {line["message"] for line in loops} == {"event loop: asyncio"}
     assert sorted(line["url"] for line in listening) == [
         f"http://127.0.0.1:{first.port}",
         f"http://127.0.0.1:{second.port}",
