@@ -3,8 +3,11 @@
 A reconnect storm asks the same question thousands of times in a few seconds (a user's
 devices, every project a client names), and each answer read from the database costs a
 pooled connection and two round trips. Only memberships are remembered (never "not a
-member": a member just added must get in at once), each for ``ttl`` seconds, and concurrent
-questions about one (project, user) share one read.
+member": a member just added must get in at once), each for ``ttl`` seconds. Questions not
+answered from memory are read together: at most one read is under way, and every question
+asked meanwhile goes into the next one (up to ``MAX_READ`` pairs, one query). After a restart
+every user of a storm is a question, and one read each cost the storm's server a quarter of
+its CPU (``docs/scaling.md``).
 
 A removal forgets the membership at once: the removal notice (``membership_removed``) and
 the recheck after a listener reconnects (``recheck_memberships``) both reach
@@ -26,6 +29,7 @@ from fieldsync.store.ports import MembershipPort
 
 MEMBERSHIP_TTL_SECONDS = 30.0
 MAX_ENTRIES = 200_000  # about 200 bytes each: a ceiling, never reached by real memberships
+MAX_READ = 1_000  # (project, user) pairs in one read
 
 _Key = tuple[UUID, UUID]  # (project, user)
 
@@ -37,13 +41,19 @@ class MembershipCache:
         ttl: float = MEMBERSHIP_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = MAX_ENTRIES,
+        max_read: int = MAX_READ,
     ) -> None:
         self._membership = membership
         self._ttl = ttl
         self._clock = clock
         self._max_entries = max_entries
+        self._max_read = max_read
         self._known: dict[_Key, tuple[str, float]] = {}  # level, when read
-        self._reading: dict[_Key, asyncio.Task[str | None]] = {}
+        # The askers of each pair, a future each (so one that goes away cancels only its
+        # own): waiting for the next read, and in the read under way.
+        self._asked: dict[_Key, list[asyncio.Future[str | None]]] = {}
+        self._reading: dict[_Key, list[asyncio.Future[str | None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
         self._forgotten = 0  # how many times something was forgotten (a generation)
         self.hits = 0
         self.reads = 0
@@ -57,43 +67,75 @@ class MembershipCache:
                 self.hits += 1
                 return known[0]
             del self._known[key]
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         reading = self._reading.get(key)
-        if reading is None:
-            # A task of its own, so a caller that goes away does not cancel the others' read.
-            reading = self._reading[key] = asyncio.create_task(self._read(key))
-            reading.add_done_callback(_retrieved)
-        else:
+        if reading is not None:
             self.hits += 1
-        return await asyncio.shield(reading)
+            reading.append(answer)
+        else:
+            self._asked.setdefault(key, []).append(answer)
+            if self._reader is None:
+                # A task of its own, so a caller that goes away does not cancel the others' read.
+                self._reader = asyncio.create_task(self._read_all())
+        return await answer
 
-    async def _read(self, key: _Key) -> str | None:
+    async def _read_all(self) -> None:
+        """Read what was asked, a batch at a time, until nothing more is."""
+        try:
+            while self._asked:
+                batch = dict(list(self._asked.items())[: self._max_read])
+                for key in batch:
+                    del self._asked[key]
+                self._reading = batch
+                await self._read(batch)
+        except BaseException:  # cancelled: so is every question still waiting
+            for answers in self._asked.values():
+                for answer in answers:
+                    answer.cancel()
+            self._asked.clear()
+            raise
+        finally:
+            self._reader = None
+            self._reading = {}
+
+    async def _read(self, batch: dict[_Key, list[asyncio.Future[str | None]]]) -> None:
         generation = self._forgotten
         self.reads += 1
         try:
-            level = await self._membership.level(*key)
-        finally:
-            if self._reading.get(key) is asyncio.current_task():
-                del self._reading[key]
-        if level is not None and generation == self._forgotten:
-            if len(self._known) >= self._max_entries:
-                self._known.clear()
-            self._known[key] = (level, self._clock())
-        return level
+            levels = await self._membership.levels(list(batch))
+        except Exception as exc:
+            for answers in batch.values():
+                for answer in answers:
+                    if not answer.done():
+                        answer.set_exception(exc)
+            return
+        except BaseException:  # cancelled (the server is stopping): so are its askers
+            for answers in batch.values():
+                for answer in answers:
+                    answer.cancel()
+            raise
+        remember = generation == self._forgotten
+        now = self._clock()
+        for key, answers in batch.items():
+            level = levels.get(key)
+            if level is not None and remember:
+                if len(self._known) >= self._max_entries:
+                    self._known.clear()
+                self._known[key] = (level, now)
+            for answer in answers:
+                if not answer.done():
+                    answer.set_result(level)
 
     def forget(self, project_id: UUID, user_id: UUID) -> None:
         """The user was removed from the project (in any process)."""
         self._forgotten += 1
-        self._known.pop((project_id, user_id), None)
-        self._reading.pop((project_id, user_id), None)
+        key = (project_id, user_id)
+        self._known.pop(key, None)
+        # Asked from now on, it is read afresh: the read under way may have seen the row.
+        self._reading = {k: v for k, v in self._reading.items() if k != key}
 
     def forget_all(self) -> None:
         """Removal notices may have been missed: nothing remembered is trusted any more."""
         self._forgotten += 1
         self._known.clear()
-        self._reading.clear()
-
-
-def _retrieved(task: asyncio.Task[str | None]) -> None:
-    """Every caller may have gone: a failed read is then nobody's to report."""
-    if not task.cancelled():
-        task.exception()
+        self._reading = {}

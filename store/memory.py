@@ -195,6 +195,16 @@ class MemoryMembership:
         member = project.members.get(user_id) if project is not None else None
         return member.level if member is not None else None
 
+    async def levels(self, pairs: Sequence[tuple[UUID, UUID]]) -> dict[tuple[UUID, UUID], str]:
+        self._db.check("reading memberships")
+        found: dict[tuple[UUID, UUID], str] = {}
+        for project_id, user_id in pairs:
+            project = self._db.projects.get(project_id)
+            member = project.members.get(user_id) if project is not None else None
+            if member is not None:
+                found[(project_id, user_id)] = member.level
+        return found
+
     async def still_member_of(self, user_id: UUID, project_ids: Sequence[UUID]) -> set[UUID]:
         self._db.check("reading memberships")
         return {

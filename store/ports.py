@@ -111,6 +111,10 @@ class MembershipPort(Protocol):
         """The user's level in the project, or None (not a member, or no such project)."""
         ...
 
+    async def levels(self, pairs: Sequence[tuple[UUID, UUID]]) -> dict[tuple[UUID, UUID], str]:
+        """The levels of those (project, user) pairs that are memberships, in one read."""
+        ...
+
     async def still_member_of(self, user_id: UUID, project_ids: Sequence[UUID]) -> set[UUID]:
         """Those of ``project_ids`` the user is a member of."""
         ...

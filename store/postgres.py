@@ -154,6 +154,11 @@ class PostgresMembership:
             return await projects.member_level(conn, project_id, user_id)
 
     @translated("reading memberships")
+    async def levels(self, pairs: Sequence[tuple[UUID, UUID]]) -> dict[tuple[UUID, UUID], str]:
+        async with self._pool.acquire() as conn:
+            return await projects.member_levels(conn, pairs)
+
+    @translated("reading memberships")
     async def still_member_of(self, user_id: UUID, project_ids: Sequence[UUID]) -> set[UUID]:
         async with self._pool.acquire() as conn:
             return await projects.member_projects(conn, user_id, project_ids)

@@ -71,6 +71,7 @@ __all__ = [
     "list_projects",
     "list_users",
     "member_level",
+    "member_levels",
     "member_projects",
     "remove_member",
     "require_account",
@@ -239,6 +240,21 @@ async def member_level(
         user_id,
     )
     return level
+
+
+async def member_levels(
+    conn: asyncpg.Connection, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> dict[tuple[uuid.UUID, uuid.UUID], str]:
+    """The levels of those (project, user) pairs that are memberships, in one query."""
+    rows = await conn.fetch(
+        "SELECT m.project_id, m.user_id, m.level"
+        " FROM unnest($1::uuid[], $2::uuid[]) AS asked(project_id, user_id)"
+        " JOIN project_members m"
+        " ON m.project_id = asked.project_id AND m.user_id = asked.user_id",
+        [project_id for project_id, _ in pairs],
+        [user_id for _, user_id in pairs],
+    )
+    return {(row["project_id"], row["user_id"]): row["level"] for row in rows}
 
 
 # --- listing ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from fieldsync.live.load_gate import (
 )
 from fieldsync.live.log_reads import CatchUpReads, HeadReads, after
 from fieldsync.live.membership_cache import MembershipCache
+from fieldsync.store.errors import StoreError
 from fieldsync.store.records import ConflictUpdate, LoggedChange, LogSlice
 
 PROJECT = uuid.uuid4()
@@ -126,18 +128,32 @@ async def test_a_head_read_is_shared_and_a_cursor_beyond_it_is_checked_afresh() 
 
 class _Members:
     def __init__(self) -> None:
-        self.levels: dict[tuple[uuid.UUID, uuid.UUID], str] = {}
+        self.rows: dict[tuple[uuid.UUID, uuid.UUID], str] = {}
         self.reads = 0
         self.gate = asyncio.Event()
         self.gate.set()
         self.asked = asyncio.Event()
+        self.batches: list[list[tuple[uuid.UUID, uuid.UUID]]] = []
+        self.failure: Exception | None = None
 
     async def level(self, project_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
         self.reads += 1
         self.asked.set()
-        level = self.levels.get((project_id, user_id))
+        level = self.rows.get((project_id, user_id))
         await self.gate.wait()
         return level
+
+    async def levels(
+        self, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+    ) -> dict[tuple[uuid.UUID, uuid.UUID], str]:
+        self.reads += 1
+        self.batches.append(list(pairs))
+        self.asked.set()
+        found = {pair: self.rows[pair] for pair in pairs if pair in self.rows}
+        await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return found
 
     async def still_member_of(
         self, user_id: uuid.UUID, project_ids: object
@@ -150,16 +166,16 @@ async def test_memberships_are_read_once_remembered_and_forgotten_on_removal() -
     now = [0.0]
     cache = MembershipCache(members, ttl=30.0, clock=lambda: now[0])
     user = uuid.uuid4()
-    members.levels[(PROJECT, user)] = "lead"
+    members.rows[(PROJECT, user)] = "lead"
     assert await asyncio.gather(*(cache.level(PROJECT, user) for _ in range(20))) == ["lead"] * 20
     assert members.reads == 1
-    del members.levels[(PROJECT, user)]
+    del members.rows[(PROJECT, user)]
     assert await cache.level(PROJECT, user) == "lead"  # remembered...
     cache.forget(PROJECT, user)
     assert await cache.level(PROJECT, user) is None  # ...until the removal is heard
     assert await cache.level(PROJECT, user) is None  # "not a member" is never remembered
     assert members.reads == 3
-    members.levels[(PROJECT, user)] = "viewer"
+    members.rows[(PROJECT, user)] = "viewer"
     assert await cache.level(PROJECT, user) == "viewer"
     now[0] = 31.0
     assert await cache.level(PROJECT, user) == "viewer"
@@ -170,15 +186,97 @@ async def test_a_read_under_way_when_a_removal_is_heard_is_not_remembered() -> N
     members = _Members()
     cache = MembershipCache(members)
     user = uuid.uuid4()
-    members.levels[(PROJECT, user)] = "lead"
+    members.rows[(PROJECT, user)] = "lead"
     members.gate.clear()
     reading = asyncio.create_task(cache.level(PROJECT, user))
     await members.asked.wait()  # the read has begun
     cache.forget_all()  # e.g. the listener reconnected: notices may have been missed
     members.gate.set()
     assert await reading == "lead"
-    del members.levels[(PROJECT, user)]
+    del members.rows[(PROJECT, user)]
     assert await cache.level(PROJECT, user) is None
+
+
+async def test_questions_asked_together_are_read_together_in_batches() -> None:
+    members = _Members()
+    cache = MembershipCache(members, max_read=100)
+    users = [uuid.uuid4() for _ in range(250)]
+    for user in users[::2]:
+        members.rows[(PROJECT, user)] = "editor"
+    answers = await asyncio.gather(*(cache.level(PROJECT, user) for user in users))
+    assert answers == ["editor" if i % 2 == 0 else None for i in range(len(users))]
+    assert [len(batch) for batch in members.batches] == [100, 100, 50]
+    assert sorted(pair for batch in members.batches for pair in batch) == sorted(
+        (PROJECT, user) for user in users
+    )
+
+
+async def test_questions_asked_while_a_read_is_under_way_share_the_next_read() -> None:
+    members = _Members()
+    cache = MembershipCache(members)
+    first, second, third = (uuid.uuid4() for _ in range(3))
+    for user in (first, second, third):
+        members.rows[(PROJECT, user)] = "viewer"
+    members.gate.clear()
+    asked = [asyncio.create_task(cache.level(PROJECT, first))]
+    await members.asked.wait()  # the first read has begun
+    asked += [asyncio.create_task(cache.level(PROJECT, u)) for u in (second, third, first)]
+    await asyncio.sleep(0)
+    members.gate.set()
+    assert await asyncio.gather(*asked) == ["viewer"] * 4
+    # The first user's second question shared the read under way; the others the next one.
+    assert members.batches == [[(PROJECT, first)], [(PROJECT, second), (PROJECT, third)]]
+
+
+async def test_an_asker_that_goes_away_leaves_the_others_their_answer() -> None:
+    members = _Members()
+    cache = MembershipCache(members)
+    user = uuid.uuid4()
+    members.rows[(PROJECT, user)] = "lead"
+    members.gate.clear()
+    leaving = asyncio.create_task(cache.level(PROJECT, user))
+    staying = asyncio.create_task(cache.level(PROJECT, user))
+    await members.asked.wait()
+    leaving.cancel()
+    members.gate.set()
+    assert await staying == "lead"
+    assert leaving.cancelled()
+    assert members.reads == 1
+
+
+async def test_a_failed_read_fails_its_askers_and_the_next_question_is_read_afresh() -> None:
+    members = _Members()
+    cache = MembershipCache(members)
+    users = [uuid.uuid4() for _ in range(3)]
+    for user in users:
+        members.rows[(PROJECT, user)] = "lead"
+    members.failure = StoreError("reading memberships: connection lost")
+    outcomes = await asyncio.gather(
+        *(cache.level(PROJECT, user) for user in users), return_exceptions=True
+    )
+    assert all(isinstance(outcome, StoreError) for outcome in outcomes)
+    members.failure = None
+    assert await cache.level(PROJECT, users[0]) == "lead"
+    assert members.reads == 2
+
+
+async def test_a_member_removed_during_a_read_is_read_again_when_asked() -> None:
+    members = _Members()
+    cache = MembershipCache(members)
+    user = uuid.uuid4()
+    members.rows[(PROJECT, user)] = "lead"
+    members.gate.clear()
+    before = asyncio.create_task(cache.level(PROJECT, user))
+    await members.asked.wait()  # the read has seen the row
+    del members.rows[(PROJECT, user)]
+    cache.forget(PROJECT, user)  # the removal notice, while the read is under way
+    after_removal = asyncio.create_task(cache.level(PROJECT, user))
+    await asyncio.sleep(0)
+    members.gate.set()
+    assert await before == "lead"
+    assert await after_removal is None  # not the read under way: a read of its own
+    assert members.reads == 2
+    assert await cache.level(PROJECT, user) is None  # and nothing was remembered
 
 
 def test_the_gate_refuses_over_its_bounds_and_spreads_the_refused() -> None:

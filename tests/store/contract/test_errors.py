@@ -74,6 +74,7 @@ def _operations(
         "head": lambda: log.head(project),
         "level": lambda: storage.membership.level(project, user),
         "still_member_of": lambda: storage.membership.still_member_of(user, [project]),
+        "levels": lambda: storage.membership.levels([(project, user)]),
         "snapshot": snapshot,
         "notify_head": lambda: storage.notifications.notify_head(project, 1),
         "create_account": lambda: storage.admin.create_account("Never made"),

@@ -27,6 +27,15 @@ async def test_levels_and_memberships(
     assert await membership.level(other_project, lead) is None
     assert await membership.level(uuid.uuid4(), lead) is None  # no such project
     assert await membership.level(project, uuid.uuid4()) is None  # no such user
+    stranger, nowhere = uuid.uuid4(), uuid.uuid4()
+    asked = [(project, lead), (project, viewer), (other_project, viewer), (other_project, lead),
+             (nowhere, lead), (project, stranger), (project, lead)]  # fmt: skip
+    assert await membership.levels(asked) == {
+        (project, lead): "lead",
+        (project, viewer): "viewer",
+        (other_project, viewer): "specialist",
+    }
+    assert await membership.levels([]) == {}
     both = [project, other_project, uuid.uuid4()]
     assert await membership.still_member_of(viewer, both) == {project, other_project}
     assert await membership.still_member_of(lead, both) == {project}
