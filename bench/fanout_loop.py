@@ -55,6 +55,12 @@ class LoopTransport:
     def write(self, messages: Sequence[bytes]) -> None:
         raise AssertionError("nothing is ever queued here")
 
+    def cork(self) -> None:
+        pass
+
+    def uncork(self) -> None:
+        pass
+
     async def drained(self) -> None:
         pass
 

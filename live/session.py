@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +56,7 @@ from fieldsync.model.permissions import WRITE_LEVELS
 from fieldsync.observability.log_limits import LogLimiter
 from fieldsync.observability.logs import annotate
 from fieldsync.observability.metrics import Metrics
+from fieldsync.observability.request_ids import new_id
 from fieldsync.store.errors import StoreError
 from fieldsync.store.ports import ChangeLogPort, MembershipPort, SnapshotPort
 from fieldsync.store.records import Accepted
@@ -195,6 +195,14 @@ class Transport(Protocol):
         connection is closed they are dropped."""
         ...
 
+    def cork(self) -> None:
+        """Hold small messages written from now on, to write them together at ``uncork``."""
+        ...
+
+    def uncork(self) -> None:
+        """Write what was held, and write at once again."""
+        ...
+
     async def drained(self) -> None:
         """Return once the socket takes data again, or the connection is gone."""
         ...
@@ -255,7 +263,7 @@ class SyncSession:
         self._member_of: set[UUID] = set()  # membership confirmed on this connection
         self._strikes = 0  # frames refused in a row for the rate limit
         self._drop = False  # end without a closing handshake (an abusive peer)
-        self._session_id = uuid.uuid4().hex
+        self._session_id = new_id()
         self._counted = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -319,17 +327,22 @@ class SyncSession:
             self._log_end()
 
     async def _take(self, frame: bytes | str) -> None:
-        """One frame from the client: its messages handled, the answers sent."""
+        """One frame from the client: its messages handled, the answers sent, in one write
+        where they are small (a resume's ``welcome`` and ``synced``)."""
         limited = not self._within_rate()
         self._protocol.receive_frame(frame)
         self._count_refusals()
-        for event in self._protocol.events_received():
-            self._services.metrics.received(event)
-            if limited:
-                self._rate_limited(event)
-            else:
-                await self._handle(event)
-        self._queue(self._protocol.data_to_send())
+        self._transport.cork()
+        try:
+            for event in self._protocol.events_received():
+                self._services.metrics.received(event)
+                if limited:
+                    self._rate_limited(event)
+                else:
+                    await self._handle(event)
+            self._queue(self._protocol.data_to_send())
+        finally:
+            self._transport.uncork()
 
     async def _next_frame(self) -> bytes | str | None:
         """The client's next frame, read only once its answers so far have room to go out;

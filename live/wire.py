@@ -70,6 +70,9 @@ log = logging.getLogger("fieldsync.live.wire")
 SYNC_PATH = "/sync"
 CLOSE_TIMEOUT_SECONDS = 10.0
 """How long a close we sent waits for the client's answer before the socket is dropped."""
+CORK_BYTES = 16 * 1024
+"""What a corked connection holds at most before it writes: small answers share a system
+call, and anything larger goes out as it would have."""
 
 
 class SyncWire(asyncio.Protocol):
@@ -88,6 +91,8 @@ class SyncWire(asyncio.Protocol):
         "_accepted",
         "_close_sent",
         "_config",
+        "_corked",
+        "_corked_bytes",
         "_drained",
         "_frames",
         "_inbox",
@@ -126,6 +131,8 @@ class SyncWire(asyncio.Protocol):
         self._timer: Slot | None = None  # its deadline: keepalive ping, pong or close wait
         self._ping_payload: bytes | None = None
         self._waiting: tuple[UpgradeRequest, str] | None = None  # the upgrade, for its turn
+        self._corked: list[bytes] | None = None  # messages held for one write (cork)
+        self._corked_bytes = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -148,6 +155,7 @@ class SyncWire(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._corked = None
         self._cancel_timer()
         release_transport(self._transport)
         self._server_state.connections.discard(cast(Any, self))
@@ -207,6 +215,7 @@ class SyncWire(asyncio.Protocol):
         reader discards what comes) until the client closes its side, so the close frame is
         not lost to a reset; a client that never does is dropped after CLOSE_TIMEOUT_SECONDS."""
         self._close_sent = True
+        self._write_corked()
         if self._transport is not None and not self._lost:
             if self._transport.can_write_eof():
                 self._transport.write_eof()
@@ -249,6 +258,13 @@ class SyncWire(asyncio.Protocol):
         the high-water mark, the connection open); False: it must wait."""
         if self._write_paused or self._lost or self._close_sent or not self._accepted:
             return False
+        corked = self._corked
+        if corked is not None:
+            corked.append(message)
+            self._corked_bytes += len(message)
+            if self._corked_bytes >= CORK_BYTES:
+                self._write_corked()
+            return True
         assert self._transport is not None
         self._transport.write(message)
         return True
@@ -258,8 +274,29 @@ class SyncWire(asyncio.Protocol):
         kernel takes them; dropped once the connection is closing or gone."""
         if self._lost or self._close_sent or not self._accepted:
             return
+        self._write_corked()
         assert self._transport is not None
         self._transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
+
+    def cork(self) -> None:
+        """Hold the messages written from now on until :meth:`uncork` (up to CORK_BYTES),
+        so that the answers to one client message go out in one system call."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Write what was held, and write at once again."""
+        self._write_corked()
+        self._corked = None
+
+    def _write_corked(self) -> None:
+        corked = self._corked
+        if not corked:
+            return
+        self._corked = []
+        self._corked_bytes = 0
+        if self._transport is not None and not self._lost and not self._transport.is_closing():
+            self._transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
     async def drained(self) -> None:
         """Return once the socket's buffer is below its low-water mark, or it is gone."""
@@ -283,8 +320,10 @@ class SyncWire(asyncio.Protocol):
         self._wake_reader()
 
     def _send(self, data: bytes) -> None:
-        """Write the wire's own bytes (handshake answers, control frames)."""
+        """Write the wire's own bytes (handshake answers, control frames), after what a
+        cork holds."""
         if self._transport is not None and not self._lost and not self._transport.is_closing():
+            self._write_corked()
             self._transport.write(data)
 
     def _respond(self, answer: bytes) -> None:
@@ -404,6 +443,7 @@ class SyncWire(asyncio.Protocol):
         if self._observed is not None:
             self._observed.__exit__(None, None, None)
             self._observed = None
+        self.uncork()
         if self._transport is not None and not self._close_sent:
             self._transport.close()
 

@@ -1,0 +1,112 @@
+"""A corked connection (``live.wire.SyncWire.cork``): the answers to one client message go
+out in one write, in order, never past the cork's bound, and never after the wire's own
+frames that follow them. A wire accepted over a transport that records each write."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from fieldsync.live.wire import CORK_BYTES, SyncWire
+from fieldsync.live.ws_frames import binary_message, pong_frame
+from fieldsync.live.ws_handshake import UpgradeRequest
+
+
+class _RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+_UPGRADE = UpgradeRequest(
+    b"GET",
+    b"/sync",
+    b"1.1",
+    (
+        (b"host", b"localhost"),
+        (b"connection", b"Upgrade"),
+        (b"upgrade", b"websocket"),
+        (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        (b"sec-websocket-version", b"13"),
+    ),
+)
+
+
+def _accepted_wire() -> tuple[SyncWire, _RecordingTransport]:
+    config = Config(app=lambda: None, ws_ping_interval=None)
+    wire = SyncWire(config, ServerState(), {})
+    transport = _RecordingTransport()
+    wire.connection_made(transport)
+    assert wire._accept(_UPGRADE, "rid")  # the 101, written at once
+    assert transport.writes[0].startswith(b"HTTP/1.1 101 ")
+    transport.writes.clear()
+    return wire, transport
+
+
+async def test_corked_answers_go_out_together_in_order_on_uncork() -> None:
+    wire, transport = _accepted_wire()
+    welcome, synced = binary_message(b"welcome"), binary_message(b"synced")
+    wire.cork()
+    assert wire.write_now(welcome)
+    assert wire.write_now(synced)
+    assert transport.writes == []
+    wire.uncork()
+    assert transport.writes == [welcome + synced]
+    assert wire.write_now(welcome)  # uncorked: written at once again
+    assert transport.writes == [welcome + synced, welcome]
+
+
+async def test_a_cork_holds_no_more_than_its_bound() -> None:
+    wire, transport = _accepted_wire()
+    small = binary_message(b"x" * 100)
+    large = binary_message(b"y" * CORK_BYTES)
+    wire.cork()
+    assert wire.write_now(small)
+    assert wire.write_now(large)  # past the bound: what is held goes out now
+    assert transport.writes == [small + large]
+    assert wire.write_now(small)
+    wire.uncork()
+    assert transport.writes == [small + large, small]
+
+
+async def test_the_wires_own_frames_and_queued_batches_come_after_what_is_held() -> None:
+    wire, transport = _accepted_wire()
+    first, second, queued = (binary_message(m) for m in (b"first", b"second", b"queued"))
+    wire.cork()
+    wire.write_now(first)
+    wire._send(pong_frame(b"p"))  # a pong answered while corked: after what was held
+    wire.write_now(second)
+    wire.write([queued])  # the send queue's batch: after what was held
+    wire.uncork()
+    assert transport.writes == [first, pong_frame(b"p"), second, queued]
+
+
+async def test_nothing_held_is_written_once_the_connection_is_lost() -> None:
+    wire, transport = _accepted_wire()
+    wire.cork()
+    wire.write_now(binary_message(b"held"))
+    wire.connection_lost(None)
+    wire.uncork()
+    assert transport.writes == []
