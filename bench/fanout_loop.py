@@ -61,6 +61,9 @@ class LoopTransport:
     def uncork(self) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     async def drained(self) -> None:
         pass
 

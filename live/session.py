@@ -203,6 +203,10 @@ class Transport(Protocol):
         """Write what was held, and write at once again."""
         ...
 
+    def flush(self) -> None:
+        """Write what is held now, corked or not (before a wait of unknown length)."""
+        ...
+
     async def drained(self) -> None:
         """Return once the socket takes data again, or the connection is gone."""
         ...
@@ -746,10 +750,14 @@ class SyncSession:
         except ValueError:
             return None
         assert self._user_id is not None
+        members = self._services.members
+        if fresh or not members.remembers(project, self._user_id):
+            # About to wait for the database: what the cork holds (a welcome) goes first.
+            self._transport.flush()
         if fresh:
             level = await self._services.membership.level(project, self._user_id)
         else:
-            level = await self._services.members.level(project, self._user_id)
+            level = await members.level(project, self._user_id)
         if level is None:
             return None
         self._member_of.add(project)

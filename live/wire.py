@@ -289,6 +289,10 @@ class SyncWire(asyncio.Protocol):
         self._write_corked()
         self._corked = None
 
+    def flush(self) -> None:
+        """Write what is held now; a cork stays on."""
+        self._write_corked()
+
     def _write_corked(self) -> None:
         corked = self._corked
         if not corked:

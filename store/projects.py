@@ -242,6 +242,7 @@ async def member_level(
     return level
 
 
+@translated("reading memberships")
 async def member_levels(
     conn: asyncpg.Connection, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
 ) -> dict[tuple[uuid.UUID, uuid.UUID], str]:

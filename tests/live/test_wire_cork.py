@@ -110,3 +110,16 @@ async def test_nothing_held_is_written_once_the_connection_is_lost() -> None:
     wire.connection_lost(None)
     wire.uncork()
     assert transport.writes == []
+
+
+async def test_a_flush_writes_what_is_held_and_the_cork_stays() -> None:
+    wire, transport = _accepted_wire()
+    welcome, synced = binary_message(b"welcome"), binary_message(b"synced")
+    wire.cork()
+    wire.write_now(welcome)
+    wire.flush()  # before a wait for the database: the welcome goes now
+    assert transport.writes == [welcome]
+    wire.write_now(synced)
+    assert transport.writes == [welcome]
+    wire.uncork()
+    assert transport.writes == [welcome, synced]
