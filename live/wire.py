@@ -19,9 +19,10 @@ pages) and admission are checked before the upgrade (403, or 429/503 with ``Retr
 as JSON); a saturated process (``live.load_gate``) keeps the upgrade waiting for its turn,
 or answers 503 with its hint (with a request id of its own), before those checks; the
 client address follows uvicorn's proxy-header rules; the response carries
-``X-Request-Id``; keepalive pings find dead peers; reading pauses while a frame waits for
-the session (the session paces its own reads); writing waits while the kernel's buffer is
-full; uvicorn's graceful shutdown closes the socket with 1012.
+``X-Request-Id``; keepalive pings find dead peers; reading pauses while two messages (or
+one and a large part of the next) wait for the session (the session paces its own reads);
+writing waits while the kernel's buffer is full; uvicorn's graceful shutdown closes the
+socket with 1012.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ log = logging.getLogger("fieldsync.live.wire")
 SYNC_PATH = "/sync"
 CLOSE_TIMEOUT_SECONDS = 10.0
 """How long a close we sent waits for the client's answer before the socket is dropped."""
+READ_AHEAD_BYTES = 64 * 1024
+"""What is read of the client's next message while one waits for the session, before
+reading pauses. A lone message (a hello, a push) pauses nothing: pausing and resuming cost
+two system calls per message; a second message, or a large one on its way, pauses."""
 CORK_BYTES = 16 * 1024
 """What a corked connection holds at most before it writes: small answers share a system
 call, and anything larger goes out as it would have."""
@@ -149,6 +154,8 @@ class SyncWire(asyncio.Protocol):
             return  # not accepted (refused, or waiting its turn): what the client sent is dropped
         for event in frames.receive(data):
             self._event(event)
+        if self._inbox and frames.held > READ_AHEAD_BYTES:
+            self._pause_reading()  # a large next message while one waits for the session
 
     def eof_received(self) -> bool | None:
         return None  # close the transport
@@ -189,10 +196,9 @@ class SyncWire(asyncio.Protocol):
             if self._inbox is None:
                 self._inbox = [event.data]
             else:
+                # Two wait for the session: read no more until it takes them.
                 self._inbox.append(event.data)
-            if not self._read_paused and self._transport is not None:
-                self._read_paused = True
-                self._transport.pause_reading()
+                self._pause_reading()
             self._wake_reader()
         elif isinstance(event, Ping):
             self._send(pong_frame(event.payload))
@@ -244,6 +250,11 @@ class SyncWire(asyncio.Protocol):
             self._inbox = None
             self._resume_reading()
         return message
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
         if self._read_paused and self._transport is not None:

@@ -91,6 +91,11 @@ class FrameReader:
         self._fragment_text = False
         self.done = False
 
+    @property
+    def held(self) -> int:
+        """Bytes held of a message not yet whole (a frame's start, earlier fragments)."""
+        return len(self._buffer) + self._fragment_size
+
     def receive(self, data: bytes) -> list[Event]:
         """The events ``data`` completes, in order; the last one ends the reading if it is a
         :class:`CloseReceived` or a :class:`Failure`."""

@@ -10,7 +10,7 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from fieldsync.live.wire import CORK_BYTES, SyncWire
+from fieldsync.live.wire import CORK_BYTES, READ_AHEAD_BYTES, SyncWire
 from fieldsync.live.ws_frames import binary_message, pong_frame
 from fieldsync.live.ws_handshake import UpgradeRequest
 
@@ -123,3 +123,66 @@ async def test_a_flush_writes_what_is_held_and_the_cork_stays() -> None:
     assert transport.writes == [welcome]
     wire.uncork()
     assert transport.writes == [welcome, synced]
+
+
+class _PacedTransport(_RecordingTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def _masked(payload: bytes, *, fin: bool = True) -> bytes:
+    """A client's binary frame, masked with a zero key (the payload reads as sent)."""
+    head = bytes([0x82 if fin else 0x02])
+    if len(payload) < 126:
+        head += bytes([0x80 | len(payload)])
+    elif len(payload) < 65536:
+        head += bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + len(payload).to_bytes(8, "big")
+    return head + bytes(4) + payload
+
+
+def _paced_wire() -> tuple[SyncWire, _PacedTransport]:
+    config = Config(app=lambda: None, ws_ping_interval=None)
+    wire = SyncWire(config, ServerState(), {})
+    transport = _PacedTransport()
+    wire.connection_made(transport)
+    assert wire._accept(_UPGRADE, "rid")
+    return wire, transport
+
+
+async def test_a_lone_message_waiting_for_the_session_does_not_pause_reading() -> None:
+    wire, transport = _paced_wire()
+    wire.data_received(_masked(b"hello"))
+    assert transport.pauses == 0  # two system calls saved for every hello and push
+    assert await wire.receive() == b"hello"
+    wire.data_received(_masked(b"push"))
+    assert await wire.receive() == b"push"
+    assert transport.pauses == 0
+
+
+async def test_reading_pauses_when_a_second_message_or_a_large_part_of_one_waits() -> None:
+    wire, transport = _paced_wire()
+    wire.data_received(_masked(b"first") + _masked(b"second"))
+    assert transport.paused
+    assert await wire.receive() == b"first"
+    assert transport.paused  # the second still waits
+    assert await wire.receive() == b"second"
+    assert not transport.paused
+
+    big = _masked(b"z" * (READ_AHEAD_BYTES * 2))
+    wire.data_received(_masked(b"waiting") + big[: READ_AHEAD_BYTES + 100])
+    assert transport.paused  # a large part of the next message is held: read no more
+    assert await wire.receive() == b"waiting"
+    assert not transport.paused
+    wire.data_received(big[READ_AHEAD_BYTES + 100 :])
+    assert await wire.receive() == b"z" * (READ_AHEAD_BYTES * 2)
