@@ -158,6 +158,28 @@ class _SentMessages(Collector):
         yield sizes
 
 
+class _ReceivedMessages(Collector):
+    """``fieldsync_messages_received_total`` by message type, a plain int per type (counted
+    from the event loop's thread only, for every client message) read when scraped."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._by_type: dict[str, int] = {}
+        registry.register(self)
+
+    def add(self, kind: str) -> None:
+        self._by_type[kind] = self._by_type.get(kind, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        messages = CounterMetricFamily(
+            "fieldsync_messages_received",
+            "Valid protocol messages received, by type",
+            labels=["type"],
+        )
+        for kind, count in list(self._by_type.items()):
+            messages.add_metric([kind], count)
+        yield messages
+
+
 class _PoolCollector(Collector):
     def __init__(self, pool: PoolLike) -> None:
         self._pool = pool
@@ -234,12 +256,7 @@ class Metrics:
             "fieldsync_connections_open", "Open sync WebSocket connections", registry=registry
         )
         self.open_connections = 0  # the gauge's value, for the process's own use
-        self.messages_in = Counter(
-            "fieldsync_messages_received",
-            "Valid protocol messages received, by type",
-            ["type"],
-            registry=registry,
-        )
+        self._received = _ReceivedMessages(registry)
         self.frames_refused = Counter(
             "fieldsync_frames_refused",
             "Frames from clients refused with an error, by error code",
@@ -361,7 +378,7 @@ class Metrics:
         self.connections.dec()
 
     def received(self, message: object) -> None:
-        self.messages_in.labels(getattr(message, "TYPE", "unknown")).inc()
+        self._received.add(getattr(message, "TYPE", "unknown"))
         if isinstance(message, Hello) and message.outbox_age_ms is not None:
             self.outbox_age.observe(message.outbox_age_ms / 1000)
 
