@@ -27,9 +27,10 @@ class OutboxClosedError(Exception):
 
 
 class QueueMonitor(Protocol):
-    """Watches send queues for the metrics (``Outbox`` registers itself)."""
+    """Watches send queues for the metrics: an ``Outbox`` tells it when frames start to wait
+    in it (most never hold any: a frame is written at once when the socket takes it)."""
 
-    def watch(self, queue: Outbox) -> None: ...
+    def backlogged(self, queue: Outbox) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ class Outbox(Sized):
     waiters for room exists only while one waits (an idle connection's outbox is small).
     """
 
-    __slots__ = ("__weakref__", "_bytes", "_closed", "_frames", "_limits", "_room")
+    __slots__ = ("__weakref__", "_bytes", "_closed", "_frames", "_limits", "_monitor", "_room")
 
     def __init__(
         self, limits: OutboxLimits = DEFAULT_OUTBOX_LIMITS, monitor: QueueMonitor | None = None
@@ -65,8 +66,7 @@ class Outbox(Sized):
         self._frames: list[bytes] = []
         self._bytes = 0
         self._limits = limits
-        if monitor is not None:
-            monitor.watch(self)
+        self._monitor = monitor
         self._room: asyncio.Future[None] | None = None
         self._closed = False
 
@@ -115,6 +115,8 @@ class Outbox(Sized):
     def _append(self, frame: bytes) -> None:
         if self._closed:
             raise OutboxClosedError
+        if not self._frames and self._monitor is not None:
+            self._monitor.backlogged(self)
         self._frames.append(frame)
         self._bytes += len(frame)
 

@@ -58,7 +58,7 @@ class LoopRendered:
 
     ``render`` runs on the loop only (``call_soon_threadsafe``); a thread calling ``get``
     waits up to ``wait`` seconds for it, then takes the last rendering, however old. A
-    rendering walks every connection's send queue, so scrapers cannot make the loop render
+    rendering walks every send queue holding frames, so scrapers cannot make the loop render
     more than once per ``min_interval`` seconds, however many ask: a scrape within it gets
     the last rendering, and scrapes that come while one is asked for wait for that one."""
 

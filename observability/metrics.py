@@ -76,8 +76,9 @@ class SendQueue(Sized, Protocol):
 
 
 class SendQueues(Collector):
-    """Every open connection's send queue: a histogram of its depth whenever a live frame is
-    queued, and at scrape time the total and the deepest queue.
+    """The connections' send queues: a histogram of a queue's depth whenever a live frame is
+    queued, and at scrape time the total and the deepest queue, over the queues that have
+    held frames since the last scrape (the others are empty).
 
     The histogram is observed once per live frame and subscriber, so it is kept in plain
     counts (the event loop's thread alone observes) and only turned into a metric when
@@ -89,7 +90,8 @@ class SendQueues(Collector):
         self._depth_sum = 0
         registry.register(self)
 
-    def watch(self, queue: SendQueue) -> None:
+    def backlogged(self, queue: SendQueue) -> None:
+        """Frames started to wait in ``queue``: it counts until a scrape finds it empty."""
         self._queues.add(queue)
 
     def observe(self, depth: int) -> None:
@@ -108,7 +110,12 @@ class SendQueues(Collector):
             buckets=buckets,
             sum_value=self._depth_sum,
         )
-        queues = list(self._queues)
+        # Only queues that have held frames since the last scrape: an idle connection's is
+        # empty and never looked at, so a scrape costs nothing per idle socket.
+        queues = [queue for queue in list(self._queues) if len(queue)]
+        for queue in list(self._queues):
+            if not len(queue):
+                self._queues.discard(queue)
         depths = [len(queue) for queue in queues]
         sizes = [queue.queued_bytes for queue in queues]
         yield GaugeMetricFamily(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from fieldsync.live.outbox import Outbox, OutboxClosedError, OutboxLimits
+from fieldsync.observability.metrics import SendQueues
 
 LIMITS = OutboxLimits(soft_bytes=100, hard_bytes=300, control_bytes=200)
 
@@ -88,3 +90,30 @@ async def test_discarding_empties_the_byte_count() -> None:
 def test_limits_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="soft_bytes"):
         OutboxLimits(soft_bytes=10, hard_bytes=5)
+
+
+def test_the_send_queue_gauges_count_only_queues_holding_frames() -> None:
+    registry = CollectorRegistry()
+    queues = SendQueues(registry)
+    idle = [Outbox(LIMITS, queues) for _ in range(1000)]
+    busy = Outbox(LIMITS, queues)
+    assert len(queues._queues) == 0  # an idle connection's queue is never looked at
+    assert busy.put_control(b"x" * 30)
+    assert busy.put_control(b"y" * 20)
+    other = idle[0]
+    assert other.put_control(b"z" * 10)
+
+    def gauge(name: str) -> float | None:
+        return registry.get_sample_value(name)
+
+    assert gauge("fieldsync_send_queue_frames") == 3
+    assert gauge("fieldsync_send_queue_bytes") == 60
+    assert gauge("fieldsync_send_queue_max_frames") == 2
+    assert gauge("fieldsync_send_queue_max_bytes") == 50
+    assert other.take(1000) == [b"z" * 10]
+    assert gauge("fieldsync_send_queue_frames") == 2
+    assert len(queues._queues) == 1  # the scrape let go of the queue found empty
+    busy.take(1000)
+    assert gauge("fieldsync_send_queue_bytes") == 0
+    assert busy.put_control(b"again")  # holding frames anew: counted anew
+    assert gauge("fieldsync_send_queue_bytes") == 5
