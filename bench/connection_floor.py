@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import loopback_address, process_cpu_seconds
 
+from fieldsync.live.event_loops import DEFAULT_LOOP, LOOP_CHOICES, loop_factory
 from fieldsync.live.ws_frames import binary_message
 from fieldsync.live.ws_handshake import accept_key
 from fieldsync.sync.codec import encode
@@ -103,7 +104,7 @@ class BareResume(asyncio.Protocol):
         self.transport.write(SYNCED)
 
 
-def serve(port: int, with_task: bool, ready: EventType) -> None:
+def serve(port: int, with_task: bool, loop_choice: str, ready: EventType) -> None:
     async def main() -> None:
         BareResume.with_task = with_task
         loop = asyncio.get_running_loop()
@@ -112,7 +113,9 @@ def serve(port: int, with_task: bool, ready: EventType) -> None:
         async with server:
             await server.serve_forever()
 
-    asyncio.run(main())
+    _, new_loop = loop_factory(loop_choice)  # the loop ``fieldsync serve`` would run on
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(main())
 
 
 async def _client(port: int, address: str, request: bytes, hello: bytes) -> asyncio.StreamWriter:
@@ -164,12 +167,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--task", action="store_true", help="one task per connection")
+    parser.add_argument("--loop", choices=LOOP_CHOICES, default=DEFAULT_LOOP, help="as serve's")
     args = parser.parse_args()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     ready = multiprocessing.Event()
-    server = multiprocessing.Process(target=serve, args=(port, args.task, ready), daemon=True)
+    served = (port, args.task, args.loop, ready)
+    server = multiprocessing.Process(target=serve, args=served, daemon=True)
     server.start()
     ready.wait(30)
     assert server.pid is not None
@@ -195,7 +200,8 @@ def main() -> None:
     server.terminate()
     print(
         f"{total} connections upgraded, hello read, two frames answered, in {elapsed:.2f} s; "
-        f"server CPU {cpu:.2f} s ({'a task per connection' if args.task else 'no task'})"
+        f"server CPU {cpu:.2f} s ({'a task per connection' if args.task else 'no task'}, "
+        f"{loop_factory(args.loop)[0]})"
     )
     print(f"server CPU per connection: {cpu / total * 1000:.3f} ms")
 
