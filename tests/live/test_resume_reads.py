@@ -185,12 +185,17 @@ async def test_memberships_are_read_once_remembered_and_forgotten_on_removal() -
     assert members.reads == 5  # read again once older than the ttl
 
 
-async def test_a_read_under_way_when_a_removal_is_heard_is_not_remembered() -> None:
+def _a_lead_whose_reads_are_held() -> tuple[_Members, MembershipCache, uuid.UUID]:
+    """A cache over storage where a user leads PROJECT; reads wait until ``gate`` is set."""
     members = _Members()
-    cache = MembershipCache(members)
     user = uuid.uuid4()
     members.rows[(PROJECT, user)] = "lead"
     members.gate.clear()
+    return members, MembershipCache(members), user
+
+
+async def test_a_read_under_way_when_a_removal_is_heard_is_not_remembered() -> None:
+    members, cache, user = _a_lead_whose_reads_are_held()
     reading = asyncio.create_task(cache.level(PROJECT, user))
     await members.asked.wait()  # the read has begun
     cache.forget_all()  # e.g. the listener reconnected: notices may have been missed
@@ -232,11 +237,7 @@ async def test_questions_asked_while_a_read_is_under_way_share_the_next_read() -
 
 
 async def test_an_asker_that_goes_away_leaves_the_others_their_answer() -> None:
-    members = _Members()
-    cache = MembershipCache(members)
-    user = uuid.uuid4()
-    members.rows[(PROJECT, user)] = "lead"
-    members.gate.clear()
+    members, cache, user = _a_lead_whose_reads_are_held()
     leaving = asyncio.create_task(cache.level(PROJECT, user))
     staying = asyncio.create_task(cache.level(PROJECT, user))
     await members.asked.wait()
@@ -264,11 +265,7 @@ async def test_a_failed_read_fails_its_askers_and_the_next_question_is_read_afre
 
 
 async def test_a_member_removed_during_a_read_is_read_again_when_asked() -> None:
-    members = _Members()
-    cache = MembershipCache(members)
-    user = uuid.uuid4()
-    members.rows[(PROJECT, user)] = "lead"
-    members.gate.clear()
+    members, cache, user = _a_lead_whose_reads_are_held()
     before = asyncio.create_task(cache.level(PROJECT, user))
     await members.asked.wait()  # the read has seen the row
     del members.rows[(PROJECT, user)]
