@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -151,11 +151,17 @@ class SyncServices:
     welcome_limits: dict[str, int] = field(init=False)  # as ``welcome`` states them
 
     def __post_init__(self) -> None:
+        self.status.listeners = self._welcomed
         self.welcome_limits = dataclasses.asdict(self.limits)
         self.members = MembershipCache(self.membership)
         self.catch_ups = CatchUpReads(self.changelog.catch_up, CATCH_UP_BATCH)
         self.heads = HeadReads(self.changelog.head)
         self.load = LoadGate(lambda: self.admission.unauthenticated, self.load_limits)
+
+    def _welcomed(self) -> Iterator[SyncSession]:
+        """Every connection welcomed and still open: those that hear the server's status."""
+        for sessions in self.sessions.values():
+            yield from sessions
 
 
 def membership_removed(services: SyncServices, project_id: UUID, user_id: UUID) -> None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from fieldsync.store.ports import Probe
@@ -40,11 +39,13 @@ class StatusListener(Protocol):
 
 
 class StatusBoard:
-    """The current status, and the connections that hear about it."""
+    """The current status, and the connections that hear about it: ``listeners`` gives the
+    welcomed connections when a change is to be told (the sessions keep that set already,
+    so the board keeps no reference to each connection of its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, listeners: Callable[[], Iterable[StatusListener]] = tuple) -> None:
         self.database_problem: str | None = None  # why the database is down, while it is
-        self._listeners: weakref.WeakSet[StatusListener] = weakref.WeakSet()
+        self.listeners = listeners
 
     @property
     def current(self) -> Status:
@@ -52,9 +53,8 @@ class StatusBoard:
         return OK if problem is None else database_down(problem)
 
     def watch(self, listener: StatusListener) -> None:
-        """A connection was welcomed: it hears every change from now on (and the current
-        status at once, unless all is well)."""
-        self._listeners.add(listener)
+        """A connection was welcomed, and is among ``listeners`` from now on: it hears the
+        current status at once, unless all is well."""
         if self.database_problem is not None:
             listener.status_changed(self.current)
 
@@ -65,7 +65,7 @@ class StatusBoard:
             return False
         self.database_problem = problem
         status = self.current
-        for listener in list(self._listeners):
+        for listener in list(self.listeners()):
             listener.status_changed(status)
         return True
 
