@@ -64,6 +64,9 @@ class LoopTransport:
     def flush(self) -> None:
         pass
 
+    def interrupt(self) -> None:
+        pass
+
     async def drained(self) -> None:
         pass
 

@@ -101,6 +101,7 @@ class SyncWire(asyncio.Protocol):
         "_drained",
         "_frames",
         "_inbox",
+        "_interrupted",
         "_loop",
         "_lost",
         "_observed",
@@ -126,6 +127,7 @@ class SyncWire(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] | None = None
         self._inbox: list[bytes | str] | None = None  # a message or two: reading pauses
+        self._interrupted = False  # a deadline passed: the waiting receive raises
         self._reader: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -236,20 +238,31 @@ class SyncWire(asyncio.Protocol):
             self._reader.set_result(None)
 
     async def receive(self) -> bytes | str | None:
-        """The client's next message; None once the connection is over. Safe to cancel: a
-        message that arrives meanwhile waits for the next call."""
+        """The client's next message; None once the connection is over; TimeoutError once
+        :meth:`interrupt` was called. Safe to cancel: a message that arrives meanwhile
+        waits for the next call."""
         while not self._inbox:
             if self._lost or self._close_sent:
                 return None
+            if self._interrupted:
+                self._interrupted = False
+                raise TimeoutError
             self._reader = self._loop.create_future()
             await self._reader
         if self._close_sent:
             return None  # the session closed: what the client sent since goes unread
+        self._interrupted = False  # a message came in time after all
         message = self._inbox.pop(0)
         if not self._inbox:
             self._inbox = None
             self._resume_reading()
         return message
+
+    def interrupt(self) -> None:
+        """A deadline passed: the waiting :meth:`receive` (or the next one, if none waits
+        and no message is there by then) raises TimeoutError."""
+        self._interrupted = True
+        self._wake_reader()
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None:

@@ -1,12 +1,18 @@
-"""A corked connection (``live.wire.SyncWire.cork``): the answers to one client message go
-out in one write, in order, never past the cork's bound, and never after the wire's own
-frames that follow them. A wire accepted over a transport that records each write."""
+"""What the sync wire (``live.wire.SyncWire``) does with the bytes each way, over a transport
+that records each write and each pause, the wire accepted through its real handshake:
+- a cork: the answers to one client message go out in one write, in order, never past the
+  cork's bound, and never after the wire's own frames that follow them;
+- read-ahead: a lone message waiting for the session pauses nothing; two, or a large part
+  of the next, pause reading;
+- an interrupt (the hello's deadline) ends a waiting read with a timeout, and never a later
+  one."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -186,3 +192,24 @@ async def test_reading_pauses_when_a_second_message_or_a_large_part_of_one_waits
     assert not transport.paused
     wire.data_received(big[READ_AHEAD_BYTES + 100 :])
     assert await wire.receive() == b"z" * (READ_AHEAD_BYTES * 2)
+
+
+async def test_an_interrupt_ends_the_waiting_receive_with_a_timeout() -> None:
+    wire, _ = _paced_wire()
+    waiting = asyncio.create_task(wire.receive())
+    await asyncio.sleep(0)
+    wire.interrupt()  # the hello's deadline passed
+    with pytest.raises(TimeoutError):
+        await waiting
+
+
+async def test_a_message_there_in_time_wins_over_an_interrupt_that_then_is_forgotten() -> None:
+    wire, _ = _paced_wire()
+    wire.data_received(_masked(b"hello"))
+    wire.interrupt()  # the deadline passed in the same turn as the hello came
+    assert await wire.receive() == b"hello"
+    later = asyncio.create_task(wire.receive())
+    await asyncio.sleep(0.05)
+    assert not later.done()  # no stale timeout for the next message
+    wire.data_received(_masked(b"push"))
+    assert await later == b"push"
