@@ -61,9 +61,6 @@ class LoopTransport:
     def uncork(self) -> None:
         pass
 
-    def flush(self) -> None:
-        pass
-
     def interrupt(self) -> None:
         pass
 

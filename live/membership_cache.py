@@ -58,11 +58,6 @@ class MembershipCache:
         self.hits = 0
         self.reads = 0
 
-    def remembers(self, project_id: UUID, user_id: UUID) -> bool:
-        """Whether :meth:`level` answers from memory now, without a read to wait for."""
-        known = self._known.get((project_id, user_id))
-        return known is not None and self._clock() - known[1] < self._ttl
-
     async def level(self, project_id: UUID, user_id: UUID) -> str | None:
         """The user's level in the project, or None; raises StoreError as the port does."""
         key = (project_id, user_id)

@@ -202,15 +202,12 @@ class Transport(Protocol):
         ...
 
     def cork(self) -> None:
-        """Hold small messages written from now on, to write them together at ``uncork``."""
+        """Hold small messages written from now on, to write them together at ``uncork``
+        or at the end of the loop's turn, whichever comes first."""
         ...
 
     def uncork(self) -> None:
         """Write what was held, and write at once again."""
-        ...
-
-    def flush(self) -> None:
-        """Write what is held now, corked or not (before a wait of unknown length)."""
         ...
 
     def interrupt(self) -> None:
@@ -764,14 +761,10 @@ class SyncSession:
         except ValueError:
             return None
         assert self._user_id is not None
-        members = self._services.members
-        if fresh or not members.remembers(project, self._user_id):
-            # About to wait for the database: what the cork holds (a welcome) goes first.
-            self._transport.flush()
         if fresh:
             level = await self._services.membership.level(project, self._user_id)
         else:
-            level = await members.level(project, self._user_id)
+            level = await self._services.members.level(project, self._user_id)
         if level is None:
             return None
         self._member_of.add(project)

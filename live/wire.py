@@ -284,6 +284,8 @@ class SyncWire(asyncio.Protocol):
             return False
         corked = self._corked
         if corked is not None:
+            if not corked:  # held from now until the uncork or the end of this turn
+                self._loop.call_soon(self._write_corked)
             corked.append(message)
             self._corked_bytes += len(message)
             if self._corked_bytes >= CORK_BYTES:
@@ -299,12 +301,13 @@ class SyncWire(asyncio.Protocol):
         if self._lost or self._close_sent or not self._accepted:
             return
         self._write_corked()
-        assert self._transport is not None
-        self._transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
+        self._write_out(messages)
 
     def cork(self) -> None:
-        """Hold the messages written from now on until :meth:`uncork` (up to CORK_BYTES),
-        so that the answers to one client message go out in one system call."""
+        """Hold the messages written from now on, to write them in one system call: the
+        answers to one client message. What is held goes out at :meth:`uncork`, at the end
+        of the loop's turn (a cork never holds a message over a wait, for the database or
+        anything else), or once it passes CORK_BYTES, whichever comes first."""
         if self._corked is None:
             self._corked = []
 
@@ -313,10 +316,6 @@ class SyncWire(asyncio.Protocol):
         self._write_corked()
         self._corked = None
 
-    def flush(self) -> None:
-        """Write what is held now; a cork stays on."""
-        self._write_corked()
-
     def _write_corked(self) -> None:
         corked = self._corked
         if not corked:
@@ -324,7 +323,11 @@ class SyncWire(asyncio.Protocol):
         self._corked = []
         self._corked_bytes = 0
         if self._transport is not None and not self._lost and not self._transport.is_closing():
-            self._transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+            self._write_out(corked)
+
+    def _write_out(self, messages: Sequence[bytes]) -> None:
+        assert self._transport is not None
+        self._transport.write(messages[0] if len(messages) == 1 else b"".join(messages))
 
     async def drained(self) -> None:
         """Return once the socket's buffer is below its low-water mark, or it is gone."""

@@ -1,7 +1,7 @@
 """What the sync wire (``live.wire.SyncWire``) does with the bytes each way, over a transport
 that records each write and each pause, the wire accepted through its real handshake:
 - a cork: the answers to one client message go out in one write, in order, never past the
-  cork's bound, and never after the wire's own frames that follow them;
+  cork's bound or the loop's turn, and never after the wire's own frames that follow them;
 - read-ahead: a lone message waiting for the session pauses nothing; two, or a large part
   of the next, pause reading;
 - an interrupt (the hello's deadline) ends a waiting read with a timeout, and never a later
@@ -118,16 +118,19 @@ async def test_nothing_held_is_written_once_the_connection_is_lost() -> None:
     assert transport.writes == []
 
 
-async def test_a_flush_writes_what_is_held_and_the_cork_stays() -> None:
+async def test_a_cork_holds_nothing_over_a_wait_and_stays_on() -> None:
     wire, transport = _accepted_wire()
     welcome, synced = binary_message(b"welcome"), binary_message(b"synced")
     wire.cork()
     wire.write_now(welcome)
-    wire.flush()  # before a wait for the database: the welcome goes now
+    assert transport.writes == []
+    await asyncio.sleep(0)  # a wait (for the database, say): the welcome goes at the turn's end
     assert transport.writes == [welcome]
     wire.write_now(synced)
-    assert transport.writes == [welcome]
+    assert transport.writes == [welcome]  # still corked
     wire.uncork()
+    assert transport.writes == [welcome, synced]
+    await asyncio.sleep(0)  # the turn's end finds nothing more to write
     assert transport.writes == [welcome, synced]
 
 
