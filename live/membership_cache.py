@@ -21,6 +21,7 @@ may not write is read afresh before the push is refused (a promotion is not anno
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from uuid import UUID
@@ -83,7 +84,7 @@ class MembershipCache:
         """Read what was asked, a batch at a time, until nothing more is."""
         try:
             while self._asked:
-                batch = dict(list(self._asked.items())[: self._max_read])
+                batch = dict(itertools.islice(self._asked.items(), self._max_read))
                 for key in batch:
                     del self._asked[key]
                 self._reading = batch

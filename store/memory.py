@@ -191,19 +191,17 @@ class MemoryMembership:
 
     async def level(self, project_id: UUID, user_id: UUID) -> str | None:
         self._db.check("reading membership")
-        project = self._db.projects.get(project_id)
-        member = project.members.get(user_id) if project is not None else None
-        return member.level if member is not None else None
+        return self._level(project_id, user_id)
 
     async def levels(self, pairs: Sequence[tuple[UUID, UUID]]) -> dict[tuple[UUID, UUID], str]:
         self._db.check("reading memberships")
-        found: dict[tuple[UUID, UUID], str] = {}
-        for project_id, user_id in pairs:
-            project = self._db.projects.get(project_id)
-            member = project.members.get(user_id) if project is not None else None
-            if member is not None:
-                found[(project_id, user_id)] = member.level
-        return found
+        found = {pair: self._level(*pair) for pair in pairs}
+        return {pair: level for pair, level in found.items() if level is not None}
+
+    def _level(self, project_id: UUID, user_id: UUID) -> str | None:
+        project = self._db.projects.get(project_id)
+        member = project.members.get(user_id) if project is not None else None
+        return member.level if member is not None else None
 
     async def still_member_of(self, user_id: UUID, project_ids: Sequence[UUID]) -> set[UUID]:
         self._db.check("reading memberships")
