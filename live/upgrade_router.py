@@ -79,6 +79,52 @@ def _upgrade(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return upgrade if b"upgrade" in connection else None
 
 
+class UpgradeHead:
+    """The first request's head as its bytes arrive: the ``/sync`` upgrade to take, every
+    byte for the HTTP protocol, or not known yet. However the client splits its bytes (one
+    at a time, to hold the connection), each is looked at a bounded number of times."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = bytearray()  # what came before, while the head is not whole
+
+    def feed(self, data: bytes) -> UpgradeRequest | bytes | None:
+        """The upgrade request, once the head is whole and one the router takes; or every
+        byte received so far, for the HTTP protocol; or None while more is needed."""
+        held = self._held
+        seen = len(held)
+        if seen:
+            held += data
+            buffer: bytes | bytearray = held
+        else:
+            buffer = data  # the common case: the whole head in one read, not copied
+        # Not a /sync upgrade, or not one yet: any other request goes to h11 at its first
+        # byte that differs.
+        if not buffer.startswith(_PREFIX) and not _PREFIX.startswith(buffer):
+            return self._for_http(buffer)
+        # A bare line feed among the new bytes: h11 ends lines there too, so the head may be
+        # complete. A pair split between reads starts at the last byte held.
+        if buffer.count(b"\n", seen) != buffer.count(b"\r\n", max(seen - 1, 0)):
+            return self._for_http(buffer)
+        end = buffer.find(b"\r\n\r\n", max(seen - 3, 0))
+        if end < 0:
+            if len(buffer) > MAX_HEAD_BYTES:
+                return self._for_http(buffer)
+            if not seen:
+                held += data
+            return None
+        request = parse_upgrade_head(bytes(buffer[:end])) if end <= MAX_HEAD_BYTES else None
+        if request is None:
+            return self._for_http(buffer)
+        self._held = bytearray()
+        return request
+
+    def _for_http(self, buffer: bytes | bytearray) -> bytes:
+        self._held = bytearray()
+        return bytes(buffer)
+
+
 def _uncounted() -> None:
     return None
 
@@ -93,7 +139,7 @@ class UpgradeRouter(asyncio.Protocol):
     # Told of each connection closed for ``max_connections``: the metrics.
     turned_away: Callable[[], None] = staticmethod(_uncounted)
 
-    __slots__ = ("_app_state", "_buffer", "_config", "_deadline", "_server_state", "_transport")
+    __slots__ = ("_app_state", "_config", "_deadline", "_head", "_server_state", "_transport")
 
     def __init__(
         self,
@@ -106,7 +152,7 @@ class UpgradeRouter(asyncio.Protocol):
         self._server_state = server_state
         self._app_state = app_state
         self._transport: asyncio.Transport | None = None
-        self._buffer = b""
+        self._head = UpgradeHead()
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,30 +167,15 @@ class UpgradeRouter(asyncio.Protocol):
         self._deadline = close_after(self.header_seconds, transport)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
-        # Not a /sync upgrade, or not one yet: any other request goes to h11 at its first byte
-        # that differs.
-        if not buffer.startswith(_PREFIX) and not _PREFIX.startswith(buffer):
-            self._to_http(buffer)
+        routed = self._head.feed(data)
+        if routed is None:
             return
-        if buffer.count(b"\n") != buffer.count(b"\r\n"):
-            # A bare line feed: h11 ends lines there too, so the head may be complete.
-            self._to_http(buffer)
-            return
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > MAX_HEAD_BYTES:
-                self._to_http(buffer)
-            else:
-                self._buffer = buffer
-            return
-        request = parse_upgrade_head(buffer[:end]) if end <= MAX_HEAD_BYTES else None
-        if request is None:
-            self._to_http(buffer)
+        if isinstance(routed, bytes):
+            self._to_http(routed)
             return
         self._hand_over()
         assert self._transport is not None
-        hand_to_wire(self._config, self._server_state, self._app_state, self._transport, request)
+        hand_to_wire(self._config, self._server_state, self._app_state, self._transport, routed)
 
     def _to_http(self, received: bytes) -> None:
         """Hand the connection to the HTTP protocol, with every byte read so far and what is
@@ -162,7 +193,6 @@ class UpgradeRouter(asyncio.Protocol):
         http.data_received(received)
 
     def _hand_over(self) -> None:
-        self._buffer = b""
         self._disarm()
         self._server_state.connections.discard(cast(Any, self))
 

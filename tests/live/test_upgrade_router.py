@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fieldsync.live.upgrade_router import parse_upgrade_head
+from fieldsync.live.upgrade_router import UpgradeHead, parse_upgrade_head
 from fieldsync.live.ws_handshake import UpgradeRequest
 from fieldsync.sync.messages import ProjectCursor
 from tests.live_server import MemberFactory, running_server
@@ -137,6 +137,47 @@ def test_the_router_takes_only_what_uvicorn_would_upgrade_and_reads_it_as_h11_do
     ours = parse_upgrade_head(head)
     if ours is not None:
         assert ours == _as_uvicorn_upgrades(head)
+
+
+def _fed(pieces: list[bytes]) -> UpgradeRequest | bytes | None:
+    """What the head reader decided, fed ``pieces`` one read at a time: the request it
+    takes, or the bytes the HTTP protocol gets (those handed over, then the reads after)."""
+    head = UpgradeHead()
+    for i, piece in enumerate(pieces):
+        routed = head.feed(piece)
+        if isinstance(routed, bytes):
+            return routed + b"".join(pieces[i + 1 :])
+        if routed is not None:
+            return routed
+    return None
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(
+        [
+            UPGRADE,
+            UPGRADE + b"\x81\x85hello",  # the client's first frame in the same read
+            UPGRADE.replace(b"\r\nHost", b"\nHost"),  # a bare line feed
+            UPGRADE.replace(b"\r\n\r\n", b"\r\n\n"),  # the head ends with one
+            UPGRADE.replace(b"GET /sync", b"GET /healthz"),
+            UPGRADE.replace(b"Host: fieldsync", b"Host: " + b"h" * 9000),  # too large
+            UPGRADE[:40],  # never whole
+        ]
+    ),
+    st.lists(st.integers(min_value=1, max_value=len(UPGRADE)), max_size=40),
+)
+def test_the_head_is_routed_alike_however_its_bytes_are_split(sent: bytes, cuts: list[int]) -> None:
+    points = sorted({min(cut, len(sent)) for cut in cuts})
+    pieces = [sent[a:b] for a, b in zip([0, *points], [*points, len(sent)], strict=True)]
+    assert _fed([piece for piece in pieces if piece]) == _fed([sent])
+
+
+def test_a_head_sent_a_byte_at_a_time_is_still_taken() -> None:
+    pieces = [UPGRADE[i : i + 1] for i in range(len(UPGRADE))]
+    routed = _fed(pieces)
+    assert isinstance(routed, UpgradeRequest)
+    assert routed == parse_upgrade_head(UPGRADE[:-4])
 
 
 def test_plain_upgrades_are_taken() -> None:
