@@ -14,7 +14,7 @@ class RateLimit:
     """``rate`` messages per second sustained, bursts of up to ``burst``.
 
     A connection whose messages are refused ``max_strikes`` times in a row (no accepted
-    message between) is closed: it is not slowing down.
+    message between) is closed: it is not slowing down, and its user owes a burst.
     """
 
     rate: float = 200.0
@@ -47,6 +47,13 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+    def owe_a_burst(self, now: float) -> None:
+        """The user's connection was closed for flooding: nothing is admitted until a whole
+        burst has come back (``burst / rate`` seconds), so reconnecting at once buys nothing
+        and is refused at the hello. The debt is at most one burst however often it comes."""
+        self._refill(now)
+        self._tokens = -float(self._limit.burst)
 
     def full(self, now: float) -> bool:
         """Back to a full burst: nothing is owed, so the bucket can be forgotten."""

@@ -547,7 +547,10 @@ class SyncSession:
         limit = self._services.rate_limit
         if self._strikes >= limit.max_strikes:
             # Dropped without a closing handshake: a flooding peer is not trusted to answer
-            # one, and while waiting for it the server would go on reading its flood.
+            # one, and while waiting for it the server would go on reading its flood. Its
+            # user owes a burst, so a reconnect at once is refused at the hello.
+            if self._user_id is not None:
+                self._bucket(self._user_id).owe_a_burst(time.monotonic())
             self._protocol.fail(
                 ErrorCode.RATE_LIMITED,
                 f"{self._strikes} messages in a row over the rate limit "

@@ -49,3 +49,17 @@ def test_never_more_than_burst_plus_rate_times_elapsed(
         now += step
         taken += bucket.take(now)
         assert taken <= burst + rate * now + 1e-6
+
+
+def test_a_connection_closed_for_flooding_leaves_its_user_owing_a_burst() -> None:
+    bucket = TokenBucket(RateLimit(rate=5, burst=10), now=0.0)
+    while bucket.take(0.0):
+        pass
+    bucket.owe_a_burst(0.0)
+    bucket.owe_a_burst(0.1)  # owed again at once: still one burst, from the later time
+    # A token would be back after 0.2 s without the debt; with it, after 2 s and 0.2 more.
+    assert not bucket.take(0.5)
+    assert not bucket.take(2.2)
+    assert bucket.take(2.31)
+    assert not bucket.full(2.31)
+    assert bucket.full(100.0)
