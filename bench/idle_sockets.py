@@ -11,8 +11,10 @@ Figures: the server's resident memory before (after a warm-up of opened and clos
 connections), with every socket open and idle, and 5 s after all are closed again (the
 server trims its heap within a second of many closing, ``live.memory``), with how much of
 it was given back; the memory per idle socket; and the server's CPU time per socket opened.
+With ``--waves N`` (2 by default) the crowd then comes back N - 1 times: its peak against the
+first wave's says whether what the closed sockets held was freed for reuse or leaked.
 
-    .venv/bin/python bench/idle_sockets.py [--sockets 10000] [--parallel 32]
+    .venv/bin/python bench/idle_sockets.py [--sockets 10000] [--parallel 32] [--waves 2]
 
 The last line is the headline: KB of server memory per idle subscribed socket.
 """
@@ -87,7 +89,7 @@ async def settle(pid: int, seconds: float = 3.0) -> int:
     return rss_kb(pid)
 
 
-async def run(url: str, sockets: int, parallel: int, wait: float) -> None:
+async def run(url: str, sockets: int, parallel: int, wait: float, waves: int) -> None:
     team = await make_project(url, members=(sockets + PER_USER - 1) // PER_USER, name="idle")
     tokens = [member.token for member in team.members]
     project = str(team.project_id)
@@ -104,6 +106,12 @@ async def run(url: str, sockets: int, parallel: int, wait: float) -> None:
         await close_all(held, parallel)
         after = await settle(server.pid, 5.0)
         later = await settle(server.pid, wait - 5.0) if wait > 5.0 else after
+        peaks = [idle]
+        for _ in range(waves - 1):  # the same crowd again: is what the last one held reused?
+            again = await open_many(server.base, tokens, project, sockets, parallel)
+            peaks.append(await settle(server.pid))
+            await close_all(again, parallel)
+            await settle(server.pid, 5.0)
     per_socket = (idle - before) / sockets
     print(f"{sockets} idle subscribed sockets opened in {opened_in:.1f} s")
     print(
@@ -122,6 +130,13 @@ async def run(url: str, sockets: int, parallel: int, wait: float) -> None:
             f"given back within {wait:g} s of closing: {given_back:.0%} "
             f"(RSS {later / 1024:.1f} MB; {'released' if given_back >= 0.9 else 'NOT released'})"
         )
+    for wave, peak in enumerate(peaks[1:], start=2):
+        grown = (peak - idle) / sockets
+        print(
+            f"wave {wave} of {sockets} idle sockets: RSS {peak / 1024:.1f} MB, "
+            f"{grown:+.2f} KB per socket against the first wave's peak "
+            f"({'reused' if grown < 0.1 * per_socket else 'NOT reused'})"
+        )
     print(f"server memory per idle subscribed socket: {per_socket:.1f} KB")
     print(f"{per_socket:.1f} KB")
 
@@ -133,9 +148,16 @@ def main() -> None:
     parser.add_argument(
         "--wait", type=float, default=5.0, help="also read RSS this many seconds after closing"
     )
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=2,
+        help="open and close the crowd this many times; each wave after the first shows "
+        "whether the memory the last one gave back to the process is reused",
+    )
     args = parser.parse_args()
     with database() as url:
-        asyncio.run(run(url, args.sockets, args.parallel, args.wait))
+        asyncio.run(run(url, args.sockets, args.parallel, args.wait, args.waves))
 
 
 if __name__ == "__main__":
