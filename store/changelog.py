@@ -47,6 +47,7 @@ from fieldsync.store.append_plan import (
     results,
     tell_observers,
 )
+from fieldsync.store.apply_ahead import ApplyAhead
 from fieldsync.store.authorization import AuthorizeFactory, write_rule
 from fieldsync.store.compaction import should_compact
 from fieldsync.store.conflicts import (
@@ -179,6 +180,7 @@ class ChangeLog:
         self._cache = DocumentCache(cache_size)
         self._observers = CommitObservers(on_append, on_conflicts_found, on_commit)
         self._groups: GroupCommit[UUID, _Push, list[AppendResult]] = GroupCommit(self._append_group)
+        self._ahead: ApplyAhead[UUID, DecodedChanges, Applied] = ApplyAhead(self._apply_one_ahead)
 
     @property
     def limits(self) -> Limits:
@@ -214,32 +216,34 @@ class ChangeLog:
         if not batch:
             return []  # nothing to log: no lock, no transaction
         decoded = prepare_batch(batch, self._limits)
-        applied = self._preapply(project_id, decoded)
+        applied = await self._preapply(project_id, decoded)
         return await self._groups.submit(
             project_id, _Push(batch, decoded, sender, authorize, applied)
         )
 
-    def _preapply(
+    async def _preapply(
         self, project_id: UUID, decoded: Sequence[DecodedChanges | Rejection]
     ) -> dict[str, Applied]:
-        """Apply each entity's changes before the lock, onto the document this process has
+        """Each entity's changes applied before the lock, onto the document this process has
         cached, or onto none for a push that creates the entity: while the push waits for
-        the lock (behind a running group), the work overlaps the database's. Under the lock
-        the merge keeps it only if the entity is still at that version."""
-        found: dict[str, Applied] = {}
-        for item in decoded:
-            if isinstance(item, Rejection):
-                continue
-            cached = self._cache.get(project_id, item.entity_id)
-            if cached is not None:
-                applied = preapply(item, cached.version, cached.document, self._limits)
-            elif any(not c.deps for c in item.unique):  # its creation: likely a new entity
-                applied = preapply(item, 0, None, self._limits)
-            else:
-                continue
-            if applied is not None:
-                found[item.entity_id] = applied
-        return found
+        the lock (behind a running group), the work overlaps the database's
+        (``store.apply_ahead``). Under the lock the merge keeps it only if the entity is
+        still at that version."""
+        valid = decoded_only(decoded)
+        results = await self._ahead.apply(project_id, valid)
+        return {
+            item.entity_id: applied
+            for item, applied in zip(valid, results, strict=False)
+            if applied is not None
+        }
+
+    def _apply_one_ahead(self, project_id: UUID, item: DecodedChanges) -> Applied | None:
+        cached = self._cache.get(project_id, item.entity_id)
+        if cached is not None:
+            return preapply(item, cached.version, cached.document, self._limits)
+        if any(not c.deps for c in item.unique):  # its creation: likely a new entity
+            return preapply(item, 0, None, self._limits)
+        return None
 
     @property
     def groups(self) -> GroupCommit[UUID, _Push, list[AppendResult]]:

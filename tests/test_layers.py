@@ -28,6 +28,7 @@ STORAGE_NEUTRAL = frozenset(
         "__init__",
         "accounts",
         "append_plan",
+        "apply_ahead",
         "attachment_records",
         "compaction",
         "conflict_plan",

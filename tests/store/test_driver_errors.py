@@ -255,21 +255,28 @@ async def test_a_connection_that_died_while_idle_in_the_pool(
 ) -> None:
     """PostgreSQL ends a pooled connection while it sits idle: its last words (a FATAL
     error) and its end arrive one loop turn apart, and a query sent in between breaks the
-    driver's protocol state ("cannot switch to state 15"). The operation starts 0 to 4 loop
-    turns after both arrived, so it meets each stage; each time it succeeds (on a new
-    connection) or fails with a StoreError, never with the driver's error."""
+    driver's protocol state ("cannot switch to state 15"). The operation starts from 4 loop
+    turns before both arrive (some work first: an append applies its changes ahead, a turn
+    per entity, before its first query) to 4 turns after, so its first query meets each
+    stage; each time it succeeds (on a new connection) or fails with a StoreError, never
+    with the driver's error."""
     pool = await create_pool(database_url, min_size=1, max_size=1)
     causes = []
     try:
         for _ in range(2):
-            for turns in range(5):
+            for turns in range(-4, 5):
                 async with pool.acquire() as conn:
                     pid = conn.get_server_pid()
+                early = None
+                if turns < 0:
+                    early = asyncio.ensure_future(operation(pool, project))
+                    for _ in range(-turns - 1):
+                        await asyncio.sleep(0)
                 terminate_holding_the_loop(database_url, "SELECT $1::int", pid)
                 for _ in range(turns):
                     await asyncio.sleep(0)
                 try:
-                    await operation(pool, project)
+                    await (early if early is not None else operation(pool, project))
                 except DatabaseUnavailable as exc:
                     causes.append(type(exc.__cause__))
                 await asyncio.sleep(0.05)
