@@ -113,9 +113,7 @@ class SendQueues(Collector):
         # Only queues that have held frames since the last scrape: an idle connection's is
         # empty and never looked at, so a scrape costs nothing per idle socket.
         queues = [queue for queue in list(self._queues) if len(queue)]
-        for queue in list(self._queues):
-            if not len(queue):
-                self._queues.discard(queue)
+        self._queues = weakref.WeakSet(queues)
         depths = [len(queue) for queue in queues]
         sizes = [queue.queued_bytes for queue in queues]
         yield GaugeMetricFamily(
